@@ -1,0 +1,73 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/keyfence/keyfence/proxy"
+	"github.com/keyfence/keyfence/telemetry"
+)
+
+func main() {
+	cfg, err := parseConfig(os.Args[1:], lookupEnv, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "keyfence: "+err.Error())
+		os.Exit(2)
+	}
+	if err := run(cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "keyfence: "+err.Error())
+		os.Exit(1)
+	}
+}
+
+func run(cfg *config) error {
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.logLevel}))
+	cfg.proxy.Logger = log
+	srv, err := proxy.New(cfg.proxy)
+	if err != nil {
+		return err
+	}
+	if err := srv.Listen(); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	var admin *telemetry.Admin
+	if cfg.admin != "" {
+		admin, err = telemetry.NewAdmin(cfg.admin, srv.Ping, log)
+		if err != nil {
+			return err
+		}
+		go func() {
+			if err := admin.Serve(); err != nil {
+				log.Error("admin listener stopped", "err", err)
+			}
+		}()
+		log.Info("admin listening", "addr", admin.Addr().String())
+	}
+	// Serve returns when ctx is cancelled by a signal; then drain.
+	if err := srv.Serve(ctx); err != nil {
+		return err
+	}
+	log.Info("draining", "timeout", cfg.shutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
+	defer cancel()
+	if admin != nil {
+		_ = admin.Shutdown(sctx)
+	}
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("drain: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}

@@ -1,0 +1,327 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/keyfence/keyfence/rewrite"
+)
+
+// handle decides what happens to one command: refused, answered here,
+// forwarded on the shared connection, or run on a pinned one.
+func (s *session) handle(ctx context.Context, args [][]byte) {
+	cmd := rewrite.Lookup(args)
+	s.noteCommand(cmd, args)
+	if errMsg := s.check(cmd, args); errMsg != "" {
+		if s.inMulti {
+			s.multiAbort = true // Redis: a queueing error aborts EXEC
+		}
+		s.addLocalError(errMsg)
+		return
+	}
+	if !s.authed && !allowedBeforeAuth(cmd.Name) {
+		s.addLocalError("NOAUTH Authentication required.")
+		return
+	}
+	if s.inMulti {
+		s.queueInMulti(ctx, cmd, args)
+		return
+	}
+	switch cmd.Policy {
+	case rewrite.PolicyDenied:
+		s.addLocalError(deniedText(cmd))
+	case rewrite.PolicyEmulated:
+		s.emulate(ctx, cmd, args)
+	default:
+		s.forwardRewritten(ctx, cmd, args)
+	}
+}
+
+// check returns the error Redis itself would give for an unknown command,
+// unknown subcommand or wrong arity, or "" when the command may proceed.
+func (s *session) check(cmd *rewrite.Command, args [][]byte) string {
+	if cmd == nil {
+		return unknownCommandText(args)
+	}
+	if cmd.IsContainer() && len(args) >= 2 {
+		return "ERR unknown subcommand '" + clip(args[1]) + "'. Try " + strings.ToUpper(cmd.Name) + " HELP."
+	}
+	if !cmd.ArityOK(len(args)) {
+		return "ERR wrong number of arguments for '" + cmd.Name + "' command"
+	}
+	return ""
+}
+
+// unknownCommandText mirrors Redis's message, quoting the first arguments.
+func unknownCommandText(args [][]byte) string {
+	var b strings.Builder
+	b.WriteString("ERR unknown command '")
+	b.WriteString(clip(args[0]))
+	b.WriteString("', with args beginning with: ")
+	for i, a := range args[1:] {
+		if i == 8 || b.Len() > 128 {
+			break
+		}
+		b.WriteString("'" + clip(a) + "' ")
+	}
+	return b.String()
+}
+
+// clip shortens an echoed argument and keeps it on one line.
+func clip(a []byte) string {
+	if len(a) > 128 {
+		a = a[:128]
+	}
+	return sanitize(string(a))
+}
+
+// deniedText is the stable wording of a refusal by policy.
+func deniedText(cmd *rewrite.Command) string {
+	why := cmd.Why
+	if why == "" {
+		why = "it reaches beyond the tenant's namespace"
+	}
+	return "ERR command '" + cmd.Name + "' is not allowed through keyfence: " + why
+}
+
+func allowedBeforeAuth(name string) bool {
+	switch name {
+	case "auth", "hello", "quit", "reset":
+		return true
+	}
+	return false
+}
+
+// forwardRewritten rewrites a keyed, pattern or channel command into the
+// tenant's namespace and adds it to the batch, or runs it on a pinned
+// connection when it would hold a shared one hostage.
+func (s *session) forwardRewritten(ctx context.Context, cmd *rewrite.Command, args [][]byte) {
+	switch {
+	case isSubscribe(cmd.Name):
+		s.addLocalError(errSubscribeUnsupported)
+		return
+	case blocks(cmd, args):
+		s.runBlocking(ctx, cmd, args)
+		return
+	case cmd.Name == "watch":
+		s.flushBatch(ctx)
+		if err := s.pin(); err != nil {
+			s.addLocalError(err.Error())
+			return
+		}
+		s.watching = true
+	}
+	var err error
+	mark := len(s.req)
+	s.req, err = s.rw.AppendRequest(s.req, cmd, args)
+	if err != nil {
+		s.req = s.req[:mark]
+		s.addLocalError(err.Error())
+		return
+	}
+	s.forward(cmd.Reply)
+}
+
+// errSubscribeUnsupported is the stable refusal of subscriber mode until
+// pub/sub sessions land; PUBLISH and PUBSUB work.
+const errSubscribeUnsupported = "ERR keyfence: subscriber mode (SUBSCRIBE, PSUBSCRIBE, SSUBSCRIBE) is not supported by this version of keyfence"
+
+func isSubscribe(name string) bool {
+	switch name {
+	case "subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe":
+		return true
+	}
+	return false
+}
+
+// blocks reports whether the command may wait on the server: those go to a
+// pinned connection so they never stall the clients sharing one.
+func blocks(cmd *rewrite.Command, args [][]byte) bool {
+	switch cmd.Name {
+	case "xread", "xreadgroup":
+		for _, a := range args[1:] {
+			if strings.EqualFold(string(a), "streams") {
+				return false
+			}
+			if strings.EqualFold(string(a), "block") {
+				return true
+			}
+		}
+		return false
+	case "wait":
+		return true
+	}
+	return cmd.HasFlag(rewrite.FlagBlocking)
+}
+
+// runBlocking runs one blocking command on a connection of its own, while
+// watching the client: a client that goes away releases the connection at
+// once instead of leaving Redis blocked for it.
+func (s *session) runBlocking(ctx context.Context, cmd *rewrite.Command, args [][]byte) {
+	s.flushBatch(ctx)
+	if s.pinned != nil { // WATCH is active: stay on the pinned connection
+		s.forwardKeyed(cmd, args)
+		return
+	}
+	c, err := s.group.pin()
+	if err != nil {
+		s.addLocalError(err.Error())
+		return
+	}
+	mark := len(s.req)
+	s.req, err = s.rw.AppendRequest(s.req, cmd, args)
+	if err != nil {
+		s.req = s.req[:mark]
+		s.group.unpin(c, true)
+		s.addLocalError(err.Error())
+		return
+	}
+	s.forward(cmd.Reply)
+	s.pinned = c
+	stopWatching := s.watchClient(c)
+	s.flushBatch(ctx)
+	s.pinned = nil
+	clean := !stopWatching()
+	s.group.unpin(c, clean)
+	if !clean {
+		s.quit = true
+	}
+}
+
+func (s *session) forwardKeyed(cmd *rewrite.Command, args [][]byte) {
+	var err error
+	mark := len(s.req)
+	s.req, err = s.rw.AppendRequest(s.req, cmd, args)
+	if err != nil {
+		s.req = s.req[:mark]
+		s.addLocalError(err.Error())
+		return
+	}
+	s.forward(cmd.Reply)
+}
+
+// queueInMulti queues a command inside MULTI on the pinned connection.
+// Commands keyfence answers itself cannot be queued; like a queueing error in
+// Redis, they abort the transaction.
+func (s *session) queueInMulti(ctx context.Context, cmd *rewrite.Command, args [][]byte) {
+	switch cmd.Name {
+	case "exec":
+		s.exec(ctx)
+		return
+	case "discard":
+		s.forwardRaw(args, rewrite.ReplyRaw)
+		s.flushBatch(ctx)
+		s.inMulti = false
+		s.unpin(true)
+		return
+	case "multi":
+		s.addLocalError("ERR MULTI calls can not be nested")
+		return
+	case "watch":
+		s.addLocalError("ERR WATCH inside MULTI is not allowed")
+		return
+	case "ping", "echo", "time":
+		s.forwardRaw(args, rewrite.ReplyRaw)
+		s.multiKinds = append(s.multiKinds, rewrite.ReplyRaw)
+		return
+	}
+	switch cmd.Policy {
+	case rewrite.PolicyDenied:
+		s.multiAbort = true
+		s.addLocalError(deniedText(cmd))
+		return
+	case rewrite.PolicyEmulated:
+		s.multiAbort = true
+		s.addLocalError("ERR keyfence: '" + cmd.Name + "' cannot be queued inside MULTI through keyfence")
+		return
+	}
+	if isSubscribe(cmd.Name) {
+		s.multiAbort = true
+		s.addLocalError(errSubscribeUnsupported)
+		return
+	}
+	mark := len(s.req)
+	var err error
+	s.req, err = s.rw.AppendRequest(s.req, cmd, args)
+	if err != nil {
+		s.req = s.req[:mark]
+		s.multiAbort = true
+		s.addLocalError(err.Error())
+		return
+	}
+	s.forward(rewrite.ReplyRaw) // +QUEUED
+	s.multiKinds = append(s.multiKinds, cmd.Reply)
+}
+
+func (s *session) multi(ctx context.Context, args [][]byte) {
+	s.flushBatch(ctx)
+	if err := s.pin(); err != nil {
+		s.addLocalError(err.Error())
+		return
+	}
+	s.forwardRaw(args, rewrite.ReplyRaw)
+	s.inMulti = true
+	s.multiAbort = false
+	s.multiKinds = s.multiKinds[:0]
+}
+
+func (s *session) exec(ctx context.Context) {
+	if s.multiAbort {
+		s.flushBatch(ctx)
+		s.discardQuietly(ctx)
+		s.addLocalError("EXECABORT Transaction discarded because of previous errors.")
+		s.unpin(true)
+		return
+	}
+	s.req = appendArgs(s.req, []byte("EXEC"))
+	s.nreq++
+	s.slots = append(s.slots, slot{upstream: true, exec: true})
+	s.flushBatch(ctx)
+	s.unpin(true)
+}
+
+// discardQuietly ends the upstream transaction without a client-visible reply.
+func (s *session) discardQuietly(ctx context.Context) {
+	req := appendArgs(nil, []byte("DISCARD"))
+	if err := s.pinned.do(ctx, s.b, req, 1); err != nil {
+		s.unpin(false)
+	}
+}
+
+// watchClient reads from the client while a blocking command waits upstream.
+// Bytes that arrive are kept for later; EOF closes the pinned connection so
+// that Redis stops blocking for a client that is gone. The returned function
+// stops the watch and reports whether the client went away.
+func (s *session) watchClient(c *upConn) (stop func() (gone bool)) {
+	done := make(chan struct{})
+	var extra []byte
+	var gone bool
+	go func() {
+		defer close(done)
+		var buf [4096]byte
+		for {
+			n, err := s.nc.Read(buf[:])
+			extra = append(extra, buf[:n]...)
+			if err != nil || len(extra) > s.srv.cfg.MaxRequestBytes {
+				var ne net.Error
+				if !(errors.As(err, &ne) && ne.Timeout()) {
+					gone = true
+					c.close()
+				}
+				return
+			}
+		}
+	}()
+	return func() bool {
+		_ = s.nc.SetReadDeadline(time.Now())
+		<-done
+		if !s.closing.Load() {
+			_ = s.nc.SetReadDeadline(time.Time{})
+		}
+		s.rbuf = append(s.rbuf, extra...)
+		return gone
+	}
+}

@@ -1,0 +1,460 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/keyfence/keyfence/rewrite"
+)
+
+// emulate answers the commands whose Redis meaning is server-wide with their
+// meaning for one tenant.
+func (s *session) emulate(ctx context.Context, cmd *rewrite.Command, args [][]byte) {
+	switch cmd.Name {
+	case "ping":
+		switch len(args) {
+		case 1:
+			s.addStatus("PONG")
+		case 2:
+			s.addLocal(rewrite.AppendBulk(nil, args[1]))
+		default:
+			s.addLocalError("ERR wrong number of arguments for 'ping' command")
+		}
+	case "echo":
+		s.addLocal(rewrite.AppendBulk(nil, args[1]))
+	case "quit":
+		s.addStatus("OK")
+		s.quit = true
+	case "reset":
+		s.reset(ctx)
+	case "auth":
+		s.auth(args[1:])
+	case "hello":
+		s.hello(ctx, args)
+	case "select":
+		s.selectDB(ctx, args[1])
+	case "multi":
+		s.multi(ctx, args)
+	case "exec":
+		s.addLocalError("ERR EXEC without MULTI")
+	case "discard":
+		s.addLocalError("ERR DISCARD without MULTI")
+	case "unwatch":
+		if s.pinned != nil {
+			s.forwardRaw(args, rewrite.ReplyRaw)
+			s.flushBatch(ctx)
+			s.unpin(true)
+			return
+		}
+		s.addStatus("OK")
+	case "dbsize":
+		s.flushBatch(ctx)
+		s.dbsize(ctx)
+	case "flushdb":
+		s.flushBatch(ctx)
+		s.flush(ctx, []int{s.db}, args[1:])
+	case "flushall":
+		s.flushBatch(ctx)
+		s.flushAll(ctx, args[1:])
+	case "randomkey":
+		s.flushBatch(ctx)
+		s.randomKey(ctx)
+	case "info":
+		s.flushBatch(ctx)
+		s.info(ctx, args[1:])
+	case "client|id":
+		s.addLocal(rewrite.AppendInt(nil, s.id))
+	case "client|setname":
+		s.clientSetName(args[2])
+	case "client|getname":
+		if s.name == "" {
+			s.addLocal(rewrite.AppendNull(nil, s.resp3))
+		} else {
+			s.addLocal(rewrite.AppendBulk(nil, []byte(s.name)))
+		}
+	case "client|setinfo":
+		s.clientSetInfo(args[2:])
+	case "client|info":
+		s.addLocal(s.appendVerbatim(nil, s.clientLine()+"\n"))
+	case "client|list":
+		s.clientList(args[2:])
+	case "client|help":
+		s.addLocal(appendStringArray(nil, clientHelp))
+	case "command", "command|info", "command|docs", "command|count", "command|list",
+		"command|getkeys", "command|getkeysandflags", "command|help":
+		s.command(ctx, cmd, args)
+	case "function|list":
+		s.addLocal(rewrite.AppendArrayHeader(nil, 0))
+	case "function|dump":
+		s.addLocal(rewrite.AppendNull(nil, s.resp3))
+	case "function|stats":
+		s.functionStats()
+	case "function|flush":
+		s.addStatus("OK")
+	case "function|kill":
+		s.addLocalError("NOTBUSY No scripts in execution right now.")
+	case "function|help":
+		s.addLocal(appendStringArray(nil, []string{"FUNCTION LIST, DUMP and STATS answer for this tenant, which owns no functions; FLUSH answers OK.", "FUNCTION LOAD, DELETE, RESTORE and FCALL are denied by keyfence: functions live in one global namespace."}))
+	case "pubsub|numpat":
+		s.addLocal(rewrite.AppendInt(nil, 0)) // no subscriber mode yet: no patterns
+	default:
+		// eval, evalsha, eval_ro, evalsha_ro, script …: Lua needs the script
+		// wrapping of the sessions work; until then refuse, never forward.
+		if strings.HasPrefix(cmd.Name, "eval") || strings.HasPrefix(cmd.Name, "script") {
+			s.addLocalError("ERR keyfence: Lua scripting (" + strings.ToUpper(cmd.Name) + ") is not supported by this version of keyfence")
+			return
+		}
+		s.addLocalError("ERR keyfence: '" + cmd.Name + "' is not supported by this version of keyfence")
+	}
+}
+
+// reset returns the session to the state of a fresh connection, as RESET
+// does in Redis: no transaction, no WATCH, RESP2, default db, no name.
+func (s *session) reset(ctx context.Context) {
+	s.flushBatch(ctx)
+	if s.pinned != nil {
+		if s.inMulti {
+			s.discardQuietly(ctx)
+		}
+		s.unpin(false)
+	}
+	s.name, s.db, s.resp3 = "", s.srv.cfg.Upstream.DB, false
+	s.authed = s.srv.cfg.ClientPassword == ""
+	s.selectGroup()
+	s.addStatus("RESET")
+}
+
+// auth behaves like Redis with requirepass set to --client-password, or like
+// a Redis whose default user has no password.
+func (s *session) auth(creds [][]byte) {
+	if ok, msg := s.checkAuth(creds); !ok {
+		s.addLocalError(msg)
+		return
+	}
+	s.authed = true
+	s.addStatus("OK")
+}
+
+func (s *session) checkAuth(creds [][]byte) (bool, string) {
+	pass := s.srv.cfg.ClientPassword
+	user := "default"
+	var given []byte
+	switch len(creds) {
+	case 1:
+		given = creds[0]
+		if pass == "" {
+			return false, "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"
+		}
+	case 2:
+		user, given = string(creds[0]), creds[1]
+	default:
+		return false, "ERR syntax error"
+	}
+	if user != "default" || (pass != "" && !constantTimeEqual(given, []byte(pass))) {
+		return false, "WRONGPASS invalid username-password pair or user is disabled."
+	}
+	return true, ""
+}
+
+// hello implements HELLO [protover [AUTH user pass] [SETNAME name]].
+func (s *session) hello(ctx context.Context, args [][]byte) {
+	proto := 0
+	if len(args) >= 2 {
+		v, err := strconv.Atoi(string(args[1]))
+		if err != nil {
+			s.addLocalError("ERR Protocol version is not an integer or out of range")
+			return
+		}
+		if v != 2 && v != 3 {
+			s.addLocalError("NOPROTO unsupported protocol version")
+			return
+		}
+		proto = v
+	}
+	var name []byte
+	setName := false
+	for i := 2; i < len(args); i++ {
+		switch {
+		case strings.EqualFold(string(args[i]), "auth") && i+2 < len(args):
+			if ok, msg := s.checkAuth(args[i+1 : i+3]); !ok {
+				s.addLocalError(msg)
+				return
+			}
+			s.authed = true
+			i += 2
+		case strings.EqualFold(string(args[i]), "setname") && i+1 < len(args):
+			name, setName = args[i+1], true
+			i++
+		default:
+			s.addLocalError("ERR Syntax error in HELLO option '" + clip(args[i]) + "'")
+			return
+		}
+	}
+	if !s.authed {
+		s.addLocalError("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")
+		return
+	}
+	if setName {
+		if !validClientName(name) {
+			s.addLocalError("ERR Client names cannot contain spaces, newlines or special characters.")
+			return
+		}
+		s.name = string(name)
+	}
+	if proto != 0 && (proto == 3) != s.resp3 {
+		s.flushBatch(ctx)
+		if s.pinned != nil {
+			s.addLocalError("ERR keyfence: HELLO cannot change the protocol during MULTI or WATCH")
+			return
+		}
+		s.resp3 = proto == 3
+		s.selectGroup()
+	}
+	protoNow := 2
+	if s.resp3 {
+		protoNow = 3
+	}
+	var out []byte
+	out = s.appendMapHeader(out, 7)
+	out = rewrite.AppendBulk(out, []byte("server"))
+	out = rewrite.AppendBulk(out, []byte("redis"))
+	out = rewrite.AppendBulk(out, []byte("version"))
+	out = rewrite.AppendBulk(out, []byte(redisVersion))
+	out = rewrite.AppendBulk(out, []byte("proto"))
+	out = rewrite.AppendInt(out, int64(protoNow))
+	out = rewrite.AppendBulk(out, []byte("id"))
+	out = rewrite.AppendInt(out, s.id)
+	out = rewrite.AppendBulk(out, []byte("mode"))
+	out = rewrite.AppendBulk(out, []byte("standalone"))
+	out = rewrite.AppendBulk(out, []byte("role"))
+	out = rewrite.AppendBulk(out, []byte("master"))
+	out = rewrite.AppendBulk(out, []byte("modules"))
+	out = rewrite.AppendArrayHeader(out, 0)
+	s.addLocal(out)
+}
+
+// redisVersion is the Redis version keyfence presents: the one its command
+// table was captured from.
+const redisVersion = rewrite.RedisVersion
+
+func (s *session) appendMapHeader(dst []byte, pairs int) []byte {
+	if s.resp3 {
+		dst = append(dst, '%')
+		dst = strconv.AppendInt(dst, int64(pairs), 10)
+		return append(dst, '\r', '\n')
+	}
+	return rewrite.AppendArrayHeader(dst, 2*pairs)
+}
+
+// appendVerbatim appends text as RESP3 verbatim text or a RESP2 bulk.
+func (s *session) appendVerbatim(dst []byte, text string) []byte {
+	if !s.resp3 {
+		return rewrite.AppendBulk(dst, []byte(text))
+	}
+	dst = append(dst, '=')
+	dst = strconv.AppendInt(dst, int64(len(text)+4), 10)
+	dst = append(dst, "\r\ntxt:"...)
+	dst = append(dst, text...)
+	return append(dst, '\r', '\n')
+}
+
+func appendStringArray(dst []byte, items []string) []byte {
+	dst = rewrite.AppendArrayHeader(dst, len(items))
+	for _, it := range items {
+		dst = rewrite.AppendStatus(dst, it)
+	}
+	return dst
+}
+
+// selectDB moves the session to the tenant's namespace in database n. The
+// upstream connection for n is set up (and so checked) before OK.
+func (s *session) selectDB(ctx context.Context, arg []byte) {
+	n, err := strconv.Atoi(string(arg))
+	if err != nil {
+		s.addLocalError("ERR value is not an integer or out of range")
+		return
+	}
+	if n < 0 {
+		s.addLocalError("ERR DB index is out of range")
+		return
+	}
+	s.flushBatch(ctx)
+	if s.pinned != nil {
+		s.addLocalError("ERR keyfence: SELECT is not supported during MULTI or WATCH")
+		return
+	}
+	prevDB := s.db
+	s.db = n
+	s.selectGroup()
+	s.forwardRaw([][]byte{[]byte("PING")}, rewrite.ReplyRaw)
+	s.slots = s.slots[:len(s.slots)-1]
+	err = s.shared.do(ctx, s.b, s.req, s.nreq)
+	s.req, s.nreq = s.req[:0], 0
+	if err != nil {
+		s.db = prevDB
+		s.selectGroup()
+		if strings.Contains(err.Error(), "out of range") {
+			s.addLocalError("ERR DB index is out of range")
+			return
+		}
+		s.addLocalError(upstreamErrorText(err))
+		return
+	}
+	s.addStatus("OK")
+}
+
+func validClientName(name []byte) bool {
+	for _, c := range name {
+		if c < '!' || c > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *session) clientSetName(name []byte) {
+	if !validClientName(name) {
+		s.addLocalError("ERR Client names cannot contain spaces, newlines or special characters.")
+		return
+	}
+	s.name = string(name)
+	s.addStatus("OK")
+}
+
+func (s *session) clientSetInfo(args [][]byte) {
+	if len(args) != 2 {
+		s.addLocalError("ERR wrong number of arguments for 'client|setinfo' command")
+		return
+	}
+	if !validClientName(args[1]) {
+		s.addLocalError("ERR " + strings.ToUpper(string(args[0])) + " cannot contain spaces, newlines or special characters.")
+		return
+	}
+	switch strings.ToLower(string(args[0])) {
+	case "lib-name":
+		s.libName = string(args[1])
+	case "lib-ver":
+		s.libVer = string(args[1])
+	default:
+		s.addLocalError("ERR Unrecognized option '" + clip(args[0]) + "'")
+		return
+	}
+	s.addStatus("OK")
+}
+
+// noteCommand records the last command for CLIENT LIST/INFO.
+func (s *session) noteCommand(cmd *rewrite.Command, args [][]byte) {
+	if cmd != nil {
+		if cmd.Name != s.lastCmd.Load().(string) {
+			s.lastCmd.Store(cmd.Name)
+		}
+	}
+	s.lastAt.Store(time.Now().UnixNano())
+}
+
+// clientLine formats the session like a line of Redis's CLIENT LIST.
+func (s *session) clientLine() string {
+	now := time.Now()
+	flags := "N"
+	if s.inMulti {
+		flags = "x"
+	}
+	multi := -1
+	if s.inMulti {
+		multi = len(s.multiKinds)
+	}
+	resp := 2
+	if s.resp3 {
+		resp = 3
+	}
+	return fmt.Sprintf("id=%d addr=%s laddr=%s fd=0 name=%s age=%d idle=%d flags=%s db=%d sub=0 psub=0 ssub=0 multi=%d qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=%d rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=%s user=default redir=-1 resp=%d lib-name=%s lib-ver=%s",
+		s.id, s.nc.RemoteAddr(), s.nc.LocalAddr(), s.name,
+		int(now.Sub(s.created).Seconds()), int(now.Sub(time.Unix(0, s.lastAt.Load())).Seconds()),
+		flags, s.db, multi, cap(s.rbuf), s.lastCmd.Load().(string), resp, s.libName, s.libVer)
+}
+
+// clientList lists this tenant's connections only: those of this keyfence.
+func (s *session) clientList(opts [][]byte) {
+	var filterIDs map[int64]bool
+	for i := 0; i < len(opts); i++ {
+		switch {
+		case strings.EqualFold(string(opts[i]), "type") && i+1 < len(opts):
+			t := strings.ToLower(string(opts[i+1]))
+			if t != "normal" && t != "master" && t != "replica" && t != "pubsub" {
+				s.addLocalError("ERR Unknown client type '" + clip(opts[i+1]) + "'")
+				return
+			}
+			if t != "normal" {
+				s.addLocal(s.appendVerbatim(nil, ""))
+				return
+			}
+			i++
+		case strings.EqualFold(string(opts[i]), "id") && i+1 < len(opts):
+			filterIDs = map[int64]bool{}
+			for _, a := range opts[i+1:] {
+				id, err := strconv.ParseInt(string(a), 10, 64)
+				if err != nil || id <= 0 {
+					s.addLocalError("ERR Invalid client ID")
+					return
+				}
+				filterIDs[id] = true
+			}
+			i = len(opts)
+		default:
+			s.addLocalError("ERR syntax error")
+			return
+		}
+	}
+	var b strings.Builder
+	for _, other := range s.srv.sessionsSnapshot() {
+		if filterIDs != nil && !filterIDs[other.id] {
+			continue
+		}
+		if other == s {
+			b.WriteString(s.clientLine())
+		} else {
+			b.WriteString(other.clientLineRemote())
+		}
+		b.WriteByte('\n')
+	}
+	s.addLocal(s.appendVerbatim(nil, b.String()))
+}
+
+// clientLineRemote formats another session; only its atomically kept
+// fields are read, since it runs on its own goroutine.
+func (s *session) clientLineRemote() string {
+	now := time.Now()
+	return fmt.Sprintf("id=%d addr=%s laddr=%s fd=0 name= age=%d idle=%d flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=%s user=default redir=-1 resp=2 lib-name= lib-ver=",
+		s.id, s.nc.RemoteAddr(), s.nc.LocalAddr(),
+		int(now.Sub(s.created).Seconds()), int(now.Sub(time.Unix(0, s.lastAt.Load())).Seconds()),
+		s.lastCmd.Load().(string))
+}
+
+var clientHelp = []string{
+	"CLIENT <subcommand> [<arg> [value] [opt] ...]. keyfence answers for this tenant:",
+	"ID, GETNAME, SETNAME <name>, SETINFO <LIB-NAME|LIB-VER> <value>, INFO, LIST [TYPE <type>] [ID <id> ...].",
+	"KILL, PAUSE, UNPAUSE, REPLY, TRACKING, CACHING, NO-EVICT and UNBLOCK are denied: they act on other tenants' connections.",
+}
+
+func (s *session) functionStats() {
+	var out []byte
+	out = s.appendMapHeader(out, 2)
+	out = rewrite.AppendBulk(out, []byte("running_script"))
+	out = rewrite.AppendNull(out, s.resp3)
+	out = rewrite.AppendBulk(out, []byte("engines"))
+	out = s.appendMapHeader(out, 1)
+	out = rewrite.AppendBulk(out, []byte("LUA"))
+	out = s.appendMapHeader(out, 2)
+	out = rewrite.AppendBulk(out, []byte("libraries_count"))
+	out = rewrite.AppendInt(out, 0)
+	out = rewrite.AppendBulk(out, []byte("functions_count"))
+	out = rewrite.AppendInt(out, 0)
+	s.addLocal(out)
+}
+
+// randomPick returns a random index below n.
+func randomPick(n int) int { return rand.IntN(n) }

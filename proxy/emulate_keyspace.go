@@ -1,0 +1,369 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/keyfence/keyfence/rewrite"
+)
+
+// scanBatch is how many keys one SCAN step asks for in the emulations; big
+// enough to be quick, small enough not to stall Redis.
+const scanBatch = "1000"
+
+// call runs one command on conn outside the client's batch and decodes the
+// reply. Upstream error replies are returned as errors.
+func (s *session) call(ctx context.Context, conn *upConn, args ...[]byte) (value, error) {
+	req := appendArgs(nil, args...)
+	b := newBatch()
+	if err := conn.do(ctx, b, req, 1); err != nil {
+		return value{}, err
+	}
+	v, err := parseValue(b.reply(0))
+	if err != nil {
+		return value{}, err
+	}
+	return v, v.err()
+}
+
+// scanTenant walks the tenant's keys in conn's database, calling fn with
+// each SCAN step's keys (still prefixed). SCAN may return a key twice while
+// Redis rehashes; the callers accept that, as Redis's own SCAN users do.
+func (s *session) scanTenant(ctx context.Context, conn *upConn, fn func(keys []value) error) error {
+	match := append(append([]byte(nil), s.rw.GlobPrefix()...), '*')
+	cursor := []byte("0")
+	for {
+		v, err := s.call(ctx, conn, []byte("SCAN"), cursor, []byte("MATCH"), match, []byte("COUNT"), []byte(scanBatch))
+		if err != nil {
+			return err
+		}
+		if len(v.elems) != 2 {
+			return errBadValue
+		}
+		if len(v.elems[1].elems) > 0 {
+			if err := fn(v.elems[1].elems); err != nil {
+				return err
+			}
+		}
+		cursor = append(cursor[:0], v.elems[0].str...)
+		if string(cursor) == "0" {
+			return nil
+		}
+	}
+}
+
+// dbsize counts the tenant's keys in the current database.
+func (s *session) dbsize(ctx context.Context) {
+	n := 0
+	err := s.scanTenant(ctx, s.conn(), func(keys []value) error {
+		n += len(keys)
+		return nil
+	})
+	if err != nil {
+		s.addLocalError(upstreamErrorText(err))
+		return
+	}
+	s.addLocal(rewrite.AppendInt(nil, int64(n)))
+}
+
+// flush deletes the tenant's keys in the given databases with SCAN and
+// UNLINK in batches: other tenants' keys are never touched. ASYNC and SYNC
+// are accepted; UNLINK frees memory in the background either way.
+func (s *session) flush(ctx context.Context, dbs []int, opts [][]byte) {
+	if len(opts) > 1 || (len(opts) == 1 && !strings.EqualFold(string(opts[0]), "async") && !strings.EqualFold(string(opts[0]), "sync")) {
+		s.addLocalError("ERR syntax error")
+		return
+	}
+	for _, db := range dbs {
+		conn := s.srv.group(connKey{db: db}).sharedConn()
+		err := s.scanTenant(ctx, conn, func(keys []value) error {
+			args := make([][]byte, 0, len(keys)+1)
+			args = append(args, []byte("UNLINK"))
+			for _, k := range keys {
+				args = append(args, k.str)
+			}
+			_, err := s.call(ctx, conn, args...)
+			return err
+		})
+		if err != nil {
+			s.addLocalError(upstreamErrorText(err))
+			return
+		}
+	}
+	s.addStatus("OK")
+}
+
+// flushAll flushes the tenant's keys in every database that holds keys.
+func (s *session) flushAll(ctx context.Context, opts [][]byte) {
+	v, err := s.call(ctx, s.shared, []byte("INFO"), []byte("keyspace"))
+	if err != nil {
+		s.addLocalError(upstreamErrorText(err))
+		return
+	}
+	dbs := keyspaceDBs(v.str)
+	s.flush(ctx, dbs, opts)
+}
+
+// keyspaceDBs lists the databases named in INFO keyspace ("db3:keys=…").
+func keyspaceDBs(info []byte) []int {
+	var dbs []int
+	sc := bufio.NewScanner(bytes.NewReader(info))
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "db") {
+			continue
+		}
+		name, _, ok := strings.Cut(line[2:], ":")
+		if n, err := strconv.Atoi(name); ok && err == nil {
+			dbs = append(dbs, n)
+		}
+	}
+	return dbs
+}
+
+// randomKey returns one of the tenant's keys at random, or null. It starts
+// SCAN at a random cursor and takes a random key of the first step that has
+// any, going round once more from 0 when the tail of the table is empty.
+func (s *session) randomKey(ctx context.Context) {
+	match := append(append([]byte(nil), s.rw.GlobPrefix()...), '*')
+	cursor := []byte(strconv.FormatUint(uint64(randomPick(1<<30)), 10))
+	for pass := 0; pass < 2; pass++ {
+		for {
+			v, err := s.call(ctx, s.conn(), []byte("SCAN"), cursor, []byte("MATCH"), match, []byte("COUNT"), []byte("100"))
+			if err != nil {
+				s.addLocalError(upstreamErrorText(err))
+				return
+			}
+			if len(v.elems) != 2 {
+				s.addLocalError(upstreamErrorText(errBadValue))
+				return
+			}
+			if keys := v.elems[1].elems; len(keys) > 0 {
+				k, _ := s.rw.StripKey(keys[randomPick(len(keys))].str)
+				s.addLocal(rewrite.AppendBulk(nil, k))
+				return
+			}
+			cursor = append(cursor[:0], v.elems[0].str...)
+			if string(cursor) == "0" {
+				break
+			}
+		}
+	}
+	s.addLocal(rewrite.AppendNull(nil, s.resp3))
+}
+
+// keyspaceLine counts the tenant's keys, their expiries and mean TTL, as
+// Redis's INFO keyspace line does.
+func (s *session) keyspaceLine(ctx context.Context) (string, error) {
+	conn := s.conn()
+	keys, expires, ttlSum := 0, 0, int64(0)
+	err := s.scanTenant(ctx, conn, func(batch []value) error {
+		keys += len(batch)
+		req := make([]byte, 0, 32*len(batch))
+		for _, k := range batch {
+			req = appendArgs(req, []byte("PTTL"), k.str)
+		}
+		b := newBatch()
+		if err := conn.do(ctx, b, req, len(batch)); err != nil {
+			return err
+		}
+		for i := range batch {
+			v, err := parseValue(b.reply(i))
+			if err == nil && v.typ == ':' && v.num > 0 {
+				expires++
+				ttlSum += v.num
+			}
+		}
+		return nil
+	})
+	if err != nil || keys == 0 {
+		return "", err
+	}
+	avg := int64(0)
+	if expires > 0 {
+		avg = ttlSum / int64(expires)
+	}
+	return fmt.Sprintf("db%d:keys=%d,expires=%d,avg_ttl=%d", s.db, keys, expires, avg), nil
+}
+
+// infoFields are the upstream INFO fields a tenant may see: facts about the
+// server's software and configuration that clients check (BullMQ reads
+// redis_version and maxmemory_policy, ioredis reads loading), never figures
+// that reveal other tenants' data or activity.
+var infoFields = map[string][]string{
+	"server":      {"redis_version", "redis_mode", "os", "arch_bits", "uptime_in_seconds", "uptime_in_days"},
+	"memory":      {"maxmemory", "maxmemory_human", "maxmemory_policy"},
+	"persistence": {"loading"},
+}
+
+var infoOrder = []string{"server", "clients", "memory", "persistence", "keyspace", "keyfence"}
+
+// info answers INFO with the tenant's view (see infoFields).
+func (s *session) info(ctx context.Context, sections [][]byte) {
+	want := map[string]bool{}
+	if len(sections) == 0 {
+		sections = [][]byte{[]byte("default")}
+	}
+	for _, sec := range sections {
+		switch name := strings.ToLower(string(sec)); name {
+		case "default", "all", "everything":
+			for _, n := range infoOrder {
+				want[n] = true
+			}
+		default:
+			want[name] = true
+		}
+	}
+	upstream := map[string]string{}
+	if want["server"] || want["memory"] || want["persistence"] {
+		v, err := s.call(ctx, s.conn(), []byte("INFO"), []byte("server"), []byte("memory"), []byte("persistence"))
+		if err != nil {
+			s.addLocalError(upstreamErrorText(err))
+			return
+		}
+		for _, line := range strings.Split(string(v.str), "\r\n") {
+			if k, val, ok := strings.Cut(line, ":"); ok {
+				upstream[k] = val
+			}
+		}
+	}
+	var b strings.Builder
+	for _, sec := range infoOrder {
+		if !want[sec] {
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteString("\r\n")
+		}
+		b.WriteString("# " + strings.ToUpper(sec[:1]) + sec[1:] + "\r\n")
+		switch sec {
+		case "clients":
+			fmt.Fprintf(&b, "connected_clients:%d\r\n", len(s.srv.sessionsSnapshot()))
+		case "keyspace":
+			line, err := s.keyspaceLine(ctx)
+			if err != nil {
+				s.addLocalError(upstreamErrorText(err))
+				return
+			}
+			if line != "" {
+				b.WriteString(line + "\r\n")
+			}
+		case "keyfence":
+			fmt.Fprintf(&b, "tenant:%s\r\nkey_prefix:%s\r\n", s.srv.cfg.Tenant, s.srv.prefix)
+		default:
+			for _, f := range infoFields[sec] {
+				if v, ok := upstream[f]; ok {
+					b.WriteString(f + ":" + v + "\r\n")
+				}
+			}
+		}
+	}
+	s.addLocal(s.appendVerbatim(nil, b.String()))
+}
+
+// command answers COMMAND and its subcommands over what keyfence allows:
+// denied commands do not exist for a tenant.
+func (s *session) command(ctx context.Context, cmd *rewrite.Command, args [][]byte) {
+	allowed := rewrite.AllowedCommands()
+	switch cmd.Name {
+	case "command":
+		s.forwardRaw(append([][]byte{[]byte("COMMAND"), []byte("INFO")}, toArgs(allowed)...), rewrite.ReplyRaw)
+	case "command|count":
+		s.addLocal(rewrite.AppendInt(nil, int64(len(allowed))))
+	case "command|list":
+		if len(args) > 2 {
+			s.flushBatch(ctx)
+			v, err := s.call(ctx, s.conn(), args...)
+			if err != nil {
+				s.addLocalError(upstreamErrorText(err))
+				return
+			}
+			var names []string
+			for _, e := range v.elems {
+				if c := rewrite.Lookup([][]byte{e.str}); c != nil && c.Policy != rewrite.PolicyDenied {
+					names = append(names, string(e.str))
+				}
+			}
+			allowed = names
+		}
+		out := rewrite.AppendArrayHeader(nil, len(allowed))
+		for _, n := range allowed {
+			out = rewrite.AppendBulk(out, []byte(n))
+		}
+		s.addLocal(out)
+	case "command|info", "command|docs":
+		names := allowed
+		if len(args) > 2 {
+			names = names[:0:0]
+			for _, a := range args[2:] {
+				if c := rewrite.Lookup([][]byte{a}); c != nil && c.Policy != rewrite.PolicyDenied {
+					names = append(names, string(a))
+				} else {
+					// Redis answers null for a name it does not know;
+					// this one is never a Redis command.
+					names = append(names, "keyfence-denied-command")
+				}
+			}
+		}
+		sub := "INFO"
+		if cmd.Name == "command|docs" {
+			sub = "DOCS"
+		}
+		s.forwardRaw(append([][]byte{[]byte("COMMAND"), []byte(sub)}, toArgs(names)...), rewrite.ReplyRaw)
+	case "command|getkeys", "command|getkeysandflags":
+		s.getKeys(cmd, args)
+	default: // command|help
+		s.forwardRaw(args, rewrite.ReplyRaw)
+	}
+}
+
+// getKeys answers COMMAND GETKEYS with the keys keyfence itself finds (and
+// would prefix), in the client's own names.
+func (s *session) getKeys(cmd *rewrite.Command, args [][]byte) {
+	inner := args[2:]
+	c := rewrite.Lookup(inner)
+	switch {
+	case c == nil || (c.IsContainer() && len(inner) >= 2):
+		s.addLocalError("ERR Invalid command specified")
+		return
+	case !c.ArityOK(len(inner)):
+		s.addLocalError("ERR Invalid number of arguments specified for command")
+		return
+	case c.Policy == rewrite.PolicyDenied:
+		s.addLocalError(deniedText(c))
+		return
+	case c.Policy != rewrite.PolicyKeyed:
+		s.forwardRaw(args, rewrite.ReplyRaw)
+		return
+	}
+	idx, err := s.rw.Keys(c, inner, nil)
+	if err != nil {
+		s.addLocalError(err.Error())
+		return
+	}
+	if len(idx) == 0 {
+		s.addLocalError("ERR The command has no key arguments")
+		return
+	}
+	if cmd.Name == "command|getkeysandflags" {
+		s.forwardRaw(args, rewrite.ReplyRaw)
+		return
+	}
+	out := rewrite.AppendArrayHeader(nil, len(idx))
+	for _, i := range idx {
+		out = rewrite.AppendBulk(out, inner[i])
+	}
+	s.addLocal(out)
+}
+
+func toArgs(names []string) [][]byte {
+	out := make([][]byte, len(names))
+	for i, n := range names {
+		out[i] = []byte(n)
+	}
+	return out
+}

@@ -1,0 +1,295 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/keyfence/keyfence/rewrite"
+)
+
+// Config is everything a Server needs. cmd/proxy fills it from flags and
+// environment; tests fill it directly.
+type Config struct {
+	Listen          string
+	Tenant          string
+	KeyFormat       string // default rewrite.DefaultKeyFormat
+	Upstream        UpstreamConfig
+	ClientPassword  string // AUTH password clients must give; empty: none
+	MaxClients      int
+	MaxRequestBytes int
+	SharedConns     int // multiplexed upstream connections per db/protocol
+	MaxPinned       int // upstream connections pinned to sessions, at most
+	Logger          *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.KeyFormat == "" {
+		c.KeyFormat = rewrite.DefaultKeyFormat
+	}
+	if c.MaxClients <= 0 {
+		c.MaxClients = 10000
+	}
+	if c.MaxRequestBytes <= 0 {
+		c.MaxRequestBytes = rewrite.DefaultLimits.MaxRequestBytes
+	}
+	if c.SharedConns <= 0 {
+		c.SharedConns = 2
+	}
+	if c.MaxPinned <= 0 {
+		c.MaxPinned = 1000
+	}
+	if c.Upstream.DialTimeout <= 0 {
+		c.Upstream.DialTimeout = 2 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Server accepts clients of one tenant and proxies them to upstream.
+type Server struct {
+	cfg    Config
+	prefix string
+	limits rewrite.Limits
+	log    *slog.Logger
+
+	ln      net.Listener
+	started time.Time
+	nextID  atomic.Int64
+
+	mu       sync.Mutex
+	sessions map[*session]struct{}
+	groups   map[connKey]*connGroup
+	closing  bool
+	wg       sync.WaitGroup
+}
+
+// New validates cfg and returns a server that is not yet listening.
+func New(cfg Config) (*Server, error) {
+	cfg.setDefaults()
+	prefix, err := rewrite.Prefix(cfg.KeyFormat, cfg.Tenant)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Upstream.DB < 0 {
+		return nil, fmt.Errorf("upstream db %d: must not be negative", cfg.Upstream.DB)
+	}
+	return &Server{
+		cfg:      cfg,
+		prefix:   prefix,
+		limits:   rewrite.Limits{MaxRequestBytes: cfg.MaxRequestBytes, MaxArgs: rewrite.DefaultLimits.MaxArgs},
+		log:      cfg.Logger.With("tenant", cfg.Tenant),
+		sessions: make(map[*session]struct{}),
+		groups:   make(map[connKey]*connGroup),
+		started:  time.Now(),
+	}, nil
+}
+
+// Prefix returns the key prefix of the server's tenant.
+func (s *Server) Prefix() string { return s.prefix }
+
+// Listen binds the client listener; Addr is valid afterwards.
+func (s *Server) Listen() error {
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
+	}
+	s.ln = ln
+	return nil
+}
+
+// Addr returns the listener's address.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Serve accepts clients until ctx is done or Shutdown is called.
+func (s *Server) Serve(ctx context.Context) error {
+	if s.ln == nil {
+		if err := s.Listen(); err != nil {
+			return err
+		}
+	}
+	s.log.Info("keyfence listening", "addr", s.ln.Addr().String(), "upstream", s.cfg.Upstream.Addr, "prefix", s.prefix)
+	stop := context.AfterFunc(ctx, func() { s.ln.Close() })
+	defer stop()
+	var delay time.Duration
+	for {
+		nc, err := s.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
+				return nil
+			}
+			// Out of file descriptors and the like: back off, keep serving.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.log.Warn("accept failed", "err", err, "retry_in", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		s.accept(ctx, nc)
+	}
+}
+
+func (s *Server) accept(ctx context.Context, nc net.Conn) {
+	if tc, ok := nc.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	sess := newSession(s, nc)
+	s.mu.Lock()
+	if s.closing || len(s.sessions) >= s.cfg.MaxClients {
+		s.mu.Unlock()
+		// Redis's own words, so clients treat it as they would Redis's.
+		_, _ = nc.Write([]byte("-ERR max number of clients reached\r\n"))
+		nc.Close()
+		return
+	}
+	s.sessions[sess] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		sess.serve(ctx)
+		s.mu.Lock()
+		delete(s.sessions, sess)
+		s.mu.Unlock()
+	}()
+}
+
+// Shutdown stops accepting, lets sessions finish the batch they are in, and
+// closes them; it returns when all are gone or ctx is done.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	if s.ln != nil {
+		s.ln.Close()
+	}
+	for sess := range s.sessions {
+		sess.closeWhenIdle()
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+		s.mu.Lock()
+		for sess := range s.sessions {
+			sess.nc.Close()
+		}
+		s.mu.Unlock()
+		<-done
+	}
+	s.mu.Lock()
+	for _, g := range s.groups {
+		g.close()
+	}
+	s.mu.Unlock()
+	return err
+}
+
+// sessionsSnapshot returns the live sessions (for CLIENT LIST and INFO).
+func (s *Server) sessionsSnapshot() []*session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*session, 0, len(s.sessions))
+	for sess := range s.sessions {
+		out = append(out, sess)
+	}
+	return out
+}
+
+// connGroup holds the upstream connections set up for one connKey: a few
+// shared multiplexed ones, and a bounded pool of pinned ones.
+type connGroup struct {
+	srv    *Server
+	key    connKey
+	shared []*upConn
+	next   atomic.Uint32
+
+	mu     sync.Mutex
+	idle   []*upConn // pinned connections free for reuse
+	pinned int       // pinned connections handed out or idle
+}
+
+func (s *Server) group(key connKey) *connGroup {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	g := s.groups[key]
+	if g == nil {
+		g = &connGroup{srv: s, key: key}
+		for i := 0; i < s.cfg.SharedConns; i++ {
+			g.shared = append(g.shared, newUpConn(&s.cfg.Upstream, key))
+		}
+		s.groups[key] = g
+	}
+	return g
+}
+
+// sharedConn picks one of the group's shared connections; a session keeps
+// it, so the load spreads by session.
+func (g *connGroup) sharedConn() *upConn {
+	return g.shared[int(g.next.Add(1))%len(g.shared)]
+}
+
+var errTooManyPinned = errors.New("ERR keyfence: too many pinned upstream connections (--max-pinned); try again later")
+
+// pin hands out a connection for one session's exclusive use.
+func (g *connGroup) pin() (*upConn, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if n := len(g.idle); n > 0 {
+		c := g.idle[n-1]
+		g.idle = g.idle[:n-1]
+		return c, nil
+	}
+	if g.pinned >= g.srv.cfg.MaxPinned {
+		return nil, errTooManyPinned
+	}
+	g.pinned++
+	return newUpConn(&g.srv.cfg.Upstream, g.key), nil
+}
+
+// unpin takes a pinned connection back. clean says the session left it with
+// no transaction, WATCH or blocked command: only then may it be reused.
+func (g *connGroup) unpin(c *upConn, clean bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if clean && c.idle() && len(g.idle) < 64 {
+		g.idle = append(g.idle, c)
+		return
+	}
+	g.pinned--
+	go c.close()
+}
+
+func (g *connGroup) close() {
+	for _, c := range g.shared {
+		c.close()
+	}
+	g.mu.Lock()
+	for _, c := range g.idle {
+		c.close()
+	}
+	g.idle = nil
+	g.mu.Unlock()
+}
+
+// Ping checks that upstream answers, for /readyz.
+func (s *Server) Ping(ctx context.Context) error {
+	c := s.group(connKey{db: s.cfg.Upstream.DB}).sharedConn()
+	b := newBatch()
+	if err := c.do(ctx, b, appendArgs(nil, []byte("PING")), 1); err != nil {
+		return err
+	}
+	if r := b.reply(0); len(r) > 0 && r[0] == '-' {
+		return errors.New(trimCRLF(r[1:]))
+	}
+	return nil
+}

@@ -1,0 +1,304 @@
+package proxy
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/keyfence/keyfence/rewrite"
+)
+
+// session is one client connection and all of its state. One goroutine runs
+// it: read what the client sent, turn every complete command into upstream
+// bytes or a local reply, send the batch upstream as one write, wait for its
+// replies, strip them, write everything back in the client's order.
+type session struct {
+	srv     *Server
+	nc      net.Conn
+	id      int64
+	rw      *rewrite.Rewriter
+	created time.Time
+
+	// Client-visible state.
+	name    string
+	libName string
+	libVer  string
+	db      int
+	resp3   bool
+	authed  bool
+	lastCmd atomic.Value // string, for CLIENT LIST
+	lastAt  atomic.Int64 // unix nanos of the last command
+
+	// Upstream.
+	group  *connGroup
+	shared *upConn
+	pinned *upConn // non-nil while MULTI or WATCH holds a connection
+
+	// Transaction state (on the pinned connection).
+	inMulti    bool
+	multiAbort bool
+	watching   bool
+	multiKinds []rewrite.ReplyKind
+
+	// Buffers reused from batch to batch: the hot path allocates nothing.
+	rbuf  []byte   // client bytes; rbuf[rpos:] not yet parsed
+	rpos  int      //
+	need  int      // bytes the next request needs at least
+	args  [][]byte // arguments of the command being handled
+	req   []byte   // upstream bytes of the current batch
+	nreq  int      // commands in req
+	slots []slot   // one per command of the batch, in order
+	local []byte   // local replies of the batch, back to back
+	out   []byte   // bytes for the client
+	b     *batch
+
+	closing atomic.Bool // the server is draining: stop after this batch
+	quit    bool        // QUIT or a fatal protocol error: stop after flushing
+}
+
+// slot is where a command's reply comes from: the next upstream reply
+// (stripped by kind) or a range of local.
+type slot struct {
+	upstream bool
+	kind     rewrite.ReplyKind
+	exec     bool // EXEC: strip each element by multiKinds
+	from, to int  // local reply bytes
+}
+
+const initialReadBuffer = 4 << 10
+
+func newSession(srv *Server, nc net.Conn) *session {
+	s := &session{
+		srv:     srv,
+		nc:      nc,
+		id:      srv.nextID.Add(1),
+		rw:      rewrite.NewRewriter(srv.prefix),
+		created: time.Now(),
+		db:      srv.cfg.Upstream.DB,
+		authed:  srv.cfg.ClientPassword == "",
+		b:       newBatch(),
+	}
+	s.lastCmd.Store("NULL")
+	s.lastAt.Store(s.created.UnixNano())
+	return s
+}
+
+func (s *session) closeWhenIdle() {
+	s.closing.Store(true)
+	// Wake a session blocked reading from an idle client.
+	_ = s.nc.SetReadDeadline(time.Now())
+}
+
+func (s *session) serve(ctx context.Context) {
+	defer s.cleanup()
+	s.selectGroup()
+	for !s.quit {
+		if err := s.fill(); err != nil {
+			return
+		}
+		s.handleBuffered(ctx)
+		s.flushBatch(ctx)
+		if len(s.out) > 0 {
+			if _, err := s.nc.Write(s.out); err != nil {
+				return
+			}
+			s.out = s.out[:0]
+		}
+		if s.closing.Load() && !s.inMulti {
+			return
+		}
+	}
+}
+
+// fill reads at least one more chunk of client bytes, making room for the
+// request being parsed (s.need bytes from s.rpos).
+func (s *session) fill() error {
+	if s.rpos == len(s.rbuf) {
+		s.rbuf, s.rpos = s.rbuf[:0], 0
+	}
+	if s.rpos > 0 && (cap(s.rbuf)-len(s.rbuf) < 1024 || s.rpos+s.need > cap(s.rbuf)) {
+		n := copy(s.rbuf, s.rbuf[s.rpos:])
+		s.rbuf, s.rpos = s.rbuf[:n], 0
+	}
+	if s.rbuf == nil {
+		s.rbuf = make([]byte, 0, initialReadBuffer)
+	}
+	if s.rpos+s.need > cap(s.rbuf) || len(s.rbuf) == cap(s.rbuf) {
+		nb := make([]byte, len(s.rbuf), max(s.rpos+s.need, 2*cap(s.rbuf)))
+		copy(nb, s.rbuf)
+		s.rbuf = nb
+	}
+	n, err := s.nc.Read(s.rbuf[len(s.rbuf):cap(s.rbuf)])
+	s.rbuf = s.rbuf[:len(s.rbuf)+n]
+	if n > 0 {
+		return nil
+	}
+	if err == nil {
+		err = errors.New("empty read")
+	}
+	return err
+}
+
+// handleBuffered handles every complete command in the read buffer.
+func (s *session) handleBuffered(ctx context.Context) {
+	for !s.quit {
+		args, n, need, err := rewrite.ParseCommand(s.rbuf[s.rpos:], s.args, s.srv.limits)
+		s.args = args
+		if err != nil {
+			s.addLocalError(err.Error())
+			s.quit = true
+			return
+		}
+		if n == 0 {
+			s.need = need
+			return
+		}
+		s.rpos += n
+		s.need = 0
+		if len(args) > 0 {
+			s.handle(ctx, args)
+		}
+	}
+}
+
+// conn is where the session's commands go now.
+func (s *session) conn() *upConn {
+	if s.pinned != nil {
+		return s.pinned
+	}
+	return s.shared
+}
+
+// forward adds an upstream request (already in s.req) to the batch.
+func (s *session) forward(kind rewrite.ReplyKind) {
+	s.nreq++
+	s.slots = append(s.slots, slot{upstream: true, kind: kind})
+}
+
+// forwardRaw adds args to the batch exactly as the client sent them; used
+// for commands that carry no key (COMMAND INFO, PING inside MULTI…).
+func (s *session) forwardRaw(args [][]byte, kind rewrite.ReplyKind) {
+	s.req = appendArgs(s.req, args...)
+	s.forward(kind)
+}
+
+// addLocal adds a reply the proxy produced itself, in the client's order.
+func (s *session) addLocal(reply []byte) {
+	from := len(s.local)
+	s.local = append(s.local, reply...)
+	s.slots = append(s.slots, slot{from: from, to: len(s.local)})
+}
+
+func (s *session) addLocalError(msg string) {
+	from := len(s.local)
+	s.local = rewrite.AppendError(s.local, msg)
+	s.slots = append(s.slots, slot{from: from, to: len(s.local)})
+}
+
+func (s *session) addStatus(msg string) {
+	from := len(s.local)
+	s.local = rewrite.AppendStatus(s.local, msg)
+	s.slots = append(s.slots, slot{from: from, to: len(s.local)})
+}
+
+// flushBatch sends the batch upstream as one write, waits for its replies,
+// and appends every reply, stripped, to s.out in the client's order.
+func (s *session) flushBatch(ctx context.Context) {
+	if len(s.slots) == 0 {
+		return
+	}
+	var err error
+	if s.nreq > 0 {
+		err = s.conn().do(ctx, s.b, s.req, s.nreq)
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			s.b = newBatch() // the old one may still be written to
+		}
+	}
+	next := 0
+	for _, sl := range s.slots {
+		if !sl.upstream {
+			s.out = append(s.out, s.local[sl.from:sl.to]...)
+			continue
+		}
+		reply := s.b.reply(next)
+		next++
+		switch {
+		case reply == nil:
+			s.out = rewrite.AppendError(s.out, upstreamErrorText(err, s.b.err))
+		case sl.exec:
+			s.out = s.rw.AppendExecReply(s.out, reply, s.multiKinds)
+			s.multiKinds = s.multiKinds[:0]
+		default:
+			s.out = s.rw.AppendReply(s.out, reply, sl.kind)
+		}
+	}
+	s.req, s.nreq = s.req[:0], 0
+	s.slots, s.local = s.slots[:0], s.local[:0]
+	if cap(s.b.replies) > 1<<20 {
+		s.b = newBatch() // let a huge reply's memory go
+	}
+}
+
+// upstreamErrorText is the stable wording of a lost upstream reply.
+func upstreamErrorText(errs ...error) string {
+	for _, err := range errs {
+		if err != nil {
+			return "ERR keyfence: upstream unavailable, the command may not have run (" + sanitize(err.Error()) + ")"
+		}
+	}
+	return "ERR keyfence: upstream unavailable, the command may not have run"
+}
+
+// sanitize keeps an error message on one RESP line.
+func sanitize(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c == '\r' || c == '\n' {
+			b[i] = ' '
+		}
+	}
+	return string(b)
+}
+
+// selectGroup points the session at the connections for its db and protocol.
+func (s *session) selectGroup() {
+	s.group = s.srv.group(connKey{db: s.db, resp3: s.resp3})
+	s.shared = s.group.sharedConn()
+}
+
+// pin gives the session a connection of its own (MULTI, WATCH).
+func (s *session) pin() error {
+	if s.pinned != nil {
+		return nil
+	}
+	c, err := s.group.pin()
+	if err != nil {
+		return err
+	}
+	s.pinned = c
+	return nil
+}
+
+// unpin returns the pinned connection; clean says it holds no state.
+func (s *session) unpin(clean bool) {
+	if s.pinned == nil {
+		return
+	}
+	s.group.unpin(s.pinned, clean)
+	s.pinned = nil
+	s.inMulti, s.multiAbort, s.watching = false, false, false
+	s.multiKinds = s.multiKinds[:0]
+}
+
+func (s *session) cleanup() {
+	s.nc.Close()
+	// A transaction or WATCH left open: the connection holds state that
+	// must not reach the next user.
+	s.unpin(false)
+}
+
+// constantTimeEqual compares secrets without leaking where they differ.
+func constantTimeEqual(a, b []byte) bool { return subtle.ConstantTimeCompare(a, b) == 1 }

@@ -1,0 +1,355 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/keyfence/keyfence/rewrite"
+)
+
+// UpstreamConfig says how to reach and log in to the upstream Redis.
+type UpstreamConfig struct {
+	Addr        string
+	Username    string
+	Password    string
+	DB          int
+	TLS         *tls.Config // nil: plain TCP
+	DialTimeout time.Duration
+}
+
+// connKey identifies what an upstream connection has been set up for: the
+// logical database and the protocol version its replies come in. Sessions
+// with the same key can share connections.
+type connKey struct {
+	db    int
+	resp3 bool
+}
+
+// errUpstream wraps every failure to talk to upstream, so that the session
+// can tell them from the client's own errors.
+type upstreamError struct{ err error }
+
+func (e *upstreamError) Error() string { return "upstream: " + e.err.Error() }
+func (e *upstreamError) Unwrap() error { return e.err }
+
+// dial opens and prepares one upstream connection: AUTH, HELLO/SELECT.
+func dial(ctx context.Context, cfg *UpstreamConfig, key connKey) (net.Conn, error) {
+	d := net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
+	var nc net.Conn
+	var err error
+	if cfg.TLS != nil {
+		td := tls.Dialer{NetDialer: &d, Config: cfg.TLS}
+		nc, err = td.DialContext(ctx, "tcp", cfg.Addr)
+	} else {
+		nc, err = d.DialContext(ctx, "tcp", cfg.Addr)
+	}
+	if err != nil {
+		return nil, &upstreamError{fmt.Errorf("dial %s: %w", cfg.Addr, err)}
+	}
+	if tc, ok := nc.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	var req []byte
+	var n int
+	if key.resp3 {
+		args := [][]byte{[]byte("HELLO"), []byte("3")}
+		if cfg.Password != "" {
+			user := cfg.Username
+			if user == "" {
+				user = "default"
+			}
+			args = append(args, []byte("AUTH"), []byte(user), []byte(cfg.Password))
+		}
+		req = appendArgs(req, args...)
+		n++
+	} else if cfg.Password != "" {
+		if cfg.Username != "" {
+			req = appendArgs(req, []byte("AUTH"), []byte(cfg.Username), []byte(cfg.Password))
+		} else {
+			req = appendArgs(req, []byte("AUTH"), []byte(cfg.Password))
+		}
+		n++
+	}
+	if key.db != 0 {
+		req = appendArgs(req, []byte("SELECT"), []byte(strconv.Itoa(key.db)))
+		n++
+	}
+	if n == 0 {
+		return nc, nil
+	}
+	deadline := time.Now().Add(cfg.DialTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = nc.SetDeadline(deadline)
+	defer nc.SetDeadline(time.Time{})
+	if _, err := nc.Write(req); err != nil {
+		nc.Close()
+		return nil, &upstreamError{fmt.Errorf("set up connection: %w", err)}
+	}
+	br := bufio.NewReader(nc)
+	for i := 0; i < n; i++ {
+		reply, err := readReply(br)
+		if err != nil {
+			nc.Close()
+			return nil, &upstreamError{fmt.Errorf("set up connection: %w", err)}
+		}
+		if reply[0] == '-' {
+			nc.Close()
+			return nil, &upstreamError{fmt.Errorf("set up connection: %s", trimCRLF(reply[1:]))}
+		}
+	}
+	return nc, nil
+}
+
+// readReply reads one whole RESP reply; only used while setting up a
+// connection, where speed does not matter.
+func readReply(br *bufio.Reader) ([]byte, error) {
+	var buf []byte
+	for {
+		if n, err := rewrite.ReplyLen(buf); err != nil {
+			return nil, err
+		} else if n > 0 {
+			return buf[:n], nil
+		}
+		line, err := br.ReadSlice('\n')
+		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+			return nil, err
+		}
+		buf = append(buf, line...)
+	}
+}
+
+func trimCRLF(b []byte) string {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r') {
+		b = b[:len(b)-1]
+	}
+	return string(b)
+}
+
+func appendArgs(dst []byte, args ...[]byte) []byte {
+	dst = rewrite.AppendArrayHeader(dst, len(args))
+	for _, a := range args {
+		dst = rewrite.AppendBulk(dst, a)
+	}
+	return dst
+}
+
+// A batch is one session's run of commands sent upstream together. The
+// upstream reader fills replies (raw bytes, back to back) and ends (where
+// each reply stops), then closes the batch by sending on done.
+type batch struct {
+	want    int
+	replies []byte
+	ends    []int
+	err     error // set when the connection failed before all replies came
+	done    chan struct{}
+}
+
+func newBatch() *batch { return &batch{done: make(chan struct{}, 1)} }
+
+func (b *batch) reset(want int) {
+	b.want = want
+	b.replies = b.replies[:0]
+	b.ends = b.ends[:0]
+	b.err = nil
+}
+
+// reply returns the i-th reply of a finished batch, or nil when the
+// connection failed before it arrived.
+func (b *batch) reply(i int) []byte {
+	if i >= len(b.ends) {
+		return nil
+	}
+	start := 0
+	if i > 0 {
+		start = b.ends[i-1]
+	}
+	return b.replies[start:b.ends[i]]
+}
+
+// upConn is one upstream connection multiplexed between sessions. Requests
+// from every session are appended to one write buffer and flushed by
+// whichever submitter finds no flush under way, so concurrent clients share
+// syscalls; one reader goroutine hands replies back in FIFO order. A pinned
+// upConn is the same thing used by one session only.
+type upConn struct {
+	cfg *UpstreamConfig
+	key connKey
+
+	mu      sync.Mutex
+	nc      net.Conn // nil until dialled, and again after a failure
+	pending []*batch // batches awaiting replies, in the order sent
+	wbuf    []byte   // bytes not yet written
+	spare   []byte   // the other write buffer, swapped with wbuf
+	writing bool     // a submitter is flushing wbuf
+	closed  bool
+}
+
+func newUpConn(cfg *UpstreamConfig, key connKey) *upConn {
+	return &upConn{cfg: cfg, key: key}
+}
+
+// do sends req (n commands) and waits until all n replies are in b or the
+// connection failed. It never retries: a command may have reached Redis.
+func (c *upConn) do(ctx context.Context, b *batch, req []byte, n int) error {
+	b.reset(n)
+	if n == 0 {
+		return nil
+	}
+	if err := c.submit(ctx, b, req); err != nil {
+		b.err = err
+		return err
+	}
+	select {
+	case <-b.done:
+		return b.err
+	case <-ctx.Done():
+		// The batch stays queued; its replies will be discarded into it.
+		// The caller must not reuse b.
+		return ctx.Err()
+	}
+}
+
+func (c *upConn) submit(ctx context.Context, b *batch, req []byte) error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return &upstreamError{errors.New("connection closed")}
+	}
+	if c.nc == nil {
+		nc, err := dial(ctx, c.cfg, c.key)
+		if err != nil {
+			c.mu.Unlock()
+			return err
+		}
+		c.nc = nc
+		go c.readLoop(nc)
+	}
+	c.wbuf = append(c.wbuf, req...)
+	c.pending = append(c.pending, b)
+	if c.writing {
+		c.mu.Unlock()
+		return nil
+	}
+	c.writing = true
+	for len(c.wbuf) > 0 {
+		out, nc := c.wbuf, c.nc
+		c.wbuf, c.spare = c.spare[:0], nil
+		c.mu.Unlock()
+		_, err := nc.Write(out)
+		c.mu.Lock()
+		c.spare = out[:0]
+		if err != nil {
+			c.writing = false
+			c.failLocked(nc, &upstreamError{fmt.Errorf("write: %w", err)})
+			c.mu.Unlock()
+			return nil // b was failed with the rest of pending
+		}
+	}
+	c.writing = false
+	c.mu.Unlock()
+	return nil
+}
+
+// readLoop hands replies to batches in the order they were sent.
+func (c *upConn) readLoop(nc net.Conn) {
+	buf := make([]byte, 0, 64<<10)
+	var cur *batch
+	for {
+		if len(buf) == cap(buf) {
+			nb := make([]byte, len(buf), 2*cap(buf))
+			copy(nb, buf)
+			buf = nb
+		}
+		m, err := nc.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+m]
+		pos := 0
+		for pos < len(buf) {
+			n, perr := rewrite.ReplyLen(buf[pos:])
+			if perr != nil {
+				err = perr
+				break
+			}
+			if n == 0 {
+				break
+			}
+			if cur == nil {
+				c.mu.Lock()
+				if len(c.pending) == 0 {
+					c.mu.Unlock()
+					err = errors.New("reply with no request waiting for it")
+					break
+				}
+				cur = c.pending[0]
+				c.pending[0] = nil
+				c.pending = c.pending[1:]
+				c.mu.Unlock()
+			}
+			cur.replies = append(cur.replies, buf[pos:pos+n]...)
+			cur.ends = append(cur.ends, len(cur.replies))
+			pos += n
+			if len(cur.ends) == cur.want {
+				cur.done <- struct{}{}
+				cur = nil
+			}
+		}
+		// Keep the unparsed tail at the front; shrink after a big reply.
+		rest := copy(buf, buf[pos:])
+		buf = buf[:rest]
+		if rest == 0 && cap(buf) > 1<<20 {
+			buf = make([]byte, 0, 64<<10)
+		}
+		if err != nil {
+			c.mu.Lock()
+			if cur != nil {
+				cur.err = &upstreamError{fmt.Errorf("read: %w", err)}
+				cur.done <- struct{}{}
+			}
+			c.failLocked(nc, &upstreamError{fmt.Errorf("read: %w", err)})
+			c.mu.Unlock()
+			return
+		}
+	}
+}
+
+// failLocked closes nc and fails every batch still waiting on it, so each
+// client learns that its command's fate is unknown instead of hanging.
+func (c *upConn) failLocked(nc net.Conn, err error) {
+	if c.nc != nc {
+		return
+	}
+	nc.Close()
+	c.nc = nil
+	c.wbuf = c.wbuf[:0]
+	for i, b := range c.pending {
+		b.err = err
+		b.done <- struct{}{}
+		c.pending[i] = nil
+	}
+	c.pending = c.pending[:0]
+}
+
+// close shuts the connection; waiting batches fail.
+func (c *upConn) close() {
+	c.mu.Lock()
+	c.closed = true
+	if c.nc != nil {
+		c.failLocked(c.nc, &upstreamError{errors.New("connection closed")})
+	}
+	c.mu.Unlock()
+}
+
+// idle reports whether no batch is waiting on the connection.
+func (c *upConn) idle() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.pending) == 0 && !c.closed
+}

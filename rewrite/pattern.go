@@ -1,0 +1,186 @@
+package rewrite
+
+import "bytes"
+
+// ErrSyntax is Redis's own reply to options it cannot parse. keyfence gives
+// it instead of forwarding a request whose shape it cannot vouch for.
+var ErrSyntax = errorString("ERR syntax error")
+
+type errorString string
+
+func (e errorString) Error() string { return string(e) }
+
+const (
+	keyspacePrefix = "__keyspace@"
+	keyeventPrefix = "__keyevent@"
+)
+
+func (r *Rewriter) appendPattern(dst []byte, cmd *Command, args [][]byte) ([]byte, error) {
+	switch cmd.Name {
+	case "keys":
+		dst = AppendArrayHeader(dst, 2)
+		dst = AppendBulk(dst, args[0])
+		return AppendPrefixedBulk(dst, r.globPrefix, args[1]), nil
+	case "scan":
+		return r.appendScan(dst, args, 2)
+	case "sort", "sort_ro":
+		return r.appendSort(dst, cmd, args)
+	case "psubscribe", "punsubscribe":
+		dst = AppendArrayHeader(dst, len(args))
+		dst = AppendBulk(dst, args[0])
+		for _, a := range args[1:] {
+			dst = r.appendChannelName(dst, a, true)
+		}
+		return dst, nil
+	case "pubsub|channels", "pubsub|shardchannels":
+		return r.appendPubsubPattern(dst, args)
+	}
+	return dst, ErrNotRewritable
+}
+
+// appendScan rewrites SCAN cursor [MATCH p] [COUNT n] [TYPE t]: every MATCH
+// gets the tenant's prefix, and one is added when the client gave none, so
+// the iteration never leaves the tenant's keys.
+func (r *Rewriter) appendScan(dst []byte, args [][]byte, optsFrom int) ([]byte, error) {
+	if (len(args)-optsFrom)%2 != 0 {
+		return dst, ErrSyntax
+	}
+	hasMatch := false
+	for i := optsFrom; i < len(args); i += 2 {
+		if equalFold(args[i], "match") {
+			hasMatch = true
+		}
+	}
+	n := len(args)
+	if !hasMatch {
+		n += 2
+	}
+	dst = AppendArrayHeader(dst, n)
+	for i := 0; i < optsFrom; i++ {
+		dst = AppendBulk(dst, args[i])
+	}
+	for i := optsFrom; i < len(args); i += 2 {
+		dst = AppendBulk(dst, args[i])
+		if equalFold(args[i], "match") {
+			dst = AppendPrefixedBulk(dst, r.globPrefix, args[i+1])
+		} else {
+			dst = AppendBulk(dst, args[i+1])
+		}
+	}
+	if !hasMatch {
+		dst = AppendBulk(dst, []byte("MATCH"))
+		dst = AppendPrefixedBulk(dst, r.globPrefix, []byte("*"))
+	}
+	return dst, nil
+}
+
+// appendSort parses SORT's options as Redis's sortCommand does and prefixes
+// the key, the STORE destination and the BY/GET patterns. A BY pattern with
+// no '*' (such as "nosort") is never looked up by Redis and GET # means the
+// element itself, so both are kept as they are.
+func (r *Rewriter) appendSort(dst []byte, cmd *Command, args [][]byte) ([]byte, error) {
+	prefixed := r.scratch(len(args)) // the key, STORE's key and BY/GET patterns
+	prefixed[1] = true
+	for j := 2; j < len(args); j++ {
+		left := len(args) - j - 1
+		switch a := args[j]; {
+		case equalFold(a, "asc"), equalFold(a, "desc"), equalFold(a, "alpha"):
+		case equalFold(a, "limit") && left >= 2:
+			j += 2
+		case equalFold(a, "store") && left >= 1 && cmd.Name == "sort":
+			prefixed[j+1] = true
+			j++
+		case equalFold(a, "by") && left >= 1:
+			prefixed[j+1] = bytes.IndexByte(args[j+1], '*') >= 0
+			j++
+		case equalFold(a, "get") && left >= 1:
+			prefixed[j+1] = !bytes.Equal(args[j+1], []byte("#"))
+			j++
+		default:
+			return dst, ErrSyntax
+		}
+	}
+	dst = AppendArrayHeader(dst, len(args))
+	for i, a := range args {
+		if prefixed[i] {
+			dst = AppendPrefixedBulk(dst, r.prefix, a)
+		} else {
+			dst = AppendBulk(dst, a)
+		}
+	}
+	return dst, nil
+}
+
+func (r *Rewriter) appendPubsubPattern(dst []byte, args [][]byte) ([]byte, error) {
+	switch len(args) {
+	case 2:
+		dst = AppendArrayHeader(dst, 3)
+		dst = AppendBulk(dst, args[0])
+		dst = AppendBulk(dst, args[1])
+		return AppendPrefixedBulk(dst, r.globPrefix, []byte("*")), nil
+	case 3:
+		dst = AppendArrayHeader(dst, 3)
+		dst = AppendBulk(dst, args[0])
+		dst = AppendBulk(dst, args[1])
+		return AppendPrefixedBulk(dst, r.globPrefix, args[2]), nil
+	}
+	return dst, ErrSyntax
+}
+
+func (r *Rewriter) appendChannel(dst []byte, cmd *Command, args [][]byte) ([]byte, error) {
+	switch cmd.Name {
+	case "publish", "spublish":
+		dst = AppendArrayHeader(dst, 3)
+		dst = AppendBulk(dst, args[0])
+		// Published names are always prefixed at the front, even when they
+		// look like keyspace channels: a tenant must not forge notifications.
+		dst = AppendPrefixedBulk(dst, r.prefix, args[1])
+		return AppendBulk(dst, args[2]), nil
+	case "subscribe", "ssubscribe", "unsubscribe", "sunsubscribe":
+		dst = AppendArrayHeader(dst, len(args))
+		dst = AppendBulk(dst, args[0])
+		for _, a := range args[1:] {
+			dst = r.appendChannelName(dst, a, false)
+		}
+		return dst, nil
+	case "pubsub|numsub", "pubsub|shardnumsub":
+		dst = AppendArrayHeader(dst, len(args))
+		dst = AppendBulk(dst, args[0])
+		dst = AppendBulk(dst, args[1])
+		for _, a := range args[2:] {
+			dst = AppendPrefixedBulk(dst, r.prefix, a)
+		}
+		return dst, nil
+	case "pubsub|shardchannels":
+		return r.appendPubsubPattern(dst, args)
+	}
+	return dst, ErrNotRewritable
+}
+
+// appendChannelName maps a channel (or pattern) a client subscribes to.
+// Keyspace channels keep their Redis shape with the prefix inside, so that
+// Redis's own notifications about this tenant's keys reach the tenant;
+// keyevent channels are subscribed as they are and their messages filtered
+// by StripMessage. Every other name gets the prefix in front.
+func (r *Rewriter) appendChannelName(dst, ch []byte, pattern bool) []byte {
+	prefix := r.prefix
+	if pattern {
+		prefix = r.globPrefix
+	}
+	if bytes.HasPrefix(ch, []byte(keyspacePrefix)) {
+		if i := bytes.Index(ch[len(keyspacePrefix):], []byte("__:")); i >= 0 {
+			cut := len(keyspacePrefix) + i + 3
+			dst = append(dst, '$')
+			dst = appendInt(dst, len(ch)+len(prefix))
+			dst = append(dst, '\r', '\n')
+			dst = append(dst, ch[:cut]...)
+			dst = append(dst, prefix...)
+			dst = append(dst, ch[cut:]...)
+			return append(dst, '\r', '\n')
+		}
+	}
+	if bytes.HasPrefix(ch, []byte(keyeventPrefix)) && bytes.Contains(ch, []byte("__:")) {
+		return AppendBulk(dst, ch)
+	}
+	return AppendPrefixedBulk(dst, prefix, ch)
+}

@@ -1,0 +1,388 @@
+package rewrite
+
+import (
+	"errors"
+	"strconv"
+)
+
+// Protocol errors, worded as Redis words them so that clients and operators
+// recognise them. The proxy closes the connection after sending one, as Redis
+// does: the stream cannot be resynchronised.
+var (
+	ErrInvalidMultibulkLength = errors.New("ERR Protocol error: invalid multibulk length")
+	ErrInvalidBulkLength      = errors.New("ERR Protocol error: invalid bulk length")
+	ErrUnbalancedQuotes       = errors.New("ERR Protocol error: unbalanced quotes in request")
+	ErrTooBigInline           = errors.New("ERR Protocol error: too big inline request")
+	ErrRequestTooLarge        = errors.New("ERR Protocol error: request is larger than the proxy's --max-request-bytes")
+	ErrInvalidReply           = errors.New("invalid RESP reply from upstream")
+)
+
+// ExpectedDollarError is Redis's "expected '$', got 'x'" protocol error.
+type ExpectedDollarError struct{ Got byte }
+
+func (e ExpectedDollarError) Error() string {
+	return "ERR Protocol error: expected '$', got '" + string(rune(e.Got)) + "'"
+}
+
+// Limits bound what one request may hold, so that a client cannot make the
+// proxy buffer without end.
+type Limits struct {
+	MaxRequestBytes int // whole request, all arguments included
+	MaxArgs         int // arguments in one request
+}
+
+// DefaultLimits match Redis's own protocol limits where they are sane for a
+// proxy that buffers a whole request before forwarding it.
+var DefaultLimits = Limits{MaxRequestBytes: 64 << 20, MaxArgs: 1024 * 1024}
+
+const maxInline = 64 << 10 // Redis's PROTO_INLINE_MAX_SIZE
+
+// ParseCommand parses one client request (RESP multibulk or inline) from the
+// front of buf. It returns the arguments as sub-slices of buf (appended to
+// args[:0], so a caller that keeps args allocates nothing), the number of
+// bytes consumed, and an error for malformed input. n == 0 with a nil error
+// means buf does not yet hold a whole request; need is then a lower bound on
+// the bytes the request will take, so the caller can grow its buffer once.
+// An empty request (a blank inline line or "*0") yields n > 0 and no args.
+func ParseCommand(buf []byte, args [][]byte, lim Limits) (out [][]byte, n, need int, err error) {
+	args = args[:0]
+	if len(buf) == 0 {
+		return args, 0, 1, nil
+	}
+	if buf[0] != '*' {
+		return parseInline(buf, args)
+	}
+	line, pos, ok := readLine(buf, 1)
+	if !ok {
+		if len(buf) > maxInline {
+			return args, 0, 0, ErrInvalidMultibulkLength
+		}
+		return args, 0, len(buf) + 1, nil
+	}
+	count, ok := parseInt(line)
+	if !ok || pos < 0 || count > int64(lim.MaxArgs) {
+		return args, 0, 0, ErrInvalidMultibulkLength
+	}
+	if count <= 0 {
+		return args, pos, 0, nil
+	}
+	for i := int64(0); i < count; i++ {
+		if pos >= len(buf) {
+			return args, 0, pos + 1, nil
+		}
+		if buf[pos] != '$' {
+			return args, 0, 0, ExpectedDollarError{Got: buf[pos]}
+		}
+		line, next, ok := readLine(buf, pos+1)
+		if !ok {
+			if len(buf)-pos > 32 {
+				return args, 0, 0, ErrInvalidBulkLength
+			}
+			return args, 0, len(buf) + 1, nil
+		}
+		size, ok := parseInt(line)
+		if !ok || next < 0 || size < 0 {
+			return args, 0, 0, ErrInvalidBulkLength
+		}
+		if size > int64(lim.MaxRequestBytes) || next+int(size) > lim.MaxRequestBytes {
+			return args, 0, 0, ErrRequestTooLarge
+		}
+		end := next + int(size)
+		if end+2 > len(buf) {
+			return args, 0, end + 2, nil
+		}
+		if buf[end] != '\r' || buf[end+1] != '\n' {
+			return args, 0, 0, ErrInvalidBulkLength
+		}
+		args = append(args, buf[next:end:end])
+		pos = end + 2
+	}
+	return args, pos, 0, nil
+}
+
+// parseInline splits a telnet-style request the way Redis's sdssplitargs
+// does: words separated by blanks, "double" quotes with escapes, 'single'
+// quotes without.
+func parseInline(buf []byte, args [][]byte) ([][]byte, int, int, error) {
+	nl := -1
+	for i, c := range buf {
+		if c == '\n' {
+			nl = i
+			break
+		}
+	}
+	if nl < 0 {
+		if len(buf) > maxInline {
+			return args, 0, 0, ErrTooBigInline
+		}
+		return args, 0, len(buf) + 1, nil
+	}
+	line := buf[:nl]
+	if len(line) > 0 && line[len(line)-1] == '\r' {
+		line = line[:len(line)-1]
+	}
+	// Inline words are rewritten in place (quotes and escapes shrink them),
+	// so the arguments still point into buf and nothing is allocated.
+	i := 0
+	for {
+		for i < len(line) && isBlank(line[i]) {
+			i++
+		}
+		if i == len(line) {
+			break
+		}
+		start := i
+		w := i // write position
+		switch line[i] {
+		case '"':
+			i++
+			closed := false
+			for i < len(line) {
+				c := line[i]
+				if c == '\\' && i+3 < len(line) && line[i+1] == 'x' && isHex(line[i+2]) && isHex(line[i+3]) {
+					line[w] = unhex(line[i+2])<<4 | unhex(line[i+3])
+					i += 4
+				} else if c == '\\' && i+1 < len(line) {
+					switch line[i+1] {
+					case 'n':
+						c = '\n'
+					case 'r':
+						c = '\r'
+					case 't':
+						c = '\t'
+					case 'b':
+						c = '\b'
+					case 'a':
+						c = '\a'
+					default:
+						c = line[i+1]
+					}
+					line[w] = c
+					i += 2
+				} else if c == '"' {
+					i++
+					closed = true
+					break
+				} else {
+					line[w] = c
+					i++
+				}
+				w++
+			}
+			if !closed || (i < len(line) && !isBlank(line[i])) {
+				return args, 0, 0, ErrUnbalancedQuotes
+			}
+		case '\'':
+			i++
+			closed := false
+			for i < len(line) {
+				c := line[i]
+				if c == '\\' && i+1 < len(line) && line[i+1] == '\'' {
+					line[w] = '\''
+					i += 2
+				} else if c == '\'' {
+					i++
+					closed = true
+					break
+				} else {
+					line[w] = c
+					i++
+				}
+				w++
+			}
+			if !closed || (i < len(line) && !isBlank(line[i])) {
+				return args, 0, 0, ErrUnbalancedQuotes
+			}
+		default:
+			for i < len(line) && !isBlank(line[i]) {
+				i++
+			}
+			w = i
+		}
+		args = append(args, line[start:w:w])
+	}
+	return args, nl + 1, 0, nil
+}
+
+func isBlank(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == 0 }
+func isHex(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
+}
+func unhex(c byte) byte {
+	switch {
+	case c <= '9':
+		return c - '0'
+	case c >= 'a':
+		return c - 'a' + 10
+	default:
+		return c - 'A' + 10
+	}
+}
+
+// readLine returns the line starting at buf[from] up to "\r\n" and the index
+// just past it; next is -1 (and ok true) when a CR is not followed by LF.
+func readLine(buf []byte, from int) (line []byte, next int, ok bool) {
+	for i := from; i+1 < len(buf); i++ {
+		if buf[i] == '\r' {
+			if buf[i+1] != '\n' {
+				return nil, -1, true // malformed: a bare CR
+			}
+			return buf[from:i], i + 2, true
+		}
+	}
+	return nil, 0, false
+}
+
+// parseInt parses a RESP length or integer without allocating.
+func parseInt(b []byte) (int64, bool) {
+	if len(b) == 0 || len(b) > 19 {
+		return 0, false
+	}
+	neg := false
+	if b[0] == '-' {
+		neg = true
+		b = b[1:]
+		if len(b) == 0 {
+			return 0, false
+		}
+	}
+	var n int64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	if neg {
+		n = -n
+	}
+	return n, true
+}
+
+// AppendBulk appends b as a RESP bulk string.
+func AppendBulk(dst, b []byte) []byte {
+	dst = append(dst, '$')
+	dst = strconv.AppendInt(dst, int64(len(b)), 10)
+	dst = append(dst, '\r', '\n')
+	dst = append(dst, b...)
+	return append(dst, '\r', '\n')
+}
+
+// AppendPrefixedBulk appends prefix+b as one RESP bulk string.
+func AppendPrefixedBulk(dst, prefix, b []byte) []byte {
+	dst = append(dst, '$')
+	dst = strconv.AppendInt(dst, int64(len(prefix)+len(b)), 10)
+	dst = append(dst, '\r', '\n')
+	dst = append(dst, prefix...)
+	dst = append(dst, b...)
+	return append(dst, '\r', '\n')
+}
+
+// AppendArrayHeader appends a RESP array header of n elements.
+func AppendArrayHeader(dst []byte, n int) []byte {
+	dst = append(dst, '*')
+	dst = strconv.AppendInt(dst, int64(n), 10)
+	return append(dst, '\r', '\n')
+}
+
+// AppendError appends a RESP error line. msg must not hold CR or LF.
+func AppendError(dst []byte, msg string) []byte {
+	dst = append(dst, '-')
+	dst = append(dst, msg...)
+	return append(dst, '\r', '\n')
+}
+
+// AppendInt appends a RESP integer.
+func AppendInt(dst []byte, n int64) []byte {
+	dst = append(dst, ':')
+	dst = strconv.AppendInt(dst, n, 10)
+	return append(dst, '\r', '\n')
+}
+
+// AppendStatus appends a RESP simple string.
+func AppendStatus(dst []byte, s string) []byte {
+	dst = append(dst, '+')
+	dst = append(dst, s...)
+	return append(dst, '\r', '\n')
+}
+
+// AppendNull appends the null of the given protocol version.
+func AppendNull(dst []byte, resp3 bool) []byte {
+	if resp3 {
+		return append(dst, '_', '\r', '\n')
+	}
+	return append(dst, '$', '-', '1', '\r', '\n')
+}
+
+// maxReplyDepth bounds nesting so that a hostile upstream cannot exhaust the
+// stack; Redis's own replies nest a handful of levels.
+const maxReplyDepth = 128
+
+// ReplyLen returns the length of the complete RESP2/RESP3 reply at the front
+// of buf, or 0 when buf does not yet hold all of it. Malformed input yields
+// ErrInvalidReply.
+func ReplyLen(buf []byte) (int, error) {
+	return replyLen(buf, 0, 0)
+}
+
+func replyLen(buf []byte, pos, depth int) (int, error) {
+	if depth > maxReplyDepth {
+		return 0, ErrInvalidReply
+	}
+	if pos >= len(buf) {
+		return 0, nil
+	}
+	line, next, ok := readLine(buf, pos+1)
+	if !ok {
+		return 0, nil
+	}
+	if next < 0 {
+		return 0, ErrInvalidReply
+	}
+	switch buf[pos] {
+	case '+', '-', ':', ',', '(', '#', '_':
+		return next - pos, nil
+	case '$', '=', '!':
+		n, ok := parseInt(line)
+		if !ok || n < -1 {
+			return 0, ErrInvalidReply
+		}
+		if n == -1 {
+			return next - pos, nil
+		}
+		end := next + int(n) + 2
+		if end > len(buf) {
+			return 0, nil
+		}
+		return end - pos, nil
+	case '*', '~', '>', '%', '|':
+		n, ok := parseInt(line)
+		if !ok || n < -1 {
+			return 0, ErrInvalidReply
+		}
+		if buf[pos] == '%' || buf[pos] == '|' {
+			n *= 2
+		}
+		p := next
+		for i := int64(0); i < n; i++ {
+			l, err := replyLen(buf, p, depth+1)
+			if err != nil || l == 0 {
+				return 0, err
+			}
+			p += l
+		}
+		if buf[pos] == '|' {
+			// An attribute precedes the reply it annotates.
+			l, err := replyLen(buf, p, depth+1)
+			if err != nil || l == 0 {
+				return 0, err
+			}
+			p += l
+		}
+		return p - pos, nil
+	default:
+		return 0, ErrInvalidReply
+	}
+}
+
+func appendInt(dst []byte, n int) []byte { return strconv.AppendInt(dst, int64(n), 10) }

@@ -1,0 +1,269 @@
+package rewrite
+
+import "bytes"
+
+// AppendReply appends to dst the reply the client sees for a reply of the
+// given kind from upstream: key names lose the tenant's prefix, values are
+// never touched, and error messages that echo a key are stripped too. reply
+// must be one complete RESP reply (see ReplyLen); a reply whose shape does
+// not match kind is passed through unchanged rather than guessed at.
+func (r *Rewriter) AppendReply(dst, reply []byte, kind ReplyKind) []byte {
+	if len(reply) == 0 {
+		return dst
+	}
+	if reply[0] == '-' || reply[0] == '!' {
+		return r.appendStrippedError(dst, reply)
+	}
+	if kind == ReplyRaw {
+		return append(dst, reply...)
+	}
+	var mode stripMode
+	switch kind {
+	case ReplyKey:
+		mode = stripKey
+	case ReplyKeyList:
+		mode = stripEachKey
+	case ReplyScan:
+		mode = stripScan
+	case ReplyKeyFirst:
+		mode = stripFirstKey
+	case ReplyStreams:
+		mode = stripStreams
+	case ReplyChannelMsg:
+		mode = stripMessage
+	}
+	out, n, ok := r.appendStripped(dst, reply, mode)
+	if !ok || n != len(reply) {
+		return append(dst, reply...)
+	}
+	return out
+}
+
+type stripMode uint8
+
+const (
+	copyAsIs      stripMode = iota
+	stripKey                // a bulk or simple string key name
+	stripEachKey            // an aggregate of key names
+	stripScan               // [cursor, [keys]]
+	stripFirstKey           // [key, rest…]
+	stripStreams            // [[key, entries]…] or {key: entries}
+	stripMessage            // pub/sub message or confirmation
+	stripChannel            // a channel or pattern name
+)
+
+// appendStripped rewrites the element at the front of buf under mode and
+// reports how many bytes of buf it took. ok is false for malformed input.
+func (r *Rewriter) appendStripped(dst, buf []byte, mode stripMode) (out []byte, n int, ok bool) {
+	size, err := ReplyLen(buf)
+	if err != nil || size == 0 {
+		return dst, 0, false
+	}
+	elem := buf[:size]
+	switch mode {
+	case copyAsIs:
+		return append(dst, elem...), size, true
+	case stripKey:
+		return r.appendStrippedString(dst, elem), size, true
+	case stripChannel:
+		return r.appendStrippedChannel(dst, elem), size, true
+	}
+	if !isAggregate(elem[0]) {
+		return append(dst, elem...), size, true // null, or not the expected shape
+	}
+	count, body, ok := aggregateHeader(elem)
+	if !ok || count < 0 {
+		return append(dst, elem...), size, true
+	}
+	dst = append(dst, elem[:body]...)
+	pos := body
+	for i := 0; i < count; i++ {
+		child := copyAsIs
+		switch mode {
+		case stripEachKey:
+			child = stripKey
+		case stripScan:
+			if i == 1 {
+				child = stripEachKey
+			}
+		case stripFirstKey:
+			if i == 0 {
+				child = stripKey
+			}
+		case stripStreams:
+			if elem[0] == '%' {
+				if i%2 == 0 {
+					child = stripKey
+				}
+			} else {
+				child = stripFirstKey
+			}
+		case stripMessage:
+			child = r.messageChildMode(elem, body, i)
+		}
+		var m int
+		dst, m, ok = r.appendStripped(dst, elem[pos:], child)
+		if !ok {
+			return dst, 0, false
+		}
+		pos += m
+	}
+	return dst, size, pos == size
+}
+
+func isAggregate(c byte) bool { return c == '*' || c == '%' || c == '~' || c == '>' }
+
+// aggregateHeader returns the number of child elements (maps count both
+// keys and values) and where the first child starts.
+func aggregateHeader(elem []byte) (count, body int, ok bool) {
+	line, next, ok := readLine(elem, 1)
+	if !ok || next < 0 {
+		return 0, 0, false
+	}
+	n, ok := parseInt(line)
+	if !ok {
+		return 0, 0, false
+	}
+	if elem[0] == '%' {
+		n *= 2
+	}
+	return int(n), next, true
+}
+
+// appendStrippedString removes the prefix from a bulk or simple string.
+func (r *Rewriter) appendStrippedString(dst, elem []byte) []byte {
+	switch elem[0] {
+	case '$':
+		line, next, ok := readLine(elem, 1)
+		if !ok || next < 0 {
+			break
+		}
+		n, ok := parseInt(line)
+		if !ok || n < 0 {
+			break
+		}
+		val := elem[next : next+int(n)]
+		if bytes.HasPrefix(val, r.prefix) {
+			return AppendBulk(dst, val[len(r.prefix):])
+		}
+	case '+':
+		val := elem[1 : len(elem)-2]
+		if bytes.HasPrefix(val, r.prefix) {
+			dst = append(dst, '+')
+			dst = append(dst, val[len(r.prefix):]...)
+			return append(dst, '\r', '\n')
+		}
+	}
+	return append(dst, elem...)
+}
+
+// appendStrippedError removes every occurrence of the prefix from an error,
+// since Redis echoes key names in some of them (NOGROUP, WRONGTYPE in Lua…).
+func (r *Rewriter) appendStrippedError(dst, reply []byte) []byte {
+	if !bytes.Contains(reply, r.prefix) {
+		return append(dst, reply...)
+	}
+	if reply[0] == '-' {
+		return append(dst, bytes.ReplaceAll(reply, r.prefix, nil)...)
+	}
+	line, next, ok := readLine(reply, 1)
+	if !ok || next < 0 {
+		return append(dst, reply...)
+	}
+	if n, ok := parseInt(line); !ok || next+int(n)+2 != len(reply) {
+		return append(dst, reply...)
+	}
+	msg := bytes.ReplaceAll(reply[next:len(reply)-2], r.prefix, nil)
+	dst = append(dst, '!')
+	dst = appendInt(dst, len(msg))
+	dst = append(dst, '\r', '\n')
+	dst = append(dst, msg...)
+	return append(dst, '\r', '\n')
+}
+
+// StripKey returns key without the tenant's prefix; ok is false when key is
+// not in the tenant's namespace.
+func (r *Rewriter) StripKey(key []byte) (stripped []byte, ok bool) {
+	if !bytes.HasPrefix(key, r.prefix) {
+		return key, false
+	}
+	return key[len(r.prefix):], true
+}
+
+// messageChildMode says which elements of a pub/sub message name channels:
+// ["message", ch, payload], ["pmessage", pattern, ch, payload],
+// ["subscribe", ch, count] and the like. The payload is a value: untouched.
+func (r *Rewriter) messageChildMode(elem []byte, body, i int) stripMode {
+	if i == 0 {
+		return copyAsIs
+	}
+	if i == 2 && bytes.HasPrefix(elem[body:], []byte("$8\r\npmessage\r\n")) {
+		return stripChannel
+	}
+	if i == 1 {
+		return stripChannel
+	}
+	return copyAsIs
+}
+
+// appendStrippedChannel undoes appendChannelName for a bulk string.
+func (r *Rewriter) appendStrippedChannel(dst, elem []byte) []byte {
+	if elem[0] != '$' {
+		return append(dst, elem...)
+	}
+	line, next, ok := readLine(elem, 1)
+	if !ok || next < 0 {
+		return append(dst, elem...)
+	}
+	n, ok := parseInt(line)
+	if !ok || n < 0 {
+		return append(dst, elem...)
+	}
+	val := elem[next : next+int(n)]
+	if bytes.HasPrefix(val, []byte(keyspacePrefix)) {
+		if i := bytes.Index(val[len(keyspacePrefix):], []byte("__:")); i >= 0 {
+			cut := len(keyspacePrefix) + i + 3
+			for _, p := range [2][]byte{r.prefix, r.globPrefix} {
+				if bytes.HasPrefix(val[cut:], p) {
+					dst = append(dst, '$')
+					dst = appendInt(dst, len(val)-len(p))
+					dst = append(dst, '\r', '\n')
+					dst = append(dst, val[:cut]...)
+					dst = append(dst, val[cut+len(p):]...)
+					return append(dst, '\r', '\n')
+				}
+			}
+		}
+	}
+	for _, p := range [2][]byte{r.prefix, r.globPrefix} {
+		if bytes.HasPrefix(val, p) {
+			return AppendBulk(dst, val[len(p):])
+		}
+	}
+	return append(dst, elem...)
+}
+
+// AppendExecReply strips EXEC's array reply element by element, each by the
+// reply kind of the command queued at its place. A null (aborted by WATCH)
+// or an error passes through like any other reply.
+func (r *Rewriter) AppendExecReply(dst, reply []byte, kinds []ReplyKind) []byte {
+	if len(reply) == 0 || reply[0] != '*' {
+		return r.AppendReply(dst, reply, ReplyRaw)
+	}
+	count, body, ok := aggregateHeader(reply)
+	if !ok || count != len(kinds) {
+		return append(dst, reply...)
+	}
+	start := len(dst)
+	dst = append(dst, reply[:body]...)
+	pos := body
+	for _, k := range kinds {
+		n, err := ReplyLen(reply[pos:])
+		if err != nil || n == 0 {
+			return append(dst[:start], reply...)
+		}
+		dst = r.AppendReply(dst, reply[pos:pos+n], k)
+		pos += n
+	}
+	return dst
+}
