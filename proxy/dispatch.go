@@ -227,6 +227,9 @@ func (s *session) queueInMulti(ctx context.Context, cmd *rewrite.Command, args [
 		s.forwardRaw(args, rewrite.ReplyRaw)
 		s.multiKinds = append(s.multiKinds, rewrite.ReplyRaw)
 		return
+	case "eval", "evalsha", "eval_ro", "evalsha_ro":
+		s.eval(ctx, cmd, args)
+		return
 	}
 	switch cmd.Policy {
 	case rewrite.PolicyDenied:

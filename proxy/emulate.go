@@ -101,13 +101,11 @@ func (s *session) emulate(ctx context.Context, cmd *rewrite.Command, args [][]by
 		s.addLocal(appendStringArray(nil, []string{"FUNCTION LIST, DUMP and STATS answer for this tenant, which owns no functions; FLUSH answers OK.", "FUNCTION LOAD, DELETE, RESTORE and FCALL are denied by keyfence: functions live in one global namespace."}))
 	case "pubsub|numpat":
 		s.addLocal(rewrite.AppendInt(nil, 0)) // no subscriber mode yet: no patterns
+	case "eval", "evalsha", "eval_ro", "evalsha_ro":
+		s.eval(ctx, cmd, args)
+	case "script|load", "script|exists", "script|flush", "script|help":
+		s.script(ctx, cmd, args)
 	default:
-		// eval, evalsha, eval_ro, evalsha_ro, script …: Lua needs the script
-		// wrapping of the sessions work; until then refuse, never forward.
-		if strings.HasPrefix(cmd.Name, "eval") || strings.HasPrefix(cmd.Name, "script") {
-			s.addLocalError("ERR keyfence: Lua scripting (" + strings.ToUpper(cmd.Name) + ") is not supported by this version of keyfence")
-			return
-		}
 		s.addLocalError("ERR keyfence: '" + cmd.Name + "' is not supported by this version of keyfence")
 	}
 }

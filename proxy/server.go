@@ -66,6 +66,7 @@ type Server struct {
 	mu       sync.Mutex
 	sessions map[*session]struct{}
 	groups   map[connKey]*connGroup
+	scripts  *scriptRegistry
 	closing  bool
 	wg       sync.WaitGroup
 }
@@ -87,6 +88,7 @@ func New(cfg Config) (*Server, error) {
 		log:      cfg.Logger.With("tenant", cfg.Tenant),
 		sessions: make(map[*session]struct{}),
 		groups:   make(map[connKey]*connGroup),
+		scripts:  newScriptRegistry(),
 		started:  time.Now(),
 	}, nil
 }

@@ -64,8 +64,9 @@ type session struct {
 type slot struct {
 	upstream bool
 	kind     rewrite.ReplyKind
-	exec     bool // EXEC: strip each element by multiKinds
-	from, to int  // local reply bytes
+	exec     bool         // EXEC: strip each element by multiKinds
+	script   *scriptEntry // EVAL*: heal NOSCRIPT, show the client's SHA
+	from, to int          // local reply bytes, or a script's request bytes
 }
 
 const initialReadBuffer = 4 << 10
@@ -228,6 +229,8 @@ func (s *session) flushBatch(ctx context.Context) {
 		switch {
 		case reply == nil:
 			s.out = rewrite.AppendError(s.out, upstreamErrorText(err, s.b.err))
+		case sl.script != nil:
+			s.scriptReply(ctx, sl, reply)
 		case sl.exec:
 			s.out = s.rw.AppendExecReply(s.out, reply, s.multiKinds)
 			s.multiKinds = s.multiKinds[:0]
