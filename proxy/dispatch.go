@@ -30,6 +30,9 @@ func (s *session) handle(ctx context.Context, args [][]byte) {
 		s.queueInMulti(ctx, cmd, args)
 		return
 	}
+	if (s.sub != nil || isSubscribe(cmd.Name)) && s.subscribed(ctx, cmd, args) {
+		return
+	}
 	switch cmd.Policy {
 	case rewrite.PolicyDenied:
 		s.addLocalError(deniedText(cmd))
@@ -101,7 +104,9 @@ func allowedBeforeAuth(name string) bool {
 func (s *session) forwardRewritten(ctx context.Context, cmd *rewrite.Command, args [][]byte) {
 	switch {
 	case isSubscribe(cmd.Name):
-		s.addLocalError(errSubscribeUnsupported)
+		// Not subscribed (subscribed() took the rest): only UNSUBSCRIBE
+		// variants get here, answered as Redis answers them.
+		s.unsubscribeWithoutSubscriber(args)
 		return
 	case blocks(cmd, args):
 		s.runBlocking(ctx, cmd, args)
@@ -123,18 +128,6 @@ func (s *session) forwardRewritten(ctx context.Context, cmd *rewrite.Command, ar
 		return
 	}
 	s.forward(cmd.Reply)
-}
-
-// errSubscribeUnsupported is the stable refusal of subscriber mode until
-// pub/sub sessions land; PUBLISH and PUBSUB work.
-const errSubscribeUnsupported = "ERR keyfence: subscriber mode (SUBSCRIBE, PSUBSCRIBE, SSUBSCRIBE) is not supported by this version of keyfence"
-
-func isSubscribe(name string) bool {
-	switch name {
-	case "subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe":
-		return true
-	}
-	return false
 }
 
 // blocks reports whether the command may wait on the server: those go to a
@@ -243,7 +236,7 @@ func (s *session) queueInMulti(ctx context.Context, cmd *rewrite.Command, args [
 	}
 	if isSubscribe(cmd.Name) {
 		s.multiAbort = true
-		s.addLocalError(errSubscribeUnsupported)
+		s.addLocalError("ERR keyfence: '" + cmd.Name + "' cannot be queued inside MULTI through keyfence")
 		return
 	}
 	mark := len(s.req)

@@ -258,6 +258,24 @@ func (g *connGroup) pin() (*upConn, error) {
 	return newUpConn(&g.srv.cfg.Upstream, g.key), nil
 }
 
+// reservePinned counts a connection of the pinned budget that the caller
+// dials and closes itself (subscriber mode).
+func (g *connGroup) reservePinned() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.pinned >= g.srv.cfg.MaxPinned {
+		return errTooManyPinned
+	}
+	g.pinned++
+	return nil
+}
+
+func (g *connGroup) releasePinned() {
+	g.mu.Lock()
+	g.pinned--
+	g.mu.Unlock()
+}
+
 // unpin takes a pinned connection back. clean says the session left it with
 // no transaction, WATCH or blocked command: only then may it be reused.
 func (g *connGroup) unpin(c *upConn, clean bool) {

@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -35,7 +36,9 @@ type session struct {
 	// Upstream.
 	group  *connGroup
 	shared *upConn
-	pinned *upConn // non-nil while MULTI or WATCH holds a connection
+	pinned *upConn    // non-nil while MULTI or WATCH holds a connection
+	sub    *subConn   // non-nil in subscriber mode
+	wmu    sync.Mutex // client writes: the subscriber reader writes too
 
 	// Transaction state (on the pinned connection).
 	inMulti    bool
@@ -103,7 +106,10 @@ func (s *session) serve(ctx context.Context) {
 		s.handleBuffered(ctx)
 		s.flushBatch(ctx)
 		if len(s.out) > 0 {
-			if _, err := s.nc.Write(s.out); err != nil {
+			s.wmu.Lock()
+			_, err := s.nc.Write(s.out)
+			s.wmu.Unlock()
+			if err != nil {
 				return
 			}
 			s.out = s.out[:0]
@@ -298,6 +304,7 @@ func (s *session) unpin(clean bool) {
 
 func (s *session) cleanup() {
 	s.nc.Close()
+	s.stopSubscriber()
 	// A transaction or WATCH left open: the connection holds state that
 	// must not reach the next user.
 	s.unpin(false)

@@ -72,6 +72,17 @@ func markKeys(cmd *Command, args [][]byte, isKey []bool) error {
 			if first == 0 {
 				continue // the optional keyword is absent: no keys here
 			}
+			if !spec.FindKeys.KeyNum && spec.FindKeys.LastKey == 0 && spec.BeginSearch.StartFrom > 0 {
+				// A one-key option (GEORADIUS STORE/STOREDIST) may be given
+				// more than once and Redis uses the last: every occurrence's
+				// key is the tenant's.
+				for i := first; i < argc; i++ {
+					if equalFold(args[i-1], spec.BeginSearch.Keyword) {
+						isKey[i] = true
+					}
+				}
+				continue
+			}
 		}
 		var last, step int
 		fk := &spec.FindKeys

@@ -168,7 +168,7 @@ func (r *Rewriter) appendChannelName(dst, ch []byte, pattern bool) []byte {
 		prefix = r.globPrefix
 	}
 	if bytes.HasPrefix(ch, []byte(keyspacePrefix)) {
-		if i := bytes.Index(ch[len(keyspacePrefix):], []byte("__:")); i >= 0 {
+		if i := bytes.Index(ch[len(keyspacePrefix):], []byte("__:")); i >= 0 && plainDB(ch[len(keyspacePrefix):len(keyspacePrefix)+i], pattern) {
 			cut := len(keyspacePrefix) + i + 3
 			dst = append(dst, '$')
 			dst = appendInt(dst, len(ch)+len(prefix))
@@ -183,4 +183,20 @@ func (r *Rewriter) appendChannelName(dst, ch []byte, pattern bool) []byte {
 		return AppendBulk(dst, ch)
 	}
 	return AppendPrefixedBulk(dst, prefix, ch)
+}
+
+// plainDB reports whether the database part of a keyspace channel is a
+// number (or, in a pattern, digits and '*'): anything cleverer, such as a
+// bracket class swallowing the "__:", would let the prefix land in the
+// wrong place, so such channels get the prefix in front instead.
+func plainDB(db []byte, pattern bool) bool {
+	if len(db) == 0 {
+		return false
+	}
+	for _, c := range db {
+		if !(c >= '0' && c <= '9' || pattern && c == '*') {
+			return false
+		}
+	}
+	return true
 }

@@ -2,6 +2,7 @@ package rewrite
 
 import (
 	"errors"
+	"math"
 	"strconv"
 )
 
@@ -50,7 +51,7 @@ func ParseCommand(buf []byte, args [][]byte, lim Limits) (out [][]byte, n, need 
 		return args, 0, 1, nil
 	}
 	if buf[0] != '*' {
-		return parseInline(buf, args)
+		return parseInline(buf, args, lim)
 	}
 	line, pos, ok := readLine(buf, 1)
 	if !ok {
@@ -84,7 +85,7 @@ func ParseCommand(buf []byte, args [][]byte, lim Limits) (out [][]byte, n, need 
 		if !ok || next < 0 || size < 0 {
 			return args, 0, 0, ErrInvalidBulkLength
 		}
-		if size > int64(lim.MaxRequestBytes) || next+int(size) > lim.MaxRequestBytes {
+		if next > lim.MaxRequestBytes || size > int64(lim.MaxRequestBytes-next) {
 			return args, 0, 0, ErrRequestTooLarge
 		}
 		end := next + int(size)
@@ -103,7 +104,7 @@ func ParseCommand(buf []byte, args [][]byte, lim Limits) (out [][]byte, n, need 
 // parseInline splits a telnet-style request the way Redis's sdssplitargs
 // does: words separated by blanks, "double" quotes with escapes, 'single'
 // quotes without.
-func parseInline(buf []byte, args [][]byte) ([][]byte, int, int, error) {
+func parseInline(buf []byte, args [][]byte, lim Limits) ([][]byte, int, int, error) {
 	nl := -1
 	for i, c := range buf {
 		if c == '\n' {
@@ -122,7 +123,9 @@ func parseInline(buf []byte, args [][]byte) ([][]byte, int, int, error) {
 		line = line[:len(line)-1]
 	}
 	// Inline words are rewritten in place (quotes and escapes shrink them),
-	// so the arguments still point into buf and nothing is allocated.
+	// so the arguments still point into buf and nothing is allocated. The
+	// rules are sdssplitargs': a quote may open mid-word, and a closing
+	// quote must be followed by a blank or the end of the line.
 	i := 0
 	for {
 		for i < len(line) && isBlank(line[i]) {
@@ -131,77 +134,93 @@ func parseInline(buf []byte, args [][]byte) ([][]byte, int, int, error) {
 		if i == len(line) {
 			break
 		}
-		start := i
-		w := i // write position
-		switch line[i] {
-		case '"':
-			i++
-			closed := false
-			for i < len(line) {
+		start, w := i, i
+		inDouble, inSingle := false, false
+	word:
+		for {
+			switch {
+			case inDouble:
+				if i >= len(line) {
+					return args, 0, 0, ErrUnbalancedQuotes
+				}
 				c := line[i]
-				if c == '\\' && i+3 < len(line) && line[i+1] == 'x' && isHex(line[i+2]) && isHex(line[i+3]) {
+				switch {
+				case c == '\\' && i+3 < len(line) && line[i+1] == 'x' && isHex(line[i+2]) && isHex(line[i+3]):
 					line[w] = unhex(line[i+2])<<4 | unhex(line[i+3])
 					i += 4
-				} else if c == '\\' && i+1 < len(line) {
-					switch line[i+1] {
-					case 'n':
-						c = '\n'
-					case 'r':
-						c = '\r'
-					case 't':
-						c = '\t'
-					case 'b':
-						c = '\b'
-					case 'a':
-						c = '\a'
-					default:
-						c = line[i+1]
-					}
-					line[w] = c
+				case c == '\\' && i+1 < len(line):
+					line[w] = unescape(line[i+1])
 					i += 2
-				} else if c == '"' {
+				case c == '"':
+					if i+1 < len(line) && !isBlank(line[i+1]) {
+						return args, 0, 0, ErrUnbalancedQuotes
+					}
 					i++
-					closed = true
-					break
-				} else {
+					break word
+				default:
 					line[w] = c
 					i++
 				}
 				w++
-			}
-			if !closed || (i < len(line) && !isBlank(line[i])) {
-				return args, 0, 0, ErrUnbalancedQuotes
-			}
-		case '\'':
-			i++
-			closed := false
-			for i < len(line) {
+			case inSingle:
+				if i >= len(line) {
+					return args, 0, 0, ErrUnbalancedQuotes
+				}
 				c := line[i]
-				if c == '\\' && i+1 < len(line) && line[i+1] == '\'' {
+				switch {
+				case c == '\\' && i+1 < len(line) && line[i+1] == '\'':
 					line[w] = '\''
 					i += 2
-				} else if c == '\'' {
+				case c == '\'':
+					if i+1 < len(line) && !isBlank(line[i+1]) {
+						return args, 0, 0, ErrUnbalancedQuotes
+					}
 					i++
-					closed = true
-					break
-				} else {
+					break word
+				default:
 					line[w] = c
 					i++
 				}
 				w++
-			}
-			if !closed || (i < len(line) && !isBlank(line[i])) {
-				return args, 0, 0, ErrUnbalancedQuotes
-			}
-		default:
-			for i < len(line) && !isBlank(line[i]) {
+			default:
+				if i >= len(line) || isBlank(line[i]) {
+					break word
+				}
+				switch line[i] {
+				case '"':
+					inDouble = true
+				case '\'':
+					inSingle = true
+				default:
+					line[w] = line[i]
+					w++
+				}
 				i++
 			}
-			w = i
+		}
+		if len(args) == lim.MaxArgs {
+			return args, 0, 0, ErrInvalidMultibulkLength
 		}
 		args = append(args, line[start:w:w])
 	}
 	return args, nl + 1, 0, nil
+}
+
+// unescape maps the letter after a backslash inside double quotes.
+func unescape(c byte) byte {
+	switch c {
+	case 'n':
+		return '\n'
+	case 'r':
+		return '\r'
+	case 't':
+		return '\t'
+	case 'b':
+		return '\b'
+	case 'a':
+		return '\a'
+	}
+	return c
 }
 
 func isBlank(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == 0 }
@@ -249,6 +268,9 @@ func parseInt(b []byte) (int64, bool) {
 	var n int64
 	for _, c := range b {
 		if c < '0' || c > '9' {
+			return 0, false
+		}
+		if n > (math.MaxInt64-int64(c-'0'))/10 {
 			return 0, false
 		}
 		n = n*10 + int64(c-'0')
@@ -318,6 +340,10 @@ func AppendNull(dst []byte, resp3 bool) []byte {
 // stack; Redis's own replies nest a handful of levels.
 const maxReplyDepth = 128
 
+// maxReplyElements bounds an aggregate's announced size (Redis's own
+// replies stay far below it), so that counts cannot overflow.
+const maxReplyElements = 1 << 32
+
 // ReplyLen returns the length of the complete RESP2/RESP3 reply at the front
 // of buf, or 0 when buf does not yet hold all of it. Malformed input yields
 // ErrInvalidReply.
@@ -351,13 +377,19 @@ func replyLen(buf []byte, pos, depth int) (int, error) {
 			return next - pos, nil
 		}
 		end := next + int(n) + 2
-		if end > len(buf) {
+		if end > len(buf) || end < next {
+			if end < next {
+				return 0, ErrInvalidReply
+			}
 			return 0, nil
+		}
+		if buf[end-2] != '\r' || buf[end-1] != '\n' {
+			return 0, ErrInvalidReply
 		}
 		return end - pos, nil
 	case '*', '~', '>', '%', '|':
 		n, ok := parseInt(line)
-		if !ok || n < -1 {
+		if !ok || n < -1 || n > maxReplyElements {
 			return 0, ErrInvalidReply
 		}
 		if buf[pos] == '%' || buf[pos] == '|' {

@@ -36,6 +36,14 @@ func Prefix(format, id string) (string, error) {
 	if !strings.Contains(format, "{tenant}") {
 		return "", fmt.Errorf("key format %q: must contain {tenant}", format)
 	}
+	// The character after the id must not be one an id may hold, or tenant
+	// "a"'s key "bx" would be tenant "ab"'s key "x".
+	for rest := format; strings.Contains(rest, "{tenant}"); {
+		rest = rest[strings.Index(rest, "{tenant}")+len("{tenant}"):]
+		if rest == "" || ValidTenantID(rest[:1]) {
+			return "", fmt.Errorf("key format %q: {tenant} must be followed by a separator such as ':' (not a letter, digit, '_' or '-')", format)
+		}
+	}
 	rest := strings.ReplaceAll(format, "{tenant}", "")
 	if i := strings.IndexFunc(rest, func(r rune) bool {
 		return strings.ContainsRune("*?[]\\{}", r) || r <= ' ' || r == 0x7f

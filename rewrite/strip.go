@@ -30,7 +30,17 @@ func (r *Rewriter) AppendReply(dst, reply []byte, kind ReplyKind) []byte {
 	case ReplyStreams:
 		mode = stripStreams
 	case ReplyChannelMsg:
-		mode = stripMessage
+		// Same rules as on a subscribed connection; a keyevent message
+		// about another tenant's key yields nothing at all.
+		out, info := r.AppendPush(dst, reply, reply[0] == '>')
+		if info.Kind == PushNone {
+			return append(dst, reply...)
+		}
+		return out
+	case ReplyChannelList:
+		mode = stripEachChannel
+	case ReplyChannelCounts:
+		mode = stripChannelCounts
 	}
 	out, n, ok := r.appendStripped(dst, reply, mode)
 	if !ok || n != len(reply) {
@@ -42,14 +52,16 @@ func (r *Rewriter) AppendReply(dst, reply []byte, kind ReplyKind) []byte {
 type stripMode uint8
 
 const (
-	copyAsIs      stripMode = iota
-	stripKey                // a bulk or simple string key name
-	stripEachKey            // an aggregate of key names
-	stripScan               // [cursor, [keys]]
-	stripFirstKey           // [key, rest…]
-	stripStreams            // [[key, entries]…] or {key: entries}
-	stripMessage            // pub/sub message or confirmation
-	stripChannel            // a channel or pattern name
+	copyAsIs           stripMode = iota
+	stripKey                     // a bulk or simple string key name
+	stripEachKey                 // an aggregate of key names
+	stripScan                    // [cursor, [keys]]
+	stripFirstKey                // [key, rest…]
+	stripStreams                 // [[key, entries]…] or {key: entries}
+	stripMessage                 // pub/sub message or confirmation
+	stripChannel                 // a channel or pattern name
+	stripEachChannel             // an aggregate of channel names
+	stripChannelCounts           // [channel, count, …] or {channel: count}
 )
 
 // appendStripped rewrites the element at the front of buf under mode and
@@ -100,6 +112,12 @@ func (r *Rewriter) appendStripped(dst, buf []byte, mode stripMode) (out []byte, 
 			}
 		case stripMessage:
 			child = r.messageChildMode(elem, body, i)
+		case stripEachChannel:
+			child = stripChannel
+		case stripChannelCounts:
+			if i%2 == 0 {
+				child = stripChannel
+			}
 		}
 		var m int
 		dst, m, ok = r.appendStripped(dst, elem[pos:], child)
@@ -264,6 +282,9 @@ func (r *Rewriter) AppendExecReply(dst, reply []byte, kinds []ReplyKind) []byte 
 		}
 		dst = r.AppendReply(dst, reply[pos:pos+n], k)
 		pos += n
+	}
+	if pos != len(reply) {
+		return append(dst[:start], reply...)
 	}
 	return dst
 }

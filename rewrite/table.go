@@ -43,13 +43,15 @@ func (p Policy) String() string {
 type ReplyKind uint8
 
 const (
-	ReplyRaw        ReplyKind = iota // values only: passed through
-	ReplyKey                         // one bulk key name or null (RANDOMKEY)
-	ReplyKeyList                     // flat array of key names (KEYS, COMMAND GETKEYS)
-	ReplyScan                        // [cursor, [key …]] (SCAN)
-	ReplyKeyFirst                    // [key, …] or null (BLPOP, BZPOPMIN, LMPOP, ZMPOP …)
-	ReplyStreams                     // [[key, entries] …] or map{key: entries} (XREAD, XREADGROUP)
-	ReplyChannelMsg                  // pub/sub messages and confirmations
+	ReplyRaw           ReplyKind = iota // values only: passed through
+	ReplyKey                            // one bulk key name or null (RANDOMKEY)
+	ReplyKeyList                        // flat array of key names (KEYS, COMMAND GETKEYS)
+	ReplyScan                           // [cursor, [key …]] (SCAN)
+	ReplyKeyFirst                       // [key, …] or null (BLPOP, BZPOPMIN, LMPOP, ZMPOP …)
+	ReplyStreams                        // [[key, entries] …] or map{key: entries} (XREAD, XREADGROUP)
+	ReplyChannelMsg                     // pub/sub messages and confirmations
+	ReplyChannelList                    // array of channel names (PUBSUB CHANNELS)
+	ReplyChannelCounts                  // [channel, count, …] (PUBSUB NUMSUB)
 )
 
 // Command flags copied from COMMAND INFO that the proxy acts on.

@@ -269,6 +269,7 @@ func TestPolicyFollowsRules(t *testing.T) {
 	replyKinds := map[string]ReplyKind{
 		"ReplyKey": ReplyKey, "ReplyKeyList": ReplyKeyList, "ReplyScan": ReplyScan,
 		"ReplyKeyFirst": ReplyKeyFirst, "ReplyStreams": ReplyStreams, "ReplyChannelMsg": ReplyChannelMsg,
+		"ReplyChannelList": ReplyChannelList, "ReplyChannelCounts": ReplyChannelCounts,
 	}
 	count := map[Policy]int{}
 	for name, c := range loadCapturedCommands(t) {
@@ -348,12 +349,12 @@ func TestPolicySpotChecks(t *testing.T) {
 		{"sort", PolicyPattern, ReplyRaw, ""},
 		{"sort_ro", PolicyPattern, ReplyRaw, ""},
 		{"psubscribe", PolicyPattern, ReplyChannelMsg, ""},
-		{"pubsub|channels", PolicyPattern, ReplyRaw, ""},
+		{"pubsub|channels", PolicyPattern, ReplyChannelList, ""},
 		{"publish", PolicyChannel, ReplyRaw, ""},
 		{"spublish", PolicyChannel, ReplyRaw, ""},
 		{"subscribe", PolicyChannel, ReplyChannelMsg, ""},
 		{"sunsubscribe", PolicyChannel, ReplyChannelMsg, ""},
-		{"pubsub|numsub", PolicyChannel, ReplyRaw, ""},
+		{"pubsub|numsub", PolicyChannel, ReplyChannelCounts, ""},
 		{"auth", PolicyEmulated, ReplyRaw, ""},
 		{"hello", PolicyEmulated, ReplyRaw, ""},
 		{"select", PolicyEmulated, ReplyRaw, ""},

@@ -377,6 +377,7 @@ func checkRulesUsed(names []string) []error {
 var validReplyKinds = map[string]bool{
 	"ReplyRaw": true, "ReplyKey": true, "ReplyKeyList": true, "ReplyScan": true,
 	"ReplyKeyFirst": true, "ReplyStreams": true, "ReplyChannelMsg": true,
+	"ReplyChannelList": true, "ReplyChannelCounts": true,
 }
 
 // commandFlags maps the COMMAND INFO flags the proxy acts on, in the order

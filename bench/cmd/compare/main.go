@@ -1,0 +1,435 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/keyfence/keyfence/bench/internal/envflag"
+	"github.com/keyfence/keyfence/bench/internal/rbench"
+	"github.com/keyfence/keyfence/bench/internal/report"
+	"github.com/keyfence/keyfence/bench/internal/resp"
+	"github.com/keyfence/keyfence/bench/internal/stack"
+)
+
+// Exit codes: 1 when a run or a target failed (the table is still written),
+// 2 for bad usage.
+const (
+	exitFailed      = 1
+	exitUsage       = 2
+	exitInterrupted = 130
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+type config struct {
+	rounds, requests, clients, keyspace, dataSize int
+	pipelines                                     []int
+	tests, targets                                []string
+	keyfence, keyfenceArgs, out                   string
+	runTimeout, timeout                           time.Duration
+	keep, verbose                                 bool
+}
+
+func parseFlags(args []string, stderr io.Writer) (config, error) {
+	root := envflag.RepoRoot()
+	var c config
+	var errs []error
+	intEnv := func(name string, def int) int {
+		v, err := envflag.Int(name, def)
+		errs = append(errs, err)
+		return v
+	}
+	durEnv := func(name string, def time.Duration) time.Duration {
+		v, err := envflag.Duration(name, def)
+		errs = append(errs, err)
+		return v
+	}
+	fs := flag.NewFlagSet("compare", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.IntVar(&c.rounds, "rounds", intEnv("BENCH_ROUNDS", 3), "interleaved rounds (A B C A B C …); env BENCH_ROUNDS")
+	fs.IntVar(&c.requests, "n", intEnv("BENCH_REQUESTS", 200000), "redis-benchmark -n: requests per test; env BENCH_REQUESTS")
+	fs.IntVar(&c.clients, "c", intEnv("BENCH_CLIENTS", 50), "redis-benchmark -c: parallel connections; env BENCH_CLIENTS")
+	fs.IntVar(&c.keyspace, "r", intEnv("BENCH_KEYSPACE", 100000), "redis-benchmark -r: random keys in [0,r), 0 = one key; env BENCH_KEYSPACE")
+	fs.IntVar(&c.dataSize, "d", intEnv("BENCH_DATASIZE", 3), "redis-benchmark -d: value size in bytes; env BENCH_DATASIZE")
+	pipelines := fs.String("pipelines", envflag.String("BENCH_PIPELINES", "1,16"), "redis-benchmark -P values, comma-separated; env BENCH_PIPELINES")
+	tests := fs.String("tests", envflag.String("BENCH_TESTS", "get,set,incr,lpush,hset,mset"), "redis-benchmark -t tests; env BENCH_TESTS")
+	targets := fs.String("targets", envflag.String("BENCH_TARGETS", "direct,twemproxy,keyfence"), "targets to measure, in this order; env BENCH_TARGETS")
+	fs.StringVar(&c.keyfence, "keyfence", envflag.String("KEYFENCE_BIN", filepath.Join(root, "bin", "keyfence")), "keyfence binary; env KEYFENCE_BIN")
+	fs.StringVar(&c.keyfenceArgs, "keyfence-args", envflag.String("KEYFENCE_ARGS", ""), "extra keyfence arguments, space-separated; env KEYFENCE_ARGS")
+	fs.StringVar(&c.out, "out", envflag.String("BENCH_OUT", filepath.Join(root, "bench", "results")), "directory for compare.{md,svg,json}; env BENCH_OUT")
+	fs.DurationVar(&c.runTimeout, "run-timeout", durEnv("BENCH_RUN_TIMEOUT", 10*time.Minute), "limit for one redis-benchmark run; env BENCH_RUN_TIMEOUT")
+	fs.DurationVar(&c.timeout, "timeout", durEnv("BENCH_TIMEOUT", 2*time.Hour), "limit for the whole comparison; env BENCH_TIMEOUT")
+	fs.BoolVar(&c.keep, "keep", false, "keep the scratch directory (configs, server logs) even when everything passed")
+	fs.BoolVar(&c.verbose, "v", false, "debug logging")
+	if err := errors.Join(errs...); err != nil {
+		return c, err
+	}
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	var err error
+	if c.pipelines, err = envflag.Ints(*pipelines); err != nil {
+		return c, err
+	}
+	c.tests = envflag.List(strings.ToLower(*tests))
+	c.targets = envflag.List(strings.ToLower(*targets))
+	switch {
+	case c.rounds < 1 || c.requests < 1 || c.clients < 1:
+		return c, errors.New("-rounds, -n and -c must be at least 1")
+	case len(c.pipelines) == 0 || len(c.tests) == 0 || len(c.targets) == 0:
+		return c, errors.New("-pipelines, -tests and -targets must not be empty")
+	}
+	for _, p := range c.pipelines {
+		if p < 1 {
+			return c, fmt.Errorf("pipeline %d: must be at least 1", p)
+		}
+	}
+	for _, t := range c.targets {
+		if t != "direct" && t != "twemproxy" && t != "keyfence" {
+			return c, fmt.Errorf("unknown target %q (want direct, twemproxy, keyfence)", t)
+		}
+	}
+	return c, nil
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	cfg, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "compare:", err)
+		return exitUsage
+	}
+	level := slog.LevelInfo
+	if cfg.verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	failed, err := compare(ctx, cfg, stdout, log)
+	if err != nil && errors.Is(context.Cause(ctx), context.Canceled) {
+		log.Warn("interrupted; every server started was stopped")
+		return exitInterrupted
+	}
+	if err != nil {
+		log.Error("compare failed", "err", err)
+		return exitFailed
+	}
+	if failed {
+		return exitFailed
+	}
+	return 0
+}
+
+// target is one column of the comparison.
+type target struct {
+	name   string
+	addr   string
+	proc   *stack.Proc // nil for direct, which is the stack's Redis
+	status string
+}
+
+// compare does the work; failed reports runs or targets that failed while
+// the comparison itself completed.
+func compare(ctx context.Context, cfg config, stdout io.Writer, log *slog.Logger) (failed bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, cfg.timeout)
+	defer cancel()
+
+	tools, err := stack.FindTools(cfg.keyfence)
+	if err != nil {
+		return false, err
+	}
+	benchBin, err := stack.LookPath("redis-benchmark")
+	if err != nil {
+		return false, err
+	}
+	benchVersion, err := rbench.Version(ctx, benchBin)
+	if err != nil {
+		return false, err
+	}
+
+	dir, err := os.MkdirTemp("", "keyfence-bench-*")
+	if err != nil {
+		return false, fmt.Errorf("scratch dir: %w", err)
+	}
+	defer func() {
+		if cfg.keep || failed || err != nil {
+			log.Info("server logs and configs kept", "dir", dir)
+			return
+		}
+		os.RemoveAll(dir)
+	}()
+
+	want := func(name string) bool {
+		for _, t := range cfg.targets {
+			if t == name {
+				return true
+			}
+		}
+		return false
+	}
+	scfg := stack.Config{
+		Tools: tools, Dir: dir, Twemproxy: want("twemproxy"),
+		KeyfenceArgs: strings.Fields(cfg.keyfenceArgs), Logger: log,
+	}
+	st, err := stack.Start(ctx, scfg)
+	if err != nil {
+		return false, err
+	}
+	defer func() {
+		if serr := st.Stop(); serr != nil {
+			log.Error("stopping servers", "err", serr)
+			failed = true
+		}
+	}()
+
+	var targets []*target
+	for _, name := range cfg.targets {
+		switch name {
+		case "direct":
+			targets = append(targets, &target{name: name, addr: st.Redis.Addr})
+		case "twemproxy":
+			targets = append(targets, &target{name: name, addr: st.Twemproxy.Addr, proc: st.Twemproxy})
+		case "keyfence":
+			tg := &target{name: name, status: tools.KeyfenceStatus}
+			if tools.Keyfence != "" {
+				p, err := st.StartKeyfence(ctx, scfg, "bench")
+				if err != nil {
+					if ctx.Err() != nil {
+						return false, err
+					}
+					// The other two columns are still worth having.
+					log.Error("keyfence did not start; continuing without it", "err", err)
+					tg.status, failed = "failed to start", true
+				} else {
+					tg.addr, tg.proc = p.Addr, p
+				}
+			} else {
+				log.Warn("keyfence is not measured", "binary", cfg.keyfence, "status", tools.KeyfenceStatus)
+			}
+			targets = append(targets, tg)
+		}
+	}
+
+	table := report.Table{Title: "keyfence vs direct Redis vs twemproxy", When: time.Now()}
+	for _, tg := range targets {
+		table.Targets = append(table.Targets, report.Target{Name: tg.name, Status: tg.status})
+	}
+	for _, den := range []string{"direct", "twemproxy"} {
+		if want("keyfence") && want(den) {
+			table.Ratios = append(table.Ratios, report.Ratio{Num: "keyfence", Den: den})
+		}
+	}
+	opts := rbench.Options{
+		Bin: benchBin, Clients: cfg.clients, Requests: cfg.requests,
+		Keyspace: cfg.keyspace, DataSize: cfg.dataSize, Tests: cfg.tests, Timeout: cfg.runTimeout,
+	}
+	table.Settings = settings(ctx, cfg, opts, tools, benchVersion)
+
+	start := time.Now()
+	for round := 1; round <= cfg.rounds; round++ {
+		for _, p := range cfg.pipelines {
+			for _, tg := range targets {
+				if tg.status != "" {
+					continue
+				}
+				if err := ctx.Err(); err != nil {
+					return failed, fmt.Errorf("interrupted in round %d: %w", round, err)
+				}
+				if tg.proc != nil {
+					if done, werr := tg.proc.Exited(); done {
+						log.Error("target process died; no more runs against it", "target", tg.name, "err", werr,
+							"log", tg.proc.LogTail(1024))
+						tg.status, failed = "died", true
+						continue
+					}
+				}
+				// Every run starts from an empty Redis, so that lists and
+				// hashes do not grow across runs and later targets do not
+				// pay for earlier ones' memory.
+				if err := flushAll(ctx, st.Redis.Addr); err != nil {
+					return failed, err
+				}
+				o := opts
+				o.Addr, o.Pipeline = tg.addr, p
+				t0 := time.Now()
+				res, fails, err := runTests(ctx, o, st.Redis.Addr, log)
+				if err != nil {
+					return failed, err
+				}
+				for _, f := range fails {
+					failed = true
+					f.Round, f.Target, f.Pipeline = round, tg.name, p
+					log.Error("run failed", "round", round, "target", tg.name, "pipeline", p, "test", f.Test, "err", f.Err)
+					table.Failures = append(table.Failures, f)
+				}
+				attrs := []any{"round", round, "target", tg.name, "pipeline", p, "took", time.Since(t0).Round(time.Millisecond)}
+				for _, r := range res {
+					table.Samples = append(table.Samples, report.Sample{Round: round, Target: tg.name, Pipeline: p, Result: r})
+					attrs = append(attrs, r.Test, report.FormatOps(r.RPS))
+				}
+				log.Info("run", attrs...)
+			}
+		}
+	}
+	for i, tg := range targets {
+		// A target that died mid-way keeps the rounds it finished; only
+		// the cells it never reached say "died".
+		table.Targets[i].Status = tg.status
+	}
+	names := make([]string, len(cfg.tests))
+	for i, t := range cfg.tests {
+		names[i] = rbench.TestName(t)
+	}
+	table = report.Summarize(table, names, cfg.pipelines)
+	log.Info("all rounds done", "took", time.Since(start).Round(time.Second))
+
+	fmt.Fprintf(stdout, "\n%s (median of %d rounds; -c %d -n %d -r %d; ops/s, latency in ms)\n\n",
+		table.Title, cfg.rounds, cfg.clients, cfg.requests, cfg.keyspace)
+	fmt.Fprint(stdout, table.Text())
+	if len(table.Failures) > 0 {
+		fmt.Fprintf(stdout, "\n%d run(s) failed; see the log above and compare.md\n", len(table.Failures))
+	}
+	paths, err := writeResults(cfg.out, table)
+	if err != nil {
+		return failed, err
+	}
+	fmt.Fprintf(stdout, "\nwritten: %s\n", strings.Join(paths, ", "))
+	return failed, nil
+}
+
+// runTests runs all tests in one redis-benchmark invocation. redis-benchmark
+// stops at the first error reply, so when that run fails every test is run
+// again on its own: one unsupported command then costs one cell of the
+// table, not the whole row. err is only for failures that end the
+// comparison (cancellation, Redis itself unreachable).
+func runTests(ctx context.Context, o rbench.Options, redisAddr string, log *slog.Logger) ([]rbench.Result, []report.Failure, error) {
+	res, err := rbench.Run(ctx, o)
+	if err == nil {
+		return res, nil, nil
+	}
+	if ctx.Err() != nil {
+		return nil, nil, err
+	}
+	if len(o.Tests) == 1 {
+		return nil, []report.Failure{{Test: rbench.TestName(o.Tests[0]), Err: err.Error()}}, nil
+	}
+	log.Warn("run failed; running its tests one by one", "addr", o.Addr, "err", err)
+	var fails []report.Failure
+	for _, t := range o.Tests {
+		if err := flushAll(ctx, redisAddr); err != nil {
+			return nil, nil, err
+		}
+		one := o
+		one.Tests = []string{t}
+		r, err := rbench.Run(ctx, one)
+		switch {
+		case ctx.Err() != nil:
+			return nil, nil, err
+		case err != nil:
+			fails = append(fails, report.Failure{Test: rbench.TestName(t), Err: err.Error()})
+		default:
+			res = append(res, r...)
+		}
+	}
+	return res, fails, nil
+}
+
+func flushAll(ctx context.Context, addr string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	c, err := resp.Dial(ctx, addr)
+	if err != nil {
+		return fmt.Errorf("flush before run: %w", err)
+	}
+	defer c.Close()
+	if _, err := c.Do(ctx, "FLUSHALL"); err != nil {
+		return fmt.Errorf("flush before run: %w", err)
+	}
+	return nil
+}
+
+// settings records what a reader needs to reproduce or judge the numbers.
+func settings(ctx context.Context, cfg config, o rbench.Options, tools stack.Tools, benchVersion string) []string {
+	o.Addr, o.Pipeline = "127.0.0.1:<port>", 0
+	args := strings.Replace(strings.Join(o.Args(), " "), "-P 0", "-P <pipeline>", 1)
+	kf := tools.Keyfence
+	if kf == "" {
+		kf = cfg.keyfence + " (" + tools.KeyfenceStatus + ")"
+	} else if st, err := os.Stat(kf); err == nil {
+		kf += " (built " + st.ModTime().UTC().Format(time.RFC3339) + ")"
+	}
+	return []string{
+		fmt.Sprintf("rounds: %d; in each round every pipeline depth runs against %s in turn", cfg.rounds, strings.Join(cfg.targets, " → ")),
+		fmt.Sprintf("pipelines: %s; tests: %s", joinInts(cfg.pipelines), strings.Join(cfg.tests, ", ")),
+		"command: `redis-benchmark " + args + "`",
+		"redis-benchmark: " + benchVersion,
+		"redis-server: " + versionLine(ctx, tools.RedisServer, "--version"),
+		"twemproxy: " + versionLine(ctx, tools.Nutcracker, "--version"),
+		"keyfence: " + kf,
+		fmt.Sprintf("machine: %d CPUs (%s/%s); all processes on 127.0.0.1, Redis flushed before every run", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH),
+	}
+}
+
+func joinInts(v []int) string {
+	s := make([]string, len(v))
+	for i, n := range v {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ", ")
+}
+
+func versionLine(ctx context.Context, bin, flag string) string {
+	out, err := exec.CommandContext(ctx, bin, flag).CombinedOutput()
+	if err != nil && len(out) == 0 {
+		return "unknown"
+	}
+	line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+	return line
+}
+
+func writeResults(dir string, t report.Table) ([]string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("results dir: %w", err)
+	}
+	js, err := json.MarshalIndent(t, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encode json: %w", err)
+	}
+	files := []struct {
+		name string
+		data []byte
+	}{
+		{"compare.md", []byte(t.Markdown())},
+		{"compare.svg", []byte(t.SVG())},
+		{"compare.json", append(js, '\n')},
+	}
+	var paths []string
+	for _, f := range files {
+		p := filepath.Join(dir, f.name)
+		if err := os.WriteFile(p, f.data, 0o644); err != nil {
+			return paths, fmt.Errorf("write %s: %w", p, err)
+		}
+		paths = append(paths, p)
+	}
+	return paths, nil
+}

@@ -1,0 +1,302 @@
+package report
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/keyfence/keyfence/bench/internal/rbench"
+)
+
+// Sample is one test's result from one redis-benchmark run.
+type Sample struct {
+	Round    int    `json:"round"`
+	Target   string `json:"target"`
+	Pipeline int    `json:"pipeline"`
+	rbench.Result
+}
+
+// Failure is a redis-benchmark run that produced no numbers.
+type Failure struct {
+	Round    int    `json:"round"`
+	Target   string `json:"target"`
+	Pipeline int    `json:"pipeline"`
+	// Test is empty when the whole run failed rather than one test.
+	Test string `json:"test,omitempty"`
+	Err  string `json:"error"`
+}
+
+// Target is one column group of the table.
+type Target struct {
+	Name string `json:"name"`
+	// Status is empty for a target that ran; otherwise it says why there are
+	// no numbers ("not built", "failed to start").
+	Status string `json:"status,omitempty"`
+}
+
+// Ratio is a throughput ratio column, Num's median ops/s over Den's.
+type Ratio struct{ Num, Den string }
+
+// Cell is one target's summary for one test and pipeline depth.
+type Cell struct {
+	OpsPerSec float64   `json:"ops_per_sec"`
+	P50Ms     float64   `json:"p50_ms"`
+	P99Ms     float64   `json:"p99_ms"`
+	PerRound  []float64 `json:"ops_per_round,omitempty"`
+	// Missing says why there are no numbers, when there are none.
+	Missing string `json:"missing,omitempty"`
+}
+
+// Row is one test at one pipeline depth, with a cell per target.
+type Row struct {
+	Test     string `json:"test"`
+	Pipeline int    `json:"pipeline"`
+	Cells    []Cell `json:"cells"`
+}
+
+// Table is the summary every renderer draws from.
+type Table struct {
+	Title    string    `json:"title"`
+	When     time.Time `json:"when"`
+	Settings []string  `json:"settings"`
+	Targets  []Target  `json:"targets"`
+	Ratios   []Ratio   `json:"ratios"`
+	Rows     []Row     `json:"rows"`
+	Samples  []Sample  `json:"samples"`
+	Failures []Failure `json:"failures,omitempty"`
+}
+
+// Summarize takes the median over rounds of each target's ops/s, p50 and
+// p99, for every test and pipeline depth. Medians, because one noisy round
+// on a shared machine should not move the result.
+func Summarize(t Table, tests []string, pipelines []int) Table {
+	t.Rows = nil
+	for _, p := range pipelines {
+		for _, test := range tests {
+			row := Row{Test: test, Pipeline: p}
+			for _, tg := range t.Targets {
+				var ops, p50, p99 []float64
+				for _, s := range t.Samples {
+					if s.Target == tg.Name && s.Pipeline == p && s.Test == test {
+						ops = append(ops, s.RPS)
+						p50 = append(p50, s.P50Ms)
+						p99 = append(p99, s.P99Ms)
+					}
+				}
+				c := Cell{PerRound: ops}
+				switch {
+				case len(ops) > 0:
+					c.OpsPerSec, c.P50Ms, c.P99Ms = median(ops), median(p50), median(p99)
+				case tg.Status != "":
+					c.Missing = tg.Status
+				default:
+					c.Missing = "error"
+				}
+				row.Cells = append(row.Cells, c)
+			}
+			t.Rows = append(t.Rows, row)
+		}
+	}
+	return t
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+func (t Table) targetIndex(name string) int {
+	return slices.IndexFunc(t.Targets, func(tg Target) bool { return tg.Name == name })
+}
+
+// RatioValue is Num/Den for one row; ok is false when either side has no
+// numbers.
+func (t Table) RatioValue(row Row, r Ratio) (v float64, ok bool) {
+	i, j := t.targetIndex(r.Num), t.targetIndex(r.Den)
+	if i < 0 || j < 0 {
+		return 0, false
+	}
+	a, b := row.Cells[i], row.Cells[j]
+	if a.Missing != "" || b.Missing != "" || b.OpsPerSec == 0 {
+		return 0, false
+	}
+	return a.OpsPerSec / b.OpsPerSec, true
+}
+
+// header and cells are shared by the text and Markdown renderers.
+func (t Table) header() []string {
+	h := []string{"test", "pipeline"}
+	for _, tg := range t.Targets {
+		h = append(h, tg.Name+" ops/s", "p50 ms", "p99 ms")
+	}
+	for _, r := range t.Ratios {
+		h = append(h, r.Num+"/"+r.Den)
+	}
+	return h
+}
+
+func (t Table) cells(row Row) []string {
+	out := []string{row.Test, strconv.Itoa(row.Pipeline)}
+	for _, c := range row.Cells {
+		if c.Missing != "" {
+			out = append(out, c.Missing, "-", "-")
+			continue
+		}
+		out = append(out, FormatOps(c.OpsPerSec), fmt.Sprintf("%.3f", c.P50Ms), fmt.Sprintf("%.3f", c.P99Ms))
+	}
+	for _, r := range t.Ratios {
+		if v, ok := t.RatioValue(row, r); ok {
+			out = append(out, fmt.Sprintf("%.2fx", v))
+		} else {
+			out = append(out, "-")
+		}
+	}
+	return out
+}
+
+// FormatOps prints a rate with thousands separators.
+func FormatOps(v float64) string {
+	s := strconv.FormatInt(int64(math.Round(v)), 10)
+	var b strings.Builder
+	for i, r := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+// Text renders the table for a terminal: first two columns left-aligned,
+// numbers right-aligned.
+func (t Table) Text() string {
+	lines := [][]string{t.header()}
+	for _, row := range t.Rows {
+		lines = append(lines, t.cells(row))
+	}
+	return AlignText(lines, 2)
+}
+
+// AlignText lays out rows as padded columns for a terminal; the first
+// `left` columns are left-aligned, the rest (numbers) right-aligned.
+func AlignText(lines [][]string, left int) string {
+	if len(lines) == 0 {
+		return ""
+	}
+	width := make([]int, len(lines[0]))
+	for _, l := range lines {
+		for i, c := range l {
+			width[i] = max(width[i], len([]rune(c)))
+		}
+	}
+	var b strings.Builder
+	for _, l := range lines {
+		for i, c := range l {
+			pad := strings.Repeat(" ", width[i]-len([]rune(c)))
+			if i > 0 {
+				b.WriteString("  ")
+			}
+			if i < left {
+				b.WriteString(c + pad)
+			} else {
+				b.WriteString(pad + c)
+			}
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+// Markdown renders the same table with its settings, a spread table that
+// shows how much the rounds disagreed, and any failures.
+func (t Table) Markdown() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# %s\n\n", t.Title)
+	fmt.Fprintf(&b, "Run at %s.\n\n", t.When.UTC().Format(time.RFC3339))
+	for _, s := range t.Settings {
+		fmt.Fprintf(&b, "- %s\n", s)
+	}
+	b.WriteString("\nMedian over rounds of each target's ops/s, p50 and p99 latency (ms, as measured by redis-benchmark). " +
+		"Ratio columns divide median ops/s; above 1.00x means the first target is faster.\n\n")
+	writeMDTable(&b, t.header(), t.mdRows(), 2)
+
+	b.WriteString("\n## Spread across rounds (ops/s, min – max)\n\n")
+	h := []string{"test", "pipeline"}
+	for _, tg := range t.Targets {
+		h = append(h, tg.Name)
+	}
+	var rows [][]string
+	for _, row := range t.Rows {
+		r := []string{row.Test, strconv.Itoa(row.Pipeline)}
+		for _, c := range row.Cells {
+			if c.Missing != "" || len(c.PerRound) == 0 {
+				r = append(r, "-")
+				continue
+			}
+			r = append(r, FormatOps(slices.Min(c.PerRound))+" – "+FormatOps(slices.Max(c.PerRound)))
+		}
+		rows = append(rows, r)
+	}
+	writeMDTable(&b, h, rows, 2)
+
+	if len(t.Failures) > 0 {
+		b.WriteString("\n## Failed runs\n\n")
+		for _, f := range t.Failures {
+			what := f.Test
+			if what == "" {
+				what = "all tests"
+			}
+			fmt.Fprintf(&b, "- round %d, %s, pipeline %d, %s: `%s`\n", f.Round, f.Target, f.Pipeline, what,
+				strings.ReplaceAll(strings.ReplaceAll(f.Err, "`", "'"), "\n", " "))
+		}
+	}
+	return b.String()
+}
+
+func (t Table) mdRows() [][]string {
+	var rows [][]string
+	for _, row := range t.Rows {
+		rows = append(rows, t.cells(row))
+	}
+	return rows
+}
+
+// MarkdownTable renders a pipe table; the first `left` columns are
+// left-aligned, the rest right-aligned.
+func MarkdownTable(header []string, rows [][]string, left int) string {
+	var b strings.Builder
+	writeMDTable(&b, header, rows, left)
+	return b.String()
+}
+
+func writeMDTable(b *strings.Builder, header []string, rows [][]string, left int) {
+	esc := func(s string) string { return strings.ReplaceAll(s, "|", `\|`) }
+	b.WriteString("|")
+	for _, h := range header {
+		b.WriteString(" " + esc(h) + " |")
+	}
+	b.WriteString("\n|")
+	for i := range header {
+		if i < left {
+			b.WriteString("---|")
+		} else {
+			b.WriteString("---:|")
+		}
+	}
+	b.WriteString("\n")
+	for _, r := range rows {
+		b.WriteString("|")
+		for _, c := range r {
+			b.WriteString(" " + esc(c) + " |")
+		}
+		b.WriteString("\n")
+	}
+}

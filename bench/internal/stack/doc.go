@@ -1,0 +1,6 @@
+// Package stack starts and stops the servers a benchmark runs against: one
+// redis-server, a twemproxy (nutcracker) in front of it and keyfence
+// processes in front of it, all on free loopback ports. Every process it
+// starts is stopped by Stack.Stop, and is killed by the kernel if the
+// benchmark itself dies first.
+package stack

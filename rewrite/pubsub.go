@@ -1,0 +1,176 @@
+package rewrite
+
+import "bytes"
+
+// PushKind classifies a reply seen on a subscribed connection.
+type PushKind uint8
+
+const (
+	PushNone         PushKind = iota // not pub/sub traffic: a normal reply
+	PushMessage                      // message, pmessage, smessage
+	PushSubscribe                    // subscribe, psubscribe, ssubscribe
+	PushUnsubscribe                  // unsubscribe, punsubscribe, sunsubscribe
+	PushPong                         // ["pong", payload] in RESP2 subscriber mode
+	PushInvalidation                 // CLIENT TRACKING invalidation
+)
+
+// PushInfo says what AppendPush saw.
+type PushInfo struct {
+	Kind  PushKind
+	Count int64 // subscriptions left, for (un)subscribe confirmations
+	Drop  bool  // another tenant's notification: the client must not see it
+}
+
+// AppendPush strips one reply read on a subscribed connection. Channel and
+// pattern names lose the prefix (keyspace channels the prefix inside them);
+// keyevent notifications, whose payload is a key name, are kept only when
+// that key is the tenant's, and then show the client's key name.
+//
+// In RESP3 only push frames ('>') are pub/sub traffic; in RESP2 the arrays
+// of a subscribed connection are.
+func (r *Rewriter) AppendPush(dst, reply []byte, resp3 bool) ([]byte, PushInfo) {
+	var info PushInfo
+	if len(reply) == 0 || (resp3 && reply[0] != '>') || (!resp3 && reply[0] != '*') {
+		return dst, info
+	}
+	count, body, ok := aggregateHeader(reply)
+	if !ok || count < 2 {
+		return dst, info
+	}
+	elems := make([][]byte, 0, 4)
+	pos := body
+	for i := 0; i < count; i++ {
+		n, err := ReplyLen(reply[pos:])
+		if err != nil || n == 0 {
+			return dst, info
+		}
+		elems = append(elems, reply[pos:pos+n])
+		pos += n
+	}
+	kind, ok := bulkValue(elems[0])
+	if !ok {
+		return dst, info
+	}
+	switch string(kind) {
+	case "message", "smessage":
+		info.Kind = PushMessage
+		if count != 3 {
+			return dst, PushInfo{}
+		}
+	case "pmessage":
+		info.Kind = PushMessage
+		if count != 4 {
+			return dst, PushInfo{}
+		}
+	case "subscribe", "psubscribe", "ssubscribe":
+		info.Kind = PushSubscribe
+	case "unsubscribe", "punsubscribe", "sunsubscribe":
+		info.Kind = PushUnsubscribe
+	case "pong":
+		info.Kind = PushPong
+		return append(dst, reply...), info
+	case "invalidate":
+		info.Kind = PushInvalidation
+		return r.appendStrippedInvalidation(dst, reply, elems), info
+	default:
+		return dst, info
+	}
+	if info.Kind == PushSubscribe || info.Kind == PushUnsubscribe {
+		if count != 3 {
+			return append(dst, reply...), info
+		}
+		if n, ok := parseInt(elems[2][1 : len(elems[2])-2]); ok && elems[2][0] == ':' {
+			info.Count = n
+		}
+	}
+	chanIdx := 1
+	if string(kind) == "pmessage" {
+		chanIdx = 2
+	}
+	// Every message is checked on the way in, whatever pattern brought it:
+	// its channel must be the tenant's. A keyevent channel carries every
+	// tenant's events: only the tenant's own keys pass, named as the client
+	// names them.
+	payloadIdx := -1
+	if info.Kind == PushMessage {
+		ch, ok := bulkValue(elems[chanIdx])
+		switch {
+		case !ok:
+			info.Drop = true
+		case bytes.HasPrefix(ch, []byte(keyeventPrefix)):
+			key, ok := bulkValue(elems[len(elems)-1])
+			info.Drop = !ok || !bytes.HasPrefix(key, r.prefix)
+			payloadIdx = len(elems) - 1
+		default:
+			info.Drop = !r.ownsChannel(ch)
+		}
+		if info.Drop {
+			return dst, info
+		}
+	}
+	dst = append(dst, reply[:body]...)
+	for i, e := range elems {
+		switch {
+		case i == 0:
+			dst = append(dst, e...)
+		case i == payloadIdx:
+			dst = r.appendStrippedString(dst, e)
+		case i == 1 || (i == 2 && chanIdx == 2):
+			dst = r.appendStrippedChannel(dst, e)
+		default:
+			dst = append(dst, e...)
+		}
+	}
+	return dst, info
+}
+
+// appendStrippedInvalidation strips the key names of a tracking push
+// ["invalidate", [key …]].
+func (r *Rewriter) appendStrippedInvalidation(dst, reply []byte, elems [][]byte) []byte {
+	if len(elems) != 2 {
+		return append(dst, reply...)
+	}
+	_, body, _ := aggregateHeader(reply)
+	dst = append(dst, reply[:body]...)
+	dst = append(dst, elems[0]...)
+	out, n, ok := r.appendStripped(dst, elems[1], stripEachKey)
+	if !ok || n != len(elems[1]) {
+		return append(dst, elems[1]...)
+	}
+	return out
+}
+
+// bulkValue returns the content of a bulk or simple string element.
+func bulkValue(e []byte) ([]byte, bool) {
+	switch e[0] {
+	case '+':
+		return e[1 : len(e)-2], true
+	case '$':
+		line, next, ok := readLine(e, 1)
+		if !ok || next < 0 {
+			return nil, false
+		}
+		n, ok := parseInt(line)
+		if !ok || n < 0 || next+int(n) > len(e) {
+			return nil, false
+		}
+		return e[next : next+int(n)], true
+	}
+	return nil, false
+}
+
+// ownsChannel reports whether an upstream channel name is in the tenant's
+// namespace: prefixed in front, or a keyspace channel of one of its keys.
+func (r *Rewriter) ownsChannel(ch []byte) bool {
+	if bytes.HasPrefix(ch, r.prefix) {
+		return true
+	}
+	if !bytes.HasPrefix(ch, []byte(keyspacePrefix)) {
+		return false
+	}
+	i := bytes.Index(ch[len(keyspacePrefix):], []byte("__:"))
+	if i < 0 || !plainDB(ch[len(keyspacePrefix):len(keyspacePrefix)+i], false) {
+		return false
+	}
+	return bytes.HasPrefix(ch[len(keyspacePrefix)+i+3:], r.prefix)
+}
