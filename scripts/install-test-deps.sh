@@ -34,6 +34,8 @@ packages=()
 command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
 command -v redis-sentinel >/dev/null 2>&1 || packages+=(redis-sentinel)
 command -v redis-cli >/dev/null 2>&1 || packages+=(redis-tools)
+# twemproxy: the benchmark harness's own tests start it next to Redis.
+command -v nutcracker >/dev/null 2>&1 || [[ -x /usr/sbin/nutcracker ]] || packages+=(nutcracker)
 if [[ -f "$node_dir/package.json" ]]; then
 	command -v node >/dev/null 2>&1 || packages+=(nodejs)
 	command -v npm >/dev/null 2>&1 || packages+=(npm)

@@ -8,12 +8,11 @@ import (
 	"github.com/keyfence/keyfence/bench/internal/resp"
 )
 
-// TestStartStop starts the real servers; it is skipped where they are not
-// installed (bench/deps.sh installs them).
+// TestStartStop starts the real servers; `make test` installs them.
 func TestStartStop(t *testing.T) {
 	tools, err := FindTools("")
 	if err != nil {
-		t.Skip(err)
+		t.Fatalf("%v: run `make test` (it installs redis-server and nutcracker) or `apt-get install -y redis-server nutcracker`", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -46,7 +45,7 @@ func TestStartStop(t *testing.T) {
 func TestFindToolsMissingKeyfence(t *testing.T) {
 	tools, err := FindTools(t.TempDir() + "/no-such-keyfence")
 	if err != nil {
-		t.Skip(err)
+		t.Fatalf("%v: run `make test` (it installs redis-server and nutcracker)", err)
 	}
 	if tools.Keyfence != "" || tools.KeyfenceStatus != NotBuilt {
 		t.Fatalf("got %+v", tools)
