@@ -79,7 +79,7 @@ func (s *session) emulate(ctx context.Context, cmd *rewrite.Command, args [][]by
 	case "client|setinfo":
 		s.clientSetInfo(args[2:])
 	case "client|info":
-		s.addLocal(s.appendVerbatim(nil, s.clientLine()+"\n"))
+		s.addLocal(s.appendVerbatim(nil, s.clientLine(true)+"\n"))
 	case "client|list":
 		s.clientList(args[2:])
 	case "client|help":
@@ -120,7 +120,9 @@ func (s *session) reset(ctx context.Context) {
 		}
 		s.unpin(false)
 	}
+	s.infoMu.Lock()
 	s.name, s.db, s.resp3 = "", s.srv.cfg.Upstream.DB, false
+	s.infoMu.Unlock()
 	s.authed = s.srv.cfg.ClientPassword == ""
 	s.selectGroup()
 	s.addStatus("RESET")
@@ -201,7 +203,9 @@ func (s *session) hello(ctx context.Context, args [][]byte) {
 			s.addLocalError("ERR Client names cannot contain spaces, newlines or special characters.")
 			return
 		}
+		s.infoMu.Lock()
 		s.name = string(name)
+		s.infoMu.Unlock()
 	}
 	if proto != 0 && (proto == 3) != s.resp3 {
 		s.flushBatch(ctx)
@@ -209,7 +213,9 @@ func (s *session) hello(ctx context.Context, args [][]byte) {
 			s.addLocalError("ERR keyfence: HELLO cannot change the protocol during MULTI or WATCH")
 			return
 		}
+		s.infoMu.Lock()
 		s.resp3 = proto == 3
+		s.infoMu.Unlock()
 		s.selectGroup()
 	}
 	protoNow := 2
@@ -286,14 +292,14 @@ func (s *session) selectDB(ctx context.Context, arg []byte) {
 		return
 	}
 	prevDB := s.db
-	s.db = n
+	s.setDB(n)
 	s.selectGroup()
 	s.forwardRaw([][]byte{[]byte("PING")}, rewrite.ReplyRaw)
 	s.slots = s.slots[:len(s.slots)-1]
 	err = s.shared.do(ctx, s.b, s.req, s.nreq)
 	s.req, s.nreq = s.req[:0], 0
 	if err != nil {
-		s.db = prevDB
+		s.setDB(prevDB)
 		s.selectGroup()
 		if strings.Contains(err.Error(), "out of range") {
 			s.addLocalError("ERR DB index is out of range")
@@ -319,7 +325,9 @@ func (s *session) clientSetName(name []byte) {
 		s.addLocalError("ERR Client names cannot contain spaces, newlines or special characters.")
 		return
 	}
+	s.infoMu.Lock()
 	s.name = string(name)
+	s.infoMu.Unlock()
 	s.addStatus("OK")
 }
 
@@ -332,6 +340,8 @@ func (s *session) clientSetInfo(args [][]byte) {
 		s.addLocalError("ERR " + strings.ToUpper(string(args[0])) + " cannot contain spaces, newlines or special characters.")
 		return
 	}
+	s.infoMu.Lock()
+	defer s.infoMu.Unlock()
 	switch strings.ToLower(string(args[0])) {
 	case "lib-name":
 		s.libName = string(args[1])
@@ -354,25 +364,33 @@ func (s *session) noteCommand(cmd *rewrite.Command, args [][]byte) {
 	s.lastAt.Store(time.Now().UnixNano())
 }
 
-// clientLine formats the session like a line of Redis's CLIENT LIST.
-func (s *session) clientLine() string {
+// clientLine formats the session like a line of Redis's CLIENT LIST. self
+// is true on the session's own goroutine, which alone may read its
+// transaction state.
+func (s *session) clientLine(self bool) string {
 	now := time.Now()
-	flags := "N"
-	if s.inMulti {
-		flags = "x"
+	flags, multi := "N", -1
+	if self && s.inMulti {
+		flags, multi = "x", len(s.multiKinds)
 	}
-	multi := -1
-	if s.inMulti {
-		multi = len(s.multiKinds)
-	}
+	s.infoMu.Lock()
+	name, db, resp3, libName, libVer := s.name, s.db, s.resp3, s.libName, s.libVer
+	s.infoMu.Unlock()
 	resp := 2
-	if s.resp3 {
+	if resp3 {
 		resp = 3
 	}
-	return fmt.Sprintf("id=%d addr=%s laddr=%s fd=0 name=%s age=%d idle=%d flags=%s db=%d sub=0 psub=0 ssub=0 multi=%d qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=%d rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=%s user=default redir=-1 resp=%d lib-name=%s lib-ver=%s",
-		s.id, s.nc.RemoteAddr(), s.nc.LocalAddr(), s.name,
+	return fmt.Sprintf("id=%d addr=%s laddr=%s fd=0 name=%s age=%d idle=%d flags=%s db=%d sub=0 psub=0 ssub=0 multi=%d qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=%s user=default redir=-1 resp=%d lib-name=%s lib-ver=%s",
+		s.id, s.nc.RemoteAddr(), s.nc.LocalAddr(), name,
 		int(now.Sub(s.created).Seconds()), int(now.Sub(time.Unix(0, s.lastAt.Load())).Seconds()),
-		flags, s.db, multi, cap(s.rbuf), s.lastCmd.Load().(string), resp, s.libName, s.libVer)
+		flags, db, multi, s.lastCmd.Load().(string), resp, libName, libVer)
+}
+
+// setDB changes the session's database (CLIENT LIST reads it remotely).
+func (s *session) setDB(n int) {
+	s.infoMu.Lock()
+	s.db = n
+	s.infoMu.Unlock()
 }
 
 // clientList lists this tenant's connections only: those of this keyfence.
@@ -412,24 +430,10 @@ func (s *session) clientList(opts [][]byte) {
 		if filterIDs != nil && !filterIDs[other.id] {
 			continue
 		}
-		if other == s {
-			b.WriteString(s.clientLine())
-		} else {
-			b.WriteString(other.clientLineRemote())
-		}
+		b.WriteString(other.clientLine(other == s))
 		b.WriteByte('\n')
 	}
 	s.addLocal(s.appendVerbatim(nil, b.String()))
-}
-
-// clientLineRemote formats another session; only its atomically kept
-// fields are read, since it runs on its own goroutine.
-func (s *session) clientLineRemote() string {
-	now := time.Now()
-	return fmt.Sprintf("id=%d addr=%s laddr=%s fd=0 name= age=%d idle=%d flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=%s user=default redir=-1 resp=2 lib-name= lib-ver=",
-		s.id, s.nc.RemoteAddr(), s.nc.LocalAddr(),
-		int(now.Sub(s.created).Seconds()), int(now.Sub(time.Unix(0, s.lastAt.Load())).Seconds()),
-		s.lastCmd.Load().(string))
 }
 
 var clientHelp = []string{

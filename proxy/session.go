@@ -23,7 +23,9 @@ type session struct {
 	rw      *rewrite.Rewriter
 	created time.Time
 
-	// Client-visible state.
+	// Client-visible state; infoMu guards what CLIENT LIST of another
+	// session reads (name, lib*, db, resp3), written only by this session.
+	infoMu  sync.Mutex
 	name    string
 	libName string
 	libVer  string

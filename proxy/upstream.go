@@ -185,11 +185,11 @@ type upConn struct {
 	key connKey
 
 	mu      sync.Mutex
-	nc      net.Conn // nil until dialled, and again after a failure
-	pending []*batch // batches awaiting replies, in the order sent
-	wbuf    []byte   // bytes not yet written
-	spare   []byte   // the other write buffer, swapped with wbuf
-	writing bool     // a submitter is flushing wbuf
+	nc      net.Conn      // nil until dialled, and again after a failure
+	pending []*batch      // batches awaiting replies, in the order sent
+	wbuf    []byte        // bytes not yet written
+	spare   []byte        // the other write buffer, swapped with wbuf
+	wake    chan struct{} // tells the writer of nc that wbuf has bytes
 	closed  bool
 }
 
@@ -231,32 +231,47 @@ func (c *upConn) submit(ctx context.Context, b *batch, req []byte) error {
 			return err
 		}
 		c.nc = nc
+		c.wake = make(chan struct{}, 1)
 		go c.readLoop(nc)
+		go c.writeLoop(nc, c.wake)
 	}
 	c.wbuf = append(c.wbuf, req...)
 	c.pending = append(c.pending, b)
-	if c.writing {
-		c.mu.Unlock()
-		return nil
+	wake := c.wake
+	c.mu.Unlock()
+	select {
+	case wake <- struct{}{}:
+	default: // the writer is already due to run and will take these bytes
 	}
-	c.writing = true
-	for len(c.wbuf) > 0 {
-		out, nc := c.wbuf, c.nc
+	return nil
+}
+
+// writeLoop writes whatever sessions have queued, one write for all of it:
+// while it writes, more requests gather, so under load many clients' commands
+// share each syscall, as in twemproxy's event loop.
+func (c *upConn) writeLoop(nc net.Conn, wake chan struct{}) {
+	for range wake {
+		c.mu.Lock()
+		if c.nc != nc {
+			c.mu.Unlock()
+			return
+		}
+		out := c.wbuf
 		c.wbuf, c.spare = c.spare[:0], nil
 		c.mu.Unlock()
+		if len(out) == 0 {
+			continue
+		}
 		_, err := nc.Write(out)
 		c.mu.Lock()
 		c.spare = out[:0]
 		if err != nil {
-			c.writing = false
 			c.failLocked(nc, &upstreamError{fmt.Errorf("write: %w", err)})
 			c.mu.Unlock()
-			return nil // b was failed with the rest of pending
+			return
 		}
+		c.mu.Unlock()
 	}
-	c.writing = false
-	c.mu.Unlock()
-	return nil
 }
 
 // readLoop hands replies to batches in the order they were sent.
@@ -328,6 +343,8 @@ func (c *upConn) failLocked(nc net.Conn, err error) {
 	}
 	nc.Close()
 	c.nc = nil
+	close(c.wake)
+	c.wake = nil
 	c.wbuf = c.wbuf[:0]
 	for i, b := range c.pending {
 		b.err = err
