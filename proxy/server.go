@@ -67,6 +67,7 @@ type Server struct {
 	sessions map[*session]struct{}
 	groups   map[connKey]*connGroup
 	scripts  *scriptRegistry
+	readBufs sync.Pool // *[]byte of initialReadBuffer: see session.fillIdle
 	closing  bool
 	wg       sync.WaitGroup
 }
@@ -90,6 +91,10 @@ func New(cfg Config) (*Server, error) {
 		groups:   make(map[connKey]*connGroup),
 		scripts:  newScriptRegistry(),
 		started:  time.Now(),
+		readBufs: sync.Pool{New: func() any {
+			b := make([]byte, 0, initialReadBuffer)
+			return &b
+		}},
 	}, nil
 }
 

@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/subtle"
 	"errors"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/keyfence/keyfence/rewrite"
@@ -19,6 +21,7 @@ import (
 type session struct {
 	srv     *Server
 	nc      net.Conn
+	raw     syscall.RawConn // nil unless nc is a plain TCP connection
 	id      int64
 	rw      *rewrite.Rewriter
 	created time.Time
@@ -80,6 +83,7 @@ func newSession(srv *Server, nc net.Conn) *session {
 	s := &session{
 		srv:     srv,
 		nc:      nc,
+		raw:     syscallConn(nc),
 		id:      srv.nextID.Add(1),
 		rw:      rewrite.NewRewriter(srv.prefix),
 		created: time.Now(),
@@ -90,6 +94,20 @@ func newSession(srv *Server, nc net.Conn) *session {
 	s.lastCmd.Store("NULL")
 	s.lastAt.Store(s.created.UnixNano())
 	return s
+}
+
+// syscallConn returns the file descriptor access of a TCP connection, so that
+// an idle session can wait for bytes without holding a buffer.
+func syscallConn(nc net.Conn) syscall.RawConn {
+	tc, ok := nc.(*net.TCPConn)
+	if !ok {
+		return nil
+	}
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return raw
 }
 
 func (s *session) closeWhenIdle() {
@@ -127,6 +145,9 @@ func (s *session) serve(ctx context.Context) {
 func (s *session) fill() error {
 	if s.rpos == len(s.rbuf) {
 		s.rbuf, s.rpos = s.rbuf[:0], 0
+		if s.raw != nil && cap(s.rbuf) <= initialReadBuffer {
+			return s.fillIdle()
+		}
 	}
 	if s.rpos > 0 && (cap(s.rbuf)-len(s.rbuf) < 1024 || s.rpos+s.need > cap(s.rbuf)) {
 		n := copy(s.rbuf, s.rbuf[s.rpos:])
@@ -149,6 +170,42 @@ func (s *session) fill() error {
 		err = errors.New("empty read")
 	}
 	return err
+}
+
+// fillIdle waits for the client with no buffer of its own: the read buffer
+// goes back to a pool while the connection is idle and one is taken only
+// when bytes arrive, so ten thousand idle clients cost no read buffers.
+func (s *session) fillIdle() error {
+	if s.rbuf != nil {
+		b := s.rbuf[:0]
+		s.srv.readBufs.Put(&b)
+		s.rbuf = nil
+	}
+	var n int
+	var rerr error
+	err := s.raw.Read(func(fd uintptr) bool {
+		bp := s.srv.readBufs.Get().(*[]byte)
+		buf := (*bp)[:cap(*bp)]
+		n, rerr = syscall.Read(int(fd), buf)
+		if rerr == syscall.EAGAIN || rerr == syscall.EINTR {
+			s.srv.readBufs.Put(bp)
+			return false // wait until readable
+		}
+		if n < 0 {
+			n = 0
+		}
+		s.rbuf = buf[:n]
+		return true
+	})
+	switch {
+	case err != nil:
+		return err
+	case rerr != nil:
+		return rerr
+	case n == 0:
+		return io.EOF
+	}
+	return nil
 }
 
 // handleBuffered handles every complete command in the read buffer.
