@@ -58,19 +58,21 @@ func (s *session) check(cmd *rewrite.Command, args [][]byte) string {
 	return ""
 }
 
-// unknownCommandText mirrors Redis's message, quoting the first arguments.
+// unknownCommandText mirrors Redis's message: the arguments are quoted
+// while their list stays under 128 bytes, the last one clipped to fit.
 func unknownCommandText(args [][]byte) string {
-	var b strings.Builder
-	b.WriteString("ERR unknown command '")
-	b.WriteString(clip(args[0]))
-	b.WriteString("', with args beginning with: ")
-	for i, a := range args[1:] {
-		if i == 8 || b.Len() > 128 {
+	var list strings.Builder
+	for _, a := range args[1:] {
+		room := 128 - list.Len()
+		if room <= 0 {
 			break
 		}
-		b.WriteString("'" + clip(a) + "' ")
+		if len(a) > room {
+			a = a[:room]
+		}
+		list.WriteString("'" + sanitize(string(a)) + "' ")
 	}
-	return b.String()
+	return "ERR unknown command '" + clip(args[0]) + "', with args beginning with: " + list.String()
 }
 
 // clip shortens an echoed argument and keeps it on one line.
@@ -215,6 +217,16 @@ func (s *session) queueInMulti(ctx context.Context, cmd *rewrite.Command, args [
 		return
 	case "watch":
 		s.addLocalError("ERR WATCH inside MULTI is not allowed")
+		return
+	case "quit":
+		// Redis runs QUIT at once: the transaction goes with the connection.
+		s.flushBatch(ctx)
+		s.unpin(false)
+		s.addStatus("OK")
+		s.quit = true
+		return
+	case "reset":
+		s.reset(ctx)
 		return
 	case "ping", "echo", "time":
 		s.forwardRaw(args, rewrite.ReplyRaw)

@@ -159,8 +159,9 @@ func (s *session) scriptReply(ctx context.Context, sl slot, reply []byte) {
 			}
 		}
 	}
-	if len(reply) > 0 && (reply[0] == '-' || reply[0] == '!') {
+	if len(reply) > 0 && reply[0] == '-' {
 		reply = bytes.ReplaceAll(reply, []byte(sl.script.wrappedSHA), []byte(sl.script.clientSHA))
+		reply = rewrite.FixScriptError(reply)
 	}
 	s.out = s.rw.AppendReply(s.out, reply, rewrite.ReplyRaw)
 }

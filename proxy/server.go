@@ -63,6 +63,8 @@ type Server struct {
 	started time.Time
 	nextID  atomic.Int64
 
+	pinnedCommands atomic.Int64 // commands sent on pinned connections
+
 	mu       sync.Mutex
 	sessions map[*session]struct{}
 	groups   map[connKey]*connGroup
@@ -317,4 +319,24 @@ func (s *Server) Ping(ctx context.Context) error {
 		return errors.New(trimCRLF(r[1:]))
 	}
 	return nil
+}
+
+// Stats are counters for tests and telemetry.
+type Stats struct {
+	Sessions       int   // client connections now
+	PinnedConns    int   // upstream connections pinned or idle in the pool
+	PinnedCommands int64 // commands sent on pinned connections so far
+}
+
+// Stats returns the server's counters.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := Stats{Sessions: len(s.sessions), PinnedCommands: s.pinnedCommands.Load()}
+	for _, g := range s.groups {
+		g.mu.Lock()
+		st.PinnedConns += g.pinned
+		g.mu.Unlock()
+	}
+	return st
 }

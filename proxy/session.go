@@ -110,16 +110,23 @@ func syscallConn(nc net.Conn) syscall.RawConn {
 	return raw
 }
 
+// drainGrace is how long a draining session waits for more of a client's
+// pipeline before it closes: requests already sent are served.
+const drainGrace = 100 * time.Millisecond
+
 func (s *session) closeWhenIdle() {
 	s.closing.Store(true)
-	// Wake a session blocked reading from an idle client.
-	_ = s.nc.SetReadDeadline(time.Now())
+	// Wake a session blocked reading from an idle client soon.
+	_ = s.nc.SetReadDeadline(time.Now().Add(drainGrace))
 }
 
 func (s *session) serve(ctx context.Context) {
 	defer s.cleanup()
 	s.selectGroup()
 	for !s.quit {
+		if s.closing.Load() {
+			_ = s.nc.SetReadDeadline(time.Now().Add(drainGrace))
+		}
 		if err := s.fill(); err != nil {
 			return
 		}
@@ -133,9 +140,6 @@ func (s *session) serve(ctx context.Context) {
 				return
 			}
 			s.out = s.out[:0]
-		}
-		if s.closing.Load() && !s.inMulti {
-			return
 		}
 	}
 }
@@ -278,6 +282,9 @@ func (s *session) flushBatch(ctx context.Context) {
 	}
 	var err error
 	if s.nreq > 0 {
+		if s.pinned != nil {
+			s.srv.pinnedCommands.Add(int64(s.nreq))
+		}
 		err = s.conn().do(ctx, s.b, s.req, s.nreq)
 		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 			s.b = newBatch() // the old one may still be written to

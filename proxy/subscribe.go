@@ -66,6 +66,7 @@ func (s *session) subscribed(ctx context.Context, cmd *rewrite.Command, args [][
 			s.sub.expect(subExpect{kind: rewrite.ReplyRaw})
 		}
 		if err == nil {
+			s.srv.pinnedCommands.Add(1)
 			err = s.sub.send(req)
 		}
 		if err != nil {

@@ -9,6 +9,20 @@ import (
 // determined from its arguments. Such a command is never forwarded.
 var ErrUnknownKeys = errors.New("ERR keyfence cannot locate the keys of this command; it is not forwarded")
 
+// ErrNotInteger is Redis's reply to a count that is not a number.
+var ErrNotInteger = errorString("ERR value is not an integer or out of range")
+
+// numkeysError is the error Redis gives when a command's key count reaches
+// past its arguments: keyfence refuses such a command itself, in the same
+// words, instead of forwarding what it cannot vouch for.
+func numkeysError(cmd *Command) error {
+	switch cmd.Name {
+	case "sintercard", "eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro":
+		return errorString("ERR Number of keys can't be greater than number of args")
+	}
+	return ErrSyntax
+}
+
 // Lookup returns the table entry for the command in args, descending into a
 // container command's subcommand when args names one. It returns nil for an
 // unknown command, and the container itself when the subcommand is unknown
@@ -92,14 +106,20 @@ func markKeys(cmd *Command, args [][]byte, isKey []bool) error {
 				return ErrUnknownKeys
 			}
 			numkeys, ok := parseInt(args[first+fk.KeyNumIdx])
-			if !ok || numkeys < 0 || numkeys > int64(argc) {
-				return ErrUnknownKeys
+			if !ok {
+				return ErrNotInteger
+			}
+			if numkeys < 0 || numkeys > int64(argc) {
+				return numkeysError(cmd)
 			}
 			first += fk.FirstKey
 			if numkeys == 0 {
 				continue // Redis itself rejects it; nothing here is a key
 			}
 			last = first + int(numkeys) - 1
+			if last >= argc {
+				return numkeysError(cmd)
+			}
 		} else {
 			step = fk.KeyStep
 			switch {

@@ -20,6 +20,11 @@ import (
 //     replies that carry them, and refuse commands a script must not run
 //     (key patterns, anything not keyed).
 //
+// Redis names the line of the Lua function that raised an error, which for
+// redis.call would be the prelude's line 1; so the wrapper marks such errors
+// with the caller's line (" [kf:line=N]", "?" after a tail call) and
+// FixScriptError puts it where Redis puts the line.
+//
 // Scripts build keys from KEYS and ARGV and store key names as values
 // (BullMQ, asynq); since they see only unprefixed names, both stay
 // consistent and inside the tenant. Only the commands named somewhere in the
@@ -74,8 +79,9 @@ local function __kf_mark(c, a) local n = #a; local m = {}; for _, sp in ipairs(c
 local function __kf_sort(c, a) local m = {[2] = true}; local i = 3; while i <= #a do local w = string.lower(a[i]); if w == "by" or w == "get" then return nil, __kf_PAT elseif w == "limit" then i = i + 2 elseif w == "store" and c.store then m[i + 1] = true; i = i + 1 end; i = i + 1 end; return m end;
 local function __kf_prep(a) local name = string.lower(tostring(a[1] or "")); local c = __kf_S[name]; if c and c.sub then c = a[2] and c.sub[string.lower(tostring(a[2]))] end; if not c then if __kf_PATCMD[name] then return nil, __kf_PAT end; return nil, "ERR keyfence: command '" .. name .. "' is not allowed inside scripts through keyfence (only key commands named literally in the script)" end; local m, e; if c.sort then m, e = __kf_sort(c, a) else m = __kf_mark(c, a) end; if not m then return nil, e or "ERR keyfence: cannot locate the keys of '" .. name .. "'" end; for i in pairs(m) do if a[i] ~= nil then a[i] = __kf_P .. a[i] end end; return c end;
 local function __kf_fix(c, r) if type(r) ~= "table" then return r end; if r.err then r.err = string.gsub(r.err, __kf_PE, "") return r end; if c.r == 1 then r[1] = __kf_strip(r[1]) elseif c.r == 2 then if r.map then local m = {}; for k, v in pairs(r.map) do m[__kf_strip(k)] = v end; r.map = m else for _, s in ipairs(r) do if type(s) == "table" then s[1] = __kf_strip(s[1]) end end end end; return r end;
+local function __kf_raise(r) local _, w = pcall(error, "", 4); r.err = r.err .. " [kf:line=" .. (string.match(tostring(w), ":(%d+):") or "?") .. "]"; error(r) end;
 local redis = setmetatable({
-call = function(...) local a = {...}; local c, e = __kf_prep(a); if not c then error(__kf_R.error_reply(e)) end; return __kf_fix(c, __kf_R.call(unpack(a, 1, select("#", ...)))) end,
+call = function(...) local a = {...}; local c, e = __kf_prep(a); if not c then __kf_raise(__kf_R.error_reply(e)) end; local r = __kf_R.pcall(unpack(a, 1, select("#", ...))); if type(r) == "table" and r.err then __kf_raise(r) end; return __kf_fix(c, r) end,
 pcall = function(...) local a = {...}; local c, e = __kf_prep(a); if not c then return __kf_noerr(e) end; return __kf_fix(c, __kf_R.pcall(unpack(a, 1, select("#", ...)))) end
 }, {__index = __kf_R});
 `
@@ -239,4 +245,29 @@ func luaPatternEscape(s string) string {
 		b.WriteByte(s[i])
 	}
 	return b.String()
+}
+
+// FixScriptError rewrites the location of a script error raised through
+// the prelude's redis.call: the marker the prelude left names the client's
+// line; without one the message is left as it is.
+func FixScriptError(msg []byte) []byte {
+	i := bytes.Index(msg, []byte(" [kf:line="))
+	if i < 0 {
+		return msg
+	}
+	j := bytes.IndexByte(msg[i:], ']')
+	if j < 0 {
+		return msg
+	}
+	line := msg[i+len(" [kf:line=") : i+j]
+	out := append(append([]byte(nil), msg[:i]...), msg[i+j+1:]...)
+	loc := []byte(", on @user_script:1.")
+	if k := bytes.LastIndex(out, loc); k >= 0 {
+		repl := []byte(".") // after a tail call the line is unknown: say none
+		if string(line) != "?" {
+			repl = []byte(", on @user_script:" + string(line) + ".")
+		}
+		out = append(out[:k], append(repl, out[k+len(loc):]...)...)
+	}
+	return out
 }

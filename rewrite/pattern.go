@@ -148,7 +148,7 @@ func (r *Rewriter) appendChannel(dst []byte, cmd *Command, args [][]byte) ([]byt
 		dst = AppendBulk(dst, args[0])
 		dst = AppendBulk(dst, args[1])
 		for _, a := range args[2:] {
-			dst = AppendPrefixedBulk(dst, r.prefix, a)
+			dst = r.appendChannelName(dst, a, false)
 		}
 		return dst, nil
 	case "pubsub|shardchannels":

@@ -47,6 +47,9 @@ func (r *Rewriter) AppendPush(dst, reply []byte, resp3 bool) ([]byte, PushInfo) 
 		elems = append(elems, reply[pos:pos+n])
 		pos += n
 	}
+	if pos != len(reply) {
+		return dst, info // not one reply: leave it to the caller
+	}
 	kind, ok := bulkValue(elems[0])
 	if !ok {
 		return dst, info
