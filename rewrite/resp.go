@@ -118,6 +118,9 @@ func parseInline(buf []byte, args [][]byte, lim Limits) ([][]byte, int, int, err
 		}
 		return args, 0, len(buf) + 1, nil
 	}
+	if nl+1 > lim.MaxRequestBytes+2 {
+		return args, 0, 0, ErrRequestTooLarge
+	}
 	line := buf[:nl]
 	if len(line) > 0 && line[len(line)-1] == '\r' {
 		line = line[:len(line)-1]
