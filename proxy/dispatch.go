@@ -113,6 +113,10 @@ func (s *session) forwardRewritten(ctx context.Context, cmd *rewrite.Command, ar
 	case blocks(cmd, args):
 		s.runBlocking(ctx, cmd, args)
 		return
+	case needsSortEmulation(cmd, args):
+		s.flushBatch(ctx)
+		s.emulateSort(ctx, cmd, args)
+		return
 	case cmd.Name == "watch":
 		s.flushBatch(ctx)
 		if err := s.pin(); err != nil {

@@ -100,7 +100,7 @@ func (s *session) emulate(ctx context.Context, cmd *rewrite.Command, args [][]by
 	case "function|help":
 		s.addLocal(appendStringArray(nil, []string{"FUNCTION LIST, DUMP and STATS answer for this tenant, which owns no functions; FLUSH answers OK.", "FUNCTION LOAD, DELETE, RESTORE and FCALL are denied by keyfence: functions live in one global namespace."}))
 	case "pubsub|numpat":
-		s.addLocal(rewrite.AppendInt(nil, 0)) // no subscriber mode yet: no patterns
+		s.addLocal(rewrite.AppendInt(nil, int64(s.srv.numPatterns())))
 	case "eval", "evalsha", "eval_ro", "evalsha_ro":
 		s.eval(ctx, cmd, args)
 	case "script|load", "script|exists", "script|flush", "script|help":

@@ -65,6 +65,9 @@ type Server struct {
 
 	pinnedCommands atomic.Int64 // commands sent on pinned connections
 
+	patternsMu sync.Mutex
+	patterns   map[string]int // the tenant's patterns subscribed, for PUBSUB NUMPAT
+
 	mu       sync.Mutex
 	sessions map[*session]struct{}
 	groups   map[connKey]*connGroup
@@ -339,4 +342,25 @@ func (s *Server) Stats() Stats {
 		g.mu.Unlock()
 	}
 	return st
+}
+
+// countPatterns adds delta subscribers to each pattern.
+func (s *Server) countPatterns(patterns []string, delta int) {
+	s.patternsMu.Lock()
+	defer s.patternsMu.Unlock()
+	if s.patterns == nil {
+		s.patterns = map[string]int{}
+	}
+	for _, p := range patterns {
+		if s.patterns[p] += delta; s.patterns[p] <= 0 {
+			delete(s.patterns, p)
+		}
+	}
+}
+
+// numPatterns is PUBSUB NUMPAT for the tenant: its distinct patterns.
+func (s *Server) numPatterns() int {
+	s.patternsMu.Lock()
+	defer s.patternsMu.Unlock()
+	return len(s.patterns)
 }

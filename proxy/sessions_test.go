@@ -225,17 +225,31 @@ func TestSlowSubscriberIsDisconnectedWithBoundedMemory(t *testing.T) {
 // own keys only, and RESP3 subscribers get push frames.
 func TestPubSubScopedAndStripped(t *testing.T) {
 	srv := redistest.StartT(t, redistest.Options{Args: []string{"--notify-keyspace-events", "KEA"}})
-	addrA, _ := startKeyfence(t, srv, "a", nil)
-	addrB, _ := startKeyfence(t, srv, "b", nil)
+	// Each keyfence logs in as its tenant's ACL user: any pattern or channel
+	// that left the tenant's namespace upstream would fail with NOPERM.
+	for _, id := range []string{"a", "b"} {
+		if err := srv.AddTenantUser(context.Background(), "kf-"+id, "pw", id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	addrA, _ := startKeyfence(t, srv, "a", func(c *proxy.Config) { c.Upstream.Username, c.Upstream.Password = "kf-a", "pw" })
+	addrB, _ := startKeyfence(t, srv, "b", func(c *proxy.Config) { c.Upstream.Username, c.Upstream.Password = "kf-b", "pw" })
 
 	subA := dialRaw(t, addrA)
 	subA.send("SUBSCRIBE", "news", "__keyspace@0__:k")
 	subA.reply(5 * time.Second)
 	subA.reply(5 * time.Second)
 	psubA := dialRaw(t, addrA)
-	psubA.send("PSUBSCRIBE", "n*", "__keyevent@0__:*")
-	psubA.reply(5 * time.Second)
-	psubA.reply(5 * time.Second)
+	psubA.send("PSUBSCRIBE", "n*", "__keyevent@0__:*", "__keyspace@*__:k*")
+	for i, w := range []string{
+		"*3\r\n$10\r\npsubscribe\r\n$2\r\nn*\r\n:1\r\n",
+		"*3\r\n$10\r\npsubscribe\r\n$16\r\n__keyevent@0__:*\r\n:2\r\n",
+		"*3\r\n$10\r\npsubscribe\r\n$17\r\n__keyspace@*__:k*\r\n:3\r\n",
+	} {
+		if got := psubA.reply(5 * time.Second); got != w {
+			t.Fatalf("PSUBSCRIBE confirmation %d: %q, want %q", i, got, w)
+		}
+	}
 	subB3 := dialRaw(t, addrB)
 	if got := subB3.do("HELLO", "3"); !strings.HasPrefix(got, "%7") {
 		t.Fatalf("HELLO 3: %q", got)
@@ -270,12 +284,20 @@ func TestPubSubScopedAndStripped(t *testing.T) {
 	}
 	wantP := []string{
 		"*4\r\n$8\r\npmessage\r\n$2\r\nn*\r\n$4\r\nnews\r\n$5\r\nfor-a\r\n",
+		"*4\r\n$8\r\npmessage\r\n$17\r\n__keyspace@*__:k*\r\n$16\r\n__keyspace@0__:k\r\n$3\r\nset\r\n",
 		"*4\r\n$8\r\npmessage\r\n$16\r\n__keyevent@0__:*\r\n$18\r\n__keyevent@0__:set\r\n$1\r\nk\r\n",
 	}
-	for _, w := range wantP {
-		if got := psubA.reply(5 * time.Second); got != w {
-			t.Fatalf("a's pattern subscriber got %q, want %q", got, w)
+	got := map[string]bool{}
+	for range wantP {
+		got[psubA.reply(5*time.Second)] = true
+	}
+	for _, w := range wantP { // keyspace and keyevent arrive in Redis's order
+		if !got[w] {
+			t.Fatalf("a's pattern subscriber: %q missing from %v", w, got)
 		}
+	}
+	if got := a.do("PUBSUB", "NUMPAT"); got != ":3\r\n" {
+		t.Fatalf("PUBSUB NUMPAT: %q", got)
 	}
 	if got := subB3.reply(5 * time.Second); got != ">3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$5\r\nfor-b\r\n" {
 		t.Fatalf("b's RESP3 subscriber got %q", got)

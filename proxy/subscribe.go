@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -27,6 +28,15 @@ type subConn struct {
 
 	mu   sync.Mutex
 	fifo []subExpect
+
+	// Pattern emulation (see patternCommand). The reader's view, which the
+	// client's confirmation counts come from:
+	patterns []string        // the client's patterns, in subscription order
+	active   map[string]bool // upstream literal patterns subscribed now
+	ops      []patternOp     // pattern confirmations due, in order
+	// The session goroutine's view, which decides what to send upstream:
+	sentPatterns []string
+	sentRefs     map[string]int // literal pattern → client patterns using it
 
 	synced chan struct{} // an internal PING came back
 	done   chan struct{} // the reader stopped
@@ -59,9 +69,12 @@ func (s *session) subscribed(ctx context.Context, cmd *rewrite.Command, args [][
 		s.flushAndWrite(ctx)
 		var req []byte
 		var err error
-		if isSub {
+		switch {
+		case cmd.Name == "psubscribe" || cmd.Name == "punsubscribe":
+			req = s.patternCommand(cmd.Name == "psubscribe", args[1:])
+		case isSub:
 			req, err = s.rw.AppendRequest(nil, cmd, args)
-		} else {
+		default:
 			req = appendArgs(nil, args...)
 			s.sub.expect(subExpect{kind: rewrite.ReplyRaw})
 		}
@@ -122,7 +135,8 @@ func (s *session) startSubscriber(ctx context.Context) error {
 		s.group.releasePinned()
 		return errors.New(upstreamErrorText(err))
 	}
-	s.sub = &subConn{nc: nc, synced: make(chan struct{}, 1), done: make(chan struct{})}
+	s.sub = &subConn{nc: nc, synced: make(chan struct{}, 1), done: make(chan struct{}),
+		active: map[string]bool{}, sentRefs: map[string]int{}}
 	go s.readSubscribed(s.sub)
 	return nil
 }
@@ -135,6 +149,7 @@ func (s *session) stopSubscriber() {
 	}
 	s.sub.nc.Close()
 	<-s.sub.done
+	s.srv.countPatterns(s.sub.patterns, -1)
 	s.group.releasePinned()
 	s.sub = nil
 }
@@ -228,6 +243,14 @@ func (s *session) readSubscribed(c *subConn) {
 
 // subscribedReply appends what the client sees for one upstream reply.
 func (s *session) subscribedReply(c *subConn, out, reply []byte) []byte {
+	if kind, elems, ok := rewrite.SplitPush(reply, s.resp3); ok {
+		switch string(kind) {
+		case "psubscribe", "punsubscribe", "pmessage":
+			return s.patternReply(c, out, kind, elems)
+		case "subscribe", "unsubscribe", "ssubscribe", "sunsubscribe":
+			return s.channelConfirmation(c, out, kind, elems)
+		}
+	}
 	stripped, info := s.rw.AppendPush(out, reply, s.resp3)
 	switch info.Kind {
 	case rewrite.PushMessage, rewrite.PushSubscribe, rewrite.PushUnsubscribe, rewrite.PushInvalidation:
@@ -288,4 +311,156 @@ func (s *session) unsubscribeWithoutSubscriber(args [][]byte) {
 		push(ch)
 	}
 	s.addLocal(out)
+}
+
+// patternOp is one pattern confirmation due from upstream and the client
+// pattern it answers for (nil: PUNSUBSCRIBE with no pattern subscribed).
+type patternOp struct {
+	subscribe bool
+	client    []byte
+	literal   string // the upstream pattern sent; NoopPattern changes nothing
+}
+
+// patternCommand turns a client's PSUBSCRIBE/PUNSUBSCRIBE into upstream
+// subscriptions to the literal patterns that cover the tenant (see
+// rewrite.PatternLiteral): one upstream argument per client pattern, so
+// each confirmation comes back in order and answers for one of them.
+func (s *session) patternCommand(subscribe bool, patterns [][]byte) []byte {
+	c := s.sub
+	name := "PUNSUBSCRIBE"
+	if subscribe {
+		name = "PSUBSCRIBE"
+	}
+	if !subscribe && len(patterns) == 0 {
+		for _, p := range c.sentPatterns {
+			patterns = append(patterns, []byte(p))
+		}
+	}
+	var ops []patternOp
+	if len(patterns) == 0 {
+		ops = append(ops, patternOp{literal: s.rw.NoopPattern()})
+	}
+	for _, p := range patterns {
+		lit := s.rw.PatternLiteral(p)
+		i := indexOf(c.sentPatterns, string(p))
+		switch {
+		case subscribe && i < 0:
+			c.sentPatterns = append(c.sentPatterns, string(p))
+			c.sentRefs[lit]++
+		case !subscribe && i >= 0:
+			c.sentPatterns = append(c.sentPatterns[:i], c.sentPatterns[i+1:]...)
+			if c.sentRefs[lit]--; c.sentRefs[lit] > 0 {
+				lit = s.rw.NoopPattern() // others still need the literal
+			}
+		case !subscribe:
+			lit = s.rw.NoopPattern()
+		}
+		ops = append(ops, patternOp{subscribe: subscribe, client: append([]byte(nil), p...), literal: lit})
+	}
+	req := rewrite.AppendArrayHeader(nil, len(ops)+1)
+	req = rewrite.AppendBulk(req, []byte(name))
+	for _, op := range ops {
+		req = rewrite.AppendBulk(req, []byte(op.literal))
+	}
+	c.mu.Lock()
+	c.ops = append(c.ops, ops...)
+	c.mu.Unlock()
+	return req
+}
+
+func indexOf(list []string, s string) int {
+	for i, v := range list {
+		if v == s {
+			return i
+		}
+	}
+	return -1
+}
+
+// clientCount turns upstream's subscription count into the client's: the
+// literal patterns upstream holds stand for the client's own patterns.
+func (c *subConn) clientCount(upstream []byte) int64 {
+	var n int64
+	if v, ok := rewrite.BulkValue(append([]byte{'+'}, upstream[1:]...)); ok {
+		fmt.Sscan(string(v), &n)
+	}
+	return n - int64(len(c.active)) + int64(len(c.patterns))
+}
+
+// channelConfirmation strips a (un)subscribe confirmation and gives the
+// client's count.
+func (s *session) channelConfirmation(c *subConn, out, kind []byte, elems [][]byte) []byte {
+	if len(elems) != 3 {
+		return out
+	}
+	var ch []byte
+	if v, ok := rewrite.BulkValue(elems[1]); ok {
+		if cc, ok := s.rw.ClientChannel(v); ok {
+			ch = cc
+		} else {
+			ch = v
+		}
+	}
+	c.mu.Lock()
+	n := c.clientCount(elems[2])
+	c.mu.Unlock()
+	c.count.Store(n)
+	return rewrite.AppendPushFrame(out, s.resp3, [][]byte{kind, ch}, n, true)
+}
+
+// patternReply answers a pattern confirmation for the client pattern it
+// stands for, or fans a pmessage out to every client pattern it matches.
+func (s *session) patternReply(c *subConn, out, kind []byte, elems [][]byte) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if string(kind) != "pmessage" {
+		if len(c.ops) == 0 || len(elems) != 3 {
+			return out
+		}
+		op := c.ops[0]
+		c.ops = c.ops[1:]
+		i := indexOf(c.patterns, string(op.client))
+		switch {
+		case op.subscribe && i < 0:
+			c.patterns = append(c.patterns, string(op.client))
+			s.srv.countPatterns([]string{string(op.client)}, 1)
+		case !op.subscribe && i >= 0:
+			c.patterns = append(c.patterns[:i], c.patterns[i+1:]...)
+			s.srv.countPatterns([]string{string(op.client)}, -1)
+		}
+		if op.subscribe {
+			c.active[op.literal] = true
+		} else if op.literal != s.rw.NoopPattern() {
+			delete(c.active, op.literal)
+		}
+		n := c.clientCount(elems[2])
+		c.count.Store(n)
+		return rewrite.AppendPushFrame(out, s.resp3, [][]byte{kind, op.client}, n, true)
+	}
+	if len(elems) != 4 {
+		return out
+	}
+	lit, ok1 := rewrite.BulkValue(elems[1])
+	ch, ok2 := rewrite.BulkValue(elems[2])
+	payload, ok3 := rewrite.BulkValue(elems[3])
+	if !ok1 || !ok2 || !ok3 {
+		return out
+	}
+	clientCh, ok := s.rw.ClientChannel(ch)
+	if !ok {
+		return out // not the tenant's channel: never delivered
+	}
+	if string(lit) == s.rw.PatternLiteral([]byte("__keyevent@")) {
+		key, own := s.rw.StripKey(payload)
+		if !own {
+			return out // another tenant's key
+		}
+		payload = key
+	}
+	for _, p := range c.patterns {
+		if s.rw.PatternLiteral([]byte(p)) == string(lit) && rewrite.GlobMatch([]byte(p), clientCh) {
+			out = rewrite.AppendPushFrame(out, s.resp3, [][]byte{kind, []byte(p), clientCh, payload}, 0, false)
+		}
+	}
+	return out
 }

@@ -177,3 +177,103 @@ func (r *Rewriter) ownsChannel(ch []byte) bool {
 	}
 	return bytes.HasPrefix(ch[len(keyspacePrefix)+i+3:], r.prefix)
 }
+
+// Upstream subscriptions for client patterns. keyfence never sends a
+// client's pattern upstream: it subscribes once to the literal pattern that
+// covers the tenant's namespace of that kind and matches the client's
+// patterns itself (GlobMatch) against the client's channel names. So no
+// pattern can reach another tenant, and a per-tenant ACL user needs only
+// these literal channel rules (Redis compares PSUBSCRIBE patterns to ACL
+// rules literally).
+
+// PatternLiteral returns the upstream pattern that carries the messages a
+// client pattern can match: keyspace notifications of the tenant's keys,
+// every keyevent notification (filtered by key on the way in), or the
+// tenant's own channels.
+func (r *Rewriter) PatternLiteral(pattern []byte) string {
+	switch {
+	case bytes.HasPrefix(pattern, []byte(keyspacePrefix)):
+		return keyspacePrefix + "*__:" + string(r.globPrefix) + "*"
+	case bytes.HasPrefix(pattern, []byte(keyeventPrefix)):
+		return keyeventPrefix + "*__:*"
+	}
+	return string(r.globPrefix) + "*"
+}
+
+// NoopPattern is a pattern keyfence never subscribes to: PUNSUBSCRIBE of it
+// yields a confirmation in order without changing upstream state.
+func (r *Rewriter) NoopPattern() string { return string(r.prefix) + "\x00keyfence-none" }
+
+// ClientChannel maps a channel a message arrived on to the client's name
+// for it, and reports whether it is the tenant's at all.
+func (r *Rewriter) ClientChannel(ch []byte) ([]byte, bool) {
+	switch {
+	case bytes.HasPrefix(ch, r.prefix):
+		return ch[len(r.prefix):], true
+	case bytes.HasPrefix(ch, []byte(keyeventPrefix)):
+		return ch, true // the payload decides; see AppendPush
+	case r.ownsChannel(ch):
+		i := bytes.Index(ch[len(keyspacePrefix):], []byte("__:"))
+		cut := len(keyspacePrefix) + i + 3
+		out := make([]byte, 0, len(ch)-len(r.prefix))
+		out = append(out, ch[:cut]...)
+		return append(out, ch[cut+len(r.prefix):]...), true
+	}
+	return nil, false
+}
+
+// SplitPush returns the kind and elements of a pub/sub frame ('>' in RESP3,
+// '*' in RESP2), or ok false for anything else.
+func SplitPush(reply []byte, resp3 bool) (kind []byte, elems [][]byte, ok bool) {
+	if len(reply) == 0 || (resp3 && reply[0] != '>') || (!resp3 && reply[0] != '*') {
+		return nil, nil, false
+	}
+	count, body, ok := aggregateHeader(reply)
+	if !ok || count < 2 || count > 4 {
+		return nil, nil, false
+	}
+	pos := body
+	for i := 0; i < count; i++ {
+		n, err := ReplyLen(reply[pos:])
+		if err != nil || n == 0 {
+			return nil, nil, false
+		}
+		elems = append(elems, reply[pos:pos+n])
+		pos += n
+	}
+	if pos != len(reply) {
+		return nil, nil, false
+	}
+	kind, ok = bulkValue(elems[0])
+	return kind, elems, ok
+}
+
+// BulkValue returns the content of a bulk or simple string element.
+func BulkValue(e []byte) ([]byte, bool) { return bulkValue(e) }
+
+// AppendPushFrame appends a pub/sub frame of strings (nil: null) and an
+// optional trailing integer, as RESP3 push or RESP2 array.
+func AppendPushFrame(dst []byte, resp3 bool, strs [][]byte, count int64, withCount bool) []byte {
+	n := len(strs)
+	if withCount {
+		n++
+	}
+	if resp3 {
+		dst = append(dst, '>')
+		dst = appendInt(dst, n)
+		dst = append(dst, '\r', '\n')
+	} else {
+		dst = AppendArrayHeader(dst, n)
+	}
+	for _, s := range strs {
+		if s == nil {
+			dst = AppendNull(dst, resp3)
+		} else {
+			dst = AppendBulk(dst, s)
+		}
+	}
+	if withCount {
+		dst = AppendInt(dst, count)
+	}
+	return dst
+}

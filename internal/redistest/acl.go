@@ -30,10 +30,13 @@ type aclRule struct {
 //     the ACL cannot help there.
 //   - PSUBSCRIBE patterns are compared literally with channel rules, so only
 //     the exact pattern "tenant:<id>:*" passes; "tenant:<id>:news.*" gets
-//     NOPERM. PUBLISH/SUBSCRIBE of concrete channels are glob-matched and work.
+//     NOPERM. keyfence therefore subscribes upstream only to that literal
+//     pattern (and the two notification ones below) and matches the client's
+//     patterns itself. PUBLISH/SUBSCRIBE of concrete channels are
+//     glob-matched and work.
 //   - SORT/SORT_RO with BY or GET patterns are refused for any user whose keys
 //     are restricted ("ERR BY option of SORT denied due to insufficient ACL
-//     permissions."); SORT without them, or with BY nosort, works.
+//     permissions."); keyfence runs BY/GET itself with GET/HGET per element.
 var tenantCommandRules = []aclRule{
 	{"+@all", "start from everything: the command table, not this list, decides what a tenant may send"},
 	{"-@admin", "server administration (CONFIG, DEBUG, SHUTDOWN, REPLICAOF, CLIENT KILL/PAUSE, ACL, MODULE, MONITOR, SLOWLOG, LATENCY, ...) affects every tenant"},
@@ -75,7 +78,10 @@ func TenantACLRules(tenantID string) ([]string, error) {
 		return nil, fmt.Errorf("redistest: tenant id %q does not match %s", tenantID, tenantIDPattern)
 	}
 	prefix := "tenant:" + tenantID + ":*"
-	rules := []string{"reset", "~" + prefix, "&" + prefix}
+	// The two notification patterns are the literal ones keyfence
+	// PSUBSCRIBEs for a tenant's keyspace and keyevent patterns (it matches
+	// the client's patterns itself); keyevent payloads are filtered by key.
+	rules := []string{"reset", "~" + prefix, "&" + prefix, "&__keyspace@*__:" + prefix, "&__keyevent@*__:*"}
 	for _, r := range tenantCommandRules {
 		rules = append(rules, r.rule)
 	}
