@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -26,6 +27,7 @@ type Config struct {
 	SharedConns     int // multiplexed upstream connections per db/protocol
 	MaxPinned       int // upstream connections pinned to sessions, at most
 	Logger          *slog.Logger
+	TLS             *tls.Config // client listener TLS (ListenerTLSConfig); nil: plain TCP
 }
 
 func (c *Config) setDefaults() {
@@ -111,6 +113,10 @@ func (s *Server) Listen() error {
 	ln, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
+	}
+	if s.cfg.TLS != nil {
+		// Sessions of *tls.Conn clients read through it (no RawConn wait).
+		ln = tls.NewListener(ln, s.cfg.TLS)
 	}
 	s.ln = ln
 	return nil

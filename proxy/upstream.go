@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"strconv"
 	"sync"
 	"time"
@@ -22,6 +23,9 @@ type UpstreamConfig struct {
 	DB          int
 	TLS         *tls.Config // nil: plain TCP
 	DialTimeout time.Duration
+	// Sentinel, when set, gives the address of every connection (the
+	// current master) instead of Addr, which then only names it in logs.
+	Sentinel *Sentinel
 }
 
 // connKey identifies what an upstream connection has been set up for: the
@@ -41,6 +45,11 @@ func (e *upstreamError) Unwrap() error { return e.err }
 
 // dial opens and prepares one upstream connection: AUTH, HELLO/SELECT.
 func dial(ctx context.Context, cfg *UpstreamConfig, key connKey) (net.Conn, error) {
+	if cfg.Sentinel != nil {
+		// Asks the sentinels for the master, comes back here with its
+		// address, then checks its role (sentinel.go).
+		return cfg.Sentinel.dial(ctx, *cfg, key)
+	}
 	d := net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
 	var nc net.Conn
 	var err error
@@ -251,6 +260,10 @@ func (c *upConn) submit(ctx context.Context, b *batch, req []byte) error {
 // share each syscall, as in twemproxy's event loop.
 func (c *upConn) writeLoop(nc net.Conn, wake chan struct{}) {
 	for range wake {
+		// Let the sessions that are already runnable (typically woken
+		// together by one upstream read) queue their requests first, so
+		// that one write carries all of them.
+		runtime.Gosched()
 		c.mu.Lock()
 		if c.nc != nc {
 			c.mu.Unlock()

@@ -25,6 +25,11 @@ type settings struct {
 	redisHost, redisUsername, redisPassword, redisURL string
 	redisPort, redisDB                                int
 	redisTLS                                          bool
+	redisTLSCAFile, redisTLSCertFile, redisTLSKeyFile string
+	redisTLSServerName                                string
+	redisTLSInsecure                                  bool
+	tlsCert, tlsKey, tlsClientCA                      string
+	sentinels, sentinelMaster, sentinelPassword       string
 	clientPassword                                    string
 	maxClients, maxRequestBytes, sharedConns          int
 	maxPinned                                         int
@@ -95,6 +100,17 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*con
 	num(&s.redisDB, "redis-db", "REDIS_DB", 0, "upstream database clients start in (SELECT moves them)")
 	str(&s.redisURL, "redis-url", "REDIS_URL", "", "upstream as redis://[user:password@]host:port[/db] or rediss:// for TLS; overrides the REDIS_HOST… settings")
 	boolean(&s.redisTLS, "redis-tls", "REDIS_TLS", false, "connect to upstream over TLS")
+	str(&s.redisTLSCAFile, "redis-tls-ca-file", "REDIS_TLS_CA_FILE", "", "PEM CA bundle that signs upstream's certificate; empty: the system's roots")
+	str(&s.redisTLSCertFile, "redis-tls-cert-file", "REDIS_TLS_CERT_FILE", "", "PEM client certificate for upstreams that require one (mTLS)")
+	str(&s.redisTLSKeyFile, "redis-tls-key-file", "REDIS_TLS_KEY_FILE", "", "PEM key of --redis-tls-cert-file")
+	str(&s.redisTLSServerName, "redis-tls-server-name", "REDIS_TLS_SERVER_NAME", "", "name upstream's certificate must carry; empty: the host connected to")
+	boolean(&s.redisTLSInsecure, "redis-tls-insecure-skip-verify", "REDIS_TLS_INSECURE_SKIP_VERIFY", false, "accept any upstream certificate (testing only)")
+	str(&s.sentinels, "redis-sentinels", "REDIS_SENTINELS", "", "Sentinel mode: sentinels as host:port,host:port,...; the master they name is the upstream (REDIS_HOST and REDIS_PORT are ignored; TLS settings apply to the sentinels too)")
+	str(&s.sentinelMaster, "redis-sentinel-master", "REDIS_SENTINEL_MASTER", proxy.DefaultSentinelMaster, "name of the master the sentinels monitor")
+	str(&s.sentinelPassword, "redis-sentinel-password", "REDIS_SENTINEL_PASSWORD", "", "password of the sentinels (their requirepass)")
+	str(&s.tlsCert, "tls-cert", "PROXY_TLS_CERT", "", "PEM certificate of the client listener; with --tls-key, clients must connect with TLS")
+	str(&s.tlsKey, "tls-key", "PROXY_TLS_KEY", "", "PEM key of --tls-cert")
+	str(&s.tlsClientCA, "tls-client-ca", "PROXY_TLS_CLIENT_CA", "", "PEM CA bundle; clients must present a certificate signed by it (mTLS)")
 	str(&s.clientPassword, "client-password", "PROXY_CLIENT_PASSWORD", "", "password clients must AUTH with; empty: none, like a Redis without requirepass")
 	num(&s.maxClients, "max-clients", "PROXY_MAX_CLIENTS", 10000, "client connections at most; more get Redis's 'max number of clients reached'")
 	num(&s.maxRequestBytes, "max-request-bytes", "PROXY_MAX_REQUEST_BYTES", rewrite.DefaultLimits.MaxRequestBytes, "largest request a client may send")
@@ -167,6 +183,16 @@ func (s *settings) config() (*config, error) {
 			return nil, err
 		}
 	}
+	if err := s.upstreamTLS(&up); err != nil {
+		return nil, err
+	}
+	if err := s.sentinel(&up); err != nil {
+		return nil, err
+	}
+	listenTLS, err := s.listenerTLS()
+	if err != nil {
+		return nil, err
+	}
 	if up.DB < 0 {
 		return nil, fmt.Errorf("--redis-db %d: must not be negative", up.DB)
 	}
@@ -192,11 +218,102 @@ func (s *settings) config() (*config, error) {
 			MaxRequestBytes: s.maxRequestBytes,
 			SharedConns:     s.sharedConns,
 			MaxPinned:       s.maxPinned,
+			TLS:             listenTLS,
 		},
 		admin:           s.admin,
 		shutdownTimeout: s.shutdownTimeout,
 		logLevel:        level,
 	}, nil
+}
+
+// upstreamTLS completes up.TLS (set by --redis-tls or rediss://) from the
+// --redis-tls-* settings, which are an error when TLS is off.
+func (s *settings) upstreamTLS(up *proxy.UpstreamConfig) error {
+	if (s.redisTLSCertFile == "") != (s.redisTLSKeyFile == "") {
+		return errors.New("--redis-tls-cert-file and --redis-tls-key-file go together: set both (REDIS_TLS_CERT_FILE, REDIS_TLS_KEY_FILE)")
+	}
+	if up.TLS == nil {
+		if s.redisTLSCAFile != "" || s.redisTLSCertFile != "" || s.redisTLSServerName != "" || s.redisTLSInsecure {
+			return errors.New("--redis-tls-* settings given but upstream TLS is off: set --redis-tls (REDIS_TLS=true) or use a rediss:// REDIS_URL")
+		}
+		return nil
+	}
+	o := proxy.UpstreamTLSOptions{
+		CAFile:             s.redisTLSCAFile,
+		CertFile:           s.redisTLSCertFile,
+		KeyFile:            s.redisTLSKeyFile,
+		ServerName:         s.redisTLSServerName,
+		InsecureSkipVerify: s.redisTLSInsecure,
+	}
+	if o.ServerName == "" && s.sentinels == "" {
+		// The host connected to (REDIS_HOST or the URL's); with Sentinel,
+		// left empty: each master's own host is checked.
+		o.ServerName, _, _ = net.SplitHostPort(up.Addr)
+	}
+	c, err := proxy.UpstreamTLSConfig(o)
+	if err != nil {
+		return fmt.Errorf("upstream TLS: %w", err)
+	}
+	up.TLS = c
+	return nil
+}
+
+// sentinel sets up Sentinel mode when --redis-sentinels is given.
+func (s *settings) sentinel(up *proxy.UpstreamConfig) error {
+	if s.sentinels == "" {
+		if s.sentinelPassword != "" {
+			return errors.New("--redis-sentinel-password given without --redis-sentinels")
+		}
+		return nil
+	}
+	if s.redisURL != "" {
+		return errors.New("--redis-url and --redis-sentinels both name the upstream: with Sentinel, set REDIS_PASSWORD, REDIS_USERNAME, REDIS_DB and REDIS_TLS instead of a URL")
+	}
+	if s.sentinelMaster == "" {
+		return errors.New("--redis-sentinel-master: empty")
+	}
+	var addrs []string
+	for _, a := range strings.Split(s.sentinels, ",") {
+		a = strings.TrimSpace(a)
+		if err := checkHostPort("--redis-sentinels", a); err != nil {
+			return err
+		}
+		if host, port, _ := net.SplitHostPort(a); host == "" || port == "0" {
+			return fmt.Errorf("--redis-sentinels %q: want host:port", a)
+		}
+		addrs = append(addrs, a)
+	}
+	sen, err := proxy.NewSentinel(proxy.SentinelConfig{
+		Addrs:    addrs,
+		Master:   s.sentinelMaster,
+		Password: s.sentinelPassword,
+		TLS:      up.TLS,
+	})
+	if err != nil {
+		return err
+	}
+	up.Sentinel = sen
+	up.Addr = sen.String() // only names the upstream in logs now
+	return nil
+}
+
+// listenerTLS builds the client listener's TLS from --tls-cert, --tls-key
+// and --tls-client-ca; nil when they are not set.
+func (s *settings) listenerTLS() (*tls.Config, error) {
+	switch {
+	case s.tlsCert == "" && s.tlsKey == "" && s.tlsClientCA == "":
+		return nil, nil
+	case s.tlsCert == "" || s.tlsKey == "":
+		if s.tlsCert == "" && s.tlsKey == "" {
+			return nil, errors.New("--tls-client-ca needs --tls-cert and --tls-key (PROXY_TLS_CERT, PROXY_TLS_KEY)")
+		}
+		return nil, errors.New("--tls-cert and --tls-key go together: set both (PROXY_TLS_CERT, PROXY_TLS_KEY)")
+	}
+	c, err := proxy.ListenerTLSConfig(s.tlsCert, s.tlsKey, s.tlsClientCA)
+	if err != nil {
+		return nil, fmt.Errorf("listener TLS: %w", err)
+	}
+	return c, nil
 }
 
 func checkHostPort(name, addr string) error {
