@@ -297,6 +297,11 @@ func startKeyfence(t *testing.T, srv *redistest.Server, tenant, user, password s
 	served := make(chan error, 1)
 	go func() { served <- kf.Serve(ctx) }()
 	t.Cleanup(func() {
+		st := kf.Stats()
+		t.Logf("keyfence %s: %d commands went through pinned connections (MULTI/EXEC, blocking, pub/sub)", tenant, st.PinnedCommands)
+		if st.PinnedCommands == 0 {
+			t.Errorf("keyfence %s: asynq's transactions, blocking dequeues and cancel subscription used no pinned connection", tenant)
+		}
 		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer scancel()
 		if err := kf.Shutdown(sctx); err != nil {
