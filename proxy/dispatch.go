@@ -15,6 +15,10 @@ import (
 func (s *session) handle(ctx context.Context, args [][]byte) {
 	cmd := rewrite.Lookup(args)
 	s.noteCommand(cmd, args)
+	s.curName = "unknown"
+	if cmd != nil {
+		s.curName = cmd.Name
+	}
 	if errMsg := s.check(cmd, args); errMsg != "" {
 		if s.inMulti {
 			s.multiAbort = true // Redis: a queueing error aborts EXEC
@@ -290,7 +294,7 @@ func (s *session) exec(ctx context.Context) {
 	}
 	s.req = appendArgs(s.req, []byte("EXEC"))
 	s.nreq++
-	s.slots = append(s.slots, slot{upstream: true, exec: true})
+	s.slots = append(s.slots, slot{name: s.curName, upstream: true, exec: true})
 	s.flushBatch(ctx)
 	s.unpin(true)
 }

@@ -140,7 +140,7 @@ func (s *session) eval(ctx context.Context, cmd *rewrite.Command, args [][]byte)
 		return
 	}
 	s.nreq++
-	s.slots = append(s.slots, slot{upstream: true, script: e, from: from, to: len(s.req)})
+	s.slots = append(s.slots, slot{name: s.curName, upstream: true, script: e, from: from, to: len(s.req)})
 }
 
 // scriptReply appends the reply of a script run: a NOSCRIPT (upstream

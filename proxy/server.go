@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/keyfence/keyfence/rewrite"
+	"github.com/keyfence/keyfence/telemetry"
 )
 
 // Config is everything a Server needs. cmd/proxy fills it from flags and
@@ -27,7 +28,8 @@ type Config struct {
 	SharedConns     int // multiplexed upstream connections per db/protocol
 	MaxPinned       int // upstream connections pinned to sessions, at most
 	Logger          *slog.Logger
-	TLS             *tls.Config // client listener TLS (ListenerTLSConfig); nil: plain TCP
+	Metrics         *telemetry.Metrics // nil: none recorded
+	TLS             *tls.Config        // client listener TLS (ListenerTLSConfig); nil: plain TCP
 }
 
 func (c *Config) setDefaults() {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -63,6 +64,9 @@ type session struct {
 	out   []byte   // bytes for the client
 	b     *batch
 
+	curName string    // the command being handled, for metrics
+	readAt  time.Time // when the batch's bytes were read, for latency
+
 	closing atomic.Bool // the server is draining: stop after this batch
 	quit    bool        // QUIT or a fatal protocol error: stop after flushing
 }
@@ -70,6 +74,7 @@ type session struct {
 // slot is where a command's reply comes from: the next upstream reply
 // (stripped by kind) or a range of local.
 type slot struct {
+	name     string // the command, for metrics
 	upstream bool
 	kind     rewrite.ReplyKind
 	exec     bool         // EXEC: strip each element by multiKinds
@@ -129,6 +134,9 @@ func (s *session) serve(ctx context.Context) {
 		}
 		if err := s.fill(); err != nil {
 			return
+		}
+		if s.srv.cfg.Metrics != nil {
+			s.readAt = time.Now()
 		}
 		s.handleBuffered(ctx)
 		s.flushBatch(ctx)
@@ -245,7 +253,7 @@ func (s *session) conn() *upConn {
 // forward adds an upstream request (already in s.req) to the batch.
 func (s *session) forward(kind rewrite.ReplyKind) {
 	s.nreq++
-	s.slots = append(s.slots, slot{upstream: true, kind: kind})
+	s.slots = append(s.slots, slot{name: s.curName, upstream: true, kind: kind})
 }
 
 // forwardRaw adds args to the batch exactly as the client sent them; used
@@ -259,19 +267,19 @@ func (s *session) forwardRaw(args [][]byte, kind rewrite.ReplyKind) {
 func (s *session) addLocal(reply []byte) {
 	from := len(s.local)
 	s.local = append(s.local, reply...)
-	s.slots = append(s.slots, slot{from: from, to: len(s.local)})
+	s.slots = append(s.slots, slot{name: s.curName, from: from, to: len(s.local)})
 }
 
 func (s *session) addLocalError(msg string) {
 	from := len(s.local)
 	s.local = rewrite.AppendError(s.local, msg)
-	s.slots = append(s.slots, slot{from: from, to: len(s.local)})
+	s.slots = append(s.slots, slot{name: s.curName, from: from, to: len(s.local)})
 }
 
 func (s *session) addStatus(msg string) {
 	from := len(s.local)
 	s.local = rewrite.AppendStatus(s.local, msg)
-	s.slots = append(s.slots, slot{from: from, to: len(s.local)})
+	s.slots = append(s.slots, slot{name: s.curName, from: from, to: len(s.local)})
 }
 
 // flushBatch sends the batch upstream as one write, waits for its replies,
@@ -281,33 +289,52 @@ func (s *session) flushBatch(ctx context.Context) {
 		return
 	}
 	var err error
+	m := s.srv.cfg.Metrics
 	if s.nreq > 0 {
 		if s.pinned != nil {
 			s.srv.pinnedCommands.Add(int64(s.nreq))
+		}
+		var t0 time.Time
+		if m != nil {
+			t0 = time.Now()
 		}
 		err = s.conn().do(ctx, s.b, s.req, s.nreq)
 		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 			s.b = newBatch() // the old one may still be written to
 		}
+		if m != nil {
+			m.Upstream(ctx, time.Since(t0).Seconds())
+			if err != nil || s.b.err != nil {
+				m.UpstreamError(ctx, errorCause(errors.Join(err, s.b.err)))
+			}
+		}
+	}
+	var seconds float64
+	if m != nil {
+		seconds = time.Since(s.readAt).Seconds()
 	}
 	next := 0
 	for _, sl := range s.slots {
+		mark := len(s.out)
 		if !sl.upstream {
 			s.out = append(s.out, s.local[sl.from:sl.to]...)
-			continue
+		} else {
+			reply := s.b.reply(next)
+			next++
+			switch {
+			case reply == nil:
+				s.out = rewrite.AppendError(s.out, upstreamErrorText(err, s.b.err))
+			case sl.script != nil:
+				s.scriptReply(ctx, sl, reply)
+			case sl.exec:
+				s.out = s.rw.AppendExecReply(s.out, reply, s.multiKinds)
+				s.multiKinds = s.multiKinds[:0]
+			default:
+				s.out = s.rw.AppendReply(s.out, reply, sl.kind)
+			}
 		}
-		reply := s.b.reply(next)
-		next++
-		switch {
-		case reply == nil:
-			s.out = rewrite.AppendError(s.out, upstreamErrorText(err, s.b.err))
-		case sl.script != nil:
-			s.scriptReply(ctx, sl, reply)
-		case sl.exec:
-			s.out = s.rw.AppendExecReply(s.out, reply, s.multiKinds)
-			s.multiKinds = s.multiKinds[:0]
-		default:
-			s.out = s.rw.AppendReply(s.out, reply, sl.kind)
+		if m != nil {
+			m.Command(ctx, sl.name, len(s.out) == mark || s.out[mark] != '-', seconds)
 		}
 	}
 	s.req, s.nreq = s.req[:0], 0
@@ -378,3 +405,19 @@ func (s *session) cleanup() {
 
 // constantTimeEqual compares secrets without leaking where they differ.
 func constantTimeEqual(a, b []byte) bool { return subtle.ConstantTimeCompare(a, b) == 1 }
+
+// errorCause names an upstream failure for the errors metric.
+func errorCause(err error) string {
+	var ne net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection_refused"
+	case errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	case err != nil && (strings.Contains(err.Error(), "NOAUTH") || strings.Contains(err.Error(), "WRONGPASS")):
+		return "noauth"
+	case err != nil && strings.Contains(err.Error(), "OOM"):
+		return "oom"
+	}
+	return "connection_lost"
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http/httptest"
 	"runtime"
 	"strings"
 	"sync"
@@ -16,6 +17,7 @@ import (
 	"github.com/keyfence/keyfence/internal/redistest"
 	"github.com/keyfence/keyfence/proxy"
 	"github.com/keyfence/keyfence/rewrite"
+	"github.com/keyfence/keyfence/telemetry"
 )
 
 // startKeyfence runs an in-process keyfence for tenant in front of srv.
@@ -522,3 +524,38 @@ return {KEYS[1], got[1], redis.call("HGET", got[1], "name"), redis.call("EXISTS"
 var _ = bufio.NewReader
 var _ = bytes.Equal
 var _ sync.Mutex
+
+// Every command is counted by name and outcome, and the gauges read the
+// server's own counters.
+func TestMetricsRecordedPerCommand(t *testing.T) {
+	srv := redistest.StartT(t, redistest.Options{})
+	var kf *proxy.Server
+	m, err := telemetry.NewMetrics("met", rewrite.CommandNames(), telemetry.Gauges{
+		Sessions:    func() int64 { return int64(kf.Stats().Sessions) },
+		PinnedConns: func() int64 { return int64(kf.Stats().PinnedConns) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var addr string
+	addr, kf = startKeyfence(t, srv, "met", func(c *proxy.Config) { c.Metrics = m })
+	c := dialRaw(t, addr)
+	c.do("SET", "k", "v")
+	c.do("GET", "k")
+	c.do("GET", "k")
+	c.do("CONFIG", "GET", "x")
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	body := rec.Body.String()
+	for _, want := range []string{
+		`command="get",otel_scope_name="github.com/keyfence/keyfence",otel_scope_schema_url="",otel_scope_version="",outcome="ok",tenant="met"} 2`,
+		`command="set",otel_scope_name="github.com/keyfence/keyfence",otel_scope_schema_url="",otel_scope_version="",outcome="ok",tenant="met"} 1`,
+		`command="config|get",otel_scope_name="github.com/keyfence/keyfence",otel_scope_schema_url="",otel_scope_version="",outcome="error",tenant="met"} 1`,
+		`keyfence_client_connections{otel_scope_name="github.com/keyfence/keyfence",otel_scope_schema_url="",otel_scope_version="",tenant="met"} 1`,
+		`keyfence_upstream_duration_seconds_count`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}

@@ -90,6 +90,13 @@ func dial(ctx context.Context, cfg *UpstreamConfig, key connKey) (net.Conn, erro
 		req = appendArgs(req, []byte("SELECT"), []byte(strconv.Itoa(key.db)))
 		n++
 	}
+	if n == 0 && cfg.TLS != nil {
+		// A TLS 1.3 server checks the client's certificate after the
+		// client's side of the handshake is done: one round trip turns a
+		// refusal into a dial error, before any client command is sent.
+		req = appendArgs(req, []byte("PING"))
+		n++
+	}
 	if n == 0 {
 		return nc, nil
 	}

@@ -201,3 +201,17 @@ func AllowedCommands() []string {
 	sort.Strings(names)
 	return names
 }
+
+// CommandNames returns every command and subcommand name in the table
+// ("get", "client|list"), sorted: the label values of per-command metrics.
+func CommandNames() []string {
+	var names []string
+	for name, c := range commandTable {
+		names = append(names, name)
+		for _, sc := range c.Subcommands {
+			names = append(names, sc.Name)
+		}
+	}
+	sort.Strings(names)
+	return names
+}

@@ -21,7 +21,7 @@ type Admin struct {
 type ReadyFunc func(ctx context.Context) error
 
 // NewAdmin binds addr and prepares the handlers.
-func NewAdmin(addr string, ready ReadyFunc, log *slog.Logger) (*Admin, error) {
+func NewAdmin(addr string, ready ReadyFunc, metrics http.Handler, log *slog.Logger) (*Admin, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("admin listen %s: %w", addr, err)
@@ -39,6 +39,9 @@ func NewAdmin(addr string, ready ReadyFunc, log *slog.Logger) (*Admin, error) {
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
+	if metrics != nil {
+		mux.Handle("GET /metrics", metrics)
+	}
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

@@ -1,4 +1,5 @@
-// Package telemetry runs keyfence's admin HTTP listener: /healthz (the
-// process is alive), /readyz (upstream answers) and Go's pprof handlers.
-// OpenTelemetry metrics and traces join it with the telemetry work.
+// Package telemetry makes keyfence observable: OpenTelemetry metrics
+// exported in the Prometheus format on the admin listener, which also serves
+// /healthz (the process is alive), /readyz (upstream answers) and Go's pprof
+// handlers.
 package telemetry

@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/keyfence/keyfence/proxy"
+	"github.com/keyfence/keyfence/rewrite"
 	"github.com/keyfence/keyfence/telemetry"
 )
 
@@ -32,7 +33,16 @@ func main() {
 func run(cfg *config) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.logLevel}))
 	cfg.proxy.Logger = log
-	srv, err := proxy.New(cfg.proxy)
+	var srv *proxy.Server
+	metrics, err := telemetry.NewMetrics(cfg.proxy.Tenant, rewrite.CommandNames(), telemetry.Gauges{
+		Sessions:    func() int64 { return int64(srv.Stats().Sessions) },
+		PinnedConns: func() int64 { return int64(srv.Stats().PinnedConns) },
+	})
+	if err != nil {
+		return err
+	}
+	cfg.proxy.Metrics = metrics
+	srv, err = proxy.New(cfg.proxy)
 	if err != nil {
 		return err
 	}
@@ -44,7 +54,7 @@ func run(cfg *config) error {
 
 	var admin *telemetry.Admin
 	if cfg.admin != "" {
-		admin, err = telemetry.NewAdmin(cfg.admin, srv.Ping, log)
+		admin, err = telemetry.NewAdmin(cfg.admin, srv.Ping, metrics.Handler(), log)
 		if err != nil {
 			return err
 		}
