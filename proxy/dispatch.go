@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/keyfence/keyfence/rewrite"
@@ -185,11 +186,19 @@ func (s *session) runBlocking(ctx context.Context, cmd *rewrite.Command, args []
 	s.forward(cmd.Reply)
 	s.pinned = c
 	stopWatching := s.watchClient(c)
-	s.flushBatch(ctx)
+	outMark := len(s.out)
+	err = s.flushBatch(ctx)
 	s.pinned = nil
 	clean := !stopWatching()
 	s.group.unpin(c, clean)
 	if !clean {
+		if err != nil {
+			// The client went away while the command waited, and closing
+			// the upstream connection for it is what failed the command.
+			// Redis frees such a client without a reply: send no error
+			// (a reply that did arrive, a popped element, stays).
+			s.out = s.out[:outMark]
+		}
 		s.quit = true
 	}
 }
@@ -315,23 +324,37 @@ func (s *session) watchClient(c *upConn) (stop func() (gone bool)) {
 	done := make(chan struct{})
 	var extra []byte
 	var gone bool
+	var stopping atomic.Bool
 	go func() {
 		defer close(done)
 		var buf [4096]byte
 		for {
 			n, err := s.nc.Read(buf[:])
 			extra = append(extra, buf[:n]...)
-			if err != nil || len(extra) > s.srv.cfg.MaxRequestBytes {
-				var ne net.Error
-				if !(errors.As(err, &ne) && ne.Timeout()) {
-					gone = true
-					c.close()
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				if stopping.Load() {
+					return
 				}
+				// Not stop's deadline but closeWhenIdle's (the server is
+				// draining): the session ends once the command is answered;
+				// until then keep noticing a client that goes away. Checked
+				// again after re-arming, so a stop in between is not missed.
+				_ = s.nc.SetReadDeadline(time.Time{})
+				if stopping.Load() {
+					return
+				}
+				continue
+			}
+			if err != nil || len(extra) > s.srv.cfg.MaxRequestBytes {
+				gone = true
+				c.close()
 				return
 			}
 		}
 	}()
 	return func() bool {
+		stopping.Store(true)
 		_ = s.nc.SetReadDeadline(time.Now())
 		<-done
 		if !s.closing.Load() {

@@ -160,9 +160,12 @@ func (s *Server) accept(ctx context.Context, nc net.Conn) {
 		_ = tc.SetNoDelay(true)
 	}
 	sess := newSession(s, nc)
+	sctx, cancel := context.WithCancel(ctx)
+	sess.cancel = cancel // set before Shutdown can see the session
 	s.mu.Lock()
 	if s.closing || len(s.sessions) >= s.cfg.MaxClients {
 		s.mu.Unlock()
+		cancel()
 		// Redis's own words, so clients treat it as they would Redis's.
 		_, _ = nc.Write([]byte("-ERR max number of clients reached\r\n"))
 		nc.Close()
@@ -173,7 +176,8 @@ func (s *Server) accept(ctx context.Context, nc net.Conn) {
 	s.mu.Unlock()
 	go func() {
 		defer s.wg.Done()
-		sess.serve(ctx)
+		defer cancel()
+		sess.serve(sctx)
 		s.mu.Lock()
 		delete(s.sessions, sess)
 		s.mu.Unlock()
@@ -201,6 +205,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		err = ctx.Err()
 		s.mu.Lock()
 		for sess := range s.sessions {
+			// Closing the client does not end a session that waits on
+			// upstream (BLPOP k 0, XREAD BLOCK 0): end that wait too.
+			sess.cancel()
 			sess.nc.Close()
 		}
 		s.mu.Unlock()

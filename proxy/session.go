@@ -67,8 +67,9 @@ type session struct {
 	curName string    // the command being handled, for metrics
 	readAt  time.Time // when the batch's bytes were read, for latency
 
-	closing atomic.Bool // the server is draining: stop after this batch
-	quit    bool        // QUIT or a fatal protocol error: stop after flushing
+	closing atomic.Bool        // the server is draining: stop after this batch
+	cancel  context.CancelFunc // ends the session's context: forced Shutdown
+	quit    bool               // QUIT or a fatal protocol error: stop after flushing
 }
 
 // slot is where a command's reply comes from: the next upstream reply
@@ -283,10 +284,11 @@ func (s *session) addStatus(msg string) {
 }
 
 // flushBatch sends the batch upstream as one write, waits for its replies,
-// and appends every reply, stripped, to s.out in the client's order.
-func (s *session) flushBatch(ctx context.Context) {
+// and appends every reply, stripped, to s.out in the client's order. It
+// returns the error that cost the batch its upstream replies, if any.
+func (s *session) flushBatch(ctx context.Context) error {
 	if len(s.slots) == 0 {
-		return
+		return nil
 	}
 	var err error
 	m := s.srv.cfg.Metrics
@@ -342,6 +344,7 @@ func (s *session) flushBatch(ctx context.Context) {
 	if cap(s.b.replies) > 1<<20 {
 		s.b = newBatch() // let a huge reply's memory go
 	}
+	return err
 }
 
 // upstreamErrorText is the stable wording of a lost upstream reply.
