@@ -130,15 +130,23 @@ func (s *session) forwardRewritten(ctx context.Context, cmd *rewrite.Command, ar
 		}
 		s.watching = true
 	}
-	var err error
+	s.appendRewritten(cmd, args, cmd.Reply)
+}
+
+// appendRewritten adds the command, rewritten, to the batch, its reply to be
+// stripped by kind. A command the rewriter refuses gets its error instead,
+// and false says so.
+func (s *session) appendRewritten(cmd *rewrite.Command, args [][]byte, kind rewrite.ReplyKind) bool {
 	mark := len(s.req)
+	var err error
 	s.req, err = s.rw.AppendRequest(s.req, cmd, args)
 	if err != nil {
 		s.req = s.req[:mark]
 		s.addLocalError(err.Error())
-		return
+		return false
 	}
-	s.forward(cmd.Reply)
+	s.forward(kind)
+	return true
 }
 
 // blocks reports whether the command may wait on the server: those go to a
@@ -167,7 +175,7 @@ func blocks(cmd *rewrite.Command, args [][]byte) bool {
 func (s *session) runBlocking(ctx context.Context, cmd *rewrite.Command, args [][]byte) {
 	s.flushBatch(ctx)
 	if s.pinned != nil { // WATCH is active: stay on the pinned connection
-		s.forwardKeyed(cmd, args)
+		s.appendRewritten(cmd, args, cmd.Reply)
 		return
 	}
 	c, err := s.group.pin()
@@ -175,15 +183,10 @@ func (s *session) runBlocking(ctx context.Context, cmd *rewrite.Command, args []
 		s.addLocalError(err.Error())
 		return
 	}
-	mark := len(s.req)
-	s.req, err = s.rw.AppendRequest(s.req, cmd, args)
-	if err != nil {
-		s.req = s.req[:mark]
+	if !s.appendRewritten(cmd, args, cmd.Reply) {
 		s.group.unpin(c, true)
-		s.addLocalError(err.Error())
 		return
 	}
-	s.forward(cmd.Reply)
 	s.pinned = c
 	stopWatching := s.watchClient(c)
 	outMark := len(s.out)
@@ -201,18 +204,6 @@ func (s *session) runBlocking(ctx context.Context, cmd *rewrite.Command, args []
 		}
 		s.quit = true
 	}
-}
-
-func (s *session) forwardKeyed(cmd *rewrite.Command, args [][]byte) {
-	var err error
-	mark := len(s.req)
-	s.req, err = s.rw.AppendRequest(s.req, cmd, args)
-	if err != nil {
-		s.req = s.req[:mark]
-		s.addLocalError(err.Error())
-		return
-	}
-	s.forward(cmd.Reply)
 }
 
 // queueInMulti queues a command inside MULTI on the pinned connection.
@@ -268,16 +259,10 @@ func (s *session) queueInMulti(ctx context.Context, cmd *rewrite.Command, args [
 		s.addLocalError("ERR keyfence: '" + cmd.Name + "' cannot be queued inside MULTI through keyfence")
 		return
 	}
-	mark := len(s.req)
-	var err error
-	s.req, err = s.rw.AppendRequest(s.req, cmd, args)
-	if err != nil {
-		s.req = s.req[:mark]
+	if !s.appendRewritten(cmd, args, rewrite.ReplyRaw) { // +QUEUED
 		s.multiAbort = true
-		s.addLocalError(err.Error())
 		return
 	}
-	s.forward(rewrite.ReplyRaw) // +QUEUED
 	s.multiKinds = append(s.multiKinds, cmd.Reply)
 }
 

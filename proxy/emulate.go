@@ -198,14 +198,8 @@ func (s *session) hello(ctx context.Context, args [][]byte) {
 		s.addLocalError("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")
 		return
 	}
-	if setName {
-		if !validClientName(name) {
-			s.addLocalError("ERR Client names cannot contain spaces, newlines or special characters.")
-			return
-		}
-		s.infoMu.Lock()
-		s.name = string(name)
-		s.infoMu.Unlock()
+	if setName && !s.setName(name) {
+		return
 	}
 	if proto != 0 && (proto == 3) != s.resp3 {
 		s.flushBatch(ctx)
@@ -321,14 +315,21 @@ func validClientName(name []byte) bool {
 }
 
 func (s *session) clientSetName(name []byte) {
+	if s.setName(name) {
+		s.addStatus("OK")
+	}
+}
+
+// setName names the connection, or adds Redis's error for a bad name.
+func (s *session) setName(name []byte) bool {
 	if !validClientName(name) {
 		s.addLocalError("ERR Client names cannot contain spaces, newlines or special characters.")
-		return
+		return false
 	}
 	s.infoMu.Lock()
 	s.name = string(name)
 	s.infoMu.Unlock()
-	s.addStatus("OK")
+	return true
 }
 
 func (s *session) clientSetInfo(args [][]byte) {
