@@ -67,25 +67,36 @@ const (
 // appendStripped rewrites the element at the front of buf under mode and
 // reports how many bytes of buf it took. ok is false for malformed input.
 func (r *Rewriter) appendStripped(dst, buf []byte, mode stripMode) (out []byte, n int, ok bool) {
-	size, err := ReplyLen(buf)
-	if err != nil || size == 0 {
+	return r.appendStrippedAt(dst, buf, mode, 0)
+}
+
+// appendStrippedAt walks an aggregate once, child by child, instead of
+// measuring it first: a reply is scanned once however deep it nests.
+func (r *Rewriter) appendStrippedAt(dst, buf []byte, mode stripMode, depth int) (out []byte, n int, ok bool) {
+	if len(buf) == 0 || depth > maxReplyDepth {
 		return dst, 0, false
 	}
-	elem := buf[:size]
-	switch mode {
-	case copyAsIs:
-		return append(dst, elem...), size, true
-	case stripKey:
-		return r.appendStrippedString(dst, elem), size, true
-	case stripChannel:
-		return r.appendStrippedChannel(dst, elem), size, true
+	if mode == copyAsIs || !isAggregate(buf[0]) {
+		size, err := ReplyLen(buf)
+		if err != nil || size == 0 {
+			return dst, 0, false
+		}
+		elem := buf[:size]
+		switch mode {
+		case stripKey:
+			return r.appendStrippedString(dst, elem), size, true
+		case stripChannel:
+			return r.appendStrippedChannel(dst, elem), size, true
+		}
+		return append(dst, elem...), size, true // values, or not the expected shape
 	}
-	if !isAggregate(elem[0]) {
-		return append(dst, elem...), size, true // null, or not the expected shape
-	}
+	elem := buf
 	count, body, ok := aggregateHeader(elem)
-	if !ok || count < 0 {
-		return append(dst, elem...), size, true
+	if !ok {
+		return dst, 0, false
+	}
+	if count < 0 { // a null aggregate
+		return append(dst, elem[:body]...), body, true
 	}
 	dst = append(dst, elem[:body]...)
 	pos := body
@@ -120,13 +131,13 @@ func (r *Rewriter) appendStripped(dst, buf []byte, mode stripMode) (out []byte, 
 			}
 		}
 		var m int
-		dst, m, ok = r.appendStripped(dst, elem[pos:], child)
+		dst, m, ok = r.appendStrippedAt(dst, elem[pos:], child, depth+1)
 		if !ok {
 			return dst, 0, false
 		}
 		pos += m
 	}
-	return dst, size, pos == size
+	return dst, pos, true
 }
 
 func isAggregate(c byte) bool { return c == '*' || c == '%' || c == '~' || c == '>' }
