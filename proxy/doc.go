@@ -3,11 +3,16 @@
 // pipeline rewrite → forward → strip.
 //
 // The moving parts, in the order a command meets them:
-//   - server.go: listener, client limit, graceful drain.
+//   - server.go: listener, client limit, graceful drain, counters.
 //   - session.go: one client's state and its read → dispatch → reply loop.
-//   - dispatch.go: what happens to each command, by its policy.
-//   - emulate.go: the commands keyfence answers itself, per tenant.
+//   - dispatch.go: what happens to each command, by its policy; MULTI/EXEC,
+//     WATCH and blocking commands on pinned connections.
+//   - emulate.go, emulate_keyspace.go: the commands keyfence answers itself,
+//     per tenant (HELLO, AUTH, SELECT, INFO, CLIENT, COMMAND, DBSIZE, FLUSH*…).
+//   - scripts.go: EVAL/EVALSHA/SCRIPT with scripts wrapped by rewrite/lua.go.
+//   - subscribe.go: subscriber mode, with client patterns matched here.
+//   - sort.go: SORT … BY/GET run by keyfence in the tenant's namespace.
 //   - upstream.go: multiplexed upstream connections; a session either shares
 //     one (ordinary commands, autopipelined with every other client) or pins
-//     one for stateful work (MULTI/WATCH, blocking commands).
+//     one for stateful work. tls.go and sentinel.go say how one is dialled.
 package proxy
