@@ -60,6 +60,7 @@ type Sentinel struct {
 	password string
 	tls      *tls.Config
 	log      *slog.Logger
+	baseLog  *slog.Logger
 	now      func() time.Time // time.Now; tests replace it
 
 	mu      sync.Mutex
@@ -92,6 +93,7 @@ func NewSentinel(cfg SentinelConfig) (*Sentinel, error) {
 		password: cfg.Password,
 		tls:      cfg.TLS,
 		log:      cfg.Logger.With("sentinel_master", cfg.Master),
+		baseLog:  cfg.Logger,
 		now:      time.Now,
 	}, nil
 }
@@ -99,6 +101,11 @@ func NewSentinel(cfg SentinelConfig) (*Sentinel, error) {
 // String describes the upstream for logs.
 func (s *Sentinel) String() string {
 	return "master " + s.master + " via sentinels " + strings.Join(s.addrs, ",")
+}
+
+// Config returns the settings the Sentinel was made with (defaults filled).
+func (s *Sentinel) Config() SentinelConfig {
+	return SentinelConfig{Addrs: append([]string(nil), s.addrs...), Master: s.master, Password: s.password, TLS: s.tls, Logger: s.baseLog}
 }
 
 // Master returns the master address of the last successful dial, "" before.

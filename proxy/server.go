@@ -166,9 +166,14 @@ func (s *Server) accept(ctx context.Context, nc net.Conn) {
 	if s.closing || len(s.sessions) >= s.cfg.MaxClients {
 		s.mu.Unlock()
 		cancel()
-		// Redis's own words, so clients treat it as they would Redis's.
-		_, _ = nc.Write([]byte("-ERR max number of clients reached\r\n"))
-		nc.Close()
+		// Redis's own words, so clients treat it as they would Redis's. Off
+		// the accept loop and bounded: on TLS the write runs the handshake,
+		// which a silent client could stall.
+		go func() {
+			_ = nc.SetDeadline(time.Now().Add(time.Second))
+			_, _ = nc.Write([]byte("-ERR max number of clients reached\r\n"))
+			nc.Close()
+		}()
 		return
 	}
 	s.sessions[sess] = struct{}{}

@@ -107,6 +107,14 @@ func dial(ctx context.Context, cfg *UpstreamConfig, key connKey) (net.Conn, erro
 	_ = nc.SetDeadline(deadline)
 	defer nc.SetDeadline(time.Time{})
 	if _, err := nc.Write(req); err != nil {
+		if cfg.TLS != nil {
+			// A TLS server that refused us sent its reason (an alert)
+			// before it reset the connection; say that, not the reset.
+			var op *net.OpError
+			if _, rerr := nc.Read(make([]byte, 1)); errors.As(rerr, &op) && op.Op == "remote error" {
+				err = rerr
+			}
+		}
 		nc.Close()
 		return nil, &upstreamError{fmt.Errorf("set up connection: %w", err)}
 	}
@@ -253,12 +261,13 @@ func (c *upConn) submit(ctx context.Context, b *batch, req []byte) error {
 	}
 	c.wbuf = append(c.wbuf, req...)
 	c.pending = append(c.pending, b)
-	wake := c.wake
-	c.mu.Unlock()
+	// Signal under the lock: failLocked closes the channel, and a send on
+	// a closed channel panics. The send never blocks (default case).
 	select {
-	case wake <- struct{}{}:
+	case c.wake <- struct{}{}:
 	default: // the writer is already due to run and will take these bytes
 	}
+	c.mu.Unlock()
 	return nil
 }
 

@@ -32,6 +32,7 @@ func main() {
 
 func run(cfg *config) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.logLevel}))
+	slog.SetDefault(log) // parts configured before run (the Sentinel resolver) log through it
 	cfg.proxy.Logger = log
 	var srv *proxy.Server
 	metrics, err := telemetry.NewMetrics(cfg.proxy.Tenant, rewrite.CommandNames(), telemetry.Gauges{

@@ -1,0 +1,351 @@
+package main
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"log/slog"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keyfence/keyfence/proxy"
+	"github.com/keyfence/keyfence/rewrite"
+)
+
+// selfSigned writes a self-signed ECDSA certificate for 127.0.0.1 and
+// localhost, good as a CA bundle and as a certificate, and its key.
+func selfSigned(t *testing.T) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "keyfence config test"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+		DNSNames:              []string{"localhost"},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}
+
+func TestParseConfig(t *testing.T) {
+	cert, key := selfSigned(t)
+	missing := filepath.Join(t.TempDir(), "missing.pem")
+
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		wantErr string               // substring of the error; "" means success
+		check   func(*config) string // returns what is wrong, "" when fine
+	}{
+		{
+			name: "defaults",
+			env:  map[string]string{"TENANT_ID": "acme"},
+			check: func(c *config) string {
+				p := c.proxy
+				switch {
+				case p.Tenant != "acme", p.Listen != "127.0.0.1:6380", c.admin != "127.0.0.1:9121":
+					return "tenant/listen/admin"
+				case p.KeyFormat != rewrite.DefaultKeyFormat:
+					return "key format " + p.KeyFormat
+				case p.Upstream.Addr != "localhost:6379", p.Upstream.DB != 0, p.Upstream.Password != "", p.Upstream.Username != "":
+					return "upstream " + p.Upstream.Addr
+				case p.Upstream.TLS != nil, p.Upstream.Sentinel != nil, p.TLS != nil:
+					return "TLS or Sentinel on by default"
+				case p.Upstream.DialTimeout != 2*time.Second, c.shutdownTimeout != 10*time.Second:
+					return "timeouts"
+				case p.MaxClients != 10000, p.SharedConns != 2, p.MaxPinned != 1000, p.MaxRequestBytes != rewrite.DefaultLimits.MaxRequestBytes:
+					return "limits"
+				case c.logLevel != slog.LevelInfo:
+					return "log level"
+				}
+				return ""
+			},
+		},
+		{
+			name: "flag over environment",
+			args: []string{"--tenant", "flagged", "--redis-port", "7001", "--listen", "0.0.0.0:7379", "--dial-timeout", "5s", "--log-level", "debug"},
+			env:  map[string]string{"TENANT_ID": "env", "REDIS_PORT": "7000", "REDIS_HOST": "db.internal", "PROXY_LISTEN": "127.0.0.1:1", "PROXY_DIAL_TIMEOUT": "1s"},
+			check: func(c *config) string {
+				if c.proxy.Tenant != "flagged" || c.proxy.Upstream.Addr != "db.internal:7001" || c.proxy.Listen != "0.0.0.0:7379" ||
+					c.proxy.Upstream.DialTimeout != 5*time.Second || c.logLevel != slog.LevelDebug {
+					return "got " + c.proxy.Tenant + " " + c.proxy.Upstream.Addr + " " + c.proxy.Listen
+				}
+				return ""
+			},
+		},
+		{
+			name: "environment alone",
+			env: map[string]string{"TENANT_ID": "env", "REDIS_HOST": "10.0.0.5", "REDIS_PORT": "7000", "REDIS_DB": "3",
+				"REDIS_USERNAME": "u", "REDIS_PASSWORD": "p", "PROXY_MAX_CLIENTS": "5", "PROXY_ADMIN": ""},
+			check: func(c *config) string {
+				u := c.proxy.Upstream
+				if u.Addr != "10.0.0.5:7000" || u.DB != 3 || u.Username != "u" || u.Password != "p" || c.proxy.MaxClients != 5 {
+					return "got " + u.Addr
+				}
+				return ""
+			},
+		},
+		{
+			name: "redis URL with password and db",
+			env:  map[string]string{"TENANT_ID": "acme", "REDIS_URL": "redis://:pw@h:1/2", "REDIS_HOST": "ignored"},
+			check: func(c *config) string {
+				u := c.proxy.Upstream
+				if u.Addr != "h:1" || u.Password != "pw" || u.Username != "" || u.DB != 2 || u.TLS != nil {
+					return "got " + u.Addr + " " + u.Password
+				}
+				return ""
+			},
+		},
+		{
+			name: "redis URL with user, default port",
+			args: []string{"--tenant", "acme", "--redis-url", "redis://user:pw@cache.example"},
+			check: func(c *config) string {
+				u := c.proxy.Upstream
+				if u.Addr != "cache.example:6379" || u.Username != "user" || u.Password != "pw" || u.DB != 0 {
+					return "got " + u.Addr
+				}
+				return ""
+			},
+		},
+		{
+			name: "rediss URL",
+			env:  map[string]string{"TENANT_ID": "acme", "REDIS_URL": "rediss://default:tok@eu1.upstash.io:6379"},
+			check: func(c *config) string {
+				u := c.proxy.Upstream
+				if u.TLS == nil || u.TLS.ServerName != "eu1.upstash.io" || u.TLS.MinVersion != tls.VersionTLS12 || u.TLS.InsecureSkipVerify {
+					return "TLS not set up for the URL's host"
+				}
+				if u.Addr != "eu1.upstash.io:6379" || u.Username != "default" || u.Password != "tok" {
+					return "got " + u.Addr
+				}
+				return ""
+			},
+		},
+		{name: "URL bad scheme", env: map[string]string{"TENANT_ID": "acme", "REDIS_URL": "http://h:1"}, wantErr: "scheme must be redis:// or rediss://"},
+		{name: "URL bad port", env: map[string]string{"TENANT_ID": "acme", "REDIS_URL": "redis://h:99999"}, wantErr: `port "99999" is not a TCP port`},
+		{name: "URL port not a number", env: map[string]string{"TENANT_ID": "acme", "REDIS_URL": "redis://h:abc"}, wantErr: "REDIS_URL"},
+		{name: "URL bad db", env: map[string]string{"TENANT_ID": "acme", "REDIS_URL": "redis://h:1/x"}, wantErr: `database "x" is not a number`},
+		{name: "URL without host", env: map[string]string{"TENANT_ID": "acme", "REDIS_URL": "redis:///2"}, wantErr: "no host"},
+		{name: "URL password redacted in errors", env: map[string]string{"TENANT_ID": "acme", "REDIS_URL": "redis://:s3cret@h:0"}, wantErr: "xxxxx"},
+		{name: "no tenant", wantErr: "no tenant: set --tenant or TENANT_ID"},
+		{name: "bad tenant id", args: []string{"--tenant", "a*b"}, wantErr: `tenant id "a*b": must match [A-Za-z0-9_-]{1,64}`},
+		{name: "tenant id too long", args: []string{"--tenant", strings.Repeat("a", 65)}, wantErr: "must match"},
+		{name: "unknown flag", args: []string{"--tenant", "acme", "--nope"}, wantErr: "flag provided but not defined: -nope (see --help)"},
+		{name: "stray argument", args: []string{"--tenant", "acme", "extra"}, wantErr: `unexpected argument "extra"`},
+		{name: "bad number in env", env: map[string]string{"TENANT_ID": "acme", "REDIS_PORT": "abc"}, wantErr: `REDIS_PORT="abc": not a whole number`},
+		{name: "bad bool in env", env: map[string]string{"TENANT_ID": "acme", "REDIS_TLS": "maybe"}, wantErr: `REDIS_TLS="maybe": not true or false`},
+		{name: "bad port", args: []string{"--tenant", "acme", "--redis-port", "0"}, wantErr: "--redis-port 0: not a TCP port"},
+		{name: "negative db", args: []string{"--tenant", "acme", "--redis-db", "-1"}, wantErr: "must not be negative"},
+		{name: "bad listen", args: []string{"--tenant", "acme", "--listen", "nohost"}, wantErr: "--listen"},
+		{name: "bad log level", args: []string{"--tenant", "acme", "--log-level", "loud"}, wantErr: "--log-level"},
+
+		// Upstream TLS.
+		{
+			name: "REDIS_TLS with CA, client cert, server name",
+			env: map[string]string{"TENANT_ID": "acme", "REDIS_TLS": "true", "REDIS_HOST": "10.1.2.3",
+				"REDIS_TLS_CA_FILE": cert, "REDIS_TLS_CERT_FILE": cert, "REDIS_TLS_KEY_FILE": key, "REDIS_TLS_SERVER_NAME": "redis.internal"},
+			check: func(c *config) string {
+				u := c.proxy.Upstream
+				if u.TLS == nil || u.TLS.RootCAs == nil || len(u.TLS.Certificates) != 1 || u.TLS.ServerName != "redis.internal" || u.TLS.InsecureSkipVerify {
+					return "TLS config incomplete"
+				}
+				return ""
+			},
+		},
+		{
+			name: "--redis-tls checks the host's name by default",
+			args: []string{"--tenant", "acme", "--redis-tls", "--redis-host", "redis.example"},
+			check: func(c *config) string {
+				if u := c.proxy.Upstream; u.TLS == nil || u.TLS.ServerName != "redis.example" || u.TLS.RootCAs != nil {
+					return "want system roots and server name redis.example"
+				}
+				return ""
+			},
+		},
+		{
+			name: "REDIS_TLS with a redis:// URL checks the URL's host",
+			env:  map[string]string{"TENANT_ID": "acme", "REDIS_TLS": "true", "REDIS_URL": "redis://cache.example:6380"},
+			check: func(c *config) string {
+				if u := c.proxy.Upstream; u.TLS == nil || u.TLS.ServerName != "cache.example" {
+					return "want server name cache.example"
+				}
+				return ""
+			},
+		},
+		{
+			name: "rediss with CA and insecure flag",
+			args: []string{"--tenant", "acme", "--redis-url", "rediss://h:1", "--redis-tls-ca-file", cert, "--redis-tls-insecure-skip-verify"},
+			check: func(c *config) string {
+				if u := c.proxy.Upstream; u.TLS == nil || u.TLS.RootCAs == nil || !u.TLS.InsecureSkipVerify || u.TLS.ServerName != "h" {
+					return "TLS config"
+				}
+				return ""
+			},
+		},
+		{name: "TLS settings without TLS", env: map[string]string{"TENANT_ID": "acme", "REDIS_TLS_CA_FILE": cert}, wantErr: "upstream TLS is off: set --redis-tls (REDIS_TLS=true) or use a rediss:// REDIS_URL"},
+		{name: "insecure without TLS", args: []string{"--tenant", "acme", "--redis-tls-insecure-skip-verify"}, wantErr: "upstream TLS is off"},
+		{name: "TLS cert without key", args: []string{"--tenant", "acme", "--redis-tls", "--redis-tls-cert-file", cert}, wantErr: "--redis-tls-cert-file and --redis-tls-key-file go together"},
+		{name: "TLS CA file missing", args: []string{"--tenant", "acme", "--redis-tls", "--redis-tls-ca-file", missing}, wantErr: "upstream TLS: CA file: open " + missing + ": no such file or directory"},
+		{name: "TLS CA file not PEM", args: []string{"--tenant", "acme", "--redis-tls", "--redis-tls-ca-file", key}, wantErr: "upstream TLS: CA file " + key + ": no PEM certificate in it"},
+		{name: "TLS key file missing", args: []string{"--tenant", "acme", "--redis-tls", "--redis-tls-cert-file", cert, "--redis-tls-key-file", missing}, wantErr: "upstream TLS: key file: open " + missing},
+		{name: "TLS key not matching", args: []string{"--tenant", "acme", "--redis-tls", "--redis-tls-cert-file", cert, "--redis-tls-key-file", cert}, wantErr: "upstream TLS: certificate " + cert + " with key " + cert},
+
+		// Listener TLS.
+		{
+			name: "listener TLS",
+			env:  map[string]string{"TENANT_ID": "acme", "PROXY_TLS_CERT": cert, "PROXY_TLS_KEY": key},
+			check: func(c *config) string {
+				if c.proxy.TLS == nil || len(c.proxy.TLS.Certificates) != 1 || c.proxy.TLS.ClientAuth != tls.NoClientCert {
+					return "listener TLS"
+				}
+				return ""
+			},
+		},
+		{
+			name: "listener mTLS",
+			args: []string{"--tenant", "acme", "--tls-cert", cert, "--tls-key", key, "--tls-client-ca", cert},
+			check: func(c *config) string {
+				if c.proxy.TLS == nil || c.proxy.TLS.ClientCAs == nil || c.proxy.TLS.ClientAuth != tls.RequireAndVerifyClientCert {
+					return "want RequireAndVerifyClientCert"
+				}
+				return ""
+			},
+		},
+		{name: "listener cert without key", args: []string{"--tenant", "acme", "--tls-cert", cert}, wantErr: "--tls-cert and --tls-key go together"},
+		{name: "listener client CA alone", args: []string{"--tenant", "acme", "--tls-client-ca", cert}, wantErr: "--tls-client-ca needs --tls-cert and --tls-key"},
+		{name: "listener key missing", args: []string{"--tenant", "acme", "--tls-cert", cert, "--tls-key", missing}, wantErr: "listener TLS: key file: open " + missing},
+		{name: "listener client CA missing", args: []string{"--tenant", "acme", "--tls-cert", cert, "--tls-key", key, "--tls-client-ca", missing}, wantErr: "listener TLS: CA file: open " + missing},
+
+		// Sentinel.
+		{
+			name: "sentinels from environment",
+			env: map[string]string{"TENANT_ID": "acme", "REDIS_SENTINELS": "10.0.0.1:26379, 10.0.0.2:26379,10.0.0.3:26379",
+				"REDIS_SENTINEL_PASSWORD": "spw", "REDIS_PASSWORD": "rpw", "REDIS_DB": "4"},
+			check: func(c *config) string {
+				u := c.proxy.Upstream
+				if u.Sentinel == nil {
+					return "no Sentinel"
+				}
+				sc := u.Sentinel.Config()
+				if strings.Join(sc.Addrs, " ") != "10.0.0.1:26379 10.0.0.2:26379 10.0.0.3:26379" || sc.Master != "mymaster" || sc.Password != "spw" || sc.TLS != nil {
+					return "sentinel config " + u.Sentinel.String()
+				}
+				if u.Password != "rpw" || u.DB != 4 || !strings.Contains(u.Addr, "mymaster") {
+					return "upstream " + u.Addr
+				}
+				return ""
+			},
+		},
+		{
+			name: "sentinels by flag, master name, TLS to master and sentinels",
+			args: []string{"--tenant", "acme", "--redis-sentinels", "s1:1,s2:2", "--redis-sentinel-master", "orders", "--redis-tls", "--redis-tls-ca-file", cert},
+			env:  map[string]string{"REDIS_SENTINEL_MASTER": "ignored"},
+			check: func(c *config) string {
+				u := c.proxy.Upstream
+				if u.Sentinel == nil {
+					return "no Sentinel"
+				}
+				sc := u.Sentinel.Config()
+				if sc.Master != "orders" || len(sc.Addrs) != 2 || sc.TLS != u.TLS || u.TLS == nil || u.TLS.RootCAs == nil {
+					return "sentinel config " + u.Sentinel.String()
+				}
+				if u.TLS.ServerName != "" {
+					return "server name " + u.TLS.ServerName + ": with Sentinel each master's own host must be checked"
+				}
+				return ""
+			},
+		},
+		{name: "sentinel address without port", args: []string{"--tenant", "acme", "--redis-sentinels", "s1"}, wantErr: `--redis-sentinels "s1": want host:port`},
+		{name: "sentinel port zero", args: []string{"--tenant", "acme", "--redis-sentinels", "s1:0"}, wantErr: `--redis-sentinels "s1:0"`},
+		{name: "sentinel empty entry", args: []string{"--tenant", "acme", "--redis-sentinels", "s1:1,,s2:2"}, wantErr: `--redis-sentinels ""`},
+		{name: "sentinel with URL", env: map[string]string{"TENANT_ID": "acme", "REDIS_SENTINELS": "s1:1", "REDIS_URL": "redis://h:1"}, wantErr: "--redis-url and --redis-sentinels both name the upstream"},
+		{name: "sentinel password alone", env: map[string]string{"TENANT_ID": "acme", "REDIS_SENTINEL_PASSWORD": "x"}, wantErr: "--redis-sentinel-password given without --redis-sentinels"},
+		{name: "sentinel master empty", args: []string{"--tenant", "acme", "--redis-sentinels", "s1:1", "--redis-sentinel-master", ""}, wantErr: "--redis-sentinel-master: empty"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			getenv := func(k string) string { return tc.env[k] }
+			var out bytes.Buffer
+			cfg, err := parseConfig(tc.args, getenv, &out)
+			if tc.wantErr != "" {
+				if err == nil {
+					t.Fatalf("parseConfig: no error, want %q", tc.wantErr)
+				}
+				if !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %q, want it to contain %q", err, tc.wantErr)
+				}
+				if strings.ContainsAny(err.Error(), "\r\n") {
+					t.Fatalf("error %q spans lines: main prints it as one", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("parseConfig: %v", err)
+			}
+			if what := tc.check(cfg); what != "" {
+				t.Fatalf("%s", what)
+			}
+			if _, err := proxy.New(cfg.proxy); err != nil {
+				t.Fatalf("proxy.New rejects the config: %v", err)
+			}
+		})
+	}
+}
+
+func TestHelpListsEverySetting(t *testing.T) {
+	var out bytes.Buffer
+	_, err := parseConfig([]string{"--help"}, func(string) string { return "" }, &out)
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("--help: err = %v, want flag.ErrHelp", err)
+	}
+	for _, want := range []string{
+		"-redis-tls-ca-file", "REDIS_TLS_CA_FILE", "-redis-tls-cert-file", "REDIS_TLS_CERT_FILE",
+		"-redis-tls-key-file", "REDIS_TLS_KEY_FILE", "-redis-tls-server-name", "REDIS_TLS_SERVER_NAME",
+		"-redis-tls-insecure-skip-verify", "REDIS_TLS_INSECURE_SKIP_VERIFY",
+		"-tls-cert", "PROXY_TLS_CERT", "-tls-key", "PROXY_TLS_KEY", "-tls-client-ca", "PROXY_TLS_CLIENT_CA",
+		"-redis-sentinels", "REDIS_SENTINELS", "-redis-sentinel-master", "REDIS_SENTINEL_MASTER", `(default "mymaster")`,
+		"-redis-sentinel-password", "REDIS_SENTINEL_PASSWORD",
+		"-listen", `(default "127.0.0.1:6380")`, "-admin", `(default "127.0.0.1:9121")`,
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("--help does not mention %q", want)
+		}
+	}
+}
