@@ -8,6 +8,7 @@
 //
 //	compare [-rounds 3] [-n 200000] [-c 50] [-pipelines 1,16]
 //	        [-tests get,set,incr,lpush,hset,mset] [-keyfence bin/keyfence]
+//	        [-gorpx]   (also the go-redis baseline, bench/cmd/gorpx)
 //
 // Every flag also reads an environment variable (see -help). A quick smoke
 // run: compare -n 20000 -rounds 1.

@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -47,6 +48,10 @@ type config struct {
 	keyfence, keyfenceArgs, out                   string
 	runTimeout, timeout                           time.Duration
 	keep, verbose                                 bool
+	// gorpx is the go-redis AsyncAutoPipeline baseline (bench/cmd/gorpx),
+	// measured as a fourth target when -gorpx is given.
+	gorpx    bool
+	gorpxBin string
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -75,6 +80,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	targets := fs.String("targets", envflag.String("BENCH_TARGETS", "direct,twemproxy,keyfence"), "targets to measure, in this order; env BENCH_TARGETS")
 	fs.StringVar(&c.keyfence, "keyfence", envflag.String("KEYFENCE_BIN", filepath.Join(root, "bin", "keyfence")), "keyfence binary; env KEYFENCE_BIN")
 	fs.StringVar(&c.keyfenceArgs, "keyfence-args", envflag.String("KEYFENCE_ARGS", ""), "extra keyfence arguments, space-separated; env KEYFENCE_ARGS")
+	fs.BoolVar(&c.gorpx, "gorpx", false, "also measure gorpx, the redcon + go-redis AsyncAutoPipeline baseline (bench/cmd/gorpx), as a fourth target")
+	fs.StringVar(&c.gorpxBin, "gorpx-bin", envflag.String("GORPX_BIN", filepath.Join(root, "bench", ".bin", "gorpx")), "gorpx binary (make bench-gorpx builds it); env GORPX_BIN")
 	fs.StringVar(&c.out, "out", envflag.String("BENCH_OUT", filepath.Join(root, "bench", "results")), "directory for compare.{md,svg,json}; env BENCH_OUT")
 	fs.DurationVar(&c.runTimeout, "run-timeout", durEnv("BENCH_RUN_TIMEOUT", 10*time.Minute), "limit for one redis-benchmark run; env BENCH_RUN_TIMEOUT")
 	fs.DurationVar(&c.timeout, "timeout", durEnv("BENCH_TIMEOUT", 2*time.Hour), "limit for the whole comparison; env BENCH_TIMEOUT")
@@ -92,6 +99,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	c.tests = envflag.List(strings.ToLower(*tests))
 	c.targets = envflag.List(strings.ToLower(*targets))
+	if c.gorpx && !slices.Contains(c.targets, "gorpx") {
+		c.targets = append(c.targets, "gorpx")
+	}
 	switch {
 	case c.rounds < 1 || c.requests < 1 || c.clients < 1:
 		return c, errors.New("-rounds, -n and -c must be at least 1")
@@ -104,8 +114,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		}
 	}
 	for _, t := range c.targets {
-		if t != "direct" && t != "twemproxy" && t != "keyfence" {
-			return c, fmt.Errorf("unknown target %q (want direct, twemproxy, keyfence)", t)
+		if t != "direct" && t != "twemproxy" && t != "keyfence" && t != "gorpx" {
+			return c, fmt.Errorf("unknown target %q (want direct, twemproxy, keyfence, gorpx)", t)
 		}
 	}
 	return c, nil
@@ -227,14 +237,25 @@ func compare(ctx context.Context, cfg config, stdout io.Writer, log *slog.Logger
 				log.Warn("keyfence is not measured", "binary", cfg.keyfence, "status", tools.KeyfenceStatus)
 			}
 			targets = append(targets, tg)
+		case "gorpx":
+			tg, err := startGorpx(ctx, st, scfg, cfg.gorpxBin, log)
+			if err != nil {
+				return false, err
+			}
+			failed = failed || tg.status == "failed to start"
+			targets = append(targets, tg)
 		}
 	}
 
 	table := report.Table{Title: "keyfence vs direct Redis vs twemproxy", When: time.Now()}
+	if want("gorpx") {
+		table.Title += " vs gorpx"
+	}
 	for _, tg := range targets {
 		table.Targets = append(table.Targets, report.Target{Name: tg.name, Status: tg.status})
 	}
-	for _, den := range []string{"direct", "twemproxy"} {
+	// Every ratio has keyfence on top: the SVG's caption says so.
+	for _, den := range []string{"direct", "twemproxy", "gorpx"} {
 		if want("keyfence") && want(den) {
 			table.Ratios = append(table.Ratios, report.Ratio{Num: "keyfence", Den: den})
 		}
@@ -244,6 +265,10 @@ func compare(ctx context.Context, cfg config, stdout io.Writer, log *slog.Logger
 		Keyspace: cfg.keyspace, DataSize: cfg.dataSize, Tests: cfg.tests, Timeout: cfg.runTimeout,
 	}
 	table.Settings = settings(ctx, cfg, opts, tools, benchVersion)
+	if want("gorpx") {
+		table.Settings = append(table.Settings, "gorpx: "+binStatus(cfg.gorpxBin)+
+			"; redcon server, one go-redis v9 client's AsyncAutoPipeline (library defaults) with NewRawCmd; a baseline, not a product")
+	}
 
 	start := time.Now()
 	for round := 1; round <= cfg.rounds; round++ {
@@ -315,6 +340,39 @@ func compare(ctx context.Context, cfg config, stdout io.Writer, log *slog.Logger
 	}
 	fmt.Fprintf(stdout, "\nwritten: %s\n", strings.Join(paths, ", "))
 	return failed, nil
+}
+
+// startGorpx starts the go-redis baseline in front of the stack's Redis. Like
+// keyfence, a missing binary or a failed start leaves its column empty, with
+// the reason, rather than ending the comparison. err is only for
+// cancellation.
+func startGorpx(ctx context.Context, st *stack.Stack, scfg stack.Config, bin string, log *slog.Logger) (*target, error) {
+	tg := &target{name: "gorpx"}
+	if fi, err := os.Stat(bin); err != nil || fi.IsDir() || fi.Mode().Perm()&0o111 == 0 {
+		log.Warn("gorpx is not measured: build it with `make bench-gorpx`", "binary", bin)
+		tg.status = stack.NotBuilt
+		return tg, nil
+	}
+	p, err := st.StartGorpx(ctx, scfg, bin)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		log.Error("gorpx did not start; continuing without it", "err", err)
+		tg.status = "failed to start"
+		return tg, nil
+	}
+	tg.addr, tg.proc = p.Addr, p
+	return tg, nil
+}
+
+// binStatus is a binary's path and build time, for the settings.
+func binStatus(bin string) string {
+	st, err := os.Stat(bin)
+	if err != nil {
+		return bin + " (" + stack.NotBuilt + ")"
+	}
+	return bin + " (built " + st.ModTime().UTC().Format(time.RFC3339) + ")"
 }
 
 // runTests runs all tests in one redis-benchmark invocation. redis-benchmark

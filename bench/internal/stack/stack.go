@@ -94,7 +94,9 @@ type Stack struct {
 	Redis     *Proc
 	Twemproxy *Proc
 	Keyfence  []*Proc
-	log       *slog.Logger
+	// Gorpx is bench/cmd/gorpx, when StartGorpx was called.
+	Gorpx *Proc
+	log   *slog.Logger
 }
 
 // Start starts redis-server, then twemproxy and keyfence in front of it, and
@@ -182,6 +184,26 @@ func (s *Stack) StartKeyfence(ctx context.Context, cfg Config, tenant string) (*
 	return p, nil
 }
 
+// StartGorpx starts bin, a build of bench/cmd/gorpx (the go-redis
+// AsyncAutoPipeline baseline), in front of the stack's Redis.
+func (s *Stack) StartGorpx(ctx context.Context, cfg Config, bin string) (*Proc, error) {
+	if cfg.StartTimeout <= 0 {
+		cfg.StartTimeout = 15 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	p, err := startProc(ctx, cfg, "gorpx", 1, func(ports []int) (*exec.Cmd, string, error) {
+		addr := "127.0.0.1:" + strconv.Itoa(ports[0])
+		return exec.Command(bin, "-listen", addr, "-redis", s.Redis.Addr), addr, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.Gorpx = p
+	return p, nil
+}
+
 // nutcrackerConf is a one-pool, one-server twemproxy configuration. Weight 1
 // on a single server: every key goes to the same Redis, as with keyfence.
 func nutcrackerConf(listen, server string) string {
@@ -203,6 +225,9 @@ func (s *Stack) Stop() error {
 	for i := len(s.Keyfence) - 1; i >= 0; i-- {
 		// keyfence drains its clients on SIGTERM, so give it time.
 		errs = append(errs, s.Keyfence[i].Stop(10*time.Second))
+	}
+	if s.Gorpx != nil {
+		errs = append(errs, s.Gorpx.Stop(3*time.Second))
 	}
 	if s.Twemproxy != nil {
 		errs = append(errs, s.Twemproxy.Stop(3*time.Second))
