@@ -1,5 +1,87 @@
-// Package fallback will keep keyfence useful while upstream is down: a
-// circuit breaker (gobreaker) and an in-memory read cache (ristretto) with
-// the policy of what is cached and for how long. It is empty until the
-// resilience work lands; see SPEC.md, Resilience.
+// Package fallback keeps keyfence useful while upstream Redis is down: a
+// circuit breaker (github.com/sony/gobreaker/v2) that stops sending requests
+// to an upstream that keeps failing, and a bounded read cache
+// (github.com/dgraph-io/ristretto/v2) that answers cacheable reads while the
+// breaker is open. It also holds the policy of what is cached and for how
+// long. It does no I/O and imports nothing else of keyfence: the proxy owns
+// the command table, the connections and the decision of what a failure is.
+//
+// # Breaker
+//
+// [NewBreaker] wraps gobreaker's TwoStepCircuitBreaker. It opens after
+// [Config.FailureThreshold] consecutive failures (5), lets
+// [Config.HalfOpenProbes] probes (1) through after [Config.OpenTimeout]
+// (30 s), closes when they all succeed and re-opens on a failed probe. Call
+// [Breaker.Allow] before sending a request upstream and the returned done
+// exactly once with its outcome. Only connection-level failures (refused,
+// reset, timed out) should be reported as done(false): a Redis error reply
+// such as WRONGTYPE proves that upstream is alive.
+//
+// # Cache
+//
+// An entry is the raw reply to one cacheable request, keyed by
+// (namespace, db, request bytes); the namespace is the tenant prefix, so a
+// tenant's lookup never finds another tenant's entry, and the stored
+// namespace, db and request are compared on every hit, so not even a hash
+// collision can cross tenants. Entries live min(--fallback-ttl, the key's TTL
+// when known) and the whole cache is bounded by [Config.MaxBytes].
+//
+// Ristretto cannot find entries by the Redis key they depend on, so
+// invalidation works with a logical clock instead of deletion: each
+// [Cache.Invalidate] of a key gives that key a new generation, each entry
+// remembers the clock value ([Stamp]) from before its data was read, and an
+// entry is fresh only while none of its keys has a generation newer than
+// that stamp. This is exact whatever order ristretto applies its
+// asynchronous Sets in, and it closes the classic race in which a read reply
+// that left upstream before a write is cached after the write's
+// invalidation. The proxy's side of the protocol:
+//
+//   - before sending a cacheable read: since := cache.Stamp()
+//   - on its reply: cache.Store(since, ns, db, req, KeysOf(cmd, args), reply, keyTTL)
+//   - after every write, whatever its outcome (a write that failed after it
+//     was sent may still have been applied): cache.Invalidate(key) for each
+//     key written, or, for a SET acknowledged with +OK, cache.StoreWrite with
+//     the request and reply from [FillFromWrite] and a stamp taken before the
+//     SET was sent
+//   - for each key in a CLIENT TRACKING (BCAST) invalidation message:
+//     cache.Invalidate(key); for a message with a null key list (FLUSHALL,
+//     FLUSHDB upstream) and whenever the tracking connection is
+//     re-established (messages may have been lost): cache.InvalidateAll()
+//   - while the breaker is open, or when a read failed on a connection
+//     error: cache.Lookup(ns, db, req), and [ErrMiss] on a miss
+//
+// Invalidation is by upstream key name alone, without namespace or db:
+// upstream names already carry the tenant prefix, and tracking messages
+// carry neither the tenant nor the db. A write to key k in db 0 therefore
+// also invalidates k in db 3, which costs a miss and nothing else. Tracking
+// should be enabled with NOLOOP (or the invalidations of keyfence's own
+// writes arriving later will kill the entries StoreWrite just filled: still
+// correct, just useless).
+//
+// The reply bytes are opaque: a proxy that stores replies in both RESP2 and
+// RESP3 forms must make the protocol part of the namespace (for example
+// "tenant:acme:|3"), which is safe because invalidation does not use it.
+// Request bytes are compared exactly; [AppendRequest] gives the canonical form
+// (upper-case command name) that [FillFromWrite] also produces, so that a
+// client's "get k" and a SET's fill meet on the same entry.
+//
+// Caveats that follow from the design: a TTL or PTTL reply is as of the
+// moment it was cached (at most --fallback-ttl old); for reads the proxy
+// usually does not know the key's own TTL, so --fallback-ttl is the bound.
+//
+// # Errors
+//
+// The two errors the proxy gives clients because of this package have one
+// stable wording each (the proxy writes them as "-" + Error()):
+//
+//	-TRYAGAIN keyfence: upstream unavailable (circuit breaker open); retry later
+//	-TRYAGAIN keyfence: upstream unavailable and no fresh cached copy; retry later
+//
+// The first ([ErrOpen]) answers any request that cannot be served while the
+// breaker is open (writes, non-cacheable reads); the second ([ErrMiss]) a
+// cacheable read whose cached copy is absent, expired or invalidated. The
+// prefix is Redis's own TRYAGAIN ("cannot be served now, the same request
+// may succeed later"): client libraries treat it as retryable (go-redis
+// retries it with backoff up to MaxRetries), which is what a client should
+// do during a short outage, and nothing else about it is cluster-specific.
 package fallback

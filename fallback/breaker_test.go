@@ -1,0 +1,217 @@
+package fallback
+
+import (
+	"errors"
+	"sync"
+	"testing"
+	"time"
+)
+
+// gobreaker reads time.Now itself, so the open timeout is made short and the
+// tests wait for it, with a bounded deadline.
+const testOpenTimeout = 20 * time.Millisecond
+
+func waitState(t *testing.T, b *Breaker, want State) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for b.State() != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("state = %v, want %v within 5s", b.State(), want)
+		}
+		time.Sleep(testOpenTimeout / 4)
+	}
+}
+
+func TestBreakerTransitions(t *testing.T) {
+	// Steps: F a request that fails, S one that succeeds, R a request that
+	// must be refused with ErrOpen, W wait for half-open, P start a probe
+	// and keep it in flight, p / x finish the oldest probe with success /
+	// failure. want is the state after all steps.
+	tests := []struct {
+		name      string
+		threshold uint32
+		probes    uint32
+		steps     string
+		want      State
+	}{
+		{"starts closed", 5, 1, "", Closed},
+		{"four failures keep it closed", 5, 1, "FFFF", Closed},
+		{"five consecutive failures open it", 5, 1, "FFFFFR", Open},
+		{"a success breaks the streak", 5, 1, "FFFFSFFFF", Closed},
+		{"successes never open it", 5, 1, "SSSSSSSSSS", Closed},
+		{"half-open after the timeout", 5, 1, "FFFFFRW", HalfOpen},
+		{"one probe in flight, others refused", 5, 1, "FFFFFWPRR", HalfOpen},
+		{"a successful probe closes it", 5, 1, "FFFFFWPp", Closed},
+		{"closed again counts from zero", 5, 1, "FFFFFWPpFFFF", Closed},
+		{"a failed probe re-opens it", 5, 1, "FFFFFWPxR", Open},
+		{"re-opened, half-open again later", 5, 1, "FFFFFWPxWPp", Closed},
+		{"threshold is configurable", 2, 1, "FFR", Open},
+		{"threshold 1", 1, 1, "FR", Open},
+		{"probes are configurable", 2, 2, "FFWPPRp", HalfOpen},
+		{"all probes must succeed", 2, 2, "FFWPPpp", Closed},
+		{"any failed probe re-opens", 2, 2, "FFWPPpxR", Open},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := Defaults()
+			cfg.FailureThreshold, cfg.HalfOpenProbes, cfg.OpenTimeout = tt.threshold, tt.probes, testOpenTimeout
+			b, err := NewBreaker(cfg, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var probes []func(bool)
+			for i, s := range tt.steps {
+				switch s {
+				case 'F', 'S', 'P':
+					done, err := b.Allow()
+					if err != nil {
+						t.Fatalf("step %d %c: Allow: %v (state %v)", i, s, err, b.State())
+					}
+					if s == 'P' {
+						probes = append(probes, done)
+					} else {
+						done(s == 'S')
+					}
+				case 'R':
+					if done, err := b.Allow(); !errors.Is(err, ErrOpen) {
+						if done != nil {
+							done(true)
+						}
+						t.Fatalf("step %d: Allow err = %v, want ErrOpen", i, err)
+					}
+				case 'W':
+					waitState(t, b, HalfOpen)
+				case 'p', 'x':
+					probes[0](s == 'p')
+					probes = probes[1:]
+				}
+			}
+			if got := b.State(); got != tt.want {
+				t.Fatalf("state = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestBreakerOnStateChange(t *testing.T) {
+	cfg := Defaults()
+	cfg.OpenTimeout = testOpenTimeout
+	var mu sync.Mutex
+	var got []string
+	b, err := NewBreaker(cfg, func(from, to State) {
+		mu.Lock()
+		got = append(got, from.String()+">"+to.String())
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fail := func() {
+		done, err := b.Allow()
+		if err != nil {
+			t.Fatal(err)
+		}
+		done(false)
+	}
+	for range 5 {
+		fail()
+	}
+	waitState(t, b, HalfOpen)
+	fail() // the probe fails
+	waitState(t, b, HalfOpen)
+	done, err := b.Allow()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done(true)
+	mu.Lock()
+	defer mu.Unlock()
+	want := []string{"closed>open", "open>half-open", "half-open>open", "open>half-open", "half-open>closed"}
+	if len(got) != len(want) {
+		t.Fatalf("transitions = %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("transitions = %v, want %v", got, want)
+		}
+	}
+}
+
+// A request let through while closed that fails after the breaker opened
+// and closed again belongs to an old generation and must not count.
+func TestBreakerIgnoresStaleOutcomes(t *testing.T) {
+	cfg := Defaults()
+	cfg.FailureThreshold, cfg.OpenTimeout = 1, testOpenTimeout
+	b, err := NewBreaker(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	late, err := b.Allow()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done, _ := b.Allow()
+	done(false) // opens
+	waitState(t, b, HalfOpen)
+	done, _ = b.Allow()
+	done(true) // closes
+	late(false)
+	if got := b.State(); got != Closed {
+		t.Fatalf("state = %v after a stale failure, want closed", got)
+	}
+}
+
+func TestStateString(t *testing.T) {
+	for s, want := range map[State]string{Closed: "closed", HalfOpen: "half-open", Open: "open", State(7): "State(7)"} {
+		if got := s.String(); got != want {
+			t.Errorf("%d.String() = %q, want %q", int(s), got, want)
+		}
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	tests := []struct {
+		name    string
+		mod     func(*Config)
+		breaker bool // NewBreaker must fail
+		cache   bool // NewCache must fail
+	}{
+		{"defaults", func(*Config) {}, false, false},
+		{"threshold 0", func(c *Config) { c.FailureThreshold = 0 }, true, false},
+		{"timeout 0", func(c *Config) { c.OpenTimeout = 0 }, true, false},
+		{"probes 0", func(c *Config) { c.HalfOpenProbes = 0 }, true, false},
+		{"ttl 0", func(c *Config) { c.TTL = 0 }, false, true},
+		{"ttl negative", func(c *Config) { c.TTL = -time.Second }, false, true},
+		{"max bytes tiny", func(c *Config) { c.MaxBytes = 100 }, false, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := Defaults()
+			tt.mod(&cfg)
+			if err := cfg.Validate(); (err != nil) != (tt.breaker || tt.cache) {
+				t.Errorf("Validate() = %v", err)
+			}
+			if _, err := NewBreaker(cfg, nil); (err != nil) != tt.breaker {
+				t.Errorf("NewBreaker err = %v, want error %v", err, tt.breaker)
+			}
+			c, err := NewCache(cfg)
+			if (err != nil) != tt.cache {
+				t.Errorf("NewCache err = %v, want error %v", err, tt.cache)
+			}
+			c.Close()
+		})
+	}
+}
+
+func TestErrorWording(t *testing.T) {
+	// The wording is documented and clients may match on it: changing it is
+	// a breaking change.
+	for err, want := range map[error]string{
+		ErrOpen: "TRYAGAIN keyfence: upstream unavailable (circuit breaker open); retry later",
+		ErrMiss: "TRYAGAIN keyfence: upstream unavailable and no fresh cached copy; retry later",
+	} {
+		if err.Error() != want {
+			t.Errorf("error = %q, want %q", err.Error(), want)
+		}
+	}
+}

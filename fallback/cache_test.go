@@ -1,0 +1,630 @@
+package fallback
+
+import (
+	"bytes"
+	"fmt"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (f *fakeClock) Now() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.now
+}
+
+func (f *fakeClock) Advance(d time.Duration) {
+	f.mu.Lock()
+	f.now = f.now.Add(d)
+	f.mu.Unlock()
+}
+
+// newTestCache returns a cache whose expiry decisions use a fake clock
+// (ristretto's own TTL cleanup still uses real time, which only frees
+// memory).
+func newTestCache(tb testing.TB, ttl time.Duration, maxBytes int64) (*Cache, *fakeClock) {
+	tb.Helper()
+	cfg := Defaults()
+	cfg.TTL, cfg.MaxBytes = ttl, maxBytes
+	c, err := NewCache(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	clk := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	c.now = clk.Now
+	tb.Cleanup(c.Close)
+	return c, clk
+}
+
+func bs(ss ...string) [][]byte {
+	out := make([][]byte, len(ss))
+	for i, s := range ss {
+		out[i] = []byte(s)
+	}
+	return out
+}
+
+func getReq(key string) []byte { return AppendRequest(nil, "GET", bs(key)) }
+
+func bulk(s string) []byte { return appendBulk(nil, []byte(s)) }
+
+// store is Store with a stamp taken now, as for a read that just came back.
+func store(c *Cache, ns string, db int, req []byte, keys [][]byte, reply []byte, keyTTL time.Duration) bool {
+	return c.Store(c.Stamp(), ns, db, req, keys, reply, keyTTL)
+}
+
+func lookupOK(t *testing.T, c *Cache, ns string, db int, req, want []byte) {
+	t.Helper()
+	got, ok := c.Lookup(ns, db, req)
+	if !ok || !bytes.Equal(got, want) {
+		t.Fatalf("Lookup(%s, %d, %q) = %q, %v; want %q, true", ns, db, req, got, ok, want)
+	}
+}
+
+func lookupMiss(t *testing.T, c *Cache, ns string, db int, req []byte) {
+	t.Helper()
+	if got, ok := c.Lookup(ns, db, req); ok {
+		t.Fatalf("Lookup(%s, %d, %q) = %q, true; want a miss", ns, db, req, got)
+	}
+}
+
+func TestCacheHitMiss(t *testing.T) {
+	key := "tenant:a:k"
+	req := getReq(key)
+	tests := []struct {
+		name      string
+		keys      [][]byte
+		reply     []byte
+		stored    bool   // Store's result
+		lookupNS  string // looked up as
+		lookupDB  int
+		lookupReq []byte
+		hit       bool
+	}{
+		{"same request hits", bs(key), bulk("v"), true, "a", 0, req, true},
+		{"null reply is cacheable", bs(key), []byte("$-1\r\n"), true, "a", 0, req, true},
+		{"other namespace misses", bs(key), bulk("v"), true, "b", 0, req, false},
+		{"other db misses", bs(key), bulk("v"), true, "a", 1, req, false},
+		{"other request misses", bs(key), bulk("v"), true, "a", 0, getReq("tenant:a:j"), false},
+		{"case differs, bytes differ", bs(key), bulk("v"), true, "a", 0, []byte("*2\r\n$3\r\nget\r\n$10\r\ntenant:a:k\r\n"), false},
+		{"error reply is not cached", bs(key), []byte("-LOADING loading\r\n"), false, "a", 0, req, false},
+		{"RESP3 error is not cached", bs(key), []byte("!3\r\nerr\r\n"), false, "a", 0, req, false},
+		{"empty reply is not cached", bs(key), nil, false, "a", 0, req, false},
+		{"no keys, not cached", nil, bulk("v"), false, "a", 0, req, false},
+		{"too large, not cached", bs(key), bulk(string(make([]byte, 8<<10))), false, "a", 0, req, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, _ := newTestCache(t, 30*time.Second, 64<<10) // entries up to 4 KiB
+			if got := store(c, "a", 0, req, tt.keys, tt.reply, 0); got != tt.stored {
+				t.Fatalf("Store = %v, want %v", got, tt.stored)
+			}
+			c.Wait()
+			got, ok := c.Lookup(tt.lookupNS, tt.lookupDB, tt.lookupReq)
+			if ok != tt.hit || (ok && !bytes.Equal(got, tt.reply)) {
+				t.Fatalf("Lookup = %q, %v; want hit %v", got, ok, tt.hit)
+			}
+			st := c.Stats()
+			if wantHits := map[bool]uint64{true: 1}[tt.hit]; st.Hits != wantHits || st.Hits+st.Misses != 1 {
+				t.Fatalf("stats = %+v", st)
+			}
+		})
+	}
+}
+
+// Store copies what it is given: the proxy reuses its buffers.
+func TestStoreCopies(t *testing.T) {
+	c, _ := newTestCache(t, 30*time.Second, 1<<20)
+	req, key, reply := getReq("tenant:a:k"), []byte("tenant:a:k"), bulk("value")
+	store(c, "a", 0, req, [][]byte{key}, reply, 0)
+	c.Wait()
+	want := bytes.Clone(reply)
+	reqCopy := bytes.Clone(req)
+	for _, b := range [][]byte{req, key, reply} {
+		for i := range b {
+			b[i] = 'x'
+		}
+	}
+	lookupOK(t, c, "a", 0, reqCopy, want)
+	c.Invalidate([]byte("tenant:a:k"))
+	lookupMiss(t, c, "a", 0, reqCopy)
+}
+
+func TestCacheTTL(t *testing.T) {
+	tests := []struct {
+		name   string
+		cfgTTL time.Duration
+		keyTTL time.Duration
+		life   time.Duration
+	}{
+		{"no key TTL: config TTL", 30 * time.Second, 0, 30 * time.Second},
+		{"negative key TTL (none): config TTL", 30 * time.Second, -1, 30 * time.Second},
+		{"shorter key TTL wins", 30 * time.Second, 2 * time.Second, 2 * time.Second},
+		{"longer key TTL: config TTL", 30 * time.Second, time.Hour, 30 * time.Second},
+		{"short config TTL", 500 * time.Millisecond, 10 * time.Second, 500 * time.Millisecond},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, clk := newTestCache(t, tt.cfgTTL, 1<<20)
+			req := getReq("tenant:a:k")
+			store(c, "a", 0, req, bs("tenant:a:k"), bulk("v"), tt.keyTTL)
+			c.Wait()
+			clk.Advance(tt.life - time.Millisecond)
+			lookupOK(t, c, "a", 0, req, bulk("v"))
+			clk.Advance(time.Millisecond)
+			lookupMiss(t, c, "a", 0, req)
+		})
+	}
+}
+
+func TestInvalidateExact(t *testing.T) {
+	a, b, z := "tenant:a:a", "tenant:a:b", "tenant:a:z"
+	reqs := map[string][]byte{
+		"GET a":    getReq(a),
+		"GET b":    getReq(b),
+		"MGET a b": AppendRequest(nil, "MGET", bs(a, b)),
+		"HGET z f": AppendRequest(nil, "HGET", bs(z, "f")),
+	}
+	keys := map[string][][]byte{"GET a": bs(a), "GET b": bs(b), "MGET a b": bs(a, b), "HGET z f": bs(z)}
+	tests := []struct {
+		name        string
+		invalidate  []string
+		all         bool
+		wantMissing []string
+	}{
+		{"nothing", nil, false, nil},
+		{"a", []string{a}, false, []string{"GET a", "MGET a b"}},
+		{"b", []string{b}, false, []string{"GET b", "MGET a b"}},
+		{"z", []string{z}, false, []string{"HGET z f"}},
+		{"an unrelated key", []string{"tenant:a:other"}, false, nil},
+		{"another tenant's key of the same name", []string{"tenant:b:a"}, false, nil},
+		{"a prefix of a key", []string{"tenant:a:"}, false, nil},
+		{"a and z", []string{a, z}, false, []string{"GET a", "MGET a b", "HGET z f"}},
+		{"all", nil, true, []string{"GET a", "GET b", "MGET a b", "HGET z f"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, _ := newTestCache(t, 30*time.Second, 1<<20)
+			for name, req := range reqs {
+				store(c, "a", 0, req, keys[name], bulk(name), 0)
+			}
+			c.Wait()
+			for _, k := range tt.invalidate {
+				c.Invalidate([]byte(k))
+			}
+			if tt.all {
+				c.InvalidateAll()
+			}
+			missing := map[string]bool{}
+			for _, n := range tt.wantMissing {
+				missing[n] = true
+			}
+			for name, req := range reqs {
+				if missing[name] {
+					lookupMiss(t, c, "a", 0, req)
+				} else {
+					lookupOK(t, c, "a", 0, req, bulk(name))
+				}
+			}
+			// Refilled after the invalidation, the entries serve again.
+			for name, req := range reqs {
+				store(c, "a", 0, req, keys[name], bulk(name+"'"), 0)
+			}
+			c.Wait()
+			for name, req := range reqs {
+				lookupOK(t, c, "a", 0, req, bulk(name+"'"))
+			}
+		})
+	}
+}
+
+// Ristretto applies Sets asynchronously: an invalidation that follows a
+// Store must win even when it runs before the Set is applied.
+func TestStoreThenInvalidateWins(t *testing.T) {
+	c, _ := newTestCache(t, 30*time.Second, 1<<20)
+	for i := range 500 {
+		key := "tenant:a:k" + strconv.Itoa(i%7)
+		req := getReq(key)
+		store(c, "a", 0, req, bs(key), bulk(strconv.Itoa(i)), 0)
+		c.Invalidate([]byte(key))
+		c.Wait()
+		lookupMiss(t, c, "a", 0, req)
+	}
+}
+
+// A read that left upstream before a write but whose reply is stored after
+// the write's invalidation must not be cached: that is what the stamp is for.
+func TestStaleReplyRefused(t *testing.T) {
+	c, _ := newTestCache(t, 30*time.Second, 1<<20)
+	key, req := "tenant:a:k", getReq("tenant:a:k")
+
+	since := c.Stamp()        // the read is sent...
+	c.Invalidate([]byte(key)) // ...a write is acknowledged meanwhile...
+	if c.Store(since, "a", 0, req, bs(key), bulk("old"), 0) {
+		t.Fatal("Store accepted a reply read before an invalidation")
+	}
+	c.Wait()
+	lookupMiss(t, c, "a", 0, req)
+
+	// Stamped after the invalidation, the same store is fine.
+	if !c.Store(c.Stamp(), "a", 0, req, bs(key), bulk("new"), 0) {
+		t.Fatal("Store refused a current reply")
+	}
+	c.Wait()
+	lookupOK(t, c, "a", 0, req, bulk("new"))
+
+	// An invalidation of another key does not matter.
+	since = c.Stamp()
+	c.Invalidate([]byte("tenant:a:other"))
+	if !c.Store(since, "a", 0, AppendRequest(nil, "STRLEN", bs(key)), bs(key), []byte(":3\r\n"), 0) {
+		t.Fatal("Store refused because of an unrelated key")
+	}
+	// InvalidateAll between stamp and store refuses it.
+	since = c.Stamp()
+	c.InvalidateAll()
+	if c.Store(since, "a", 0, req, bs(key), bulk("old"), 0) {
+		t.Fatal("Store accepted a reply read before InvalidateAll")
+	}
+}
+
+func TestStoreWrite(t *testing.T) {
+	key := "tenant:a:k"
+	set := func(v string) (req, reply []byte, ttl time.Duration) {
+		req, reply, ttl, ok := FillFromWrite("SET", bs(key, v, "PX", "1500"))
+		if !ok {
+			t.Fatal("FillFromWrite refused SET PX")
+		}
+		return req, reply, ttl
+	}
+
+	t.Run("fills the GET entry", func(t *testing.T) {
+		c, clk := newTestCache(t, 30*time.Second, 1<<20)
+		store(c, "a", 0, getReq(key), bs(key), bulk("old"), 0)
+		c.Wait()
+		since := c.Stamp()
+		req, reply, ttl := set("new")
+		if !c.StoreWrite(since, "a", 0, []byte(key), req, reply, ttl) {
+			t.Fatal("StoreWrite refused")
+		}
+		c.Wait()
+		lookupOK(t, c, "a", 0, getReq(key), bulk("new"))
+		clk.Advance(1500 * time.Millisecond) // the key's own TTL bounds the entry
+		lookupMiss(t, c, "a", 0, getReq(key))
+	})
+
+	t.Run("invalidates what depended on the key", func(t *testing.T) {
+		c, _ := newTestCache(t, 30*time.Second, 1<<20)
+		mget := AppendRequest(nil, "MGET", bs(key, "tenant:a:j"))
+		store(c, "a", 0, mget, bs(key, "tenant:a:j"), []byte("*2\r\n$3\r\nold\r\n$-1\r\n"), 0)
+		c.Wait()
+		req, reply, ttl := set("new")
+		c.StoreWrite(c.Stamp(), "a", 0, []byte(key), req, reply, ttl)
+		c.Wait()
+		lookupMiss(t, c, "a", 0, mget)
+	})
+
+	t.Run("another write in flight: no fill, still invalidates", func(t *testing.T) {
+		c, _ := newTestCache(t, 30*time.Second, 1<<20)
+		store(c, "a", 0, getReq(key), bs(key), bulk("old"), 0)
+		c.Wait()
+		since := c.Stamp()        // SET k new is sent
+		c.Invalidate([]byte(key)) // another write of k (maybe applied after ours) is acknowledged
+		req, reply, ttl := set("new")
+		if c.StoreWrite(since, "a", 0, []byte(key), req, reply, ttl) {
+			t.Fatal("StoreWrite filled despite a concurrent invalidation")
+		}
+		c.Wait()
+		lookupMiss(t, c, "a", 0, getReq(key))
+	})
+
+	t.Run("a later write makes the fill stale", func(t *testing.T) {
+		c, _ := newTestCache(t, 30*time.Second, 1<<20)
+		req, reply, ttl := set("new")
+		c.StoreWrite(c.Stamp(), "a", 0, []byte(key), req, reply, ttl)
+		c.Invalidate([]byte(key))
+		c.Wait()
+		lookupMiss(t, c, "a", 0, getReq(key))
+	})
+}
+
+// Tenant isolation: the same request bytes in two namespaces are two
+// entries, and a lookup never returns another namespace's entry, not even
+// one planted under its own hash (a simulated hash collision).
+func TestNamespaceIsolation(t *testing.T) {
+	c, _ := newTestCache(t, 30*time.Second, 1<<20)
+	req := getReq("k") // identical bytes for both tenants on purpose
+	store(c, "tenant:a:", 0, req, bs("tenant:a:k"), bulk("a's"), 0)
+	c.Wait()
+	lookupOK(t, c, "tenant:a:", 0, req, bulk("a's"))
+	lookupMiss(t, c, "tenant:b:", 0, req)
+
+	store(c, "tenant:b:", 0, req, bs("tenant:b:k"), bulk("b's"), 0)
+	c.Wait()
+	lookupOK(t, c, "tenant:a:", 0, req, bulk("a's"))
+	lookupOK(t, c, "tenant:b:", 0, req, bulk("b's"))
+
+	// Invalidating b's key leaves a's entry alone.
+	c.Invalidate([]byte("tenant:b:k"))
+	lookupOK(t, c, "tenant:a:", 0, req, bulk("a's"))
+	lookupMiss(t, c, "tenant:b:", 0, req)
+
+	// A collision: b's entry sits where c's lookup for tenant c goes.
+	e, ttl, cost := c.newEntry("tenant:b:", 0, req, bs("tenant:b:k"), bulk("b's"), 0)
+	e.since, e.deadline = c.Stamp(), c.now().Add(ttl)
+	c.rc.SetWithTTL(c.hash("tenant:c:", 0, req), e, cost, ttl)
+	c.Wait()
+	if _, ok := c.rc.Get(c.hash("tenant:c:", 0, req)); !ok {
+		t.Fatal("planted entry not found")
+	}
+	lookupMiss(t, c, "tenant:c:", 0, req)
+	// Same for the db and for the request bytes.
+	plant := func(db int, entryReq []byte, at uint64) {
+		e, _, _ := c.newEntry("tenant:c:", db, entryReq, bs("tenant:c:k"), bulk("planted"), 0)
+		e.since, e.deadline = c.Stamp(), c.now().Add(ttl)
+		c.rc.SetWithTTL(at, e, cost, ttl)
+		c.Wait()
+	}
+	plant(1, req, c.hash("tenant:c:", 0, req))
+	lookupMiss(t, c, "tenant:c:", 0, req)
+	plant(0, getReq("j"), c.hash("tenant:c:", 0, req))
+	lookupMiss(t, c, "tenant:c:", 0, req)
+	plant(0, req, c.hash("tenant:c:", 0, req)) // the real thing does hit
+	lookupOK(t, c, "tenant:c:", 0, req, bulk("planted"))
+}
+
+// Many readers fill, writers write and invalidate, checkers look up, all at
+// once (run with -race). The invariant is the one clients rely on: a hit
+// never returns a value older than a write acknowledged before the lookup.
+func TestConcurrentStoreInvalidate(t *testing.T) {
+	c, _ := newTestCache(t, 30*time.Second, 1<<20)
+	key := []byte("tenant:a:k")
+	req := getReq(string(key))
+	var truth, acked atomic.Int64 // upstream's value; the newest acknowledged
+	ack := func(v int64) {
+		for {
+			cur := acked.Load()
+			if v <= cur || acked.CompareAndSwap(cur, v) {
+				return
+			}
+		}
+	}
+	reply := func(v int64) []byte { return bulk(strconv.FormatInt(v, 10)) }
+	const n = 2000
+	var wg, writers sync.WaitGroup
+	for w := range 2 {
+		writers.Add(1)
+		go func() {
+			defer writers.Done()
+			for i := range n {
+				since := c.Stamp()
+				v := truth.Add(1) // applied upstream
+				if (i+w)%3 == 0 {
+					runtime.Gosched()
+				}
+				if i%2 == 0 {
+					c.Invalidate(key)
+				} else {
+					r, rep, ttl, _ := FillFromWrite("SET", [][]byte{key, []byte(strconv.FormatInt(v, 10))})
+					c.StoreWrite(since, "a", 0, key, r, rep, ttl)
+				}
+				ack(v)
+			}
+		}()
+	}
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range n {
+				since := c.Stamp()
+				v := truth.Load() // the read reaches upstream
+				if i%3 == 0 {
+					runtime.Gosched()
+				}
+				c.Store(since, "a", 0, req, [][]byte{key}, reply(v), 0)
+			}
+		}()
+	}
+	var bad atomic.Int64
+	stop := make(chan struct{})
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				a := acked.Load()
+				if r, ok := c.Lookup("a", 0, req); ok {
+					got, err := strconv.ParseInt(string(bytes.Split(r, []byte("\r\n"))[1]), 10, 64)
+					if err != nil || got < a {
+						bad.Store(got + 1)
+					}
+				}
+			}
+		}()
+	}
+	writers.Wait()
+	close(stop)
+	wg.Wait()
+	if b := bad.Load(); b != 0 {
+		t.Fatalf("a lookup returned %d, older than an acknowledged write", b-1)
+	}
+	// After the dust settles, the last acknowledged value caches normally.
+	store(c, "a", 0, req, [][]byte{key}, reply(truth.Load()), 0)
+	c.Wait()
+	lookupOK(t, c, "a", 0, req, reply(truth.Load()))
+}
+
+// Memory stays bounded by MaxBytes however much is stored.
+func TestMaxBytesBound(t *testing.T) {
+	const maxBytes = 1 << 20
+	c, _ := newTestCache(t, 30*time.Second, maxBytes)
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+
+	value := string(bytes.Repeat([]byte("v"), 1000))
+	const total = 64 * maxBytes // 64 MiB of replies through a 1 MiB cache
+	stored := 0
+	for i := 0; stored < total; i++ {
+		key := "tenant:a:k" + strconv.Itoa(i)
+		reply := bulk(value)
+		store(c, "a", 0, getReq(key), bs(key), reply, 0)
+		stored += len(reply)
+		if i%4096 == 0 {
+			c.Wait() // let ristretto keep up instead of dropping Sets
+		}
+	}
+	c.Wait()
+	st := c.Stats()
+	t.Logf("stats after storing %d MiB: %+v", total>>20, st)
+	if st.Bytes > maxBytes || st.Bytes <= 0 {
+		t.Errorf("Bytes = %d, want in (0, %d]", st.Bytes, maxBytes)
+	}
+	if st.Evictions == 0 {
+		t.Error("no evictions")
+	}
+	if st.Entries == 0 || st.Entries > maxBytes/1000 {
+		t.Errorf("Entries = %d, want in (0, %d]", st.Entries, maxBytes/1000)
+	}
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	// The live heap holds the entries (<= MaxBytes) plus ristretto's
+	// bookkeeping, nothing like the 64 MiB that went through.
+	if grew := int64(after.HeapAlloc) - int64(before.HeapAlloc); grew > 8*maxBytes {
+		t.Errorf("heap grew by %d MiB storing %d MiB through a %d MiB cache", grew>>20, total>>20, maxBytes>>20)
+	}
+}
+
+// The generation table is bounded: old generations are swept, and when
+// keys are written too fast for that, everything is invalidated at once.
+func TestGenerationTableBound(t *testing.T) {
+	t.Run("old generations are forgotten safely", func(t *testing.T) {
+		c, clk := newTestCache(t, 30*time.Second, 1<<20)
+		c.genLimit = 8
+		oldSince := c.Stamp() // a read that will take longer than the TTL
+		for i := range 8 {
+			c.Invalidate([]byte("tenant:a:old" + strconv.Itoa(i)))
+		}
+		clk.Advance(31 * time.Second)
+		x := "tenant:a:x"
+		store(c, "a", 0, getReq(x), bs(x), bulk("x"), 0)
+		c.Wait()
+		c.Invalidate([]byte("tenant:a:new")) // 9 > limit: sweep
+		if n := len(c.gens); n != 1 {
+			t.Fatalf("gens has %d keys after the sweep, want 1", n)
+		}
+		if st := c.Stats(); st.Resets != 0 {
+			t.Fatalf("Resets = %d, want 0", st.Resets)
+		}
+		lookupOK(t, c, "a", 0, getReq(x), bulk("x"))
+		// The forgotten generations still refuse a reply read before them.
+		if c.Store(oldSince, "a", 0, getReq("tenant:a:old3"), bs("tenant:a:old3"), bulk("stale"), 0) {
+			t.Fatal("Store accepted a reply read before a forgotten invalidation")
+		}
+	})
+
+	t.Run("overflow invalidates everything", func(t *testing.T) {
+		c, _ := newTestCache(t, 30*time.Second, 1<<20)
+		c.genLimit = 8
+		z := "tenant:a:z"
+		store(c, "a", 0, getReq(z), bs(z), bulk("z"), 0)
+		c.Wait()
+		for i := range 8 {
+			c.Invalidate([]byte("tenant:a:w" + strconv.Itoa(i)))
+		}
+		lookupOK(t, c, "a", 0, getReq(z), bulk("z"))
+		c.Invalidate([]byte("tenant:a:w8")) // 9 recent keys > limit: reset
+		if st := c.Stats(); st.Resets != 1 {
+			t.Fatalf("Resets = %d, want 1", st.Resets)
+		}
+		if n := len(c.gens); n != 0 {
+			t.Fatalf("gens has %d keys after the reset, want 0", n)
+		}
+		lookupMiss(t, c, "a", 0, getReq(z))
+		// A write fill whose own invalidation triggers a reset is pointless.
+		for i := range 8 {
+			c.Invalidate([]byte("tenant:a:v" + strconv.Itoa(i)))
+		}
+		req, reply, ttl, _ := FillFromWrite("SET", bs(z, "z1"))
+		if c.StoreWrite(c.Stamp(), "a", 0, []byte(z), req, reply, ttl) {
+			t.Fatal("StoreWrite filled an entry its own reset made stale")
+		}
+		if st := c.Stats(); st.Resets != 2 {
+			t.Fatalf("Resets = %d, want 2", st.Resets)
+		}
+		c.InvalidateAll() // empties the table too
+		// Invalidating already-known keys does not grow the table.
+		for range 100 {
+			c.Invalidate([]byte("tenant:a:w0"))
+		}
+		if n := len(c.gens); n != 1 {
+			t.Fatalf("gens has %d keys, want 1", n)
+		}
+		store(c, "a", 0, getReq(z), bs(z), bulk("z2"), 0)
+		c.Wait()
+		lookupOK(t, c, "a", 0, getReq(z), bulk("z2"))
+	})
+
+	t.Run("the default limit scales with MaxBytes", func(t *testing.T) {
+		for maxBytes, want := range map[int64]int{4 << 10: 1024, 64 << 20: 65536, 8 << 30: 1 << 20} {
+			if got := genLimitFor(maxBytes); got != want {
+				t.Errorf("MaxBytes %d: genLimit = %d, want %d", maxBytes, got, want)
+			}
+		}
+	})
+}
+
+func TestNilCacheIsDisabled(t *testing.T) {
+	var c *Cache
+	if c.Store(c.Stamp(), "a", 0, getReq("k"), bs("k"), bulk("v"), 0) {
+		t.Fatal("nil cache stored")
+	}
+	c.StoreWrite(0, "a", 0, []byte("k"), getReq("k"), bulk("v"), 0)
+	c.Invalidate([]byte("k"))
+	c.InvalidateAll()
+	c.Wait()
+	if _, ok := c.Lookup("a", 0, getReq("k")); ok {
+		t.Fatal("nil cache hit")
+	}
+	if st := c.Stats(); st != (Stats{}) {
+		t.Fatalf("nil cache stats = %+v", st)
+	}
+	c.Close()
+}
+
+func ExampleCache() {
+	cfg := Defaults()
+	c, _ := NewCache(cfg)
+	defer c.Close()
+	args := [][]byte{[]byte("tenant:acme:user:1")}
+	req := AppendRequest(nil, "GET", args)
+
+	since := c.Stamp() // before the read goes upstream
+	reply := []byte("$5\r\nalice\r\n")
+	c.Store(since, "tenant:acme:", 0, req, KeysOf("GET", args), reply, 0)
+	c.Wait()
+
+	got, ok := c.Lookup("tenant:acme:", 0, req) // upstream is down
+	fmt.Printf("%q %v\n", got, ok)
+	c.Invalidate([]byte("tenant:acme:user:1")) // a write, or a tracking message
+	_, ok = c.Lookup("tenant:acme:", 0, req)
+	fmt.Println(ok)
+	// Output:
+	// "$5\r\nalice\r\n" true
+	// false
+}
