@@ -336,8 +336,11 @@ func (s *session) flushBatch(ctx context.Context) error {
 			}
 		}
 		if m != nil {
-			m.Command(ctx, sl.name, len(s.out) == mark || s.out[mark] != '-', seconds)
+			m.Command(sl.name, len(s.out) == mark || s.out[mark] != '-')
 		}
+	}
+	if m != nil {
+		m.Batch(ctx, seconds)
 	}
 	s.req, s.nreq = s.req[:0], 0
 	s.slots, s.local = s.slots[:0], s.local[:0]

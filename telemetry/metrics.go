@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -14,27 +15,27 @@ import (
 )
 
 // Metrics records keyfence's OpenTelemetry metrics and serves them in the
-// Prometheus format. The hot path (Command) only indexes a map built at
-// start-up and passes pre-built attribute options: it allocates nothing.
+// Prometheus format. The hot path (Command, once per command) is a map
+// lookup and an atomic add; latencies are recorded once per batch.
 type Metrics struct {
 	provider *sdkmetric.MeterProvider
 	registry *prometheus.Registry
 
-	commands metric.Int64Counter
 	duration metric.Float64Histogram
 	upstream metric.Float64Histogram
 	errors   metric.Int64Counter
 
-	byName  map[string]*commandAttrs // read-only after NewMetrics
-	other   *commandAttrs
-	tenant  attribute.KeyValue
-	upOpts  []metric.RecordOption
-	errOpts map[string][]metric.AddOption
-}
+	// Commands are counted in plain atomics, one pair per command name,
+	// and handed to OpenTelemetry only when metrics are collected: the
+	// per-command cost is a map lookup and an atomic add.
+	index   map[string]int // command name → position in names; read-only
+	names   []string       // the last one is "other"
+	counts  []atomic.Int64 // 2*i: ok, 2*i+1: error
+	obsOpts [][]metric.ObserveOption
 
-type commandAttrs struct {
-	ok, failed []metric.AddOption
-	record     []metric.RecordOption
+	tenant  attribute.KeyValue
+	tenOpts []metric.RecordOption
+	errOpts map[string][]metric.AddOption
 }
 
 // Gauges are read when metrics are collected, never on the hot path.
@@ -56,12 +57,31 @@ func NewMetrics(tenant string, commands []string, gauges Gauges) (*Metrics, erro
 	}
 	provider := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp))
 	meter := provider.Meter("github.com/keyfence/keyfence")
-	m := &Metrics{provider: provider, registry: reg, tenant: attribute.String("tenant", tenant), byName: map[string]*commandAttrs{}}
-	if m.commands, err = meter.Int64Counter("keyfence.commands", metric.WithDescription("Commands handled, by command, tenant and outcome")); err != nil {
+	m := &Metrics{provider: provider, registry: reg, tenant: attribute.String("tenant", tenant), index: map[string]int{}}
+	m.names = append(append([]string(nil), commands...), "other")
+	m.counts = make([]atomic.Int64, 2*len(m.names))
+	for i, name := range m.names {
+		m.index[name] = i
+		for _, outcome := range []string{"ok", "error"} {
+			m.obsOpts = append(m.obsOpts, []metric.ObserveOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("command", name), m.tenant, attribute.String("outcome", outcome)))})
+		}
+	}
+	commandsCounter, err := meter.Int64ObservableCounter("keyfence.commands", metric.WithDescription("Commands handled, by command, tenant and outcome"))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		for i := range m.counts {
+			if n := m.counts[i].Load(); n > 0 {
+				o.ObserveInt64(commandsCounter, n, m.obsOpts[i]...)
+			}
+		}
+		return nil
+	}, commandsCounter); err != nil {
 		return nil, err
 	}
 	if m.duration, err = meter.Float64Histogram("keyfence.command.duration", metric.WithUnit("s"),
-		metric.WithDescription("Client-seen latency: from reading a request to writing its reply"),
+		metric.WithDescription("Client-seen latency of a batch: from reading the requests to writing the replies"),
 		metric.WithExplicitBucketBoundaries(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5)); err != nil {
 		return nil, err
 	}
@@ -91,21 +111,7 @@ func NewMetrics(tenant string, commands []string, gauges Gauges) (*Metrics, erro
 			return nil, err
 		}
 	}
-	attrs := func(name string) *commandAttrs {
-		set := func(outcome string) []metric.AddOption {
-			return []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("command", name), m.tenant, attribute.String("outcome", outcome)))}
-		}
-		return &commandAttrs{
-			ok:     set("ok"),
-			failed: set("error"),
-			record: []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("command", name), m.tenant))},
-		}
-	}
-	for _, name := range commands {
-		m.byName[name] = attrs(name)
-	}
-	m.other = attrs("other")
-	m.upOpts = []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(m.tenant))}
+	m.tenOpts = []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(m.tenant))}
 	m.errOpts = map[string][]metric.AddOption{}
 	for _, c := range errorCauses {
 		m.errOpts[c] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(m.tenant, attribute.String("cause", c)))}
@@ -113,23 +119,28 @@ func NewMetrics(tenant string, commands []string, gauges Gauges) (*Metrics, erro
 	return m, nil
 }
 
-// Command records one command's outcome and client-seen latency.
-func (m *Metrics) Command(ctx context.Context, name string, ok bool, seconds float64) {
-	a := m.byName[name]
-	if a == nil {
-		a = m.other
+// Command counts one command by name and outcome.
+func (m *Metrics) Command(name string, ok bool) {
+	i, known := m.index[name]
+	if !known {
+		i = len(m.names) - 1
 	}
 	if ok {
-		m.commands.Add(ctx, 1, a.ok...)
+		m.counts[2*i].Add(1)
 	} else {
-		m.commands.Add(ctx, 1, a.failed...)
+		m.counts[2*i+1].Add(1)
 	}
-	m.duration.Record(ctx, seconds, a.record...)
+}
+
+// Batch records the client-seen latency of one batch of commands: from
+// reading the request bytes to writing the replies.
+func (m *Metrics) Batch(ctx context.Context, seconds float64) {
+	m.duration.Record(ctx, seconds, m.tenOpts...)
 }
 
 // Upstream records one batch's upstream round trip.
 func (m *Metrics) Upstream(ctx context.Context, seconds float64) {
-	m.upstream.Record(ctx, seconds, m.upOpts...)
+	m.upstream.Record(ctx, seconds, m.tenOpts...)
 }
 
 // UpstreamError counts an upstream failure by cause (see errorCauses).

@@ -14,9 +14,10 @@ func TestMetricsExported(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	m.Command(ctx, "get", true, 0.0002)
-	m.Command(ctx, "get", false, 0.0002)
-	m.Command(ctx, "nosuch", true, 0.001)
+	m.Command("get", true)
+	m.Command("get", false)
+	m.Command("nosuch", true)
+	m.Batch(ctx, 0.0002)
 	m.Upstream(ctx, 0.0001)
 	m.UpstreamError(ctx, "connection_refused")
 	rec := httptest.NewRecorder()
@@ -43,9 +44,8 @@ func BenchmarkMetricsCommand(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
-		m.Command(ctx, "get", true, 0.0002)
+		m.Command("get", true)
 	}
 }
