@@ -43,7 +43,7 @@ func (c *Config) setDefaults() {
 		c.MaxRequestBytes = rewrite.DefaultLimits.MaxRequestBytes
 	}
 	if c.SharedConns <= 0 {
-		c.SharedConns = 2
+		c.SharedConns = 1
 	}
 	if c.MaxPinned <= 0 {
 		c.MaxPinned = 1000

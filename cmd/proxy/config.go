@@ -114,7 +114,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*con
 	str(&s.clientPassword, "client-password", "PROXY_CLIENT_PASSWORD", "", "password clients must AUTH with; empty: none, like a Redis without requirepass")
 	num(&s.maxClients, "max-clients", "PROXY_MAX_CLIENTS", 10000, "client connections at most; more get Redis's 'max number of clients reached'")
 	num(&s.maxRequestBytes, "max-request-bytes", "PROXY_MAX_REQUEST_BYTES", rewrite.DefaultLimits.MaxRequestBytes, "largest request a client may send")
-	num(&s.sharedConns, "shared-conns", "PROXY_SHARED_CONNS", 2, "multiplexed upstream connections per database and protocol")
+	num(&s.sharedConns, "shared-conns", "PROXY_SHARED_CONNS", 1, "multiplexed upstream connections per database and protocol (one batches best, as twemproxy's server_connections: 1)")
 	num(&s.maxPinned, "max-pinned", "PROXY_MAX_PINNED", 1000, "upstream connections pinned to clients (MULTI, WATCH, blocking commands) at most")
 	dur(&s.dialTimeout, "dial-timeout", "PROXY_DIAL_TIMEOUT", 2*time.Second, "upstream connect timeout")
 	dur(&s.shutdownTimeout, "shutdown-timeout", "PROXY_SHUTDOWN_TIMEOUT", 10*time.Second, "how long SIGTERM waits for clients to finish")
