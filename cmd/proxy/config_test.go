@@ -90,7 +90,7 @@ func TestParseConfig(t *testing.T) {
 					return "TLS or Sentinel on by default"
 				case p.Upstream.DialTimeout != 2*time.Second, c.shutdownTimeout != 10*time.Second:
 					return "timeouts"
-				case p.MaxClients != 10000, p.SharedConns != 2, p.MaxPinned != 1000, p.MaxRequestBytes != rewrite.DefaultLimits.MaxRequestBytes:
+				case p.MaxClients != 10000, p.SharedConns != 1, p.MaxPinned != 1000, p.MaxRequestBytes != rewrite.DefaultLimits.MaxRequestBytes:
 					return "limits"
 				case c.logLevel != slog.LevelInfo:
 					return "log level"
