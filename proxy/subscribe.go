@@ -191,32 +191,14 @@ func (s *session) syncSubscriber(ctx context.Context) error {
 // readSubscribed forwards everything the subscribed connection receives.
 func (s *session) readSubscribed(c *subConn) {
 	defer close(c.done)
-	buf := make([]byte, 0, 16<<10)
+	rd := replyReader{buf: make([]byte, 0, 16<<10)}
 	var out []byte
 	for {
-		if len(buf) == cap(buf) {
-			nb := make([]byte, len(buf), 2*cap(buf))
-			copy(nb, buf)
-			buf = nb
-		}
-		m, err := c.nc.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+m]
-		pos := 0
 		out = out[:0]
-		for pos < len(buf) {
-			n, perr := rewrite.ReplyLen(buf[pos:])
-			if perr != nil {
-				err = perr
-				break
-			}
-			if n == 0 {
-				break
-			}
-			out = s.subscribedReply(c, out, buf[pos:pos+n])
-			pos += n
-		}
-		rest := copy(buf, buf[pos:])
-		buf = buf[:rest]
+		err := rd.read(c.nc, func(reply []byte) error {
+			out = s.subscribedReply(c, out, reply)
+			return nil
+		})
 		if len(out) > 0 {
 			s.wmu.Lock()
 			_ = s.nc.SetWriteDeadline(time.Now().Add(subscriberWriteTimeout))

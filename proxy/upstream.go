@@ -305,52 +305,29 @@ func (c *upConn) writeLoop(nc net.Conn, wake chan struct{}) {
 
 // readLoop hands replies to batches in the order they were sent.
 func (c *upConn) readLoop(nc net.Conn) {
-	buf := make([]byte, 0, 64<<10)
+	rd := replyReader{buf: make([]byte, 0, 64<<10)}
 	var cur *batch
 	for {
-		if len(buf) == cap(buf) {
-			nb := make([]byte, len(buf), 2*cap(buf))
-			copy(nb, buf)
-			buf = nb
-		}
-		m, err := nc.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+m]
-		pos := 0
-		for pos < len(buf) {
-			n, perr := rewrite.ReplyLen(buf[pos:])
-			if perr != nil {
-				err = perr
-				break
-			}
-			if n == 0 {
-				break
-			}
+		err := rd.read(nc, func(reply []byte) error {
 			if cur == nil {
 				c.mu.Lock()
 				if len(c.pending) == 0 {
 					c.mu.Unlock()
-					err = errors.New("reply with no request waiting for it")
-					break
+					return errors.New("reply with no request waiting for it")
 				}
 				cur = c.pending[0]
 				c.pending[0] = nil
 				c.pending = c.pending[1:]
 				c.mu.Unlock()
 			}
-			cur.replies = append(cur.replies, buf[pos:pos+n]...)
+			cur.replies = append(cur.replies, reply...)
 			cur.ends = append(cur.ends, len(cur.replies))
-			pos += n
 			if len(cur.ends) == cur.want {
 				cur.done <- struct{}{}
 				cur = nil
 			}
-		}
-		// Keep the unparsed tail at the front; shrink after a big reply.
-		rest := copy(buf, buf[pos:])
-		buf = buf[:rest]
-		if rest == 0 && cap(buf) > 1<<20 {
-			buf = make([]byte, 0, 64<<10)
-		}
+			return nil
+		})
 		if err != nil {
 			c.mu.Lock()
 			if cur != nil {
@@ -362,6 +339,47 @@ func (c *upConn) readLoop(nc net.Conn) {
 			return
 		}
 	}
+}
+
+// replyReader reads an upstream connection into one buffer and hands out
+// each complete RESP reply in it, keeping a partial one for the next read.
+type replyReader struct{ buf []byte }
+
+// read reads once and calls each for every complete reply now buffered;
+// the reply is only valid during the call. A read, framing or each error
+// ends it.
+func (r *replyReader) read(nc net.Conn, each func(reply []byte) error) error {
+	if len(r.buf) == cap(r.buf) {
+		nb := make([]byte, len(r.buf), 2*cap(r.buf))
+		copy(nb, r.buf)
+		r.buf = nb
+	}
+	m, readErr := nc.Read(r.buf[len(r.buf):cap(r.buf)])
+	r.buf = r.buf[:len(r.buf)+m]
+	pos := 0
+	var err error
+	for pos < len(r.buf) && err == nil {
+		n, perr := rewrite.ReplyLen(r.buf[pos:])
+		if perr != nil {
+			err = perr
+			break
+		}
+		if n == 0 {
+			break
+		}
+		err = each(r.buf[pos : pos+n])
+		pos += n
+	}
+	if err == nil {
+		err = readErr // replies that came with the error were handed out first
+	}
+	// Keep the unparsed tail at the front; shrink after a big reply.
+	rest := copy(r.buf, r.buf[pos:])
+	r.buf = r.buf[:rest]
+	if rest == 0 && cap(r.buf) > 1<<20 {
+		r.buf = make([]byte, 0, 64<<10)
+	}
+	return err
 }
 
 // failLocked closes nc and fails every batch still waiting on it, so each
