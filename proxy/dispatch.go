@@ -16,7 +16,7 @@ import (
 func (s *session) handle(ctx context.Context, args [][]byte) {
 	cmd := rewrite.Lookup(args)
 	s.noteCommand(cmd, args)
-	s.curName = "unknown"
+	s.curName, s.curCmd, s.reqMark = "unknown", cmd, len(s.req)
 	if cmd != nil {
 		s.curName = cmd.Name
 	}

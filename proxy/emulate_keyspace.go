@@ -254,6 +254,9 @@ func (s *session) info(ctx context.Context, sections [][]byte) {
 			}
 		case "keyfence":
 			fmt.Fprintf(&b, "tenant:%s\r\nkey_prefix:%s\r\n", s.srv.cfg.Tenant, s.srv.prefix)
+			if st := s.srv.Stats(); st.Breaker != "" {
+				fmt.Fprintf(&b, "circuit_breaker:%s\r\nfallback_hits:%d\r\nfallback_misses:%d\r\n", st.Breaker, st.FallbackHits, st.FallbackMisses)
+			}
 		default:
 			for _, f := range infoFields[sec] {
 				if v, ok := upstream[f]; ok {

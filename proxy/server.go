@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keyfence/keyfence/fallback"
 	"github.com/keyfence/keyfence/rewrite"
 	"github.com/keyfence/keyfence/telemetry"
 )
@@ -29,6 +30,7 @@ type Config struct {
 	MaxPinned       int // upstream connections pinned to sessions, at most
 	Logger          *slog.Logger
 	Metrics         *telemetry.Metrics // nil: none recorded
+	Fallback        *fallback.Config   // circuit breaker and read cache; nil: off
 	TLS             *tls.Config        // client listener TLS (ListenerTLSConfig); nil: plain TCP
 }
 
@@ -68,6 +70,9 @@ type Server struct {
 	nextID  atomic.Int64
 
 	pinnedCommands atomic.Int64 // commands sent on pinned connections
+	res            *resilience  // nil when Config.Fallback is nil
+	fallbackHits   atomic.Int64 // reads answered from the cache
+	fallbackMisses atomic.Int64 // reads that found no fresh entry
 
 	patternsMu sync.Mutex
 	patterns   map[string]int // the tenant's patterns subscribed, for PUBSUB NUMPAT
@@ -91,7 +96,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Upstream.DB < 0 {
 		return nil, fmt.Errorf("upstream db %d: must not be negative", cfg.Upstream.DB)
 	}
-	return &Server{
+	srv := &Server{
 		cfg:      cfg,
 		prefix:   prefix,
 		limits:   rewrite.Limits{MaxRequestBytes: cfg.MaxRequestBytes, MaxArgs: rewrite.DefaultLimits.MaxArgs},
@@ -104,7 +109,17 @@ func New(cfg Config) (*Server, error) {
 			b := make([]byte, 0, initialReadBuffer)
 			return &b
 		}},
-	}, nil
+	}
+	if cfg.Fallback != nil {
+		res, err := newResilience(*cfg.Fallback, prefix, func(from, to fallback.State) {
+			srv.log.Warn("circuit breaker changed state", "from", from.String(), "to", to.String())
+		})
+		if err != nil {
+			return nil, fmt.Errorf("fallback: %w", err)
+		}
+		srv.res = res
+	}
+	return srv, nil
 }
 
 // Prefix returns the key prefix of the server's tenant.
@@ -137,6 +152,11 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.log.Info("keyfence listening", "addr", s.ln.Addr().String(), "upstream", s.cfg.Upstream.Addr, "prefix", s.prefix)
 	stop := context.AfterFunc(ctx, func() { s.ln.Close() })
 	defer stop()
+	if s.res != nil {
+		tctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go s.track(tctx)
+	}
 	var delay time.Duration
 	for {
 		nc, err := s.ln.Accept()
@@ -346,16 +366,23 @@ func (s *Server) Ping(ctx context.Context) error {
 
 // Stats are counters for tests and telemetry.
 type Stats struct {
-	Sessions       int   // client connections now
-	PinnedConns    int   // upstream connections pinned or idle in the pool
-	PinnedCommands int64 // commands sent on pinned connections so far
+	Sessions       int    // client connections now
+	PinnedConns    int    // upstream connections pinned or idle in the pool
+	PinnedCommands int64  // commands sent on pinned connections so far
+	Breaker        string // circuit breaker state; "" when there is none
+	FallbackHits   int64  // reads answered from the cache while upstream failed
+	FallbackMisses int64  // reads that found no fresh cached copy
 }
 
 // Stats returns the server's counters.
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := Stats{Sessions: len(s.sessions), PinnedCommands: s.pinnedCommands.Load()}
+	st := Stats{Sessions: len(s.sessions), PinnedCommands: s.pinnedCommands.Load(),
+		FallbackHits: s.fallbackHits.Load(), FallbackMisses: s.fallbackMisses.Load()}
+	if s.res != nil {
+		st.Breaker = s.res.breaker.State().String()
+	}
 	for _, g := range s.groups {
 		g.mu.Lock()
 		st.PinnedConns += g.pinned

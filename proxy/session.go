@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/keyfence/keyfence/fallback"
 	"github.com/keyfence/keyfence/rewrite"
 )
 
@@ -64,8 +65,16 @@ type session struct {
 	out   []byte   // bytes for the client
 	b     *batch
 
-	curName string    // the command being handled, for metrics
-	readAt  time.Time // when the batch's bytes were read, for latency
+	curName      string           // the command being handled, for metrics
+	curCmd       *rewrite.Command // and its table entry
+	reqMark      int              // where its upstream request starts in req
+	cacheScratch struct {         // scratch of the read cache (resilience.go)
+		since  fallback.Stamp
+		args   [][]byte
+		req    []byte
+		keyIdx []int
+	}
+	readAt time.Time // when the batch's bytes were read, for latency
 
 	closing atomic.Bool        // the server is draining: stop after this batch
 	cancel  context.CancelFunc // ends the session's context: forced Shutdown
@@ -254,7 +263,10 @@ func (s *session) conn() *upConn {
 // forward adds an upstream request (already in s.req) to the batch.
 func (s *session) forward(kind rewrite.ReplyKind) {
 	s.nreq++
-	s.slots = append(s.slots, slot{name: s.curName, upstream: true, kind: kind})
+	s.slots = append(s.slots, slot{name: s.curName, upstream: true, kind: kind, from: s.reqMark, to: len(s.req)})
+	if s.srv.res != nil {
+		s.invalidateWrite(s.curCmd, s.reqMark)
+	}
 }
 
 // forwardRaw adds args to the batch exactly as the client sent them; used
@@ -292,6 +304,10 @@ func (s *session) flushBatch(ctx context.Context) error {
 	}
 	var err error
 	m := s.srv.cfg.Metrics
+	res := s.srv.res
+	if s.pinned != nil {
+		res = nil // the breaker guards the shared connections
+	}
 	if s.nreq > 0 {
 		if s.pinned != nil {
 			s.srv.pinnedCommands.Add(int64(s.nreq))
@@ -300,7 +316,19 @@ func (s *session) flushBatch(ctx context.Context) error {
 		if m != nil {
 			t0 = time.Now()
 		}
-		err = s.conn().do(ctx, s.b, s.req, s.nreq)
+		var done func(bool)
+		if res != nil {
+			s.cacheScratch.since = res.cache.Stamp()
+			done, err = res.breaker.Allow()
+		}
+		if err == nil {
+			err = s.conn().do(ctx, s.b, s.req, s.nreq)
+			if done != nil {
+				done(!isConnectionFailure(err) && !isConnectionFailure(s.b.err))
+			}
+		} else {
+			s.b.reset(s.nreq) // breaker open: nothing was sent
+		}
 		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 			s.b = newBatch() // the old one may still be written to
 		}
@@ -324,6 +352,10 @@ func (s *session) flushBatch(ctx context.Context) error {
 			reply := s.b.reply(next)
 			next++
 			switch {
+			case reply == nil && errors.Is(err, fallback.ErrOpen):
+				s.fallbackReply(sl, fallback.ErrOpen.Error()) // nothing was sent
+			case reply == nil && res != nil:
+				s.fallbackReply(sl, upstreamErrorText(err, s.b.err))
 			case reply == nil:
 				s.out = rewrite.AppendError(s.out, upstreamErrorText(err, s.b.err))
 			case sl.script != nil:
@@ -333,6 +365,9 @@ func (s *session) flushBatch(ctx context.Context) error {
 				s.multiKinds = s.multiKinds[:0]
 			default:
 				s.out = s.rw.AppendReply(s.out, reply, sl.kind)
+				if res != nil {
+					s.fillFromReply(sl, reply)
+				}
 			}
 		}
 		if m != nil {

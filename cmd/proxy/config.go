@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keyfence/keyfence/fallback"
 	"github.com/keyfence/keyfence/proxy"
 	"github.com/keyfence/keyfence/rewrite"
 )
@@ -34,6 +35,9 @@ type settings struct {
 	maxClients, maxRequestBytes, sharedConns          int
 	maxPinned                                         int
 	dialTimeout, shutdownTimeout                      time.Duration
+	fallback                                          bool
+	breakerFailures, breakerProbes, fallbackMaxBytes  int
+	breakerOpenTimeout, fallbackTTL                   time.Duration
 	logLevel                                          string
 }
 
@@ -116,6 +120,12 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*con
 	num(&s.maxRequestBytes, "max-request-bytes", "PROXY_MAX_REQUEST_BYTES", rewrite.DefaultLimits.MaxRequestBytes, "largest request a client may send")
 	num(&s.sharedConns, "shared-conns", "PROXY_SHARED_CONNS", 1, "multiplexed upstream connections per database and protocol (one batches best, as twemproxy's server_connections: 1)")
 	num(&s.maxPinned, "max-pinned", "PROXY_MAX_PINNED", 1000, "upstream connections pinned to clients (MULTI, WATCH, blocking commands) at most")
+	boolean(&s.fallback, "fallback", "PROXY_FALLBACK", false, "circuit breaker and read cache for upstream outages (off while the resilience work completes)")
+	num(&s.breakerFailures, "breaker-failures", "PROXY_BREAKER_FAILURES", 5, "consecutive upstream failures that open the circuit breaker")
+	dur(&s.breakerOpenTimeout, "breaker-open-timeout", "PROXY_BREAKER_OPEN_TIMEOUT", 30*time.Second, "how long the breaker stays open before one probe")
+	num(&s.breakerProbes, "breaker-half-open-probes", "PROXY_BREAKER_HALF_OPEN_PROBES", 1, "probes let through when half-open; all must succeed to close")
+	dur(&s.fallbackTTL, "fallback-ttl", "PROXY_FALLBACK_TTL", 30*time.Second, "longest a cached read may be served during an outage (never past the key's own TTL when known)")
+	num(&s.fallbackMaxBytes, "fallback-max-bytes", "PROXY_FALLBACK_MAX_BYTES", 64<<20, "memory bound of the read cache")
 	dur(&s.dialTimeout, "dial-timeout", "PROXY_DIAL_TIMEOUT", 2*time.Second, "upstream connect timeout")
 	dur(&s.shutdownTimeout, "shutdown-timeout", "PROXY_SHUTDOWN_TIMEOUT", 10*time.Second, "how long SIGTERM waits for clients to finish")
 	str(&s.logLevel, "log-level", "PROXY_LOG_LEVEL", "info", "debug, info, warn or error")
@@ -207,6 +217,22 @@ func (s *settings) config() (*config, error) {
 	if s.dialTimeout <= 0 {
 		return nil, fmt.Errorf("--dial-timeout %s: must be positive", s.dialTimeout)
 	}
+	var fb *fallback.Config
+	if s.fallback {
+		if s.breakerFailures <= 0 || s.breakerProbes <= 0 || s.fallbackMaxBytes <= 0 {
+			return nil, errors.New("--breaker-failures, --breaker-half-open-probes and --fallback-max-bytes must be positive")
+		}
+		fb = &fallback.Config{
+			FailureThreshold: uint32(s.breakerFailures),
+			OpenTimeout:      s.breakerOpenTimeout,
+			HalfOpenProbes:   uint32(s.breakerProbes),
+			TTL:              s.fallbackTTL,
+			MaxBytes:         int64(s.fallbackMaxBytes),
+		}
+		if err := fb.Validate(); err != nil {
+			return nil, fmt.Errorf("fallback settings: %w", err)
+		}
+	}
 	return &config{
 		proxy: proxy.Config{
 			Listen:          s.listen,
@@ -219,6 +245,7 @@ func (s *settings) config() (*config, error) {
 			SharedConns:     s.sharedConns,
 			MaxPinned:       s.maxPinned,
 			TLS:             listenTLS,
+			Fallback:        fb,
 		},
 		admin:           s.admin,
 		shutdownTimeout: s.shutdownTimeout,

@@ -1,0 +1,200 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/keyfence/keyfence/fallback"
+	"github.com/keyfence/keyfence/rewrite"
+)
+
+// resilience is the circuit breaker and the read cache of one tenant
+// (package fallback), and the CLIENT TRACKING connection that keeps the
+// cache coherent with writes made by other clients.
+//
+// The breaker guards the shared connections: while it is open nothing is
+// sent upstream, cacheable reads are answered from the cache when every key
+// they need is fresh there, and everything else fails at once with a
+// TRYAGAIN error. A write is acknowledged only when upstream acknowledged
+// it, and nothing that may have reached Redis is retried.
+type resilience struct {
+	breaker *fallback.Breaker
+	cache   *fallback.Cache
+	ns      string
+}
+
+func newResilience(cfg fallback.Config, prefix string, log func(from, to fallback.State)) (*resilience, error) {
+	b, err := fallback.NewBreaker(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	c, err := fallback.NewCache(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &resilience{breaker: b, cache: c, ns: prefix}, nil
+}
+
+// cacheRequest returns the canonical form of one rewritten request in the
+// batch and its arguments (prefixed), or ok false if it is not cacheable.
+func (s *session) cacheRequest(sl slot) (req []byte, args [][]byte, ok bool) {
+	if sl.name == "" || !fallback.Cacheable(sl.name) || sl.to <= sl.from {
+		return nil, nil, false
+	}
+	args, n, _, err := rewrite.ParseCommand(s.req[sl.from:sl.to], s.cacheScratch.args, rewrite.DefaultLimits)
+	s.cacheScratch.args = args
+	if err != nil || n == 0 || len(args) < 2 {
+		return nil, nil, false
+	}
+	s.cacheScratch.req = fallback.AppendRequest(s.cacheScratch.req[:0], sl.name, args[1:])
+	return s.cacheScratch.req, args, true
+}
+
+// invalidateWrite drops the cache entries of the keys a write is about to
+// change, whatever becomes of it: a write that failed after it was sent may
+// still have been applied.
+func (s *session) invalidateWrite(cmd *rewrite.Command, from int) {
+	r := s.srv.res
+	if r == nil || cmd == nil || !cmd.HasFlag(rewrite.FlagWrite) {
+		return
+	}
+	args, n, _, err := rewrite.ParseCommand(s.req[from:], s.cacheScratch.args, rewrite.DefaultLimits)
+	s.cacheScratch.args = args
+	if err != nil || n == 0 {
+		return
+	}
+	idx, err := s.rw.Keys(cmd, args, s.cacheScratch.keyIdx[:0])
+	s.cacheScratch.keyIdx = idx
+	if err != nil {
+		r.cache.InvalidateAll() // cannot tell which keys: be safe
+		return
+	}
+	for _, i := range idx {
+		r.cache.Invalidate(args[i])
+	}
+}
+
+// fillFromReply caches a read's reply, or the value a SET put.
+func (s *session) fillFromReply(sl slot, reply []byte) {
+	r := s.srv.res
+	if len(reply) == 0 || reply[0] == '-' {
+		return
+	}
+	if req, args, ok := s.cacheRequest(sl); ok {
+		r.cache.Store(s.cacheScratch.since, r.ns, s.db, req, fallback.KeysOf(sl.name, args[1:]), reply, 0)
+		return
+	}
+	if !strings.HasPrefix(sl.name, "set") || string(reply) != "+OK\r\n" {
+		return
+	}
+	args, n, _, err := rewrite.ParseCommand(s.req[sl.from:sl.to], s.cacheScratch.args, rewrite.DefaultLimits)
+	s.cacheScratch.args = args
+	if err != nil || n == 0 || len(args) < 3 {
+		return
+	}
+	if req, val, ttl, ok := fallback.FillFromWrite(sl.name, args[1:]); ok {
+		r.cache.StoreWrite(s.cacheScratch.since, r.ns, s.db, args[1], req, val, ttl)
+	}
+}
+
+// fallbackReply answers a command whose upstream reply is missing: from
+// the cache for a cacheable read with a fresh entry, else the error.
+func (s *session) fallbackReply(sl slot, errText string) {
+	if r := s.srv.res; r != nil {
+		if req, _, ok := s.cacheRequest(sl); ok {
+			if cached, hit := r.cache.Lookup(r.ns, s.db, req); hit {
+				s.srv.fallbackHits.Add(1)
+				s.out = s.rw.AppendReply(s.out, cached, sl.kind)
+				return
+			}
+			s.srv.fallbackMisses.Add(1)
+			errText = fallback.ErrMiss.Error()
+		}
+	}
+	s.out = rewrite.AppendError(s.out, errText)
+}
+
+// isConnectionFailure tells an upstream that is unreachable or went away
+// (what the breaker counts) from anything else.
+func isConnectionFailure(err error) bool {
+	var ue *upstreamError
+	return errors.As(err, &ue)
+}
+
+// track keeps a CLIENT TRACKING BCAST connection open for the tenant's
+// prefix while ctx lives: every invalidation it receives drops the cache
+// entries of those keys. When the connection comes back after a loss, every
+// entry is dropped, since invalidations may have been missed meanwhile; not
+// when it is lost, because that is when an outage begins and the entries
+// are what the fallback serves (each still bounded by its TTL). It retries
+// with min(attempt × 100 ms, 3 s) between attempts.
+func (s *Server) track(ctx context.Context) {
+	r := s.res
+	attempt, lost := 0, false
+	for ctx.Err() == nil {
+		err := s.trackOnce(ctx, func() {
+			if lost {
+				r.cache.InvalidateAll()
+			}
+			attempt = 0
+		})
+		lost = true
+		if ctx.Err() != nil {
+			return
+		}
+		attempt++
+		delay := min(time.Duration(attempt)*100*time.Millisecond, 3*time.Second)
+		s.log.Debug("cache tracking connection lost; entries dropped", "err", err, "retry_in", delay)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+	}
+}
+
+func (s *Server) trackOnce(ctx context.Context, connected func()) error {
+	nc, err := dial(ctx, &s.cfg.Upstream, connKey{db: s.cfg.Upstream.DB, resp3: true})
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	stop := context.AfterFunc(ctx, func() { nc.Close() })
+	defer stop()
+	req := appendArgs(nil, []byte("CLIENT"), []byte("TRACKING"), []byte("ON"), []byte("BCAST"), []byte("PREFIX"), []byte(s.prefix))
+	if _, err := nc.Write(req); err != nil {
+		return err
+	}
+	rd := replyReader{buf: make([]byte, 0, 4<<10)}
+	confirmed := false
+	for {
+		err := rd.read(nc, func(reply []byte) error {
+			if !confirmed {
+				if reply[0] != '+' {
+					return errors.New("CLIENT TRACKING refused: " + trimCRLF(reply))
+				}
+				confirmed = true
+				connected()
+				return nil
+			}
+			kind, elems, ok := rewrite.SplitPush(reply, true)
+			if !ok || string(kind) != "invalidate" || len(elems) != 2 {
+				return nil
+			}
+			v, err := parseValue(elems[1])
+			if err != nil || v.null {
+				s.res.cache.InvalidateAll() // FLUSHDB/FLUSHALL upstream
+				return nil
+			}
+			for _, k := range v.elems {
+				s.res.cache.Invalidate(k.str)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+}

@@ -1,0 +1,214 @@
+package proxy_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keyfence/keyfence/fallback"
+	"github.com/keyfence/keyfence/internal/faultproxy"
+	"github.com/keyfence/keyfence/internal/redistest"
+	"github.com/keyfence/keyfence/proxy"
+)
+
+// startWithFaults runs keyfence with the breaker and read cache, in front of
+// a fault injector in front of a real Redis.
+func startWithFaults(t *testing.T, tenant string) (*redistest.Server, *faultproxy.Proxy, string, *proxy.Server) {
+	t.Helper()
+	srv := redistest.StartT(t, redistest.Options{})
+	fp, err := faultproxy.New(srv.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fp.Close() })
+	cfg := fallback.Defaults()
+	cfg.FailureThreshold = 3
+	cfg.OpenTimeout = 300 * time.Millisecond
+	cfg.TTL = time.Minute
+	addr, kf := startKeyfence(t, srv, tenant, func(c *proxy.Config) {
+		c.Upstream.Addr = fp.Addr()
+		c.Upstream.DialTimeout = 200 * time.Millisecond
+		c.Fallback = &cfg
+	})
+	return srv, fp, addr, kf
+}
+
+// While upstream is down, reads whose keys are cached are answered from the
+// cache, other reads and all writes fail fast with TRYAGAIN, and service
+// comes back after the half-open probe once upstream is back.
+func TestFallbackServesCachedReadsDuringOutage(t *testing.T) {
+	srv, fp, addr, kf := startWithFaults(t, "fb")
+	c := dialRaw(t, addr)
+	if got := c.do("SET", "greeting", "hello"); got != "+OK\r\n" {
+		t.Fatal(got)
+	}
+	c.do("HSET", "user", "name", "ada")
+	// keyfence's own writes come back as tracking invalidations too; the
+	// reads after them fill the cache.
+	time.Sleep(200 * time.Millisecond)
+	if got := c.do("GET", "greeting"); got != "$5\r\nhello\r\n" {
+		t.Fatal(got)
+	}
+	if got := c.do("HGETALL", "user"); !strings.Contains(got, "ada") {
+		t.Fatal(got)
+	}
+	// Another client changes the hash behind keyfence's back: tracking must
+	// drop the cached HGETALL, or the outage would serve a stale value.
+	if err := srv.Client().HSet(context.Background(), "tenant:fb:user", "name", "grace").Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "tracking invalidation", 5*time.Second, func() bool {
+		return !strings.Contains(c.do("HGETALL", "user"), "ada")
+	})
+	c.do("HGETALL", "user") // cached again, now with grace
+
+	if err := fp.SetMode(faultproxy.Refuse); err != nil {
+		t.Fatal(err)
+	}
+	c2 := dialRaw(t, addr) // a new client during the outage
+	for i := 0; i < 5; i++ {
+		if got := c2.do("GET", "greeting"); got != "$5\r\nhello\r\n" {
+			t.Fatalf("GET during the outage (%d): %q, want the value SET put", i, got)
+		}
+	}
+	if got := c2.do("HGETALL", "user"); !strings.Contains(got, "grace") || strings.Contains(got, "ada") {
+		t.Fatalf("HGETALL during the outage: %q", got)
+	}
+	waitFor(t, "breaker open", 5*time.Second, func() bool {
+		c2.do("GET", "never-cached")
+		return kf.Stats().Breaker == "open"
+	})
+	if got := c2.do("INFO", "keyfence"); !strings.Contains(got, "circuit_breaker:open") {
+		t.Fatalf("INFO keyfence while open: %q", got)
+	}
+	if got := c2.do("GET", "never-cached"); got != "-"+fallback.ErrMiss.Error()+"\r\n" {
+		t.Fatalf("uncached GET while open: %q", got)
+	}
+	start := time.Now()
+	if got := c2.do("SET", "greeting", "changed"); got != "-"+fallback.ErrOpen.Error()+"\r\n" {
+		t.Fatalf("SET while open: %q", got)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("a write while the breaker is open took %v: it must fail fast", d)
+	}
+	if err := fp.SetMode(faultproxy.Pass); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "service back after the half-open probe", 10*time.Second, func() bool {
+		return c2.do("SET", "greeting", "again") == "+OK\r\n"
+	})
+	if st := kf.Stats(); st.Breaker != "closed" || st.FallbackHits < 6 {
+		t.Fatalf("after the outage: %+v", st)
+	}
+	if v, _ := srv.Client().Get(context.Background(), "tenant:fb:greeting").Result(); v != "again" {
+		t.Fatalf("upstream greeting = %q: the write refused during the outage must not have landed", v)
+	}
+	st := kf.Stats()
+	t.Logf("fallback: %d reads served from the cache, %d misses, breaker %s", st.FallbackHits, st.FallbackMisses, st.Breaker)
+}
+
+// Fifty clients run INCR and SET through a series of faults. Every reply a
+// client was given must be true upstream afterwards: no acknowledged write
+// lost, no reply given to another client or out of order.
+func TestAcknowledgedWritesSurviveFaults(t *testing.T) {
+	srv, fp, addr, _ := startWithFaults(t, "ft")
+	const clients = 50
+	var (
+		mu        sync.Mutex
+		attempted int
+		ackCount  int
+		acked     = map[string]string{} // key → value upstream must hold
+		counters  = map[string]int64{}  // key → highest INCR acknowledged
+	)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := 0; i < clients; i++ {
+		wg.Add(1)
+		go func(id int) {
+			defer wg.Done()
+			c := dialRaw(t, addr)
+			ctr := fmt.Sprintf("ctr%d", id)
+			for n := 0; ; n++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				key, val := fmt.Sprintf("k%d", id), fmt.Sprintf("v%d-%d", id, n)
+				c.send("SET", key, val)
+				c.send("INCR", ctr)
+				r1, r2 := c.reply(5*time.Second), c.reply(5*time.Second)
+				mu.Lock()
+				attempted += 2
+				if r1 == "+OK\r\n" {
+					acked[key] = val
+					ackCount++
+				} else if !strings.HasPrefix(r1, "-") {
+					t.Errorf("client %d: SET answered %q", id, r1)
+				}
+				if strings.HasPrefix(r2, ":") {
+					ackCount++
+					var v int64
+					fmt.Sscanf(r2, ":%d", &v)
+					if v <= counters[ctr] {
+						t.Errorf("client %d: INCR went from %d to %d: a reply out of order or another client's", id, counters[ctr], v)
+					}
+					counters[ctr] = v
+				}
+				mu.Unlock()
+				time.Sleep(2 * time.Millisecond)
+			}
+		}(i)
+	}
+	for _, m := range []faultproxy.Mode{faultproxy.Drop, faultproxy.Pass, faultproxy.Delay(20 * time.Millisecond), faultproxy.Pass,
+		faultproxy.ResetMidReply, faultproxy.Pass, faultproxy.Refuse, faultproxy.Pass} {
+		if err := fp.SetMode(m); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	time.Sleep(time.Second) // the half-open probe closes the breaker
+	close(stop)
+	wg.Wait()
+	ctx := context.Background()
+	mu.Lock()
+	defer mu.Unlock()
+	found := 0
+	for key, val := range acked {
+		// A later SET of the same key may have failed after it reached
+		// Redis: upstream holds the acknowledged value or a later one.
+		got, err := srv.Client().Get(ctx, "tenant:ft:"+key).Result()
+		if err != nil {
+			t.Errorf("acknowledged key %s lost upstream: %v", key, err)
+			continue
+		}
+		if got != val && !laterValue(got, val) {
+			t.Errorf("key %s: upstream %q, acknowledged %q", key, got, val)
+			continue
+		}
+		found++
+	}
+	for ctr, v := range counters {
+		got, err := srv.Client().Get(ctx, "tenant:ft:"+ctr).Int64()
+		if err != nil || got < v {
+			t.Errorf("counter %s: upstream %d (%v), acknowledged %d", ctr, got, err, v)
+		}
+	}
+	t.Logf("faults: %d writes attempted, %d acknowledged; the last acknowledged SET of all %d keys (%d found) and all %d counters hold upstream",
+		attempted, ackCount, len(acked), found, len(counters))
+}
+
+// laterValue reports whether got ("v<id>-<n>") was written after want.
+func laterValue(got, want string) bool {
+	var gi, gn, wi, wn int
+	if _, err := fmt.Sscanf(got, "v%d-%d", &gi, &gn); err != nil {
+		return false
+	}
+	if _, err := fmt.Sscanf(want, "v%d-%d", &wi, &wn); err != nil {
+		return false
+	}
+	return gi == wi && gn > wn
+}
