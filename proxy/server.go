@@ -73,6 +73,7 @@ type Server struct {
 	res            *resilience  // nil when Config.Fallback is nil
 	fallbackHits   atomic.Int64 // reads answered from the cache
 	fallbackMisses atomic.Int64 // reads that found no fresh entry
+	lastFailureLog atomic.Int64 // unix nanos of the last upstream failure logged
 
 	patternsMu sync.Mutex
 	patterns   map[string]int // the tenant's patterns subscribed, for PUBSUB NUMPAT

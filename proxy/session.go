@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"errors"
@@ -332,11 +333,14 @@ func (s *session) flushBatch(ctx context.Context) error {
 		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 			s.b = newBatch() // the old one may still be written to
 		}
+		if failure := errors.Join(err, s.b.err); failure != nil && !errors.Is(err, fallback.ErrOpen) && ctx.Err() == nil {
+			s.srv.logUpstreamFailure(failure)
+			if m != nil {
+				m.UpstreamError(ctx, errorCause(failure))
+			}
+		}
 		if m != nil {
 			m.Upstream(ctx, time.Since(t0).Seconds())
-			if err != nil || s.b.err != nil {
-				m.UpstreamError(ctx, errorCause(errors.Join(err, s.b.err)))
-			}
 		}
 	}
 	var seconds float64
@@ -368,6 +372,12 @@ func (s *session) flushBatch(ctx context.Context) error {
 				if res != nil {
 					s.fillFromReply(sl, reply)
 				}
+				if bytes.HasPrefix(reply, []byte("-OOM")) {
+					s.srv.logUpstreamFailure(errors.New(trimCRLF(reply[1:])))
+					if m != nil {
+						m.UpstreamError(ctx, "oom")
+					}
+				}
 			}
 		}
 		if m != nil {
@@ -389,10 +399,31 @@ func (s *session) flushBatch(ctx context.Context) error {
 func upstreamErrorText(errs ...error) string {
 	for _, err := range errs {
 		if err != nil {
-			return "ERR keyfence: upstream unavailable, the command may not have run (" + sanitize(err.Error()) + ")"
+			return "ERR keyfence: upstream unavailable, the command may not have run: " + causeHints[errorCause(err)] + " (" + sanitize(err.Error()) + ")"
 		}
 	}
 	return "ERR keyfence: upstream unavailable, the command may not have run"
+}
+
+// causeHints say what an operator or developer should check, by cause.
+var causeHints = map[string]string{
+	"connection_refused": "is Redis running, and are REDIS_HOST/REDIS_PORT right?",
+	"timeout":            "Redis did not answer in time; check the network and Redis's load",
+	"noauth":             "Redis refused keyfence's credentials; set REDIS_USERNAME/REDIS_PASSWORD",
+	"oom":                "Redis is out of memory; scale it or set an eviction policy",
+	"connection_lost":    "the connection to Redis was lost",
+}
+
+// logUpstreamFailure logs an upstream failure with what to check, at most
+// once a second so that an outage does not flood the log.
+func (s *Server) logUpstreamFailure(err error) {
+	now := time.Now().UnixNano()
+	last := s.lastFailureLog.Load()
+	if now-last < int64(time.Second) || !s.lastFailureLog.CompareAndSwap(last, now) {
+		return
+	}
+	cause := errorCause(err)
+	s.log.Warn("upstream failure", "cause", cause, "check", causeHints[cause], "err", err)
 }
 
 // sanitize keeps an error message on one RESP line.

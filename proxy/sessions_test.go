@@ -559,3 +559,30 @@ func TestMetricsRecordedPerCommand(t *testing.T) {
 		}
 	}
 }
+
+// A dead upstream gets every client a Redis-style error it can act on, at
+// once, and the proxy keeps serving what it can answer itself.
+func TestDeadUpstreamErrorsSayWhatToCheck(t *testing.T) {
+	port, err := redistest.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := proxy.New(proxy.Config{Listen: "127.0.0.1:0", Tenant: "dead", Upstream: proxy.UpstreamConfig{Addr: fmt.Sprintf("127.0.0.1:%d", port)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go p.Serve(ctx)
+	c := dialRaw(t, p.Addr().String())
+	got := c.do("GET", "k")
+	if !strings.HasPrefix(got, "-ERR keyfence: upstream unavailable") || !strings.Contains(got, "is Redis running") || !strings.Contains(got, "connection refused") {
+		t.Fatalf("GET with no Redis: %q", got)
+	}
+	if got := c.do("PING"); got != "+PONG\r\n" {
+		t.Fatalf("PING with no Redis: %q", got)
+	}
+}
