@@ -212,3 +212,43 @@ func laterValue(got, want string) bool {
 	}
 	return gi == wi && gn > wn
 }
+
+// A read that times out is sent again (twice, on fresh connections); a
+// write never is: it may have reached Redis.
+func TestTimedOutReadsAreRetriedWritesAreNot(t *testing.T) {
+	srv := redistest.StartT(t, redistest.Options{})
+	fp, err := faultproxy.New(srv.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fp.Close() })
+	addr, _ := startKeyfence(t, srv, "to", func(c *proxy.Config) {
+		c.Upstream.Addr = fp.Addr()
+		c.Upstream.Timeout = 150 * time.Millisecond
+	})
+	c := dialRaw(t, addr)
+	if got := c.do("SET", "k", "v"); got != "+OK\r\n" {
+		t.Fatal(got)
+	}
+	if err := fp.SetMode(faultproxy.Blackhole); err != nil {
+		t.Fatal(err)
+	}
+	before := fp.Stats().Accepted
+	if got := c.do("GET", "k"); !strings.Contains(got, "Redis did not answer in time") {
+		t.Fatalf("GET with upstream blackholed: %q", got)
+	}
+	if n := fp.Stats().Accepted - before; n != 2 {
+		t.Fatalf("GET: %d new upstream connections, want 2 (the first attempt reused the open one, then two retries)", n)
+	}
+	before = fp.Stats().Accepted
+	if got := c.do("SET", "k", "w"); !strings.Contains(got, "Redis did not answer in time") {
+		t.Fatalf("SET with upstream blackholed: %q", got)
+	}
+	if n := fp.Stats().Accepted - before; n != 1 {
+		t.Fatalf("SET: %d new upstream connections, want 1: a write must not be sent twice", n)
+	}
+	if err := fp.SetMode(faultproxy.Pass); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "service back", 5*time.Second, func() bool { return strings.HasPrefix(c.do("GET", "k"), "$") })
+}

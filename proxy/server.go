@@ -278,7 +278,9 @@ func (s *Server) group(key connKey) *connGroup {
 	if g == nil {
 		g = &connGroup{srv: s, key: key}
 		for i := 0; i < s.cfg.SharedConns; i++ {
-			g.shared = append(g.shared, newUpConn(&s.cfg.Upstream, key))
+			c := newUpConn(&s.cfg.Upstream, key)
+			c.timeout = s.cfg.Upstream.Timeout
+			g.shared = append(g.shared, c)
 		}
 		s.groups[key] = g
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -87,6 +88,7 @@ type session struct {
 type slot struct {
 	name     string // the command, for metrics
 	upstream bool
+	readonly bool // a read that may be sent again after a timeout
 	kind     rewrite.ReplyKind
 	exec     bool         // EXEC: strip each element by multiKinds
 	script   *scriptEntry // EVAL*: heal NOSCRIPT, show the client's SHA
@@ -264,7 +266,8 @@ func (s *session) conn() *upConn {
 // forward adds an upstream request (already in s.req) to the batch.
 func (s *session) forward(kind rewrite.ReplyKind) {
 	s.nreq++
-	s.slots = append(s.slots, slot{name: s.curName, upstream: true, kind: kind, from: s.reqMark, to: len(s.req)})
+	readonly := s.curCmd != nil && s.curCmd.HasFlag(rewrite.FlagReadOnly) && !s.inMulti
+	s.slots = append(s.slots, slot{name: s.curName, upstream: true, kind: kind, readonly: readonly, from: s.reqMark, to: len(s.req)})
 	if s.srv.res != nil {
 		s.invalidateWrite(s.curCmd, s.reqMark)
 	}
@@ -324,6 +327,16 @@ func (s *session) flushBatch(ctx context.Context) error {
 		}
 		if err == nil {
 			err = s.conn().do(ctx, s.b, s.req, s.nreq)
+			// A batch of reads only that timed out is sent again, after a
+			// short backoff: reads change nothing, so a copy that did reach
+			// Redis does no harm. Anything with a write is never resent.
+			for retry := 1; retry <= readRetries && isTimeout(err) && s.pinned == nil && s.onlyReads(); retry++ {
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Duration(retry) * 50 * time.Millisecond):
+				}
+				err = s.conn().do(ctx, s.b, s.req, s.nreq)
+			}
 			if done != nil {
 				done(!isConnectionFailure(err) && !isConnectionFailure(s.b.err))
 			}
@@ -492,4 +505,23 @@ func errorCause(err error) string {
 		return "oom"
 	}
 	return "connection_lost"
+}
+
+// readRetries is how often a batch of reads that timed out is sent again.
+const readRetries = 2
+
+// onlyReads reports whether every upstream command of the batch is a read.
+func (s *session) onlyReads() bool {
+	for _, sl := range s.slots {
+		if sl.upstream && !sl.readonly {
+			return false
+		}
+	}
+	return true
+}
+
+// isTimeout reports whether upstream failed by not answering in time.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return err != nil && (errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout())
 }

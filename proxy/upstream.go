@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"runtime"
 	"strconv"
 	"sync"
@@ -23,6 +24,11 @@ type UpstreamConfig struct {
 	DB          int
 	TLS         *tls.Config // nil: plain TCP
 	DialTimeout time.Duration
+	// Timeout bounds how long a batch on a shared connection may wait for
+	// its replies; past it the connection is closed and every command on
+	// it fails with a timeout. Zero: no bound. Pinned connections (blocking
+	// commands, transactions, subscribers) are never bounded by it.
+	Timeout time.Duration
 	// Sentinel, when set, gives the address of every connection (the
 	// current master) instead of Addr, which then only names it in logs.
 	Sentinel *Sentinel
@@ -205,8 +211,9 @@ func (b *batch) reply(i int) []byte {
 // syscalls; one reader goroutine hands replies back in FIFO order. A pinned
 // upConn is the same thing used by one session only.
 type upConn struct {
-	cfg *UpstreamConfig
-	key connKey
+	cfg     *UpstreamConfig
+	key     connKey
+	timeout time.Duration // see UpstreamConfig.Timeout; 0 on pinned connections
 
 	mu      sync.Mutex
 	nc      net.Conn      // nil until dialled, and again after a failure
@@ -232,8 +239,25 @@ func (c *upConn) do(ctx context.Context, b *batch, req []byte, n int) error {
 		b.err = err
 		return err
 	}
+	var timeout <-chan time.Time
+	if c.timeout > 0 {
+		t := time.NewTimer(c.timeout)
+		defer t.Stop()
+		timeout = t.C
+	}
 	select {
 	case <-b.done:
+		return b.err
+	case <-timeout:
+		// Upstream stopped answering: fail everything waiting on this
+		// connection (the replies could no longer be matched to requests)
+		// and take the batch's result as failLocked left it.
+		c.mu.Lock()
+		if c.nc != nil {
+			c.failLocked(c.nc, &upstreamError{fmt.Errorf("no reply within %s: %w", c.timeout, os.ErrDeadlineExceeded)})
+		}
+		c.mu.Unlock()
+		<-b.done
 		return b.err
 	case <-ctx.Done():
 		// The batch stays queued; its replies will be discarded into it.

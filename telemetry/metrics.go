@@ -42,6 +42,12 @@ type Metrics struct {
 type Gauges struct {
 	Sessions    func() int64
 	PinnedConns func() int64
+	// Breaker is the circuit breaker's state (0 closed, 1 half-open,
+	// 2 open), and FallbackHits/Misses count reads answered from the
+	// cache or not during upstream failures; nil when there is no breaker.
+	Breaker        func() int64
+	FallbackHits   func() int64
+	FallbackMisses func() int64
 }
 
 // Upstream error causes counted by UpstreamError.
@@ -100,6 +106,27 @@ func NewMetrics(tenant string, commands []string, gauges Gauges) (*Metrics, erro
 	pinned, err := meter.Int64ObservableGauge("keyfence.upstream.pinned", metric.WithDescription("Upstream connections pinned to clients or idle in the pool"))
 	if err != nil {
 		return nil, err
+	}
+	if gauges.Breaker != nil && gauges.FallbackHits != nil && gauges.FallbackMisses != nil {
+		breaker, err := meter.Int64ObservableGauge("keyfence.breaker.state", metric.WithDescription("Circuit breaker state: 0 closed, 1 half-open, 2 open"))
+		if err != nil {
+			return nil, err
+		}
+		reads, err := meter.Int64ObservableCounter("keyfence.fallback.reads", metric.WithDescription("Reads during upstream failures, answered from the cache (hit) or not (miss)"))
+		if err != nil {
+			return nil, err
+		}
+		tenantOpt := metric.WithAttributes(m.tenant)
+		hitOpt := metric.WithAttributes(m.tenant, attribute.String("outcome", "hit"))
+		missOpt := metric.WithAttributes(m.tenant, attribute.String("outcome", "miss"))
+		if _, err := meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+			o.ObserveInt64(breaker, gauges.Breaker(), tenantOpt)
+			o.ObserveInt64(reads, gauges.FallbackHits(), hitOpt)
+			o.ObserveInt64(reads, gauges.FallbackMisses(), missOpt)
+			return nil
+		}, breaker, reads); err != nil {
+			return nil, err
+		}
 	}
 	if gauges.Sessions != nil && gauges.PinnedConns != nil {
 		tenantOpt := metric.WithAttributes(m.tenant)

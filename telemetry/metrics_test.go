@@ -9,7 +9,8 @@ import (
 )
 
 func TestMetricsExported(t *testing.T) {
-	m, err := NewMetrics("acme", []string{"get", "set"}, Gauges{Sessions: func() int64 { return 3 }, PinnedConns: func() int64 { return 1 }})
+	m, err := NewMetrics("acme", []string{"get", "set"}, Gauges{Sessions: func() int64 { return 3 }, PinnedConns: func() int64 { return 1 },
+		Breaker: func() int64 { return 2 }, FallbackHits: func() int64 { return 7 }, FallbackMisses: func() int64 { return 1 }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,6 +32,8 @@ func TestMetricsExported(t *testing.T) {
 		`keyfence_upstream_errors_total{cause="connection_refused"`,
 		`keyfence_client_connections{otel_scope_name="github.com/keyfence/keyfence",otel_scope_schema_url="",otel_scope_version="",tenant="acme"} 3`,
 		`keyfence_upstream_pinned{`,
+		`keyfence_breaker_state{otel_scope_name="github.com/keyfence/keyfence",otel_scope_schema_url="",otel_scope_version="",tenant="acme"} 2`,
+		`keyfence_fallback_reads_total{otel_scope_name="github.com/keyfence/keyfence",otel_scope_schema_url="",otel_scope_version="",outcome="hit",tenant="acme"} 7`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %s\n%s", want, body)

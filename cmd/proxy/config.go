@@ -37,7 +37,7 @@ type settings struct {
 	dialTimeout, shutdownTimeout                      time.Duration
 	fallback                                          bool
 	breakerFailures, breakerProbes, fallbackMaxBytes  int
-	breakerOpenTimeout, fallbackTTL                   time.Duration
+	breakerOpenTimeout, fallbackTTL, upstreamTimeout  time.Duration
 	logLevel                                          string
 }
 
@@ -126,6 +126,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*con
 	num(&s.breakerProbes, "breaker-half-open-probes", "PROXY_BREAKER_HALF_OPEN_PROBES", 1, "probes let through when half-open; all must succeed to close")
 	dur(&s.fallbackTTL, "fallback-ttl", "PROXY_FALLBACK_TTL", 30*time.Second, "longest a cached read may be served during an outage (never past the key's own TTL when known)")
 	num(&s.fallbackMaxBytes, "fallback-max-bytes", "PROXY_FALLBACK_MAX_BYTES", 64<<20, "memory bound of the read cache")
+	dur(&s.upstreamTimeout, "upstream-timeout", "PROXY_UPSTREAM_TIMEOUT", 10*time.Second, "longest wait for upstream's replies to a batch on a shared connection; then the connection is dropped and reads are retried twice (0: no limit)")
 	dur(&s.dialTimeout, "dial-timeout", "PROXY_DIAL_TIMEOUT", 2*time.Second, "upstream connect timeout")
 	dur(&s.shutdownTimeout, "shutdown-timeout", "PROXY_SHUTDOWN_TIMEOUT", 10*time.Second, "how long SIGTERM waits for clients to finish")
 	str(&s.logLevel, "log-level", "PROXY_LOG_LEVEL", "info", "debug, info, warn or error")
@@ -178,6 +179,7 @@ func (s *settings) config() (*config, error) {
 		Password:    s.redisPassword,
 		DB:          s.redisDB,
 		DialTimeout: s.dialTimeout,
+		Timeout:     s.upstreamTimeout,
 	}
 	if s.redisPort <= 0 || s.redisPort > 65535 {
 		return nil, fmt.Errorf("--redis-port %d: not a TCP port", s.redisPort)

@@ -35,10 +35,16 @@ func run(cfg *config) error {
 	slog.SetDefault(log) // parts configured before run (the Sentinel resolver) log through it
 	cfg.proxy.Logger = log
 	var srv *proxy.Server
-	metrics, err := telemetry.NewMetrics(cfg.proxy.Tenant, rewrite.CommandNames(), telemetry.Gauges{
+	gauges := telemetry.Gauges{
 		Sessions:    func() int64 { return int64(srv.Stats().Sessions) },
 		PinnedConns: func() int64 { return int64(srv.Stats().PinnedConns) },
-	})
+	}
+	if cfg.proxy.Fallback != nil {
+		gauges.Breaker = func() int64 { return breakerLevel(srv.Stats().Breaker) }
+		gauges.FallbackHits = func() int64 { return srv.Stats().FallbackHits }
+		gauges.FallbackMisses = func() int64 { return srv.Stats().FallbackMisses }
+	}
+	metrics, err := telemetry.NewMetrics(cfg.proxy.Tenant, rewrite.CommandNames(), gauges)
 	if err != nil {
 		return err
 	}
@@ -81,4 +87,15 @@ func run(cfg *config) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// breakerLevel maps the breaker's state to the gauge's numbers.
+func breakerLevel(state string) int64 {
+	switch state {
+	case "half-open":
+		return 1
+	case "open":
+		return 2
+	}
+	return 0
 }
