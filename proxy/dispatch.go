@@ -35,6 +35,9 @@ func (s *session) handle(ctx context.Context, args [][]byte) {
 		s.queueInMulti(ctx, cmd, args)
 		return
 	}
+	if s.srv.cluster != nil && s.sub == nil && s.clusterCommand(ctx, cmd, args) {
+		return
+	}
 	if (s.sub != nil || isSubscribe(cmd.Name)) && s.subscribed(ctx, cmd, args) {
 		return
 	}
@@ -210,11 +213,23 @@ func (s *session) runBlocking(ctx context.Context, cmd *rewrite.Command, args []
 // Commands keyfence answers itself cannot be queued; like a queueing error in
 // Redis, they abort the transaction.
 func (s *session) queueInMulti(ctx context.Context, cmd *rewrite.Command, args [][]byte) {
+	if s.multiDeferred && cmd.Policy != rewrite.PolicyDenied && !inMultiControl(cmd.Name) {
+		if err := s.startDeferredMulti(ctx, cmd, args); err != nil {
+			s.multiAbort = true
+			s.addLocalError(upstreamErrorText(err))
+			return
+		}
+	}
 	switch cmd.Name {
 	case "exec":
 		s.exec(ctx)
 		return
 	case "discard":
+		if s.multiDeferred {
+			s.inMulti, s.multiDeferred = false, false
+			s.addStatus("OK")
+			return
+		}
 		s.forwardRaw(args, rewrite.ReplyRaw)
 		s.flushBatch(ctx)
 		s.inMulti = false
@@ -268,6 +283,14 @@ func (s *session) queueInMulti(ctx context.Context, cmd *rewrite.Command, args [
 
 func (s *session) multi(ctx context.Context, args [][]byte) {
 	s.flushBatch(ctx)
+	if s.srv.cluster != nil && s.pinned == nil {
+		// The master is not known until the first key: MULTI goes out
+		// with the first queued command (clusterCommand).
+		s.inMulti, s.multiDeferred, s.multiAbort = true, true, false
+		s.multiKinds = s.multiKinds[:0]
+		s.addStatus("OK")
+		return
+	}
 	if err := s.pin(); err != nil {
 		s.addLocalError(err.Error())
 		return
@@ -279,6 +302,15 @@ func (s *session) multi(ctx context.Context, args [][]byte) {
 }
 
 func (s *session) exec(ctx context.Context) {
+	if s.multiDeferred { // nothing was queued upstream
+		s.inMulti, s.multiDeferred = false, false
+		if s.multiAbort {
+			s.addLocalError("EXECABORT Transaction discarded because of previous errors.")
+		} else {
+			s.addLocal(rewrite.AppendArrayHeader(nil, len(s.multiKinds)))
+		}
+		return
+	}
 	if s.multiAbort {
 		s.flushBatch(ctx)
 		s.discardQuietly(ctx)
@@ -348,4 +380,13 @@ func (s *session) watchClient(c *upConn) (stop func() (gone bool)) {
 		s.rbuf = append(s.rbuf, extra...)
 		return gone
 	}
+}
+
+// inMultiControl names the commands that act on the transaction itself.
+func inMultiControl(name string) bool {
+	switch name {
+	case "exec", "discard", "multi", "watch", "quit", "reset":
+		return true
+	}
+	return false
 }

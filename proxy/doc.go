@@ -14,5 +14,7 @@
 //   - sort.go: SORT … BY/GET run by keyfence in the tenant's namespace.
 //   - upstream.go: multiplexed upstream connections; a session either shares
 //     one (ordinary commands, autopipelined with every other client) or pins
-//     one for stateful work. tls.go and sentinel.go say how one is dialled.
+//     one for stateful work. tls.go and sentinel.go say how one is dialled;
+//     cluster.go routes commands to a Redis Cluster's masters.
+//   - resilience.go: circuit breaker, read cache and its tracking connection.
 package proxy

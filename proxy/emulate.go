@@ -120,6 +120,7 @@ func (s *session) reset(ctx context.Context) {
 		}
 		s.unpin(false)
 	}
+	s.inMulti, s.multiDeferred = false, false
 	s.infoMu.Lock()
 	s.name, s.db, s.resp3 = "", s.srv.cfg.Upstream.DB, false
 	s.infoMu.Unlock()

@@ -56,13 +56,39 @@ func (s *session) scanTenant(ctx context.Context, conn *upConn, fn func(keys []v
 	}
 }
 
+// keyspaceConns returns a connection to each place the tenant's keys of
+// db live: the session's own upstream, or every master of a cluster.
+func (s *session) keyspaceConns(ctx context.Context, db int) ([]*upConn, error) {
+	if s.srv.cluster == nil {
+		if db == s.db {
+			return []*upConn{s.conn()}, nil
+		}
+		return []*upConn{s.srv.group(connKey{db: db}).sharedConn()}, nil
+	}
+	masters, err := s.srv.cluster.masters(ctx)
+	if err != nil {
+		return nil, err
+	}
+	conns := make([]*upConn, len(masters))
+	for i, m := range masters {
+		conns[i] = s.srv.group(connKey{resp3: false, node: m}).sharedConn()
+	}
+	return conns, nil
+}
+
 // dbsize counts the tenant's keys in the current database.
 func (s *session) dbsize(ctx context.Context) {
 	n := 0
-	err := s.scanTenant(ctx, s.conn(), func(keys []value) error {
-		n += len(keys)
-		return nil
-	})
+	conns, err := s.keyspaceConns(ctx, s.db)
+	for _, conn := range conns {
+		if err != nil {
+			break
+		}
+		err = s.scanTenant(ctx, conn, func(keys []value) error {
+			n += len(keys)
+			return nil
+		})
+	}
 	if err != nil {
 		s.addLocalError(upstreamErrorText(err))
 		return
@@ -79,26 +105,38 @@ func (s *session) flush(ctx context.Context, dbs []int, opts [][]byte) {
 		return
 	}
 	for _, db := range dbs {
-		conn := s.srv.group(connKey{db: db}).sharedConn()
-		err := s.scanTenant(ctx, conn, func(keys []value) error {
-			args := make([][]byte, 0, len(keys)+1)
-			args = append(args, []byte("UNLINK"))
-			for _, k := range keys {
-				args = append(args, k.str)
+		conns, err := s.keyspaceConns(ctx, db)
+		for _, conn := range conns {
+			if err != nil {
+				break
 			}
-			_, err := s.call(ctx, conn, args...)
-			return err
-		})
+			err = s.scanTenant(ctx, conn, func(keys []value) error {
+				// One UNLINK per key, pipelined: keys of one SCAN step may
+				// lie in different cluster slots.
+				var req []byte
+				for _, k := range keys {
+					req = appendArgs(req, []byte("UNLINK"), k.str)
+				}
+				return conn.do(ctx, newBatch(), req, len(keys))
+			})
+		}
 		if err != nil {
 			s.addLocalError(upstreamErrorText(err))
 			return
 		}
+	}
+	if s.srv.res != nil {
+		s.srv.res.cache.InvalidateAll()
 	}
 	s.addStatus("OK")
 }
 
 // flushAll flushes the tenant's keys in every database that holds keys.
 func (s *session) flushAll(ctx context.Context, opts [][]byte) {
+	if s.srv.cluster != nil {
+		s.flush(ctx, []int{0}, opts) // a cluster has database 0 only
+		return
+	}
 	v, err := s.call(ctx, s.shared, []byte("INFO"), []byte("keyspace"))
 	if err != nil {
 		s.addLocalError(upstreamErrorText(err))
@@ -129,23 +167,40 @@ func keyspaceDBs(info []byte) []int {
 // SCAN at a random cursor and takes a random key of the first step that has
 // any, going round once more from 0 when the tail of the table is empty.
 func (s *session) randomKey(ctx context.Context) {
+	conns, err := s.keyspaceConns(ctx, s.db)
+	if err != nil {
+		s.addLocalError(upstreamErrorText(err))
+		return
+	}
+	start := randomPick(len(conns))
+	for i := range conns {
+		if key, err := s.randomKeyOn(ctx, conns[(start+i)%len(conns)]); err != nil {
+			s.addLocalError(upstreamErrorText(err))
+			return
+		} else if key != nil {
+			s.addLocal(rewrite.AppendBulk(nil, key))
+			return
+		}
+	}
+	s.addLocal(rewrite.AppendNull(nil, s.resp3))
+}
+
+// randomKeyOn returns a random key of the tenant on conn, or nil.
+func (s *session) randomKeyOn(ctx context.Context, conn *upConn) ([]byte, error) {
 	match := append(append([]byte(nil), s.rw.GlobPrefix()...), '*')
 	cursor := []byte(strconv.FormatUint(uint64(randomPick(1<<30)), 10))
 	for pass := 0; pass < 2; pass++ {
 		for {
-			v, err := s.call(ctx, s.conn(), []byte("SCAN"), cursor, []byte("MATCH"), match, []byte("COUNT"), []byte("100"))
+			v, err := s.call(ctx, conn, []byte("SCAN"), cursor, []byte("MATCH"), match, []byte("COUNT"), []byte("100"))
 			if err != nil {
-				s.addLocalError(upstreamErrorText(err))
-				return
+				return nil, err
 			}
 			if len(v.elems) != 2 {
-				s.addLocalError(upstreamErrorText(errBadValue))
-				return
+				return nil, errBadValue
 			}
 			if keys := v.elems[1].elems; len(keys) > 0 {
 				k, _ := s.rw.StripKey(keys[randomPick(len(keys))].str)
-				s.addLocal(rewrite.AppendBulk(nil, k))
-				return
+				return k, nil
 			}
 			cursor = append(cursor[:0], v.elems[0].str...)
 			if string(cursor) == "0" {
@@ -153,16 +208,34 @@ func (s *session) randomKey(ctx context.Context) {
 			}
 		}
 	}
-	s.addLocal(rewrite.AppendNull(nil, s.resp3))
+	return nil, nil
 }
 
 // keyspaceLine counts the tenant's keys, their expiries and mean TTL, as
 // Redis's INFO keyspace line does.
 func (s *session) keyspaceLine(ctx context.Context) (string, error) {
-	conn := s.conn()
+	conns, err := s.keyspaceConns(ctx, s.db)
 	keys, expires, ttlSum := 0, 0, int64(0)
-	err := s.scanTenant(ctx, conn, func(batch []value) error {
-		keys += len(batch)
+	for _, conn := range conns {
+		if err != nil {
+			break
+		}
+		err = s.keyspaceCount(ctx, conn, &keys, &expires, &ttlSum)
+	}
+	if err != nil || keys == 0 {
+		return "", err
+	}
+	avg := int64(0)
+	if expires > 0 {
+		avg = ttlSum / int64(expires)
+	}
+	return fmt.Sprintf("db%d:keys=%d,expires=%d,avg_ttl=%d", s.db, keys, expires, avg), nil
+}
+
+// keyspaceCount adds up the tenant's keys on conn and their TTLs.
+func (s *session) keyspaceCount(ctx context.Context, conn *upConn, keys, expires *int, ttlSum *int64) error {
+	return s.scanTenant(ctx, conn, func(batch []value) error {
+		*keys += len(batch)
 		req := make([]byte, 0, 32*len(batch))
 		for _, k := range batch {
 			req = appendArgs(req, []byte("PTTL"), k.str)
@@ -174,20 +247,12 @@ func (s *session) keyspaceLine(ctx context.Context) (string, error) {
 		for i := range batch {
 			v, err := parseValue(b.reply(i))
 			if err == nil && v.typ == ':' && v.num > 0 {
-				expires++
-				ttlSum += v.num
+				*expires++
+				*ttlSum += v.num
 			}
 		}
 		return nil
 	})
-	if err != nil || keys == 0 {
-		return "", err
-	}
-	avg := int64(0)
-	if expires > 0 {
-		avg = ttlSum / int64(expires)
-	}
-	return fmt.Sprintf("db%d:keys=%d,expires=%d,avg_ttl=%d", s.db, keys, expires, avg), nil
 }
 
 // infoFields are the upstream INFO fields a tenant may see: facts about the

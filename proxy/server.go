@@ -71,6 +71,7 @@ type Server struct {
 
 	pinnedCommands atomic.Int64 // commands sent on pinned connections
 	res            *resilience  // nil when Config.Fallback is nil
+	cluster        *clusterMap  // nil unless upstream is a Redis Cluster
 	fallbackHits   atomic.Int64 // reads answered from the cache
 	fallbackMisses atomic.Int64 // reads that found no fresh entry
 	lastFailureLog atomic.Int64 // unix nanos of the last upstream failure logged
@@ -110,6 +111,12 @@ func New(cfg Config) (*Server, error) {
 			b := make([]byte, 0, initialReadBuffer)
 			return &b
 		}},
+	}
+	if len(cfg.Upstream.Cluster) > 0 {
+		if cfg.Upstream.DB != 0 {
+			return nil, errors.New("a Redis Cluster has database 0 only: REDIS_DB must be 0")
+		}
+		srv.cluster = newClusterMap(&srv.cfg.Upstream)
 	}
 	if cfg.Fallback != nil {
 		res, err := newResilience(*cfg.Fallback, prefix, func(from, to fallback.State) {

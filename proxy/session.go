@@ -50,10 +50,11 @@ type session struct {
 	wmu    sync.Mutex // client writes: the subscriber reader writes too
 
 	// Transaction state (on the pinned connection).
-	inMulti    bool
-	multiAbort bool
-	watching   bool
-	multiKinds []rewrite.ReplyKind
+	inMulti       bool
+	multiDeferred bool // cluster: MULTI not sent yet, waiting for a key
+	multiAbort    bool
+	watching      bool
+	multiKinds    []rewrite.ReplyKind
 
 	// Buffers reused from batch to batch: the hot path allocates nothing.
 	rbuf  []byte   // client bytes; rbuf[rpos:] not yet parsed
@@ -89,6 +90,7 @@ type slot struct {
 	name     string // the command, for metrics
 	upstream bool
 	readonly bool // a read that may be sent again after a timeout
+	hidden   bool // keyfence's own command (a deferred MULTI): no reply shown
 	kind     rewrite.ReplyKind
 	exec     bool         // EXEC: strip each element by multiKinds
 	script   *scriptEntry // EVAL*: heal NOSCRIPT, show the client's SHA
@@ -363,11 +365,18 @@ func (s *session) flushBatch(ctx context.Context) error {
 	next := 0
 	for _, sl := range s.slots {
 		mark := len(s.out)
+		if sl.hidden {
+			next++
+			continue
+		}
 		if !sl.upstream {
 			s.out = append(s.out, s.local[sl.from:sl.to]...)
 		} else {
 			reply := s.b.reply(next)
 			next++
+			if s.srv.cluster != nil && len(reply) > 0 && reply[0] == '-' && !sl.exec {
+				reply = s.redirect(ctx, reply, s.req[sl.from:sl.to])
+			}
 			switch {
 			case reply == nil && errors.Is(err, fallback.ErrOpen):
 				s.fallbackReply(sl, fallback.ErrOpen.Error()) // nothing was sent

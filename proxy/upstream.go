@@ -24,6 +24,9 @@ type UpstreamConfig struct {
 	DB          int
 	TLS         *tls.Config // nil: plain TCP
 	DialTimeout time.Duration
+	// Cluster lists seed nodes of a Redis Cluster; when set, commands are
+	// routed to the master of their key's slot (cluster.go).
+	Cluster []string
 	// Timeout bounds how long a batch on a shared connection may wait for
 	// its replies; past it the connection is closed and every command on
 	// it fails with a timeout. Zero: no bound. Pinned connections (blocking
@@ -40,6 +43,7 @@ type UpstreamConfig struct {
 type connKey struct {
 	db    int
 	resp3 bool
+	node  string // a Redis Cluster master's address; "" is UpstreamConfig.Addr
 }
 
 // errUpstream wraps every failure to talk to upstream, so that the session
@@ -55,6 +59,11 @@ func dial(ctx context.Context, cfg *UpstreamConfig, key connKey) (net.Conn, erro
 		// Asks the sentinels for the master, comes back here with its
 		// address, then checks its role (sentinel.go).
 		return cfg.Sentinel.dial(ctx, *cfg, key)
+	}
+	if key.node != "" && key.node != cfg.Addr {
+		c := *cfg
+		c.Addr = key.node
+		cfg = &c
 	}
 	d := net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
 	var nc net.Conn

@@ -36,6 +36,7 @@ type settings struct {
 	maxPinned                                         int
 	dialTimeout, shutdownTimeout                      time.Duration
 	fallback                                          bool
+	redisCluster                                      string
 	breakerFailures, breakerProbes, fallbackMaxBytes  int
 	breakerOpenTimeout, fallbackTTL, upstreamTimeout  time.Duration
 	logLevel                                          string
@@ -126,6 +127,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*con
 	num(&s.breakerProbes, "breaker-half-open-probes", "PROXY_BREAKER_HALF_OPEN_PROBES", 1, "probes let through when half-open; all must succeed to close")
 	dur(&s.fallbackTTL, "fallback-ttl", "PROXY_FALLBACK_TTL", 30*time.Second, "longest a cached read may be served during an outage (never past the key's own TTL when known)")
 	num(&s.fallbackMaxBytes, "fallback-max-bytes", "PROXY_FALLBACK_MAX_BYTES", 64<<20, "memory bound of the read cache")
+	str(&s.redisCluster, "redis-cluster-nodes", "REDIS_CLUSTER_NODES", "", "Redis Cluster: seed nodes as host:port,host:port,...; commands go to the master of their key's slot")
 	dur(&s.upstreamTimeout, "upstream-timeout", "PROXY_UPSTREAM_TIMEOUT", 10*time.Second, "longest wait for upstream's replies to a batch on a shared connection; then the connection is dropped and reads are retried twice (0: no limit)")
 	dur(&s.dialTimeout, "dial-timeout", "PROXY_DIAL_TIMEOUT", 2*time.Second, "upstream connect timeout")
 	dur(&s.shutdownTimeout, "shutdown-timeout", "PROXY_SHUTDOWN_TIMEOUT", 10*time.Second, "how long SIGTERM waits for clients to finish")
@@ -218,6 +220,19 @@ func (s *settings) config() (*config, error) {
 	}
 	if s.dialTimeout <= 0 {
 		return nil, fmt.Errorf("--dial-timeout %s: must be positive", s.dialTimeout)
+	}
+	if s.redisCluster != "" {
+		if s.sentinels != "" {
+			return nil, errors.New("--redis-cluster-nodes and --redis-sentinels: choose one upstream topology")
+		}
+		for _, n := range strings.Split(s.redisCluster, ",") {
+			n = strings.TrimSpace(n)
+			if err := checkHostPort("--redis-cluster-nodes", n); err != nil {
+				return nil, err
+			}
+			up.Cluster = append(up.Cluster, n)
+		}
+		up.Addr = up.Cluster[0]
 	}
 	var fb *fallback.Config
 	if s.fallback {
