@@ -17,6 +17,10 @@ import (
 // startWithFaults runs keyfence with the breaker and read cache, in front of
 // a fault injector in front of a real Redis.
 func startWithFaults(t *testing.T, tenant string) (*redistest.Server, *faultproxy.Proxy, string, *proxy.Server) {
+	return startWithFaultsTimeout(t, tenant, 0)
+}
+
+func startWithFaultsTimeout(t *testing.T, tenant string, timeout time.Duration) (*redistest.Server, *faultproxy.Proxy, string, *proxy.Server) {
 	t.Helper()
 	srv := redistest.StartT(t, redistest.Options{})
 	fp, err := faultproxy.New(srv.Addr())
@@ -31,6 +35,7 @@ func startWithFaults(t *testing.T, tenant string) (*redistest.Server, *faultprox
 	addr, kf := startKeyfence(t, srv, tenant, func(c *proxy.Config) {
 		c.Upstream.Addr = fp.Addr()
 		c.Upstream.DialTimeout = 200 * time.Millisecond
+		c.Upstream.Timeout = timeout
 		c.Fallback = &cfg
 	})
 	return srv, fp, addr, kf
@@ -114,7 +119,7 @@ func TestFallbackServesCachedReadsDuringOutage(t *testing.T) {
 // client was given must be true upstream afterwards: no acknowledged write
 // lost, no reply given to another client or out of order.
 func TestAcknowledgedWritesSurviveFaults(t *testing.T) {
-	srv, fp, addr, _ := startWithFaults(t, "ft")
+	srv, fp, addr, _ := startWithFaultsTimeout(t, "ft", 300*time.Millisecond)
 	const clients = 50
 	var (
 		mu        sync.Mutex
@@ -164,7 +169,7 @@ func TestAcknowledgedWritesSurviveFaults(t *testing.T) {
 		}(i)
 	}
 	for _, m := range []faultproxy.Mode{faultproxy.Drop, faultproxy.Pass, faultproxy.Delay(20 * time.Millisecond), faultproxy.Pass,
-		faultproxy.ResetMidReply, faultproxy.Pass, faultproxy.Refuse, faultproxy.Pass} {
+		faultproxy.ResetMidReply, faultproxy.Pass, faultproxy.Blackhole, faultproxy.Pass, faultproxy.Refuse, faultproxy.Pass} {
 		if err := fp.SetMode(m); err != nil {
 			t.Fatal(err)
 		}

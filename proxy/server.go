@@ -118,6 +118,10 @@ func New(cfg Config) (*Server, error) {
 		}
 		srv.cluster = newClusterMap(&srv.cfg.Upstream)
 	}
+	if cfg.Fallback != nil && srv.cluster != nil {
+		// Its tracking connection would hear one master's invalidations.
+		return nil, errors.New("the read fallback does not support a Redis Cluster upstream yet")
+	}
 	if cfg.Fallback != nil {
 		res, err := newResilience(*cfg.Fallback, prefix, func(from, to fallback.State) {
 			srv.log.Warn("circuit breaker changed state", "from", from.String(), "to", to.String())
