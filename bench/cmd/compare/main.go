@@ -57,24 +57,14 @@ type config struct {
 func parseFlags(args []string, stderr io.Writer) (config, error) {
 	root := envflag.RepoRoot()
 	var c config
-	var errs []error
-	intEnv := func(name string, def int) int {
-		v, err := envflag.Int(name, def)
-		errs = append(errs, err)
-		return v
-	}
-	durEnv := func(name string, def time.Duration) time.Duration {
-		v, err := envflag.Duration(name, def)
-		errs = append(errs, err)
-		return v
-	}
+	var env envflag.Defaults
 	fs := flag.NewFlagSet("compare", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.IntVar(&c.rounds, "rounds", intEnv("BENCH_ROUNDS", 3), "interleaved rounds (A B C A B C …); env BENCH_ROUNDS")
-	fs.IntVar(&c.requests, "n", intEnv("BENCH_REQUESTS", 200000), "redis-benchmark -n: requests per test; env BENCH_REQUESTS")
-	fs.IntVar(&c.clients, "c", intEnv("BENCH_CLIENTS", 50), "redis-benchmark -c: parallel connections; env BENCH_CLIENTS")
-	fs.IntVar(&c.keyspace, "r", intEnv("BENCH_KEYSPACE", 100000), "redis-benchmark -r: random keys in [0,r), 0 = one key; env BENCH_KEYSPACE")
-	fs.IntVar(&c.dataSize, "d", intEnv("BENCH_DATASIZE", 3), "redis-benchmark -d: value size in bytes; env BENCH_DATASIZE")
+	fs.IntVar(&c.rounds, "rounds", env.Int("BENCH_ROUNDS", 3), "interleaved rounds (A B C A B C …); env BENCH_ROUNDS")
+	fs.IntVar(&c.requests, "n", env.Int("BENCH_REQUESTS", 200000), "redis-benchmark -n: requests per test; env BENCH_REQUESTS")
+	fs.IntVar(&c.clients, "c", env.Int("BENCH_CLIENTS", 50), "redis-benchmark -c: parallel connections; env BENCH_CLIENTS")
+	fs.IntVar(&c.keyspace, "r", env.Int("BENCH_KEYSPACE", 100000), "redis-benchmark -r: random keys in [0,r), 0 = one key; env BENCH_KEYSPACE")
+	fs.IntVar(&c.dataSize, "d", env.Int("BENCH_DATASIZE", 3), "redis-benchmark -d: value size in bytes; env BENCH_DATASIZE")
 	pipelines := fs.String("pipelines", envflag.String("BENCH_PIPELINES", "1,16"), "redis-benchmark -P values, comma-separated; env BENCH_PIPELINES")
 	tests := fs.String("tests", envflag.String("BENCH_TESTS", "get,set,incr,lpush,hset,mset"), "redis-benchmark -t tests; env BENCH_TESTS")
 	targets := fs.String("targets", envflag.String("BENCH_TARGETS", "direct,twemproxy,keyfence"), "targets to measure, in this order; env BENCH_TARGETS")
@@ -83,11 +73,11 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&c.gorpx, "gorpx", false, "also measure gorpx, the redcon + go-redis AsyncAutoPipeline baseline (bench/cmd/gorpx), as a fourth target")
 	fs.StringVar(&c.gorpxBin, "gorpx-bin", envflag.String("GORPX_BIN", filepath.Join(root, "bench", ".bin", "gorpx")), "gorpx binary (make bench-gorpx builds it); env GORPX_BIN")
 	fs.StringVar(&c.out, "out", envflag.String("BENCH_OUT", filepath.Join(root, "bench", "results")), "directory for compare.{md,svg,json}; env BENCH_OUT")
-	fs.DurationVar(&c.runTimeout, "run-timeout", durEnv("BENCH_RUN_TIMEOUT", 10*time.Minute), "limit for one redis-benchmark run; env BENCH_RUN_TIMEOUT")
-	fs.DurationVar(&c.timeout, "timeout", durEnv("BENCH_TIMEOUT", 2*time.Hour), "limit for the whole comparison; env BENCH_TIMEOUT")
+	fs.DurationVar(&c.runTimeout, "run-timeout", env.Duration("BENCH_RUN_TIMEOUT", 10*time.Minute), "limit for one redis-benchmark run; env BENCH_RUN_TIMEOUT")
+	fs.DurationVar(&c.timeout, "timeout", env.Duration("BENCH_TIMEOUT", 2*time.Hour), "limit for the whole comparison; env BENCH_TIMEOUT")
 	fs.BoolVar(&c.keep, "keep", false, "keep the scratch directory (configs, server logs) even when everything passed")
 	fs.BoolVar(&c.verbose, "v", false, "debug logging")
-	if err := errors.Join(errs...); err != nil {
+	if err := env.Err(); err != nil {
 		return c, err
 	}
 	if err := fs.Parse(args); err != nil {

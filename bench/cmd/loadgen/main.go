@@ -60,48 +60,33 @@ type config struct {
 func parseFlags(args []string, stderr io.Writer) (config, error) {
 	root := envflag.RepoRoot()
 	var c config
-	var errs []error
-	intEnv := func(name string, def int) int {
-		v, err := envflag.Int(name, def)
-		errs = append(errs, err)
-		return v
-	}
-	durEnv := func(name string, def time.Duration) time.Duration {
-		v, err := envflag.Duration(name, def)
-		errs = append(errs, err)
-		return v
-	}
-	floatEnv := func(name string, def float64) float64 {
-		v, err := envflag.Float(name, def)
-		errs = append(errs, err)
-		return v
-	}
+	var env envflag.Defaults
 	fs := flag.NewFlagSet("loadgen", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.mode, "mode", envflag.String("LOADGEN_MODE", "mixed"), "mixed (closed loop), rate (fixed rate, open loop) or conns (idle connections and RSS); env LOADGEN_MODE")
 	fs.Var(&c.groups, "targets", "`[name=]addr[@pid][,addr[@pid]...]` to measure instead of starting servers; the addresses of one flag are loaded together (tenants), repeated flags one after another; @pid enables RSS readings")
 	stackTargets := fs.String("stack-targets", envflag.String("LOADGEN_STACK_TARGETS", "direct,twemproxy,keyfence"), "without -targets: which of the started servers to measure; env LOADGEN_STACK_TARGETS")
-	fs.IntVar(&c.tenants, "tenants", intEnv("LOADGEN_TENANTS", 0), "without -targets: keyfence listeners (one tenant each) to load at once; 0 = 4 for mixed/rate, 1 for conns; env LOADGEN_TENANTS")
+	fs.IntVar(&c.tenants, "tenants", env.Int("LOADGEN_TENANTS", 0), "without -targets: keyfence listeners (one tenant each) to load at once; 0 = 4 for mixed/rate, 1 for conns; env LOADGEN_TENANTS")
 	fs.StringVar(&c.keyfence, "keyfence", envflag.String("KEYFENCE_BIN", filepath.Join(root, "bin", "keyfence")), "keyfence binary; env KEYFENCE_BIN")
 	fs.StringVar(&c.keyfenceArgs, "keyfence-args", envflag.String("KEYFENCE_ARGS", ""), "extra keyfence arguments, space-separated; env KEYFENCE_ARGS")
-	fs.IntVar(&c.conns, "c", intEnv("LOADGEN_CLIENTS", 50), "mixed/rate: connections per target, spread over its addresses; env LOADGEN_CLIENTS")
-	maxOps := fs.Int("n", intEnv("LOADGEN_REQUESTS", 5_000_000), "mixed/rate: at most this many requests per target; env LOADGEN_REQUESTS")
-	fs.DurationVar(&c.duration, "duration", durEnv("LOADGEN_DURATION", 10*time.Second), "mixed/rate: at most this long per target; env LOADGEN_DURATION")
-	fs.Float64Var(&c.rate, "rate", floatEnv("LOADGEN_RATE", 10000), "rate: requests per second per target; env LOADGEN_RATE")
-	fs.Float64Var(&c.readRatio, "read-ratio", floatEnv("LOADGEN_READ_RATIO", 0.8), "share of GETs; the rest are SETs; env LOADGEN_READ_RATIO")
-	fs.IntVar(&c.keys, "keys", intEnv("LOADGEN_KEYS", 10000), "distinct keys; env LOADGEN_KEYS")
-	fs.Float64Var(&c.zipfS, "zipf", floatEnv("LOADGEN_ZIPF", 1.1), "Zipf exponent of key popularity, > 1; env LOADGEN_ZIPF")
-	fs.IntVar(&c.valueMin, "value-min", intEnv("LOADGEN_VALUE_MIN", 32), "smallest value, bytes; env LOADGEN_VALUE_MIN")
-	fs.IntVar(&c.valueMax, "value-max", intEnv("LOADGEN_VALUE_MAX", 4096), "largest value, bytes; env LOADGEN_VALUE_MAX")
+	fs.IntVar(&c.conns, "c", env.Int("LOADGEN_CLIENTS", 50), "mixed/rate: connections per target, spread over its addresses; env LOADGEN_CLIENTS")
+	maxOps := fs.Int("n", env.Int("LOADGEN_REQUESTS", 5_000_000), "mixed/rate: at most this many requests per target; env LOADGEN_REQUESTS")
+	fs.DurationVar(&c.duration, "duration", env.Duration("LOADGEN_DURATION", 10*time.Second), "mixed/rate: at most this long per target; env LOADGEN_DURATION")
+	fs.Float64Var(&c.rate, "rate", env.Float("LOADGEN_RATE", 10000), "rate: requests per second per target; env LOADGEN_RATE")
+	fs.Float64Var(&c.readRatio, "read-ratio", env.Float("LOADGEN_READ_RATIO", 0.8), "share of GETs; the rest are SETs; env LOADGEN_READ_RATIO")
+	fs.IntVar(&c.keys, "keys", env.Int("LOADGEN_KEYS", 10000), "distinct keys; env LOADGEN_KEYS")
+	fs.Float64Var(&c.zipfS, "zipf", env.Float("LOADGEN_ZIPF", 1.1), "Zipf exponent of key popularity, > 1; env LOADGEN_ZIPF")
+	fs.IntVar(&c.valueMin, "value-min", env.Int("LOADGEN_VALUE_MIN", 32), "smallest value, bytes; env LOADGEN_VALUE_MIN")
+	fs.IntVar(&c.valueMax, "value-max", env.Int("LOADGEN_VALUE_MAX", 4096), "largest value, bytes; env LOADGEN_VALUE_MAX")
 	fs.BoolVar(&c.preload, "preload", true, "write every key once before measuring, so GETs hit")
 	seed := fs.Uint64("seed", 1, "random seed; the same seed gives the same request sequence per connection")
-	fs.IntVar(&c.idleConns, "conns", intEnv("LOADGEN_CONNS", 10000), "conns: idle connections per target; env LOADGEN_CONNS")
+	fs.IntVar(&c.idleConns, "conns", env.Int("LOADGEN_CONNS", 10000), "conns: idle connections per target; env LOADGEN_CONNS")
 	fs.IntVar(&c.dialers, "dialers", 64, "conns: connections opened in parallel")
-	fs.DurationVar(&c.settle, "settle", durEnv("LOADGEN_SETTLE", 2*time.Second), "conns: wait after opening before reading RSS; env LOADGEN_SETTLE")
+	fs.DurationVar(&c.settle, "settle", env.Duration("LOADGEN_SETTLE", 2*time.Second), "conns: wait after opening before reading RSS; env LOADGEN_SETTLE")
 	fs.StringVar(&c.out, "out", envflag.String("BENCH_OUT", filepath.Join(root, "bench", "results")), "directory for loadgen-<mode>.{md,json}; env BENCH_OUT")
-	fs.DurationVar(&c.timeout, "timeout", durEnv("LOADGEN_TIMEOUT", 30*time.Minute), "limit for the whole run; env LOADGEN_TIMEOUT")
+	fs.DurationVar(&c.timeout, "timeout", env.Duration("LOADGEN_TIMEOUT", 30*time.Minute), "limit for the whole run; env LOADGEN_TIMEOUT")
 	fs.BoolVar(&c.verbose, "v", false, "debug logging")
-	if err := errors.Join(errs...); err != nil {
+	if err := env.Err(); err != nil {
 		return c, err
 	}
 	if err := fs.Parse(args); err != nil {

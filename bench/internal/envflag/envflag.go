@@ -1,6 +1,7 @@
 package envflag
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -103,3 +104,31 @@ func RepoRoot() string {
 		}
 	}
 }
+
+// Defaults reads flag defaults from the environment and keeps every
+// malformed value, so that a command reports them all at once (Err).
+type Defaults struct{ errs []error }
+
+// Int is Int, remembering the error.
+func (d *Defaults) Int(name string, def int) int {
+	v, err := Int(name, def)
+	d.errs = append(d.errs, err)
+	return v
+}
+
+// Duration is Duration, remembering the error.
+func (d *Defaults) Duration(name string, def time.Duration) time.Duration {
+	v, err := Duration(name, def)
+	d.errs = append(d.errs, err)
+	return v
+}
+
+// Float is Float, remembering the error.
+func (d *Defaults) Float(name string, def float64) float64 {
+	v, err := Float(name, def)
+	d.errs = append(d.errs, err)
+	return v
+}
+
+// Err joins the errors remembered so far (nil when there are none).
+func (d *Defaults) Err() error { return errors.Join(d.errs...) }
