@@ -126,7 +126,7 @@ func (s *session) flush(ctx context.Context, dbs []int, opts [][]byte) {
 		}
 	}
 	if s.srv.res != nil {
-		s.srv.res.cache.InvalidateAll()
+		s.srv.res.cache.InvalidateAll() // nil-safe: no cache, nothing to drop
 	}
 	s.addStatus("OK")
 }

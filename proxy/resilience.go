@@ -25,16 +25,18 @@ type resilience struct {
 	ns      string
 }
 
-func newResilience(cfg fallback.Config, prefix string, log func(from, to fallback.State)) (*resilience, error) {
+func newResilience(cfg fallback.Config, prefix string, withCache bool, log func(from, to fallback.State)) (*resilience, error) {
 	b, err := fallback.NewBreaker(cfg, log)
 	if err != nil {
 		return nil, err
 	}
-	c, err := fallback.NewCache(cfg)
-	if err != nil {
-		return nil, err
+	r := &resilience{breaker: b, ns: prefix}
+	if withCache {
+		if r.cache, err = fallback.NewCache(cfg); err != nil {
+			return nil, err
+		}
 	}
-	return &resilience{breaker: b, cache: c, ns: prefix}, nil
+	return r, nil
 }
 
 // cacheRequest returns the canonical form of one rewritten request in the
@@ -57,7 +59,7 @@ func (s *session) cacheRequest(sl slot) (req []byte, args [][]byte, ok bool) {
 // still have been applied.
 func (s *session) invalidateWrite(cmd *rewrite.Command, from int) {
 	r := s.srv.res
-	if r == nil || cmd == nil || !cmd.HasFlag(rewrite.FlagWrite) {
+	if r == nil || r.cache == nil || cmd == nil || !cmd.HasFlag(rewrite.FlagWrite) {
 		return
 	}
 	args, n, _, err := rewrite.ParseCommand(s.req[from:], s.cacheScratch.args, rewrite.DefaultLimits)
@@ -79,7 +81,7 @@ func (s *session) invalidateWrite(cmd *rewrite.Command, from int) {
 // fillFromReply caches a read's reply, or the value a SET put.
 func (s *session) fillFromReply(sl slot, reply []byte) {
 	r := s.srv.res
-	if len(reply) == 0 || reply[0] == '-' {
+	if r.cache == nil || len(reply) == 0 || reply[0] == '-' {
 		return
 	}
 	if req, args, ok := s.cacheRequest(sl); ok {
@@ -102,7 +104,7 @@ func (s *session) fillFromReply(sl slot, reply []byte) {
 // fallbackReply answers a command whose upstream reply is missing: from
 // the cache for a cacheable read with a fresh entry, else the error.
 func (s *session) fallbackReply(sl slot, errText string) {
-	if r := s.srv.res; r != nil {
+	if r := s.srv.res; r != nil && r.cache != nil {
 		if req, _, ok := s.cacheRequest(sl); ok {
 			if cached, hit := r.cache.Lookup(r.ns, s.db, req); hit {
 				s.srv.fallbackHits.Add(1)

@@ -37,6 +37,7 @@ func startWithFaultsTimeout(t *testing.T, tenant string, timeout time.Duration) 
 		c.Upstream.DialTimeout = 200 * time.Millisecond
 		c.Upstream.Timeout = timeout
 		c.Fallback = &cfg
+		c.FallbackCache = true
 	})
 	return srv, fp, addr, kf
 }
@@ -256,4 +257,46 @@ func TestTimedOutReadsAreRetriedWritesAreNot(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "service back", 5*time.Second, func() bool { return strings.HasPrefix(c.do("GET", "k"), "$") })
+}
+
+// The breaker alone (keyfence's default, without the read cache): after
+// FailureThreshold failures every command fails fast with TRYAGAIN, and the
+// half-open probe brings service back.
+func TestBreakerWithoutCacheFailsFast(t *testing.T) {
+	srv := redistest.StartT(t, redistest.Options{})
+	fp, err := faultproxy.New(srv.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fp.Close() })
+	cfg := fallback.Defaults()
+	cfg.FailureThreshold, cfg.OpenTimeout = 3, 300*time.Millisecond
+	addr, kf := startKeyfence(t, srv, "br", func(c *proxy.Config) {
+		c.Upstream.Addr = fp.Addr()
+		c.Fallback = &cfg
+	})
+	c := dialRaw(t, addr)
+	if got := c.do("SET", "k", "v"); got != "+OK\r\n" {
+		t.Fatal(got)
+	}
+	if err := fp.SetMode(faultproxy.Refuse); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		if got := c.do("GET", "k"); !strings.Contains(got, "is Redis running") {
+			t.Fatalf("GET %d with upstream refusing: %q", i, got)
+		}
+	}
+	if st := kf.Stats(); st.Breaker != "open" {
+		t.Fatalf("after 3 failures the breaker is %q", st.Breaker)
+	}
+	if got := c.do("GET", "k"); got != "-"+fallback.ErrOpen.Error()+"\r\n" {
+		t.Fatalf("GET while open: %q", got)
+	}
+	if err := fp.SetMode(faultproxy.Pass); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the half-open probe to close the breaker", 5*time.Second, func() bool {
+		return c.do("GET", "k") == "$1\r\nv\r\n"
+	})
 }

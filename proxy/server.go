@@ -30,7 +30,8 @@ type Config struct {
 	MaxPinned       int // upstream connections pinned to sessions, at most
 	Logger          *slog.Logger
 	Metrics         *telemetry.Metrics // nil: none recorded
-	Fallback        *fallback.Config   // circuit breaker and read cache; nil: off
+	Fallback        *fallback.Config   // circuit breaker (and read cache); nil: off
+	FallbackCache   bool               // with Fallback: serve cached reads while upstream fails
 	TLS             *tls.Config        // client listener TLS (ListenerTLSConfig); nil: plain TCP
 }
 
@@ -118,12 +119,12 @@ func New(cfg Config) (*Server, error) {
 		}
 		srv.cluster = newClusterMap(&srv.cfg.Upstream)
 	}
-	if cfg.Fallback != nil && srv.cluster != nil {
+	if cfg.Fallback != nil && cfg.FallbackCache && srv.cluster != nil {
 		// Its tracking connection would hear one master's invalidations.
-		return nil, errors.New("the read fallback does not support a Redis Cluster upstream yet")
+		return nil, errors.New("the read fallback cache does not support a Redis Cluster upstream yet")
 	}
 	if cfg.Fallback != nil {
-		res, err := newResilience(*cfg.Fallback, prefix, func(from, to fallback.State) {
+		res, err := newResilience(*cfg.Fallback, prefix, cfg.FallbackCache, func(from, to fallback.State) {
 			srv.log.Warn("circuit breaker changed state", "from", from.String(), "to", to.String())
 		})
 		if err != nil {
@@ -164,7 +165,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.log.Info("keyfence listening", "addr", s.ln.Addr().String(), "upstream", s.cfg.Upstream.Addr, "prefix", s.prefix)
 	stop := context.AfterFunc(ctx, func() { s.ln.Close() })
 	defer stop()
-	if s.res != nil {
+	if s.res != nil && s.res.cache != nil {
 		tctx, cancel := context.WithCancel(ctx)
 		defer cancel()
 		go s.track(tctx)

@@ -270,7 +270,7 @@ func (s *session) forward(kind rewrite.ReplyKind) {
 	s.nreq++
 	readonly := s.curCmd != nil && s.curCmd.HasFlag(rewrite.FlagReadOnly) && !s.inMulti
 	s.slots = append(s.slots, slot{name: s.curName, upstream: true, kind: kind, readonly: readonly, from: s.reqMark, to: len(s.req)})
-	if s.srv.res != nil {
+	if s.srv.res != nil && s.srv.res.cache != nil {
 		s.invalidateWrite(s.curCmd, s.reqMark)
 	}
 }
@@ -391,7 +391,7 @@ func (s *session) flushBatch(ctx context.Context) error {
 				s.multiKinds = s.multiKinds[:0]
 			default:
 				s.out = s.rw.AppendReply(s.out, reply, sl.kind)
-				if res != nil {
+				if res != nil && res.cache != nil {
 					s.fillFromReply(sl, reply)
 				}
 				if bytes.HasPrefix(reply, []byte("-OOM")) {

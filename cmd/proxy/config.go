@@ -35,7 +35,7 @@ type settings struct {
 	maxClients, maxRequestBytes, sharedConns          int
 	maxPinned                                         int
 	dialTimeout, shutdownTimeout                      time.Duration
-	fallback                                          bool
+	fallback, breaker                                 bool
 	redisCluster                                      string
 	breakerFailures, breakerProbes, fallbackMaxBytes  int
 	breakerOpenTimeout, fallbackTTL, upstreamTimeout  time.Duration
@@ -121,7 +121,8 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*con
 	num(&s.maxRequestBytes, "max-request-bytes", "PROXY_MAX_REQUEST_BYTES", rewrite.DefaultLimits.MaxRequestBytes, "largest request a client may send")
 	num(&s.sharedConns, "shared-conns", "PROXY_SHARED_CONNS", 1, "multiplexed upstream connections per database and protocol (one batches best, as twemproxy's server_connections: 1)")
 	num(&s.maxPinned, "max-pinned", "PROXY_MAX_PINNED", 1000, "upstream connections pinned to clients (MULTI, WATCH, blocking commands) at most")
-	boolean(&s.fallback, "fallback", "PROXY_FALLBACK", false, "circuit breaker and read cache for upstream outages (off while the resilience work completes)")
+	boolean(&s.breaker, "breaker", "PROXY_BREAKER", true, "circuit breaker: while upstream keeps failing, fail fast with TRYAGAIN instead of piling up")
+	boolean(&s.fallback, "fallback", "PROXY_FALLBACK", false, "with --breaker: answer cacheable reads from an in-memory cache while upstream fails (costs throughput: see README)")
 	num(&s.breakerFailures, "breaker-failures", "PROXY_BREAKER_FAILURES", 5, "consecutive upstream failures that open the circuit breaker")
 	dur(&s.breakerOpenTimeout, "breaker-open-timeout", "PROXY_BREAKER_OPEN_TIMEOUT", 30*time.Second, "how long the breaker stays open before one probe")
 	num(&s.breakerProbes, "breaker-half-open-probes", "PROXY_BREAKER_HALF_OPEN_PROBES", 1, "probes let through when half-open; all must succeed to close")
@@ -234,8 +235,11 @@ func (s *settings) config() (*config, error) {
 		}
 		up.Addr = up.Cluster[0]
 	}
+	if s.fallback && !s.breaker {
+		return nil, errors.New("--fallback needs --breaker: the cache answers while the breaker says upstream is failing")
+	}
 	var fb *fallback.Config
-	if s.fallback {
+	if s.breaker {
 		if s.breakerFailures <= 0 || s.breakerProbes <= 0 || s.fallbackMaxBytes <= 0 {
 			return nil, errors.New("--breaker-failures, --breaker-half-open-probes and --fallback-max-bytes must be positive")
 		}
@@ -263,6 +267,7 @@ func (s *settings) config() (*config, error) {
 			MaxPinned:       s.maxPinned,
 			TLS:             listenTLS,
 			Fallback:        fb,
+			FallbackCache:   s.fallback,
 		},
 		admin:           s.admin,
 		shutdownTimeout: s.shutdownTimeout,

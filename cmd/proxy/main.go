@@ -39,7 +39,7 @@ func run(cfg *config) error {
 		Sessions:    func() int64 { return int64(srv.Stats().Sessions) },
 		PinnedConns: func() int64 { return int64(srv.Stats().PinnedConns) },
 	}
-	if cfg.proxy.Fallback != nil {
+	if cfg.proxy.Fallback != nil { // the breaker is on
 		gauges.Breaker = func() int64 { return breakerLevel(srv.Stats().Breaker) }
 		gauges.FallbackHits = func() int64 { return srv.Stats().FallbackHits }
 		gauges.FallbackMisses = func() int64 { return srv.Stats().FallbackMisses }
