@@ -78,14 +78,60 @@ func (s *session) invalidateWrite(cmd *rewrite.Command, from int) {
 	}
 }
 
-// fillFromReply caches a read's reply, or the value a SET put.
-func (s *session) fillFromReply(sl slot, reply []byte) {
+// maxTTLKeys bounds the PTTLs sent beside one cacheable read.
+const maxTTLKeys = 16
+
+// askKeyTTLs follows a cacheable read with a PTTL of each of its keys, so
+// that its cache entry never outlives a key (a reply alone does not say
+// when its key expires). The PTTLs' replies are not shown to the client.
+func (s *session) askKeyTTLs() {
+	i := len(s.slots) - 1
+	sl := s.slots[i]
+	_, args, ok := s.cacheRequest(sl)
+	if !ok {
+		return
+	}
+	keys := fallback.KeysOf(sl.name, args[1:])
+	if len(keys) == 0 || len(keys) > maxTTLKeys {
+		return
+	}
+	for _, k := range keys {
+		s.req = appendArgs(s.req, []byte("PTTL"), k)
+		s.nreq++
+		s.slots = append(s.slots, slot{name: "pttl", upstream: true, hidden: true, readonly: true})
+	}
+	s.slots[i].ttls = len(keys)
+}
+
+// keyTTL reads the hidden PTTL replies starting at reply index first and
+// returns the shortest remaining TTL (0: none expires); ok is false when
+// the entry must not be cached (no PTTLs asked, or one failed).
+func (s *session) keyTTL(first, n int) (time.Duration, bool) {
+	if n == 0 {
+		return 0, false
+	}
+	var ttl time.Duration
+	for j := 0; j < n; j++ {
+		v, err := parseValue(s.b.reply(first + j))
+		if err != nil || v.typ != ':' {
+			return 0, false
+		}
+		if v.num > 0 && (ttl == 0 || time.Duration(v.num)*time.Millisecond < ttl) {
+			ttl = time.Duration(v.num) * time.Millisecond
+		}
+	}
+	return ttl, true
+}
+
+// fillFromReply caches a read's reply (its keys expire in keyTTL, 0: no
+// expiry), or the value a SET put.
+func (s *session) fillFromReply(sl slot, reply []byte, keyTTL time.Duration) {
 	r := s.srv.res
 	if r.cache == nil || len(reply) == 0 || reply[0] == '-' {
 		return
 	}
 	if req, args, ok := s.cacheRequest(sl); ok {
-		r.cache.Store(s.cacheScratch.since, r.ns, s.db, req, fallback.KeysOf(sl.name, args[1:]), reply, 0)
+		r.cache.Store(s.cacheScratch.since, r.ns, s.db, req, fallback.KeysOf(sl.name, args[1:]), reply, keyTTL)
 		return
 	}
 	if !strings.HasPrefix(sl.name, "set") || string(reply) != "+OK\r\n" {

@@ -52,9 +52,13 @@ func TestFallbackServesCachedReadsDuringOutage(t *testing.T) {
 		t.Fatal(got)
 	}
 	c.do("HSET", "user", "name", "ada")
+	c.do("SET", "short", "lived", "PX", "1500")
 	// keyfence's own writes come back as tracking invalidations too; the
 	// reads after them fill the cache.
 	time.Sleep(200 * time.Millisecond)
+	if got := c.do("GET", "short"); got != "$5\r\nlived\r\n" {
+		t.Fatal(got)
+	}
 	if got := c.do("GET", "greeting"); got != "$5\r\nhello\r\n" {
 		t.Fatal(got)
 	}
@@ -71,10 +75,22 @@ func TestFallbackServesCachedReadsDuringOutage(t *testing.T) {
 	})
 	c.do("HGETALL", "user") // cached again, now with grace
 
+	if got := c.do("GET", "short"); got != "$5\r\nlived\r\n" {
+		t.Fatal(got)
+	}
 	if err := fp.SetMode(faultproxy.Refuse); err != nil {
 		t.Fatal(err)
 	}
 	c2 := dialRaw(t, addr) // a new client during the outage
+	if got := c2.do("GET", "short"); got != "$5\r\nlived\r\n" {
+		t.Fatalf("GET of a key that has not expired yet, during the outage: %q", got)
+	}
+	// With upstream unreachable no invalidation can arrive: only the TTL
+	// read beside the GET (PTTL) keeps the entry from outliving its key.
+	time.Sleep(1600 * time.Millisecond)
+	if got := c2.do("GET", "short"); got != "-"+fallback.ErrMiss.Error()+"\r\n" {
+		t.Fatalf("GET of an expired key during the outage: %q", got)
+	}
 	for i := 0; i < 5; i++ {
 		if got := c2.do("GET", "greeting"); got != "$5\r\nhello\r\n" {
 			t.Fatalf("GET during the outage (%d): %q, want the value SET put", i, got)
@@ -106,7 +122,7 @@ func TestFallbackServesCachedReadsDuringOutage(t *testing.T) {
 	waitFor(t, "service back after the half-open probe", 10*time.Second, func() bool {
 		return c2.do("SET", "greeting", "again") == "+OK\r\n"
 	})
-	if st := kf.Stats(); st.Breaker != "closed" || st.FallbackHits < 6 {
+	if st := kf.Stats(); st.Breaker != "closed" || st.FallbackHits < 6 || st.FallbackMisses < 1 {
 		t.Fatalf("after the outage: %+v", st)
 	}
 	if v, _ := srv.Client().Get(context.Background(), "tenant:fb:greeting").Result(); v != "again" {

@@ -90,7 +90,8 @@ type slot struct {
 	name     string // the command, for metrics
 	upstream bool
 	readonly bool // a read that may be sent again after a timeout
-	hidden   bool // keyfence's own command (a deferred MULTI): no reply shown
+	hidden   bool // keyfence's own command (a deferred MULTI, a PTTL): no reply shown
+	ttls     int  // hidden PTTLs that follow this cacheable read, one per key
 	kind     rewrite.ReplyKind
 	exec     bool         // EXEC: strip each element by multiKinds
 	script   *scriptEntry // EVAL*: heal NOSCRIPT, show the client's SHA
@@ -272,6 +273,9 @@ func (s *session) forward(kind rewrite.ReplyKind) {
 	s.slots = append(s.slots, slot{name: s.curName, upstream: true, kind: kind, readonly: readonly, from: s.reqMark, to: len(s.req)})
 	if s.srv.res != nil && s.srv.res.cache != nil {
 		s.invalidateWrite(s.curCmd, s.reqMark)
+		if s.pinned == nil && !s.inMulti {
+			s.askKeyTTLs()
+		}
 	}
 }
 
@@ -392,7 +396,13 @@ func (s *session) flushBatch(ctx context.Context) error {
 			default:
 				s.out = s.rw.AppendReply(s.out, reply, sl.kind)
 				if res != nil && res.cache != nil {
-					s.fillFromReply(sl, reply)
+					if sl.ttls > 0 {
+						if ttl, ok := s.keyTTL(next, sl.ttls); ok {
+							s.fillFromReply(sl, reply, ttl)
+						}
+					} else if !fallback.Cacheable(sl.name) {
+						s.fillFromReply(sl, reply, 0) // an acknowledged SET fills
+					}
 				}
 				if bytes.HasPrefix(reply, []byte("-OOM")) {
 					s.srv.logUpstreamFailure(errors.New(trimCRLF(reply[1:])))
