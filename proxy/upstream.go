@@ -344,6 +344,13 @@ func (c *upConn) readLoop(nc net.Conn) {
 		err := rd.read(nc, func(reply []byte) error {
 			if cur == nil {
 				c.mu.Lock()
+				if c.nc != nc {
+					// This connection was failed (a timeout, a write error)
+					// and pending now belongs to its successor: a late
+					// reply read here must never be matched to it.
+					c.mu.Unlock()
+					return errors.New("connection replaced")
+				}
 				if len(c.pending) == 0 {
 					c.mu.Unlock()
 					return errors.New("reply with no request waiting for it")
