@@ -269,24 +269,6 @@ func (c *rawConn) read(t testing.TB) []byte {
 	return r
 }
 
-// expectClosed checks that the peer closes the connection within d (after
-// any replies already in flight, which are returned).
-func (c *rawConn) expectClosed(d time.Duration) error {
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
-		_, err := c.readTimeout(time.Until(deadline))
-		if err == nil {
-			continue
-		}
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			return fmt.Errorf("connection still open after %v", d)
-		}
-		return nil // EOF or reset: closed
-	}
-	return fmt.Errorf("connection still open after %v", d)
-}
-
 // ---------------------------------------------------------------------------
 // A small RESP decoder for assertions.
 
@@ -368,8 +350,6 @@ func (v rv) strs() []string {
 	}
 	return out
 }
-
-func (v rv) isErr() bool { return v.typ == '-' || v.typ == '!' }
 
 func sortedStrs(s []string) []string {
 	out := append([]string(nil), s...)

@@ -135,9 +135,6 @@ func New(cfg Config) (*Server, error) {
 	return srv, nil
 }
 
-// Prefix returns the key prefix of the server's tenant.
-func (s *Server) Prefix() string { return s.prefix }
-
 // Listen binds the client listener; Addr is valid afterwards.
 func (s *Server) Listen() error {
 	ln, err := net.Listen("tcp", s.cfg.Listen)

@@ -85,6 +85,7 @@ func run(cfg *config) error {
 	if err := srv.Shutdown(sctx); err != nil {
 		return fmt.Errorf("drain: %w", err)
 	}
+	_ = metrics.Shutdown(sctx)
 	log.Info("stopped")
 	return nil
 }
