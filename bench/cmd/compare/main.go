@@ -403,14 +403,7 @@ func runTests(ctx context.Context, o rbench.Options, redisAddr string, log *slog
 }
 
 func flushAll(ctx context.Context, addr string) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	c, err := resp.Dial(ctx, addr)
-	if err != nil {
-		return fmt.Errorf("flush before run: %w", err)
-	}
-	defer c.Close()
-	if _, err := c.Do(ctx, "FLUSHALL"); err != nil {
+	if err := resp.FlushAll(ctx, addr); err != nil {
 		return fmt.Errorf("flush before run: %w", err)
 	}
 	return nil

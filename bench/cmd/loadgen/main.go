@@ -350,14 +350,7 @@ func startStack(ctx context.Context, cfg config, log *slog.Logger) (st *stack.St
 }
 
 func flushAll(ctx context.Context, addr string) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	c, err := resp.Dial(ctx, addr)
-	if err != nil {
-		return fmt.Errorf("flush: %w", err)
-	}
-	defer c.Close()
-	if _, err := c.Do(ctx, "FLUSHALL"); err != nil {
+	if err := resp.FlushAll(ctx, addr); err != nil {
 		return fmt.Errorf("flush: %w", err)
 	}
 	return nil
