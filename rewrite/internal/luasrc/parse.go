@@ -239,6 +239,18 @@ func (p *parser) singlevaraux(fs *funcState, name string) (*local, error) {
 	return v, nil
 }
 
+// isFree says whether name is a free name here, without recording upvalues.
+func (p *parser) isFree(name string) bool {
+	for fs := p.fs; fs != nil; fs = fs.prev {
+		for _, v := range fs.actvar {
+			if v.name == name {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 func (p *parser) singlevar() (expDesc, error) {
 	if p.t.kind != tName {
 		return expDesc{}, p.expected("<name>")
@@ -912,8 +924,15 @@ func (p *parser) constructor() error {
 		switch {
 		case p.t.kind == tName:
 			// `name = value` is a key, anything else an expression.
+			nameLine := p.lx.line
 			if err := p.lookahead(); err != nil {
 				return err
+			}
+			if p.ahead.kind == tChar && p.ahead.ch == '(' && p.lx.line != nameLine && p.isFree(p.text(p.t)) {
+				// The look-ahead moved the lexer to the '(' line, so Lua
+				// does not see "f\n(" here as ambiguous; once f becomes
+				// Read+f there is no look-ahead and it is.
+				return &UnsupportedError{Line: p.lx.line, Msg: "in a table constructor, a free name called with '(' on a later line; put the '(' on the name's line"}
 			}
 			if p.ahead.kind == tChar && p.ahead.ch == '=' {
 				if err := p.next(); err != nil {

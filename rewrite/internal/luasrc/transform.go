@@ -112,11 +112,13 @@ func appendSeparated(out []byte, text string) []byte {
 }
 
 // needSpace says whether bytes a and b, side by side, could lex as part of
-// one token (a name or number, "--", "==", "<=", ">=", "~=", "..", "[[",
+// one token (a name, a number, "..", "--", "==", "<=", ">=", "~=", "..", "[[",
 // "[=").
 func needSpace(a, b byte) bool {
 	switch {
-	case (isWord(a) || a == '.') && (isWord(b) || b == '.'):
+	case isWord(a) && (isWord(b) || b == '.'):
+		return true
+	case a == '.' && (b == '.' || isDigit(b)):
 		return true
 	case a == '-' && b == '-':
 		return true
@@ -149,6 +151,11 @@ func (o Options) check() error {
 		if strings.ContainsAny(f.v, "\r\n\x00") {
 			return fmt.Errorf("luasrc: Options.%s %q contains a line break or NUL", f.name, f.v)
 		}
+	}
+	if o.Tick != "" && !strings.HasSuffix(o.Tick, ";") {
+		// Without the ';' a body that starts with '(' would become the
+		// tick's call arguments.
+		return fmt.Errorf("luasrc: Options.Tick %q does not end with ';'", o.Tick)
 	}
 	for _, f := range []struct{ name, v string }{{"Read", o.Read}, {"Write", o.Write}} {
 		if f.v != "" && !isFieldPrefix(f.v) {
