@@ -17,5 +17,7 @@
 // guessing.
 //
 // Edits never add or remove a line break, so the line numbers in upstream's
-// error messages stay the client's.
+// error messages stay the client's. The sandbox root is a local of the
+// caller's prelude, so a sandboxed script gets one local of the main chunk
+// and one upvalue per function fewer than Lua's limits (199 and 59).
 package luasrc

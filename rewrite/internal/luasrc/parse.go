@@ -83,6 +83,10 @@ type parser struct {
 	fs        *funcState
 	edits     []edit
 	dotsCalls int // main-chunk `...` seen (for freeNames)
+	// sandboxSlot: the output will use the sandbox root, which the
+	// caller's prelude declares as a local of the main chunk; so the main
+	// chunk gets one local less and every function one upvalue less.
+	sandboxSlot bool
 }
 
 func (p *parser) errorf(format string, args ...any) error {
@@ -184,8 +188,12 @@ func (p *parser) closeFunc() { p.fs = p.fs.prev }
 
 func (p *parser) newLocalvar(name string) error {
 	fs := p.fs
-	if len(fs.actvar)+len(fs.pending)+1 > maxVars {
+	n := len(fs.actvar) + len(fs.pending) + 1
+	if n > maxVars {
 		return p.errorf("too many local variables (limit is %d)", maxVars)
+	}
+	if p.sandboxSlot && fs.prev == nil && n > maxVars-1 {
+		return &UnsupportedError{Line: p.lx.line, Msg: fmt.Sprintf("more than %d local variables in the main chunk (the sandbox needs one of Lua's %d)", maxVars-1, maxVars)}
 	}
 	if fs.nlocvars >= maxLocVars {
 		return p.errorf("too many local variables")
@@ -234,6 +242,9 @@ func (p *parser) singlevaraux(fs *funcState, name string) (*local, error) {
 	}
 	if len(fs.upvals)+1 > maxUpvalues {
 		return nil, p.errorf("too many upvalues (limit is %d)", maxUpvalues)
+	}
+	if p.sandboxSlot && len(fs.upvals)+1 > maxUpvalues-1 {
+		return nil, &UnsupportedError{Line: p.lx.line, Msg: fmt.Sprintf("a function with more than %d upvalues (the sandbox needs one of Lua's %d)", maxUpvalues-1, maxUpvalues)}
 	}
 	fs.upvals = append(fs.upvals, v)
 	return v, nil

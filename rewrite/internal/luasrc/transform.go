@@ -49,8 +49,8 @@ func (e *UnsupportedError) Error() string { return fmt.Sprintf("line %d: %s", e.
 
 // analyze parses src as one Lua 5.1 chunk and returns the edits, in source
 // order.
-func analyze(src []byte, reserved string) (*parser, error) {
-	p := &parser{lx: lexer{src: src, line: 1, reserved: reserved}}
+func analyze(src []byte, reserved string, sandboxSlot bool) (*parser, error) {
+	p := &parser{lx: lexer{src: src, line: 1, reserved: reserved}, sandboxSlot: sandboxSlot}
 	if err := p.parseChunk(); err != nil {
 		return nil, err
 	}
@@ -64,7 +64,8 @@ func Transform(src []byte, opt Options) ([]byte, error) {
 	if err := opt.check(); err != nil {
 		return nil, err
 	}
-	p, err := analyze(src, opt.Reserved)
+	sandboxed := opt.Read != "" || opt.Write != "" || opt.Vararg != "" || opt.Tick != ""
+	p, err := analyze(src, opt.Reserved, sandboxed)
 	if err != nil {
 		return nil, err
 	}
@@ -185,7 +186,7 @@ func isFieldPrefix(s string) bool {
 // freeNames returns the free names src reads or assigns, sorted and without
 // duplicates, and how many times the main chunk uses `...`.
 func freeNames(src []byte) (names []string, mainVarargs int, err error) {
-	p, err := analyze(src, "")
+	p, err := analyze(src, "", false)
 	if err != nil {
 		return nil, 0, err
 	}

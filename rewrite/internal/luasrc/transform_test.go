@@ -222,8 +222,11 @@ func TestTransformErrors(t *testing.T) {
 		{"method call as target", "a:b() = 1", &syntax, 1},
 		{"too deep", strings.Repeat("(", 300) + "1" + strings.Repeat(")", 300), &syntax, 1},
 		{"too deep unary", "return " + strings.Repeat("- ", 300) + "1", &syntax, 1},
-		{"too many locals", "local " + strings.Repeat("a, ", 200) + "a", &syntax, 1},
-		{"too many upvalues", manyUpvalues(61), &syntax, 1},
+		{"too many locals in a function", "local function f() local " + strings.Repeat("a, ", 200) + "a end", &syntax, 1},
+		{"too many upvalues in a nested function", "local function f() " + manyUpvalues(61) + " end", &unsupported, 1},
+		{"201 locals: the sandbox's limit comes first", "local " + strings.Repeat("a, ", 200) + "a", &unsupported, 1},
+		{"200 locals: no room for the sandbox's", "local " + strings.Repeat("a, ", 199) + "a", &unsupported, 1},
+		{"60 upvalues: no room for the sandbox's", manyUpvalues(60), &unsupported, 1},
 		{"reserved local", "local __kf_E = 1", &reserved, 1},
 		{"reserved global", "__kf_E.redis.call('FLUSHALL')", &reserved, 1},
 		{"reserved field", "x = 1\nt.__kf_x = 1", &reserved, 2},
@@ -275,17 +278,23 @@ func manyUpvalues(n int) string {
 	return b.String()
 }
 
+// TestLimitsAtTheEdge: Lua's limits hold exactly without the sandbox
+// (freeNames), and the sandbox's local and upvalue fit in with it.
 func TestLimitsAtTheEdge(t *testing.T) {
-	for _, src := range []string{
-		"local " + strings.Repeat("a, ", 199) + "a",
-		manyUpvalues(60),
-		strings.Repeat("(", 190) + "f" + strings.Repeat(")", 190) + "()",
+	for _, tt := range []struct{ lua, sandboxed string }{
+		{"local " + strings.Repeat("a, ", 199) + "a", "local " + strings.Repeat("a, ", 198) + "a"},
+		{"local function f() local " + strings.Repeat("a, ", 199) + "a end", "local function f() local " + strings.Repeat("a, ", 199) + "a end"},
+		{manyUpvalues(60), manyUpvalues(59)},
+		{strings.Repeat("(", 190) + "f" + strings.Repeat(")", 190) + "()", strings.Repeat("(", 190) + "f" + strings.Repeat(")", 190) + "()"},
 	} {
-		out, err := Transform([]byte(src), sandbox)
-		if err != nil {
-			t.Fatalf("Transform(%.40q…): %v", src, err)
+		if _, _, err := freeNames([]byte(tt.lua)); err != nil {
+			t.Errorf("freeNames(%.40q…): %v", tt.lua, err)
 		}
-		checkSandboxed(t, []byte(src), out)
+		out, err := Transform([]byte(tt.sandboxed), sandbox)
+		if err != nil {
+			t.Fatalf("Transform(%.40q…): %v", tt.sandboxed, err)
+		}
+		checkSandboxed(t, []byte(tt.sandboxed), out)
 	}
 }
 
