@@ -9,7 +9,8 @@
 //     WATCH and blocking commands on pinned connections.
 //   - emulate.go, emulate_keyspace.go: the commands keyfence answers itself,
 //     per tenant (HELLO, AUTH, SELECT, INFO, CLIENT, COMMAND, DBSIZE, FLUSH*…).
-//   - scripts.go: EVAL/EVALSHA/SCRIPT with scripts wrapped by rewrite/lua.go.
+//   - scripts.go: EVAL/EVALSHA/SCRIPT run as FCALL of the Lua sandbox
+//     library (rewrite/sandbox.go); a NOSCRIPT from it is healed.
 //   - subscribe.go: subscriber mode, with client patterns matched here.
 //   - sort.go: SORT … BY/GET run by keyfence in the tenant's namespace.
 //   - upstream.go: multiplexed upstream connections; a session either shares

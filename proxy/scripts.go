@@ -3,6 +3,8 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"errors"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -10,27 +12,29 @@ import (
 	"github.com/keyfence/keyfence/rewrite"
 )
 
-// scriptEntry is one client script and the wrapped form keyfence runs.
+// Scripts run in keyfence's Lua sandbox (rewrite/sandbox.go): one function
+// library upstream compiles each client script once, rewritten, and runs
+// it with the tenant's prefix. EVAL becomes FCALL of the library's run
+// function; the client sees only its own SHA1s and Redis's wording.
+
+// scriptEntry is one client script made ready for the sandbox.
 type scriptEntry struct {
-	clientSHA  string
-	wrappedSHA string
-	wrapped    []byte
-	loaded     atomic.Bool // SCRIPT LOADed upstream and no NOSCRIPT since
+	script *rewrite.Script
+	loaded atomic.Bool // compiled upstream, and no NOSCRIPT since
 }
 
-// scriptRegistry maps client SHA1s to wrapped scripts for the tenant, so
-// that EVALSHA works from any connection. It is bounded: past maxScripts a
-// random entry goes, and a client whose script went gets NOSCRIPT and sends
-// EVAL, as every Redis client does.
+// scriptRegistry maps the tenant's script SHA1s to their sandboxed form, so
+// that EVALSHA works from any connection. It holds at most max scripts:
+// past that EVAL of a new script is refused (a tenant could otherwise make
+// upstream compile without end), until SCRIPT FLUSH.
 type scriptRegistry struct {
+	max   int
 	mu    sync.RWMutex
 	bySHA map[string]*scriptEntry
 }
 
-const maxScripts = 10000
-
-func newScriptRegistry() *scriptRegistry {
-	return &scriptRegistry{bySHA: make(map[string]*scriptEntry)}
+func newScriptRegistry(max int) *scriptRegistry {
+	return &scriptRegistry{max: max, bySHA: make(map[string]*scriptEntry)}
 }
 
 func (r *scriptRegistry) get(sha string) *scriptEntry {
@@ -39,26 +43,20 @@ func (r *scriptRegistry) get(sha string) *scriptEntry {
 	return r.bySHA[strings.ToLower(sha)]
 }
 
-func (r *scriptRegistry) add(rw *rewrite.Rewriter, script []byte) *scriptEntry {
-	sha := rewrite.ScriptSHA(script)
-	if e := r.get(sha); e != nil {
-		return e
-	}
-	wrapped := rw.WrapScript(script)
-	e := &scriptEntry{clientSHA: sha, wrappedSHA: rewrite.ScriptSHA(wrapped), wrapped: wrapped}
+var errTooManyScripts = errors.New("too many scripts")
+
+func (r *scriptRegistry) add(sc *rewrite.Script) (*scriptEntry, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if old := r.bySHA[sha]; old != nil {
-		return old
+	if old := r.bySHA[sc.ClientSHA]; old != nil {
+		return old, nil
 	}
-	if len(r.bySHA) >= maxScripts {
-		for k := range r.bySHA {
-			delete(r.bySHA, k)
-			break
-		}
+	if len(r.bySHA) >= r.max {
+		return nil, errTooManyScripts
 	}
-	r.bySHA[sha] = e
-	return e
+	e := &scriptEntry{script: sc}
+	r.bySHA[sc.ClientSHA] = e
+	return e, nil
 }
 
 func (r *scriptRegistry) flush() {
@@ -67,72 +65,150 @@ func (r *scriptRegistry) flush() {
 	r.mu.Unlock()
 }
 
-// ensureLoaded makes sure upstream has the wrapped script, so that the
-// EVALSHA keyfence sends (perhaps inside MULTI) finds it.
+const (
+	errNoScript        = "NOSCRIPT No matching script. Please use EVAL."
+	errFunctionMissing = "ERR Function not found"
+	errChunkMissing    = "NOSCRIPT keyfence: sandboxed script not loaded"
+)
+
+// prepareScript returns the registry entry of a client's script text, or
+// the error the client gets: Redis's own for a bad shebang or Lua syntax.
+func (s *session) prepareScript(ctx context.Context, text []byte) (*scriptEntry, string) {
+	if e := s.srv.scripts.get(rewrite.ScriptSHA(text)); e != nil {
+		return e, ""
+	}
+	sc, err := rewrite.PrepareScript(text)
+	var se rewrite.ScriptError
+	switch {
+	case errors.As(err, &se):
+		return nil, string(se)
+	case errors.Is(err, rewrite.ErrScriptSyntax):
+		return nil, s.syntaxError(ctx, text, err)
+	case err != nil:
+		return nil, err.Error()
+	}
+	e, err := s.srv.scripts.add(sc)
+	if err != nil {
+		return nil, "ERR keyfence: this tenant has " + strconv.Itoa(s.srv.scripts.max) +
+			" distinct scripts loaded, the most --max-scripts allows; run SCRIPT FLUSH or use fewer distinct scripts"
+	}
+	return e, ""
+}
+
+// syntaxError asks upstream's Lua for the exact message a script that does
+// not parse gets: compiling the client's own text never runs it.
+func (s *session) syntaxError(ctx context.Context, text []byte, parseErr error) string {
+	sb := s.srv.sandbox
+	v, err := s.callSandbox(ctx, []byte(sb.CheckFunction()), []byte("0"), text)
+	switch {
+	case err != nil && strings.HasPrefix(err.Error(), "ERR Error compiling script"):
+		return err.Error()
+	case err != nil:
+		return upstreamErrorText(err)
+	case string(v.str) == "OK":
+		// Lua takes it, keyfence's parser does not: refuse rather than run
+		// what the sandbox cannot vouch for.
+		return "ERR keyfence: the script uses Lua syntax the sandbox does not support (" + sanitize(parseErr.Error()) + ")"
+	}
+	return "ERR Error compiling script"
+}
+
+// callSandbox calls one of the sandbox library's functions on the
+// session's shared connection, loading the library first if upstream has
+// not got it (a new or restarted server, FUNCTION FLUSH).
+func (s *session) callSandbox(ctx context.Context, args ...[]byte) (value, error) {
+	req := append([][]byte{[]byte("FCALL")}, args...)
+	v, err := s.call(ctx, s.shared, req...)
+	if err == nil || err.Error() != errFunctionMissing {
+		return v, err
+	}
+	if _, lerr := s.call(ctx, s.shared, []byte("FUNCTION"), []byte("LOAD"), s.srv.sandbox.Library); lerr != nil &&
+		!strings.Contains(lerr.Error(), "already exists") {
+		return value{}, lerr
+	}
+	return s.call(ctx, s.shared, req...)
+}
+
+// ensureLoaded makes sure upstream has the script compiled, so that the
+// FCALL keyfence sends (perhaps inside MULTI) finds it.
 func (s *session) ensureLoaded(ctx context.Context, e *scriptEntry) error {
 	if e.loaded.Load() {
 		return nil
 	}
-	v, err := s.call(ctx, s.shared, []byte("SCRIPT"), []byte("LOAD"), e.wrapped)
+	sc := e.script
+	v, err := s.callSandbox(ctx, []byte(s.srv.sandbox.LoadFunction()), []byte("0"), []byte(sc.ChunkSHA), sc.Chunk)
 	if err != nil {
 		return err
 	}
-	if string(v.str) != e.wrappedSHA {
+	if string(v.str) != "OK" {
 		return errBadValue
 	}
 	e.loaded.Store(true)
 	return nil
 }
 
-const errNoScript = "NOSCRIPT No matching script. Please use EVAL."
-
 // eval handles EVAL, EVALSHA, EVAL_RO and EVALSHA_RO: upstream runs the
-// wrapped script by its SHA, with the keys prefixed and ARGV untouched.
+// sandboxed script with the keys prefixed and ARGV untouched.
 func (s *session) eval(ctx context.Context, cmd *rewrite.Command, args [][]byte) {
+	fail := func(msg string) {
+		if s.inMulti {
+			s.multiAbort = true
+		}
+		s.addLocalError(msg)
+	}
 	var e *scriptEntry
 	switch cmd.Name {
 	case "eval", "eval_ro":
-		e = s.srv.scripts.add(s.rw, args[1])
+		var msg string
+		if e, msg = s.prepareScript(ctx, args[1]); e == nil {
+			fail(msg)
+			return
+		}
 	default:
 		if e = s.srv.scripts.get(string(args[1])); e == nil {
-			if s.inMulti {
-				s.multiAbort = true
-			}
-			s.addLocalError(errNoScript)
+			fail(errNoScript)
 			return
 		}
 	}
-	if err := s.ensureLoaded(ctx, e); err != nil {
-		if s.inMulti {
-			s.multiAbort = true
+	sc := e.script
+	ro := strings.HasSuffix(cmd.Name, "_ro")
+	flags := sc.Flags
+	if ro {
+		if sc.Shebang && flags&rewrite.ScriptNoWrites == 0 {
+			fail("ERR Can not execute a script with write flag using *_ro command.")
+			return
 		}
-		s.addLocalError(upstreamErrorText(err))
-		return
+		flags |= rewrite.ScriptNoWrites
 	}
 	idx, err := s.rw.Keys(cmd, args, nil)
 	if err != nil {
-		if s.inMulti {
-			s.multiAbort = true
-		}
-		s.addLocalError("ERR Number of keys can't be greater than number of args")
+		fail("ERR Number of keys can't be greater than number of args")
+		return
+	}
+	if err := s.ensureLoaded(ctx, e); err != nil {
+		fail(upstreamErrorText(err))
 		return
 	}
 	from := len(s.req)
-	s.req = rewrite.AppendArrayHeader(s.req, len(args))
-	name := "EVALSHA"
-	if strings.HasSuffix(cmd.Name, "_ro") {
-		name = "EVALSHA_RO"
+	s.req = rewrite.AppendArrayHeader(s.req, len(args)+4)
+	if ro {
+		s.req = rewrite.AppendBulk(s.req, []byte("FCALL_RO"))
+	} else {
+		s.req = rewrite.AppendBulk(s.req, []byte("FCALL"))
 	}
-	s.req = rewrite.AppendBulk(s.req, []byte(name))
-	s.req = rewrite.AppendBulk(s.req, []byte(e.wrappedSHA))
-	k := 0
-	for i := 2; i < len(args); i++ {
-		if k < len(idx) && idx[k] == i {
-			s.req = rewrite.AppendPrefixedBulk(s.req, s.rw.KeyPrefix(), args[i])
-			k++
-		} else {
-			s.req = rewrite.AppendBulk(s.req, args[i])
-		}
+	s.req = rewrite.AppendBulk(s.req, []byte(s.srv.sandbox.RunFunction(flags)))
+	s.req = rewrite.AppendBulk(s.req, args[2]) // numkeys
+	end := 3 + len(idx)
+	for _, i := range idx {
+		s.req = rewrite.AppendPrefixedBulk(s.req, s.rw.KeyPrefix(), args[i])
+	}
+	s.req = rewrite.AppendBulk(s.req, s.rw.KeyPrefix())
+	s.req = rewrite.AppendBulk(s.req, []byte(sc.ChunkSHA))
+	s.req = strconv.AppendInt(append(s.req, '$'), int64(len(s.srv.scriptBudget)), 10)
+	s.req = append(append(append(s.req, '\r', '\n'), s.srv.scriptBudget...), '\r', '\n')
+	s.req = rewrite.AppendBulk(s.req, s.srv.scriptMemory)
+	for _, a := range args[end:] {
+		s.req = rewrite.AppendBulk(s.req, a)
 	}
 	if s.inMulti {
 		s.forward(rewrite.ReplyRaw) // +QUEUED
@@ -144,11 +220,11 @@ func (s *session) eval(ctx context.Context, cmd *rewrite.Command, args [][]byte)
 }
 
 // scriptReply appends the reply of a script run: a NOSCRIPT (upstream
-// restarted or its scripts were flushed) is healed by loading the script
-// again and rerunning it, which is safe because NOSCRIPT means it did not
-// run; errors name the client's SHA, not the wrapped one.
+// restarted, flushed its functions or let the compiled script go) is healed
+// by loading the script again and rerunning it, which is safe because it
+// did not run; errors name the client's SHA and line, as Redis's do.
 func (s *session) scriptReply(ctx context.Context, sl slot, reply []byte) {
-	if bytes.HasPrefix(reply, []byte("-NOSCRIPT")) {
+	if bytes.HasPrefix(reply, []byte("-"+errChunkMissing)) || bytes.HasPrefix(reply, []byte("-"+errFunctionMissing+"\r")) {
 		sl.script.loaded.Store(false)
 		if err := s.ensureLoaded(ctx, sl.script); err == nil {
 			b := newBatch()
@@ -160,8 +236,7 @@ func (s *session) scriptReply(ctx context.Context, sl slot, reply []byte) {
 		}
 	}
 	if len(reply) > 0 && reply[0] == '-' {
-		reply = bytes.ReplaceAll(reply, []byte(sl.script.wrappedSHA), []byte(sl.script.clientSHA))
-		reply = rewrite.FixScriptError(reply)
+		reply = s.srv.sandbox.FixScriptError(reply, sl.script.script.ClientSHA)
 	}
 	s.out = s.rw.AppendReply(s.out, reply, rewrite.ReplyRaw)
 }
@@ -170,12 +245,16 @@ func (s *session) scriptReply(ctx context.Context, sl slot, reply []byte) {
 func (s *session) script(ctx context.Context, cmd *rewrite.Command, args [][]byte) {
 	switch cmd.Name {
 	case "script|load":
-		e := s.srv.scripts.add(s.rw, args[2])
+		e, msg := s.prepareScript(ctx, args[2])
+		if e == nil {
+			s.addLocalError(msg)
+			return
+		}
 		if err := s.ensureLoaded(ctx, e); err != nil {
 			s.addLocalError(upstreamErrorText(err))
 			return
 		}
-		s.addLocal(rewrite.AppendBulk(nil, []byte(e.clientSHA)))
+		s.addLocal(rewrite.AppendBulk(nil, []byte(e.script.ClientSHA)))
 	case "script|exists":
 		out := rewrite.AppendArrayHeader(nil, len(args)-2)
 		for _, sha := range args[2:] {
@@ -191,14 +270,15 @@ func (s *session) script(ctx context.Context, cmd *rewrite.Command, args [][]byt
 			s.addLocalError("ERR SCRIPT FLUSH only support SYNC|ASYNC option")
 			return
 		}
-		// Only this tenant's view is flushed: other tenants' scripts stay.
+		// Only this tenant's view is flushed: other tenants' scripts stay,
+		// and the compiled chunks upstream are bounded by the library.
 		s.srv.scripts.flush()
 		s.addStatus("OK")
 	default:
 		s.addLocal(appendStringArray(nil, []string{
 			"SCRIPT <subcommand> [<arg> [value] [opt] ...]. keyfence answers for this tenant:",
 			"LOAD <script>, EXISTS <sha1> [<sha1> ...], FLUSH [ASYNC|SYNC].",
-			"KILL and DEBUG are denied: they act on the shared server.",
+			"KILL and DEBUG are denied: they act on the shared server; keyfence stops a script past --script-timeout itself.",
 		}))
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,6 +34,12 @@ type Config struct {
 	Fallback        *fallback.Config   // circuit breaker (and read cache); nil: off
 	FallbackCache   bool               // with Fallback: serve cached reads while upstream fails
 	TLS             *tls.Config        // client listener TLS (ListenerTLSConfig); nil: plain TCP
+	// Scripts: a script running longer than ScriptTimeout, or growing
+	// upstream's Lua memory by more than ScriptMaxMemory bytes, is stopped
+	// by the sandbox; a tenant may have MaxScripts distinct scripts.
+	ScriptTimeout   time.Duration
+	ScriptMaxMemory int64
+	MaxScripts      int
 }
 
 func (c *Config) setDefaults() {
@@ -57,7 +64,20 @@ func (c *Config) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.ScriptTimeout <= 0 {
+		c.ScriptTimeout = DefaultScriptTimeout
+	}
+	if c.ScriptMaxMemory <= 0 {
+		c.ScriptMaxMemory = 256 << 20
+	}
+	if c.MaxScripts <= 0 {
+		c.MaxScripts = 1000
+	}
 }
+
+// DefaultScriptTimeout stops a runaway script well before Redis's own
+// busy threshold (5 s), after which every client would get BUSY.
+const DefaultScriptTimeout = time.Second
 
 // Server accepts clients of one tenant and proxies them to upstream.
 type Server struct {
@@ -84,9 +104,12 @@ type Server struct {
 	sessions map[*session]struct{}
 	groups   map[connKey]*connGroup
 	scripts  *scriptRegistry
-	readBufs sync.Pool // *[]byte of initialReadBuffer: see session.fillIdle
-	closing  bool
-	wg       sync.WaitGroup
+	sandbox  *rewrite.Sandbox
+	// The run's budgets as the sandbox takes them: milliseconds, KiB.
+	scriptBudget, scriptMemory []byte
+	readBufs                   sync.Pool // *[]byte of initialReadBuffer: see session.fillIdle
+	closing                    bool
+	wg                         sync.WaitGroup
 }
 
 // New validates cfg and returns a server that is not yet listening.
@@ -100,14 +123,17 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("upstream db %d: must not be negative", cfg.Upstream.DB)
 	}
 	srv := &Server{
-		cfg:      cfg,
-		prefix:   prefix,
-		limits:   rewrite.Limits{MaxRequestBytes: cfg.MaxRequestBytes, MaxArgs: rewrite.DefaultLimits.MaxArgs},
-		log:      cfg.Logger.With("tenant", cfg.Tenant),
-		sessions: make(map[*session]struct{}),
-		groups:   make(map[connKey]*connGroup),
-		scripts:  newScriptRegistry(),
-		started:  time.Now(),
+		cfg:          cfg,
+		prefix:       prefix,
+		limits:       rewrite.Limits{MaxRequestBytes: cfg.MaxRequestBytes, MaxArgs: rewrite.DefaultLimits.MaxArgs},
+		log:          cfg.Logger.With("tenant", cfg.Tenant),
+		sessions:     make(map[*session]struct{}),
+		groups:       make(map[connKey]*connGroup),
+		scripts:      newScriptRegistry(cfg.MaxScripts),
+		sandbox:      rewrite.NewSandbox(),
+		scriptBudget: []byte(strconv.FormatInt(max(cfg.ScriptTimeout.Milliseconds(), 1), 10)),
+		scriptMemory: []byte(strconv.FormatInt(max(cfg.ScriptMaxMemory>>10, 1), 10)),
+		started:      time.Now(),
 		readBufs: sync.Pool{New: func() any {
 			b := make([]byte, 0, initialReadBuffer)
 			return &b

@@ -33,7 +33,8 @@ type settings struct {
 	sentinels, sentinelMaster, sentinelPassword       string
 	clientPassword                                    string
 	maxClients, maxRequestBytes, sharedConns          int
-	maxPinned                                         int
+	maxPinned, maxScripts, scriptMaxMemory            int
+	scriptTimeout                                     time.Duration
 	dialTimeout, shutdownTimeout                      time.Duration
 	fallback, breaker                                 bool
 	redisCluster                                      string
@@ -121,6 +122,9 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*con
 	num(&s.maxRequestBytes, "max-request-bytes", "PROXY_MAX_REQUEST_BYTES", rewrite.DefaultLimits.MaxRequestBytes, "largest request a client may send")
 	num(&s.sharedConns, "shared-conns", "PROXY_SHARED_CONNS", 1, "multiplexed upstream connections per database and protocol (one batches best, as twemproxy's server_connections: 1)")
 	num(&s.maxPinned, "max-pinned", "PROXY_MAX_PINNED", 1000, "upstream connections pinned to clients (MULTI, WATCH, blocking commands) at most")
+	dur(&s.scriptTimeout, "script-timeout", "PROXY_SCRIPT_TIMEOUT", proxy.DefaultScriptTimeout, "longest a Lua script may run before keyfence stops it (below Redis's 5 s busy threshold, so other tenants wait at most this long)")
+	num(&s.maxScripts, "max-scripts", "PROXY_MAX_SCRIPTS", 1000, "distinct Lua scripts the tenant may load; past it EVAL of a new script is refused until SCRIPT FLUSH")
+	num(&s.scriptMaxMemory, "script-max-memory", "PROXY_SCRIPT_MAX_MEMORY", 256<<20, "bytes a running Lua script may grow upstream's Lua memory by before keyfence stops it")
 	boolean(&s.breaker, "breaker", "PROXY_BREAKER", true, "circuit breaker: while upstream keeps failing, fail fast with TRYAGAIN instead of piling up")
 	boolean(&s.fallback, "fallback", "PROXY_FALLBACK", false, "with --breaker: answer cacheable reads from an in-memory cache while upstream fails (costs throughput: see README)")
 	num(&s.breakerFailures, "breaker-failures", "PROXY_BREAKER_FAILURES", 5, "consecutive upstream failures that open the circuit breaker")
@@ -214,13 +218,16 @@ func (s *settings) config() (*config, error) {
 	for _, c := range []struct {
 		name string
 		v    int
-	}{{"--max-clients", s.maxClients}, {"--max-request-bytes", s.maxRequestBytes}, {"--shared-conns", s.sharedConns}, {"--max-pinned", s.maxPinned}} {
+	}{{"--max-clients", s.maxClients}, {"--max-request-bytes", s.maxRequestBytes}, {"--shared-conns", s.sharedConns}, {"--max-pinned", s.maxPinned}, {"--max-scripts", s.maxScripts}, {"--script-max-memory", s.scriptMaxMemory}} {
 		if c.v <= 0 {
 			return nil, fmt.Errorf("%s %d: must be positive", c.name, c.v)
 		}
 	}
 	if s.dialTimeout <= 0 {
 		return nil, fmt.Errorf("--dial-timeout %s: must be positive", s.dialTimeout)
+	}
+	if s.scriptTimeout < time.Millisecond {
+		return nil, fmt.Errorf("--script-timeout %s: must be at least 1ms", s.scriptTimeout)
 	}
 	if s.redisCluster != "" {
 		if s.sentinels != "" {
@@ -265,6 +272,9 @@ func (s *settings) config() (*config, error) {
 			MaxRequestBytes: s.maxRequestBytes,
 			SharedConns:     s.sharedConns,
 			MaxPinned:       s.maxPinned,
+			ScriptTimeout:   s.scriptTimeout,
+			MaxScripts:      s.maxScripts,
+			ScriptMaxMemory: int64(s.scriptMaxMemory),
 			TLS:             listenTLS,
 			Fallback:        fb,
 			FallbackCache:   s.fallback,

@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"flag"
+	"fmt"
 	"log/slog"
 	"math/big"
 	"net"
@@ -94,10 +95,26 @@ func TestParseConfig(t *testing.T) {
 					return "limits"
 				case c.logLevel != slog.LevelInfo:
 					return "log level"
+				case p.ScriptTimeout != proxy.DefaultScriptTimeout, p.MaxScripts != 1000, p.ScriptMaxMemory != 256<<20:
+					return "script limits"
 				}
 				return ""
 			},
 		},
+		{
+			name: "script limits",
+			args: []string{"--tenant", "acme", "--script-timeout", "250ms", "--max-scripts", "7"},
+			env:  map[string]string{"PROXY_SCRIPT_MAX_MEMORY": "1048576"},
+			check: func(c *config) string {
+				p := c.proxy
+				if p.ScriptTimeout != 250*time.Millisecond || p.MaxScripts != 7 || p.ScriptMaxMemory != 1<<20 {
+					return fmt.Sprint(p.ScriptTimeout, p.MaxScripts, p.ScriptMaxMemory)
+				}
+				return ""
+			},
+		},
+		{name: "script timeout too small", args: []string{"--tenant", "acme", "--script-timeout", "0s"}, wantErr: "--script-timeout 0s: must be at least 1ms"},
+		{name: "max scripts zero", args: []string{"--tenant", "acme", "--max-scripts", "0"}, wantErr: "--max-scripts 0: must be positive"},
 		{
 			name: "flag over environment",
 			args: []string{"--tenant", "flagged", "--redis-port", "7001", "--listen", "0.0.0.0:7379", "--dial-timeout", "5s", "--log-level", "debug"},

@@ -58,11 +58,15 @@ var tenantCommandRules = []aclRule{
 	{"+auth", "connection authentication"},
 	{"+select", "SELECT n maps to the tenant's namespace inside upstream database n"},
 	{"+command", "COMMAND INFO/DOCS/GETKEYS are answered from upstream metadata"},
-	{"-script|flush", "the script cache is global: flushing it would drop every tenant's scripts (keyfence answers SCRIPT FLUSH per tenant and heals NOSCRIPT)"},
-	{"-script|kill", "would kill whichever script runs, possibly another tenant's"},
+	{"-script", "keyfence runs scripts through its own function library, never EVAL/SCRIPT: the script cache is global (SCRIPT FLUSH or KILL would act on every tenant)"},
+	{"-eval", "as SCRIPT: a script sent by EVAL would run outside keyfence's sandbox"},
+	{"-evalsha", "as EVAL"},
+	{"-eval_ro", "as EVAL"},
+	{"-evalsha_ro", "as EVAL"},
 	{"-function", "functions live in one global library namespace; a tenant owns none (keyfence answers FUNCTION LIST/DUMP/STATS itself)"},
-	{"-fcall", "as FUNCTION"},
-	{"-fcall_ro", "as FUNCTION"},
+	{"+function|load", "keyfence loads its Lua sandbox library (one per keyfence version) on a server that lacks it"},
+	{"+fcall", "every tenant script runs as FCALL of the sandbox library's run function; commands the script calls are ACL-checked against this user"},
+	{"+fcall_ro", "EVAL_RO and EVALSHA_RO run as FCALL_RO"},
 }
 
 // setinfoRule is added only when the server has CLIENT SETINFO (Redis 7.2+):

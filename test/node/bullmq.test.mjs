@@ -26,7 +26,7 @@ const REPEAT_LIMIT = 3;
 const FLOWS = 2;
 const SHIPPING_CHILDREN_PER_FLOW = 2;
 // What each tenant's QueueEvents must report as completed, per queue.
-const EXPECTED_ORDERS = PLAIN_JOBS + DELAYED_JOBS + 1 /* flaky */ + REPEAT_LIMIT + FLOWS /* parents */ + FLOWS /* one orders child each */;
+const EXPECTED_ORDERS = PLAIN_JOBS + DELAYED_JOBS + 2 /* flaky, flakyNow */ + REPEAT_LIMIT + FLOWS /* parents */ + FLOWS /* one orders child each */;
 const EXPECTED_SHIPPING = FLOWS * SHIPPING_CHILDREN_PER_FLOW;
 const WAIT_MS = 30_000;
 
@@ -127,7 +127,8 @@ class Tenant {
     switch (job.name) {
       case 'delayed':
         return this.result(job, { waitedMs: job.processedOn - job.timestamp, delay: job.opts.delay });
-      case 'flaky': {
+      case 'flaky':
+      case 'flakyNow': {
         const starts = this.attempts.get(job.id) ?? [];
         starts.push(Date.now());
         this.attempts.set(job.id, starts);
@@ -211,6 +212,11 @@ class Tenant {
     const flaky = await orders.add('flaky', this.payload('flaky'), { attempts: 3, backoff: { type: 'fixed', delay: BACKOFF_MS } });
     this.addedIds[ORDERS].add(flaky.id);
     this.flakyId = flaky.id;
+    // No backoff: BullMQ retries at once with its retryJob script, which
+    // pushes with a command name (LPUSH or RPUSH) chosen at run time.
+    const flakyNow = await orders.add('flakyNow', this.payload('flakyNow'), { attempts: 2 });
+    this.addedIds[ORDERS].add(flakyNow.id);
+    this.flakyNowId = flakyNow.id;
     await orders.upsertJobScheduler('tick', { every: REPEAT_EVERY_MS, limit: REPEAT_LIMIT }, { name: 'tick', data: this.payload('tick') });
     this.flowRoots = [];
     for (let f = 0; f < FLOWS; f++) {
@@ -353,9 +359,19 @@ describe('BullMQ through keyfence, two tenants with the same queue names', () =>
       const starts = t.attempts.get(t.flakyId) ?? [];
       assert.equal(starts.length, 2, `tenant ${t.id}: attempts of the flaky job`);
       assert.ok(starts[1] - starts[0] >= BACKOFF_MS, `tenant ${t.id}: retry came ${starts[1] - starts[0]} ms after the failure, backoff ${BACKOFF_MS} ms`);
-      assert.deepEqual(t.failedEvents.map((f) => [f.id, f.name, f.attemptsMade]), [[t.flakyId, 'flaky', 1]], `tenant ${t.id}: failed events`);
+      const failed = t.failedEvents.map((f) => [f.id, f.name, f.attemptsMade]).sort();
+      assert.deepEqual(failed, [[t.flakyId, 'flaky', 1], [t.flakyNowId, 'flakyNow', 1]].sort(), `tenant ${t.id}: failed events`);
       const rv = t.completed[ORDERS].get(t.flakyId);
       assert.equal(rv?.attemptsMade, 1, `tenant ${t.id}: the flaky job completed on its second attempt`);
+    }
+  });
+
+  it('retries a failing job at once (retryJob: push command chosen at run time)', () => {
+    for (const t of tenants) {
+      const starts = t.attempts.get(t.flakyNowId) ?? [];
+      assert.equal(starts.length, 2, `tenant ${t.id}: attempts of the job retried without backoff`);
+      const rv = t.completed[ORDERS].get(t.flakyNowId);
+      assert.equal(rv?.attemptsMade, 1, `tenant ${t.id}: the job retried at once completed on its second attempt`);
     }
   });
 
