@@ -490,6 +490,17 @@ func TestDifferentialErrorWording(t *testing.T) {
 	}
 }
 
+// TestDifferentialScripts runs Lua scripts directly and through keyfence's
+// sandbox: results, Redis's error texts with the client's line numbers and
+// SHA1s, globals protection, shebang flags, EVAL_RO, scripts in MULTI.
+func TestDifferentialScripts(t *testing.T) {
+	t.Parallel()
+	total := runDifferential(t, "testdata/differential_scripts.txt", "diffscripts", 11, 12)
+	if !t.Failed() {
+		t.Logf("differential (scripts): %d commands, all identical", total)
+	}
+}
+
 // runDifferential runs script in RESP2 and then RESP3 on a direct
 // connection (database directDB) and through keyfence (tenant, upstream
 // database proxyDB), and returns how many replies it compared.

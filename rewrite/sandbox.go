@@ -106,6 +106,7 @@ var sandboxNames = luasrc.Options{
 	Vararg:   "__kf_E.__kf_V()",
 	Tick:     "__kf_E.__kf_T();",
 	Reserved: "__kf_",
+	TailCall: "__kf_E.__kf_I(",
 }
 
 // PrepareScript rewrites a client's script for the sandbox. It returns a

@@ -336,7 +336,7 @@ local function init()
 	gcount, floor = _G.collectgarbage, m.floor
 	coresume = coroutine.resume
 	PROXIED = setmetatable({}, {__mode = "k"})
-	INTERNAL = {__kf_W = true, __kf_T = true, __kf_V = true}
+	INTERNAL = {__kf_W = true, __kf_T = true, __kf_V = true, __kf_I = true}
 
 	RAPI = {
 		call = call,
@@ -410,6 +410,7 @@ local function init()
 	end
 	P.__kf_T = tick
 	P.__kf_V = noArgs
+	P.__kf_I = function(...) return ... end
 	W = setmetatable({}, {__index = readonly, __newindex = readonly, __metatable = false})
 	P.__kf_W = W
 	G = proxy(P)

@@ -1,6 +1,9 @@
 package luasrc
 
-import "fmt"
+import (
+	"fmt"
+	"slices"
+)
 
 // Limits of Lua 5.1 (luaconf.h, llimits.h) that decide whether a chunk
 // compiles. The code generator's own limits (250 registers, 2^18 constants,
@@ -17,10 +20,12 @@ const (
 type editKind uint8
 
 const (
-	editRead   editKind = iota // insert Read before a free name
-	editWrite                  // insert Write before a free name
-	editVararg                 // replace a main-chunk `...`
-	editTick                   // insert Tick after a token
+	editRead      editKind = iota // insert Read before a free name
+	editWrite                     // insert Write before a free name
+	editVararg                    // replace a main-chunk `...`
+	editTick                      // insert Tick after a token
+	editTailOpen                  // insert TailCall before a returned call
+	editTailClose                 // close it after the call's last token
 )
 
 // edit is one change at a byte offset: a free name's start, a `...`'s start,
@@ -79,6 +84,7 @@ type parser struct {
 	ahead     token
 	hasAhead  bool
 	lastline  int
+	prevEnd   int // where the token before t ends
 	level     int
 	fs        *funcState
 	edits     []edit
@@ -98,6 +104,7 @@ func (p *parser) text(t token) string { return string(p.lx.src[t.start:t.end]) }
 // next is luaX_next.
 func (p *parser) next() error {
 	p.lastline = p.lx.line
+	p.prevEnd = p.t.end
 	if p.hasAhead {
 		p.t = p.ahead
 		p.hasAhead = false
@@ -660,8 +667,28 @@ func (p *parser) retstat() error {
 	if blockFollow(p.t.kind) || p.is(';') {
 		return nil
 	}
-	_, err := p.explist1()
-	return err
+	// `return f(...)` is a tail call, after which Lua keeps no line of the
+	// caller for an error raised in f; wrapped as `return I(f(...))` it
+	// is an ordinary call (I returns all of f's results), and an error in
+	// redis.call can name the script's line as Redis does.
+	mark, start := len(p.edits), p.t.start
+	isCall, err := p.exprIsCall()
+	if err != nil {
+		return err
+	}
+	if isCall && !p.is(',') {
+		p.edits = slices.Insert(p.edits, mark, edit{pos: start, kind: editTailOpen})
+		p.edits = append(p.edits, edit{pos: p.prevEnd, kind: editTailClose})
+	}
+	for {
+		ok, err := p.testnext(',')
+		if err != nil || !ok {
+			return err
+		}
+		if err := p.expr(); err != nil {
+			return err
+		}
+	}
 }
 
 func (p *parser) breakstat() error {
@@ -893,35 +920,36 @@ func (p *parser) yindex() error {
 	return p.checknext(']')
 }
 
-func (p *parser) simpleexp() error {
+// simpleexp parses a simple expression and says whether it is a call.
+func (p *parser) simpleexp() (bool, error) {
 	switch p.t.kind {
 	case tNumber, tString, tNil, tTrue, tFalse:
-		return p.next()
+		return false, p.next()
 	case tDots:
 		if !p.fs.isVararg {
-			return p.errorf("cannot use '...' outside a vararg function near '...'")
+			return false, p.errorf("cannot use '...' outside a vararg function near '...'")
 		}
 		dots := p.t
 		if err := p.next(); err != nil {
-			return err
+			return false, err
 		}
 		if p.fs.prev == nil {
 			p.dotsCalls++
 			p.edits = append(p.edits, edit{pos: dots.start, end: dots.end, kind: editVararg, semicolon: p.is('(')})
 		}
-		return nil
+		return false, nil
 	case tFunction:
 		if err := p.next(); err != nil {
-			return err
+			return false, err
 		}
-		return p.body(false)
+		return false, p.body(false)
 	case tChar:
 		if p.t.ch == '{' {
-			return p.constructor()
+			return false, p.constructor()
 		}
 	}
-	_, err := p.primaryexp()
-	return err
+	v, err := p.primaryexp()
+	return v.k == expCall, err
 }
 
 func (p *parser) constructor() error {
@@ -991,8 +1019,15 @@ func (p *parser) recfieldValue() error {
 }
 
 func (p *parser) expr() error {
-	_, err := p.subexpr(0)
+	_, _, err := p.subexpr(0)
 	return err
+}
+
+// exprIsCall parses an expression and says whether it is one call, with no
+// operator around it.
+func (p *parser) exprIsCall() (bool, error) {
+	_, isCall, err := p.subexpr(0)
+	return isCall, err
 }
 
 type binOpr int8
@@ -1049,31 +1084,36 @@ func (p *parser) binopr() binOpr {
 	return noBinOpr
 }
 
-func (p *parser) subexpr(limit int) (binOpr, error) {
+func (p *parser) subexpr(limit int) (binOpr, bool, error) {
 	if err := p.enterlevel(); err != nil {
-		return noBinOpr, err
+		return noBinOpr, false, err
 	}
+	isCall := false
 	if p.t.kind == tNot || p.is('-') || p.is('#') {
 		if err := p.next(); err != nil {
-			return noBinOpr, err
+			return noBinOpr, false, err
 		}
-		if _, err := p.subexpr(unaryPriority); err != nil {
-			return noBinOpr, err
+		if _, _, err := p.subexpr(unaryPriority); err != nil {
+			return noBinOpr, false, err
 		}
-	} else if err := p.simpleexp(); err != nil {
-		return noBinOpr, err
+	} else {
+		var err error
+		if isCall, err = p.simpleexp(); err != nil {
+			return noBinOpr, false, err
+		}
 	}
 	op := p.binopr()
 	for op != noBinOpr && priority[op].left > limit {
+		isCall = false
 		if err := p.next(); err != nil {
-			return noBinOpr, err
+			return noBinOpr, false, err
 		}
-		nextop, err := p.subexpr(priority[op].right)
+		nextop, _, err := p.subexpr(priority[op].right)
 		if err != nil {
-			return noBinOpr, err
+			return noBinOpr, false, err
 		}
 		op = nextop
 	}
 	p.level--
-	return op, nil
+	return op, isCall, nil
 }

@@ -14,6 +14,11 @@ type Options struct {
 	Vararg   string // replaces `...` used in the main chunk (not inside functions), e.g. "__kf_E.__kf_V()"
 	Tick     string // inserted at the start of every loop body and function body, e.g. "__kf_E.__kf_T();"
 	Reserved string // identifier prefix the script may not use anywhere, e.g. "__kf_"
+	// TailCall opens a call around the call of a `return f(...)`, closed by
+	// ")" after it, e.g. "__kf_E.__kf_I(" with a function that returns its
+	// arguments: f then runs as an ordinary call, and Lua keeps the
+	// returning function's line for errors raised inside f.
+	TailCall string
 }
 
 // SyntaxError is text that Lua 5.1 does not compile. Msg follows Lua's
@@ -64,7 +69,7 @@ func Transform(src []byte, opt Options) ([]byte, error) {
 	if err := opt.check(); err != nil {
 		return nil, err
 	}
-	sandboxed := opt.Read != "" || opt.Write != "" || opt.Vararg != "" || opt.Tick != ""
+	sandboxed := opt.Read != "" || opt.Write != "" || opt.Vararg != "" || opt.Tick != "" || opt.TailCall != ""
 	p, err := analyze(src, opt.Reserved, sandboxed)
 	if err != nil {
 		return nil, err
@@ -94,7 +99,7 @@ func Transform(src []byte, opt Options) ([]byte, error) {
 			if last < len(src) && needSpace(out[len(out)-1], src[last]) {
 				out = append(out, ' ')
 			}
-		case editTick:
+		case editTick, editTailOpen, editTailClose:
 			if last < len(src) && needSpace(out[len(out)-1], src[last]) {
 				out = append(out, ' ')
 			}
@@ -139,6 +144,13 @@ func (o Options) text(k editKind) string {
 		return o.Write
 	case editVararg:
 		return o.Vararg
+	case editTailOpen:
+		return o.TailCall
+	case editTailClose:
+		if o.TailCall == "" {
+			return ""
+		}
+		return ")"
 	}
 	return o.Tick
 }
@@ -147,11 +159,14 @@ func (o Options) text(k editKind) string {
 // name it prefixes.
 func (o Options) check() error {
 	for _, f := range []struct{ name, v string }{
-		{"Read", o.Read}, {"Write", o.Write}, {"Vararg", o.Vararg}, {"Tick", o.Tick}, {"Reserved", o.Reserved},
+		{"Read", o.Read}, {"Write", o.Write}, {"Vararg", o.Vararg}, {"Tick", o.Tick}, {"Reserved", o.Reserved}, {"TailCall", o.TailCall},
 	} {
 		if strings.ContainsAny(f.v, "\r\n\x00") {
 			return fmt.Errorf("luasrc: Options.%s %q contains a line break or NUL", f.name, f.v)
 		}
+	}
+	if o.TailCall != "" && !strings.HasSuffix(o.TailCall, "(") {
+		return fmt.Errorf("luasrc: Options.TailCall %q does not end with '('", o.TailCall)
 	}
 	if o.Tick != "" && !strings.HasSuffix(o.Tick, ";") {
 		// Without the ';' a body that starts with '(' would become the
