@@ -38,8 +38,8 @@ func addLeastPrivilegeUser(t testing.TB, up *redistest.Server, id, pass string) 
 }
 
 // startLeastPrivilegeProxy starts keyfence for tenant id logged in upstream
-// as the least-privilege user, its logs (debug level) going to logs.
-func startLeastPrivilegeProxy(t *testing.T, up *redistest.Server, id string, db int, logs *syncBuffer, mutate func(*Config)) string {
+// as the least-privilege user; mutate may change the rest of the config.
+func startLeastPrivilegeProxy(t *testing.T, up *redistest.Server, id string, db int, mutate func(*Config)) string {
 	t.Helper()
 	pass := "pw-" + id + "-least-privilege"
 	user := addLeastPrivilegeUser(t, up, id, pass)
@@ -48,7 +48,6 @@ func startLeastPrivilegeProxy(t *testing.T, up *redistest.Server, id string, db 
 		c.Upstream.Username = user
 		c.Upstream.Password = pass
 		c.Upstream.DB = db
-		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		if mutate != nil {
 			mutate(c)
 		}
@@ -93,11 +92,25 @@ func TestACLUserIsNarrow(t *testing.T) {
 }
 
 // keyfence logged in as the user `keyfence acl` prints runs the isolation
-// workload and every emulated command without one NOPERM. The upstream is
-// its own (with keyspace notifications on), so the workload's databases are
-// this test's alone.
+// workload and every emulated command without one NOPERM; the same run with
+// the unrestricted default user shows keyfence alone keeps the tenants
+// apart. Each run has an upstream of its own (with keyspace notifications
+// on), so the workload's databases are its alone.
 func TestACLUserRunsEverything(t *testing.T) {
 	t.Parallel()
+	for _, leastPrivilege := range []bool{true, false} {
+		name := "default user"
+		if leastPrivilege {
+			name = "least-privilege user"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			runUpstreamUser(t, leastPrivilege)
+		})
+	}
+}
+
+func runUpstreamUser(t *testing.T, leastPrivilege bool) {
 	up := redistest.StartT(t, redistest.Options{Args: []string{"--notify-keyspace-events", "KEA"}})
 	ctx := testCtx(t)
 	errs := &errCounter{}
@@ -113,12 +126,22 @@ func TestACLUserRunsEverything(t *testing.T) {
 	cache := fallback.Defaults()
 	runs := map[string]*tenantRun{}
 	for _, id := range []string{"acla", "aclb"} {
-		var mutate func(*Config)
-		if id == "aclb" {
-			// b also runs the read cache: its CLIENT TRACKING must pass.
-			mutate = func(c *Config) { c.Fallback, c.FallbackCache = &cache, true }
+		mutate := func(c *Config) {
+			c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			if id == "aclb" {
+				// b also runs the read cache: its CLIENT TRACKING must pass.
+				c.Fallback, c.FallbackCache = &cache, true
+			}
 		}
-		addr := startLeastPrivilegeProxy(t, up, id, isoDB, logs, mutate)
+		var addr string
+		if leastPrivilege {
+			addr = startLeastPrivilegeProxy(t, up, id, isoDB, mutate)
+		} else {
+			addr = startProxy(t, up, func(c *Config) {
+				c.Tenant, c.Upstream.DB = id, isoDB
+				mutate(c)
+			})
+		}
 		hook := &countHook{tenant: id, errs: errs}
 		c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, PoolSize: 4})
 		c.AddHook(hook)
@@ -174,7 +197,7 @@ func TestACLUserRunsEverything(t *testing.T) {
 			t.Errorf("keyfence logged %q:\n%s", bad, log)
 		}
 	}
-	t.Logf("least-privilege user: %d + %d commands, %d NOPERM", a.hook.n.Load(), b.hook.n.Load(), len(errs.noperm))
+	t.Logf("%d + %d commands, %d NOPERM, %d other errors", a.hook.n.Load(), b.hook.n.Load(), len(errs.noperm), len(errs.other))
 }
 
 // aclEmulated runs the commands keyfence emulates with commands of its own
