@@ -15,10 +15,14 @@ FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/keyfence /usr/local/bin/keyfence
 USER 65532:65532
 # keyfence listens on loopback by default, which nothing outside the container
-# can reach: inside a container, listen on all interfaces. Override with
-# -e PROXY_LISTEN=... / -e PROXY_ADMIN=... or the --listen / --admin flags.
-# 6380: the Redis protocol; 9121: admin HTTP (/metrics, /healthz, /readyz).
+# can reach: inside a container the Redis protocol listens on all interfaces
+# (6380, the only port exposed). The admin endpoint (9121: /metrics,
+# /healthz, /readyz, and /debug/pprof with PROXY_ADMIN_PPROF=true) stays on
+# the container's loopback: to scrape it or probe it over HTTP, set
+# PROXY_ADMIN=0.0.0.0:9121 together with PROXY_ADMIN_TOKEN_FILE (keyfence
+# refuses a non-loopback admin address without a token). See README,
+# "The container".
 ENV PROXY_LISTEN=0.0.0.0:6380 \
-    PROXY_ADMIN=0.0.0.0:9121
-EXPOSE 6380 9121
+    PROXY_ADMIN=127.0.0.1:9121
+EXPOSE 6380
 ENTRYPOINT ["/usr/local/bin/keyfence"]

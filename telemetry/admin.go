@@ -2,12 +2,15 @@ package telemetry
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"strings"
 	"time"
 )
 
@@ -20,12 +23,39 @@ type Admin struct {
 // ReadyFunc reports whether keyfence can serve clients now.
 type ReadyFunc func(ctx context.Context) error
 
+// AdminOptions are the admin endpoint's settings.
+type AdminOptions struct {
+	// Token, when set, must be sent as "Authorization: Bearer <token>" on
+	// every path but /healthz and /readyz, which orchestrators probe
+	// without credentials; /readyz then withholds its reason from
+	// requests without the token.
+	Token string
+	// Pprof serves /debug/pprof/. Profiles show the process's internals and
+	// cost CPU while they run, so they are off unless asked for.
+	Pprof bool
+	// Cmdline is what /debug/pprof/cmdline shows: the process's arguments
+	// with the values of secret flags already redacted by the caller, who
+	// knows which flags hold secrets. net/http/pprof's own handler would
+	// print os.Args as they are.
+	Cmdline []string
+}
+
 // NewAdmin binds addr and prepares the handlers.
-func NewAdmin(addr string, ready ReadyFunc, metrics http.Handler, log *slog.Logger) (*Admin, error) {
+func NewAdmin(addr string, ready ReadyFunc, metrics http.Handler, log *slog.Logger, opts AdminOptions) (*Admin, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("admin listen %s: %w", addr, err)
 	}
+	return &Admin{
+		srv: &http.Server{Handler: adminHandler(ready, metrics, opts), ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)},
+		ln:  ln,
+	}, nil
+}
+
+// adminHandler routes the admin paths; every one but the probes goes
+// through the token check.
+func adminHandler(ready ReadyFunc, metrics http.Handler, opts AdminOptions) http.Handler {
+	auth := tokenCheck(opts.Token)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
@@ -34,7 +64,13 @@ func NewAdmin(addr string, ready ReadyFunc, metrics http.Handler, log *slog.Logg
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
 		if err := ready(ctx); err != nil {
-			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			// The reason names the upstream and its failure: only for
+			// those who hold the token (or when there is none).
+			msg := "not ready"
+			if auth(r) {
+				msg += ": " + err.Error()
+			}
+			http.Error(w, msg, http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = w.Write([]byte("ready\n"))
@@ -42,15 +78,53 @@ func NewAdmin(addr string, ready ReadyFunc, metrics http.Handler, log *slog.Logg
 	if metrics != nil {
 		mux.Handle("GET /metrics", metrics)
 	}
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	return &Admin{
-		srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)},
-		ln:  ln,
-	}, nil
+	if opts.Pprof {
+		cmdline := []byte(strings.Join(opts.Cmdline, "\x00"))
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", func(w http.ResponseWriter, _ *http.Request) {
+			// The format of net/http/pprof's: NUL-separated arguments.
+			w.Header().Set("X-Content-Type-Options", "nosniff")
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			_, _ = w.Write(cmdline)
+		})
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/healthz", "/readyz":
+		default:
+			if !auth(r) {
+				// Unknown paths too: without the token nobody learns
+				// which paths exist (whether pprof is on).
+				w.Header().Set("WWW-Authenticate", `Bearer realm="keyfence admin"`)
+				http.Error(w, "unauthorized: send Authorization: Bearer <the admin token>", http.StatusUnauthorized)
+				return
+			}
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// tokenCheck returns a function that reports whether a request carries the
+// token; every request passes when token is empty. Both sides are hashed
+// before the constant-time comparison so that neither the token's content
+// nor its length shows in the time a refusal takes.
+func tokenCheck(token string) func(*http.Request) bool {
+	if token == "" {
+		return func(*http.Request) bool { return true }
+	}
+	want := sha256.Sum256([]byte(token))
+	return func(r *http.Request) bool {
+		h := r.Header.Get("Authorization")
+		const scheme = "bearer "
+		if len(h) < len(scheme) || !strings.EqualFold(h[:len(scheme)], scheme) {
+			return false
+		}
+		got := sha256.Sum256([]byte(strings.TrimSpace(h[len(scheme):])))
+		return subtle.ConstantTimeCompare(got[:], want[:]) == 1
+	}
 }
 
 // Addr returns the bound address.

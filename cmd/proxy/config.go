@@ -17,6 +17,7 @@ import (
 	"github.com/keyfence/keyfence/fallback"
 	"github.com/keyfence/keyfence/proxy"
 	"github.com/keyfence/keyfence/rewrite"
+	"github.com/keyfence/keyfence/telemetry"
 )
 
 // settings are the raw values of every flag; each flag's default comes from
@@ -41,14 +42,22 @@ type settings struct {
 	breakerFailures, breakerProbes, fallbackMaxBytes  int
 	breakerOpenTimeout, fallbackTTL, upstreamTimeout  time.Duration
 	logLevel                                          string
+	adminTokenFile                                    string
+	adminPprof                                        bool
+	// secret settings: read after parsing (see secretSetting)
+	redisPasswordFile, sentinelPasswordFile, clientPasswordFile string
+	adminToken                                                  string
 }
 
 // config is what main needs to run.
 type config struct {
 	proxy           proxy.Config
 	admin           string
+	adminOpts       telemetry.AdminOptions
 	shutdownTimeout time.Duration
 	logLevel        slog.Level
+	// warnings are logged at start-up: settings that work but are unsafe.
+	warnings []string
 }
 
 // parseConfig reads flags (args, without the program name) over environment
@@ -95,16 +104,28 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*con
 		}
 		fs.BoolVar(p, name, def, usage+" (env "+env+")")
 	}
+	// Secrets never become a flag's default: --help prints defaults, and
+	// the value would show wherever its output goes. They are resolved
+	// after parsing, from the flag, the environment or a file.
+	var secrets []*secretSetting
+	secret := func(p *string, name, env, usage string) {
+		sc := &secretSetting{dst: p, name: name, env: env}
+		fs.StringVar(&sc.flagValue, name, "", usage+" (env "+env+"; visible in the process list as a flag: prefer the environment or --"+name+"-file)")
+		fs.StringVar(&sc.flagFile, name+"-file", "", "file holding "+usage+"; one trailing newline is ignored (env "+env+"_FILE)")
+		secrets = append(secrets, sc)
+	}
 	str(&s.tenant, "tenant", "TENANT_ID", "", "tenant id, [A-Za-z0-9_-]{1,64}; every client belongs to it (required)")
 	str(&s.listen, "listen", "PROXY_LISTEN", "127.0.0.1:6380", "address clients connect to")
-	str(&s.admin, "admin", "PROXY_ADMIN", "127.0.0.1:9121", "admin HTTP address (/healthz, /readyz, /debug/pprof); empty: off")
+	str(&s.admin, "admin", "PROXY_ADMIN", "127.0.0.1:9121", "admin HTTP address (/healthz, /readyz, /metrics, /debug/pprof); empty: off; an address other than loopback needs an admin token")
+	str(&s.adminTokenFile, "admin-token-file", "PROXY_ADMIN_TOKEN_FILE", "", "file holding the bearer token every admin path but /healthz and /readyz requires (or env PROXY_ADMIN_TOKEN; no flag takes the token itself)")
+	boolean(&s.adminPprof, "admin-pprof", "PROXY_ADMIN_PPROF", false, "serve /debug/pprof on the admin address")
 	str(&s.keyFormat, "key-format", "PROXY_KEY_FORMAT", rewrite.DefaultKeyFormat, "namespace of the tenant's keys; {tenant} is replaced by the id")
 	str(&s.redisHost, "redis-host", "REDIS_HOST", "localhost", "upstream Redis host")
 	num(&s.redisPort, "redis-port", "REDIS_PORT", 6379, "upstream Redis port")
 	str(&s.redisUsername, "redis-username", "REDIS_USERNAME", "", "upstream ACL user name")
-	str(&s.redisPassword, "redis-password", "REDIS_PASSWORD", "", "upstream password")
+	secret(&s.redisPassword, "redis-password", "REDIS_PASSWORD", "the upstream password")
 	num(&s.redisDB, "redis-db", "REDIS_DB", 0, "upstream database clients start in (SELECT moves them)")
-	str(&s.redisURL, "redis-url", "REDIS_URL", "", "upstream as redis://[user:password@]host:port[/db] or rediss:// for TLS; overrides the REDIS_HOST… settings")
+	secret(&s.redisURL, "redis-url", "REDIS_URL", "the upstream as redis://[user:password@]host:port[/db] or rediss:// for TLS; overrides the REDIS_HOST… settings")
 	boolean(&s.redisTLS, "redis-tls", "REDIS_TLS", false, "connect to upstream over TLS")
 	str(&s.redisTLSCAFile, "redis-tls-ca-file", "REDIS_TLS_CA_FILE", "", "PEM CA bundle that signs upstream's certificate; empty: the system's roots")
 	str(&s.redisTLSCertFile, "redis-tls-cert-file", "REDIS_TLS_CERT_FILE", "", "PEM client certificate for upstreams that require one (mTLS)")
@@ -113,11 +134,11 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*con
 	boolean(&s.redisTLSInsecure, "redis-tls-insecure-skip-verify", "REDIS_TLS_INSECURE_SKIP_VERIFY", false, "accept any upstream certificate (testing only)")
 	str(&s.sentinels, "redis-sentinels", "REDIS_SENTINELS", "", "Sentinel mode: sentinels as host:port,host:port,...; the master they name is the upstream (REDIS_HOST and REDIS_PORT are ignored; TLS settings apply to the sentinels too)")
 	str(&s.sentinelMaster, "redis-sentinel-master", "REDIS_SENTINEL_MASTER", proxy.DefaultSentinelMaster, "name of the master the sentinels monitor")
-	str(&s.sentinelPassword, "redis-sentinel-password", "REDIS_SENTINEL_PASSWORD", "", "password of the sentinels (their requirepass)")
+	secret(&s.sentinelPassword, "redis-sentinel-password", "REDIS_SENTINEL_PASSWORD", "the password of the sentinels (their requirepass)")
 	str(&s.tlsCert, "tls-cert", "PROXY_TLS_CERT", "", "PEM certificate of the client listener; with --tls-key, clients must connect with TLS")
 	str(&s.tlsKey, "tls-key", "PROXY_TLS_KEY", "", "PEM key of --tls-cert")
 	str(&s.tlsClientCA, "tls-client-ca", "PROXY_TLS_CLIENT_CA", "", "PEM CA bundle; clients must present a certificate signed by it (mTLS)")
-	str(&s.clientPassword, "client-password", "PROXY_CLIENT_PASSWORD", "", "password clients must AUTH with; empty: none, like a Redis without requirepass")
+	secret(&s.clientPassword, "client-password", "PROXY_CLIENT_PASSWORD", "the password clients must AUTH with (empty: none, like a Redis without requirepass)")
 	num(&s.maxClients, "max-clients", "PROXY_MAX_CLIENTS", 10000, "client connections at most; more get Redis's 'max number of clients reached'")
 	num(&s.maxRequestBytes, "max-request-bytes", "PROXY_MAX_REQUEST_BYTES", rewrite.DefaultLimits.MaxRequestBytes, "largest request a client may send")
 	num(&s.sharedConns, "shared-conns", "PROXY_SHARED_CONNS", 1, "multiplexed upstream connections per database and protocol (one batches best, as twemproxy's server_connections: 1)")
@@ -155,7 +176,119 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*con
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q (settings are flags: see --help)", fs.Arg(0))
 	}
-	return s.config()
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var warnings []string
+	for _, sc := range secrets {
+		fromFlag, err := sc.resolve(given, getenv)
+		if err != nil {
+			return nil, err
+		}
+		if fromFlag && (sc.name != "redis-url" || urlHasPassword(*sc.dst)) {
+			warnings = append(warnings, "--"+sc.name+" is visible to every local user in the process list (ps, /proc/<pid>/cmdline): set "+sc.env+" or --"+sc.name+"-file instead")
+		}
+	}
+	token, err := adminToken(s.adminTokenFile, getenv)
+	if err != nil {
+		return nil, err
+	}
+	s.adminToken = token
+	cfg, err := s.config()
+	if err != nil {
+		return nil, err
+	}
+	cfg.warnings = warnings
+	return cfg, nil
+}
+
+// secretSetting is a password-like setting: a flag, an environment variable
+// and the *_FILE form of each. Flags win over the environment, as for every
+// setting; a value and a file at the same level are an error rather than a
+// guess.
+type secretSetting struct {
+	dst                 *string
+	name, env           string
+	flagValue, flagFile string
+}
+
+// resolve sets *dst and reports whether the value came from the --name flag
+// itself (the only place other local users can read it).
+func (sc *secretSetting) resolve(given map[string]bool, getenv func(string) string) (fromFlag bool, err error) {
+	switch {
+	case given[sc.name] && given[sc.name+"-file"]:
+		return false, fmt.Errorf("--%s and --%s-file: set one", sc.name, sc.name)
+	case given[sc.name]:
+		*sc.dst = sc.flagValue
+		return true, nil
+	case given[sc.name+"-file"]:
+		*sc.dst, err = readSecretFile("--"+sc.name+"-file", sc.flagFile)
+		return false, err
+	}
+	v, file := getenv(sc.env), getenv(sc.env+"_FILE")
+	switch {
+	case v != "" && file != "":
+		return false, fmt.Errorf("%s and %s_FILE: set one", sc.env, sc.env)
+	case file != "":
+		*sc.dst, err = readSecretFile(sc.env+"_FILE", file)
+		return false, err
+	}
+	*sc.dst = v
+	return false, nil
+}
+
+// readSecretFile reads a secret from a file as Docker and Kubernetes mount
+// them. The error names the setting and the path, never the content.
+func readSecretFile(setting, path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", setting, err)
+	}
+	v := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
+	if v == "" {
+		return "", fmt.Errorf("%s %s: the file is empty", setting, path)
+	}
+	if strings.ContainsAny(v, "\r\n") {
+		return "", fmt.Errorf("%s %s: more than one line; the file must hold the secret alone", setting, path)
+	}
+	return v, nil
+}
+
+// minAdminToken is the shortest admin token accepted: a guessable token
+// would make the check decoration.
+const minAdminToken = 16
+
+// adminToken reads the admin token from --admin-token-file /
+// PROXY_ADMIN_TOKEN_FILE or PROXY_ADMIN_TOKEN. There is deliberately no
+// flag holding the token itself.
+func adminToken(file string, getenv func(string) string) (string, error) {
+	env := getenv("PROXY_ADMIN_TOKEN")
+	var tok string
+	switch {
+	case file != "" && env != "":
+		return "", errors.New("PROXY_ADMIN_TOKEN and --admin-token-file (PROXY_ADMIN_TOKEN_FILE): set one")
+	case file != "":
+		t, err := readSecretFile("--admin-token-file", file)
+		if err != nil {
+			return "", err
+		}
+		tok = t
+	default:
+		tok = env
+	}
+	if tok != "" && len(strings.TrimSpace(tok)) < minAdminToken {
+		return "", fmt.Errorf("admin token: at least %d characters, e.g. from openssl rand -hex 32", minAdminToken)
+	}
+	return strings.TrimSpace(tok), nil
+}
+
+// urlHasPassword reports whether a REDIS_URL carries a password (redis://
+// user:pass@ or the redis://pass@ form applyURL accepts).
+func urlHasPassword(raw string) bool {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return strings.Contains(raw, "@") // unparsable: assume the worst
+	}
+	return u.User != nil
 }
 
 func (s *settings) config() (*config, error) {
@@ -175,6 +308,11 @@ func (s *settings) config() (*config, error) {
 		if err := checkHostPort("--admin", s.admin); err != nil {
 			return nil, err
 		}
+		if s.adminToken == "" && !loopback(s.admin) {
+			return nil, fmt.Errorf("--admin %q is reachable from the network: set PROXY_ADMIN_TOKEN or --admin-token-file (PROXY_ADMIN_TOKEN_FILE), or bind it to 127.0.0.1", s.admin)
+		}
+	} else if s.adminPprof {
+		return nil, errors.New("--admin-pprof needs the admin endpoint: set --admin (PROXY_ADMIN)")
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(s.logLevel)); err != nil {
@@ -280,6 +418,7 @@ func (s *settings) config() (*config, error) {
 			FallbackCache:   s.fallback,
 		},
 		admin:           s.admin,
+		adminOpts:       telemetry.AdminOptions{Token: s.adminToken, Pprof: s.adminPprof},
 		shutdownTimeout: s.shutdownTimeout,
 		logLevel:        level,
 	}, nil
@@ -375,6 +514,20 @@ func (s *settings) listenerTLS() (*tls.Config, error) {
 	return c, nil
 }
 
+// loopback reports whether addr (host:port) can be reached only from this
+// host: a loopback IP or "localhost". An empty host means every interface.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
 func checkHostPort(name, addr string) error {
 	_, port, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -427,6 +580,66 @@ func applyURL(up *proxy.UpstreamConfig, raw string) error {
 	return nil
 }
 
-func redact(u *url.URL) string { return u.Redacted() }
+// redact shows a URL without its secret. url.Redacted hides only a
+// password, but applyURL also takes redis://password@host, so user info
+// without a password is hidden whole.
+func redact(u *url.URL) string {
+	if u.User == nil {
+		return u.String()
+	}
+	c := *u
+	if _, ok := u.User.Password(); ok {
+		c.User = url.UserPassword(u.User.Username(), "xxxxx")
+	} else {
+		c.User = url.User("xxxxx")
+	}
+	return c.String()
+}
 
 func lookupEnv(name string) string { return os.Getenv(name) }
+
+// secretFlags are the flags whose values are secrets (or, for --redis-url,
+// may hold one).
+var secretFlags = map[string]bool{"redis-password": true, "redis-sentinel-password": true, "client-password": true, "redis-url": true}
+
+// redactArgs returns args (without the program name) with the values of
+// secret flags replaced, in every form the flag package accepts: -name v,
+// --name v, -name=v, --name=v. A --redis-url keeps everything but its
+// password. Parsing stops where the flag package stops (at "--" or the
+// first non-flag), but what follows is redacted too if it looks like a
+// secret flag: a refused command line is still shown.
+func redactArgs(args []string) []string {
+	out := make([]string, len(args))
+	copy(out, args)
+	for i := 0; i < len(out); i++ {
+		a := out[i]
+		if !strings.HasPrefix(a, "-") {
+			continue
+		}
+		name := strings.TrimLeft(a, "-")
+		value, hasValue := "", false
+		if eq := strings.IndexByte(name, '='); eq >= 0 {
+			name, value, hasValue = name[:eq], name[eq+1:], true
+		}
+		if !secretFlags[name] {
+			continue
+		}
+		dashes := a[:len(a)-len(strings.TrimLeft(a, "-"))]
+		if hasValue {
+			out[i] = dashes + name + "=" + redactValue(name, value)
+		} else if i+1 < len(out) {
+			out[i+1] = redactValue(name, out[i+1])
+			i++
+		}
+	}
+	return out
+}
+
+func redactValue(name, v string) string {
+	if name == "redis-url" {
+		if u, err := url.Parse(v); err == nil {
+			return redact(u)
+		}
+	}
+	return "xxxxx"
+}

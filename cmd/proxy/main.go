@@ -16,6 +16,17 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "acl" {
+		err := runACL(os.Args[2:], lookupEnv, os.Stdout, os.Stderr)
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "keyfence: "+err.Error())
+			os.Exit(2)
+		}
+		return
+	}
 	cfg, err := parseConfig(os.Args[1:], lookupEnv, os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
@@ -34,6 +45,9 @@ func run(cfg *config) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.logLevel}))
 	slog.SetDefault(log) // parts configured before run (the Sentinel resolver) log through it
 	cfg.proxy.Logger = log
+	for _, w := range cfg.warnings {
+		log.Warn(w)
+	}
 	var srv *proxy.Server
 	gauges := telemetry.Gauges{
 		Sessions:    func() int64 { return int64(srv.Stats().Sessions) },
@@ -61,7 +75,9 @@ func run(cfg *config) error {
 
 	var admin *telemetry.Admin
 	if cfg.admin != "" {
-		admin, err = telemetry.NewAdmin(cfg.admin, srv.Ping, metrics.Handler(), log)
+		opts := cfg.adminOpts
+		opts.Cmdline = append([]string{os.Args[0]}, redactArgs(os.Args[1:])...)
+		admin, err = telemetry.NewAdmin(cfg.admin, srv.Ping, metrics.Handler(), log, opts)
 		if err != nil {
 			return err
 		}
@@ -70,7 +86,7 @@ func run(cfg *config) error {
 				log.Error("admin listener stopped", "err", err)
 			}
 		}()
-		log.Info("admin listening", "addr", admin.Addr().String())
+		log.Info("admin listening", "addr", admin.Addr().String(), "token", cfg.adminOpts.Token != "", "pprof", cfg.adminOpts.Pprof)
 	}
 	// Serve returns when ctx is cancelled by a signal; then drain.
 	if err := srv.Serve(ctx); err != nil {

@@ -1,0 +1,138 @@
+package proxy
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/keyfence/keyfence/rewrite"
+)
+
+// ownCommands are the commands keyfence sends upstream on its own account,
+// beyond the tenant's forwarded commands (which come from the command table
+// itself, see ACLCommands): to set up connections, to emulate commands
+// answered per tenant, and to follow the upstream topology. Each is here for
+// the reason given, found by reading every place the proxy writes a command
+// of its own (dial, call, appendArgs). A command that keyfence starts sending
+// belongs here, or the least-privilege user of `keyfence acl` gets NOPERM;
+// TestACLUserRunsEverything runs the workload as that user to catch it.
+var ownCommands = []struct{ name, why string }{
+	// Connection set-up (upstream.go dial) and health.
+	{"hello", "RESP3 and AUTH on every new upstream connection"},
+	{"auth", "log in as the upstream user on RESP2 connections"},
+	{"select", "a client's SELECT n maps to a connection group on upstream database n"},
+	{"ping", "readiness (/readyz), subscriber keep-alive, PING inside MULTI, TLS set-up"},
+	{"echo", "ECHO inside MULTI is queued upstream so its reply keeps its place"},
+	// Transactions on a pinned connection; SORT … STORE runs as one.
+	{"multi", "MULTI, and SORT … BY/GET … STORE emulated as MULTI DEL RPUSH EXEC"},
+	{"exec", "as MULTI"},
+	{"discard", "as MULTI"},
+	{"unwatch", "UNWATCH on a pinned connection"},
+	// The per-tenant emulation of keyspace-wide commands.
+	{"scan", "KEYS, DBSIZE, RANDOMKEY and FLUSHDB/FLUSHALL walk the tenant's keys with SCAN MATCH <prefix>*"},
+	{"unlink", "FLUSHDB/FLUSHALL delete the tenant's keys found by SCAN"},
+	{"pttl", "RANDOMKEY and the read cache check a key's time to live"},
+	{"type", "SORT … BY/GET is run by keyfence, which reads the sorted key by its type"},
+	{"info", "INFO (keyspace, server, memory, persistence sections, filtered per tenant) and the Sentinel master check (INFO replication)"},
+	{"command|info", "COMMAND and COMMAND INFO are answered from upstream's metadata of the allowed commands"},
+	{"command|docs", "COMMAND DOCS, as COMMAND INFO"},
+	{"command|list", "COMMAND LIST FILTERBY is filtered from upstream's answer"},
+	{"command|help", "COMMAND HELP is forwarded as is"},
+	{"command|getkeys", "COMMAND GETKEYS of a command that is not keyed is forwarded"},
+	{"command|getkeysandflags", "COMMAND GETKEYSANDFLAGS is forwarded"},
+	// Scripts: the wrapped script is loaded once and run by its SHA.
+	{"script|load", "EVAL and SCRIPT LOAD load the wrapped script"},
+	{"evalsha", "EVAL and EVALSHA run the wrapped script"},
+	{"evalsha_ro", "EVAL_RO and EVALSHA_RO run the wrapped script"},
+	// The Lua sandbox runtime loads one library of functions and runs the
+	// client's scripts through them.
+	{"function|load", "the sandbox runtime's library"},
+	{"function|list", "the sandbox runtime checks its library is loaded"},
+	{"fcall", "scripts run through the sandbox runtime"},
+	{"fcall_ro", "read-only scripts run through the sandbox runtime"},
+	// The read cache (--fallback) stays coherent through tracking of the
+	// tenant's prefix.
+	{"client|tracking", "CLIENT TRACKING ON BCAST PREFIX <prefix> on the cache's invalidation connection"},
+	// Redis Cluster (--redis-cluster-nodes).
+	{"cluster|slots", "the slot map"},
+	{"asking", "following an ASK redirection"},
+}
+
+// ACLCommands returns the commands the upstream user of a tenant needs, in
+// ACL syntax ("get", "object|encoding"), sorted: every command the table
+// forwards (policies keyed, pattern and channel) and ownCommands. Container
+// commands (CLIENT, OBJECT, …) are never granted whole, since "+client"
+// would grant every subcommand, present and future: only the subcommands
+// are.
+func ACLCommands() []string {
+	set := map[string]bool{}
+	for _, name := range rewrite.CommandNames() {
+		c := rewrite.Lookup(nameArgs(name))
+		if c == nil || c.IsContainer() {
+			continue
+		}
+		switch c.Policy {
+		case rewrite.PolicyKeyed, rewrite.PolicyPattern, rewrite.PolicyChannel:
+			set[c.Name] = true
+		}
+	}
+	for _, c := range ownCommands {
+		set[c.name] = true
+	}
+	names := make([]string, 0, len(set))
+	for n := range set {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// nameArgs turns "object|encoding" into the arguments OBJECT ENCODING.
+func nameArgs(name string) [][]byte {
+	var args [][]byte
+	for _, w := range strings.Split(name, "|") {
+		args = append(args, []byte(w))
+	}
+	return args
+}
+
+// ACLRules returns the ACL SETUSER rules, after the user name, of the
+// narrowest upstream user keyfence works with for the tenant whose keys
+// start with prefix. passwordSHA256 is the hex SHA-256 of the user's
+// password; empty leaves the user off and without a password, so that a
+// line pasted before a password is chosen grants nothing.
+func ACLRules(prefix, passwordSHA256 string) []string {
+	glob := rewrite.GlobEscape(prefix) + "*"
+	rules := []string{"reset"} // whatever the user had before goes
+	if passwordSHA256 == "" {
+		rules = append(rules, "off")
+	} else {
+		rules = append(rules, "on", "#"+passwordSHA256)
+	}
+	rules = append(rules,
+		"resetkeys", "~"+glob,
+		"resetchannels", "&"+glob,
+		// The literal patterns keyfence PSUBSCRIBEs for keyspace and
+		// keyevent notifications (rewrite.PatternLiteral): Redis compares
+		// PSUBSCRIBE patterns with channel rules literally.
+		"&__keyspace@*__:"+glob, "&__keyevent@*__:*",
+		"-@all")
+	for _, c := range ACLCommands() {
+		rules = append(rules, "+"+c)
+	}
+	return rules
+}
+
+// ValidACLUserName reports whether name can be a Redis ACL user name printed
+// on a redis-cli line: no blanks, control characters or quotes.
+func ValidACLUserName(name string) error {
+	if name == "" {
+		return fmt.Errorf("user name: empty")
+	}
+	for _, r := range name {
+		if r <= ' ' || r == 0x7f || r == '"' || r == '\'' {
+			return fmt.Errorf("user name %q: blanks, control characters and quotes are not allowed", name)
+		}
+	}
+	return nil
+}
