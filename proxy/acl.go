@@ -40,16 +40,12 @@ var ownCommands = []struct{ name, why string }{
 	{"command|help", "COMMAND HELP is forwarded as is"},
 	{"command|getkeys", "COMMAND GETKEYS of a command that is not keyed is forwarded"},
 	{"command|getkeysandflags", "COMMAND GETKEYSANDFLAGS is forwarded"},
-	// Scripts: the wrapped script is loaded once and run by its SHA.
-	{"script|load", "EVAL and SCRIPT LOAD load the wrapped script"},
-	{"evalsha", "EVAL and EVALSHA run the wrapped script"},
-	{"evalsha_ro", "EVAL_RO and EVALSHA_RO run the wrapped script"},
-	// The Lua sandbox runtime loads one library of functions and runs the
-	// client's scripts through them.
-	{"function|load", "the sandbox runtime's library"},
-	{"function|list", "the sandbox runtime checks its library is loaded"},
-	{"fcall", "scripts run through the sandbox runtime"},
-	{"fcall_ro", "read-only scripts run through the sandbox runtime"},
+	// Scripts run through keyfence's Lua sandbox: one function library,
+	// loaded on a server that lacks it, runs every script (scripts.go).
+	// EVAL and SCRIPT are never sent: the script cache stays empty.
+	{"function|load", "loads the sandbox library (keyfence_<version>) on a server that lacks it"},
+	{"fcall", "EVAL, EVALSHA and SCRIPT LOAD run and load scripts through the sandbox library"},
+	{"fcall_ro", "EVAL_RO and EVALSHA_RO run through the sandbox library"},
 	// The read cache (--fallback) stays coherent through tracking of the
 	// tenant's prefix.
 	{"client|tracking", "CLIENT TRACKING ON BCAST PREFIX <prefix> on the cache's invalidation connection"},
