@@ -30,10 +30,11 @@ const (
 
 // edit is one change at a byte offset: a free name's start, a `...`'s start,
 // or the end of the token a tick follows.
+// Offsets are int32 (Transform refuses 2 GiB of source): a hostile script
+// has one edit per few bytes.
 type edit struct {
-	pos  int
-	end  int // end of the name or `...`
-	kind editKind
+	pos, end int32 // end of the name or `...`
+	kind     editKind
 	// semicolon: a main-chunk `...` is directly followed by '(' that starts
 	// the next statement; after the replacement, which is a call, that '('
 	// would read as call arguments, so a ';' goes between.
@@ -42,7 +43,10 @@ type edit struct {
 
 // local is one declared local variable; its identity (the pointer) is what
 // upvalues are counted by, as lparser.c's indexupvalue does.
-type local struct{ name string }
+type local struct {
+	name string
+	fs   *funcState // the function that declares it
+}
 
 type blockCnt struct {
 	nactvar   int
@@ -56,7 +60,7 @@ type funcState struct {
 	actvar   []*local // active locals, innermost last
 	pending  []*local // declared, not yet active (new_localvar before adjustlocalvars)
 	nlocvars int
-	upvals   []*local
+	upvals   map[*local]bool
 	isVararg bool
 	blocks   []blockCnt
 }
@@ -93,6 +97,11 @@ type parser struct {
 	// caller's prelude declares as a local of the main chunk; so the main
 	// chunk gets one local less and every function one upvalue less.
 	sandboxSlot bool
+	// scope maps a name to its active declarations, innermost last, across
+	// all open functions: lparser.c searches each function's locals in
+	// turn, which a hostile script with many nested locals turns into
+	// seconds of work per name.
+	scope map[string][]*local
 }
 
 func (p *parser) errorf(format string, args ...any) error {
@@ -191,7 +200,26 @@ func (p *parser) openFunc(vararg bool) {
 	p.fs = &funcState{prev: p.fs, isVararg: vararg}
 }
 
-func (p *parser) closeFunc() { p.fs = p.fs.prev }
+func (p *parser) closeFunc() {
+	p.removevars(0)
+	p.fs = p.fs.prev
+}
+
+// removevars ends the scope of the current function's locals past level.
+// Scopes nest, so each is the innermost declaration of its name.
+func (p *parser) removevars(level int) {
+	fs := p.fs
+	for i := len(fs.actvar) - 1; i >= level; i-- {
+		name := fs.actvar[i].name
+		stack := p.scope[name]
+		if len(stack) == 1 {
+			delete(p.scope, name)
+		} else {
+			p.scope[name] = stack[:len(stack)-1]
+		}
+	}
+	fs.actvar = fs.actvar[:level]
+}
 
 func (p *parser) newLocalvar(name string) error {
 	fs := p.fs
@@ -206,12 +234,15 @@ func (p *parser) newLocalvar(name string) error {
 		return p.errorf("too many local variables")
 	}
 	fs.nlocvars++
-	fs.pending = append(fs.pending, &local{name: name})
+	fs.pending = append(fs.pending, &local{name: name, fs: fs})
 	return nil
 }
 
 func (p *parser) adjustlocalvars(n int) {
 	fs := p.fs
+	for _, v := range fs.pending[:n] {
+		p.scope[v.name] = append(p.scope[v.name], v)
+	}
 	fs.actvar = append(fs.actvar, fs.pending[:n]...)
 	fs.pending = fs.pending[n:]
 }
@@ -224,57 +255,42 @@ func (p *parser) leaveblock() {
 	fs := p.fs
 	bl := fs.blocks[len(fs.blocks)-1]
 	fs.blocks = fs.blocks[:len(fs.blocks)-1]
-	fs.actvar = fs.actvar[:bl.nactvar]
+	p.removevars(bl.nactvar)
 }
 
-// singlevaraux resolves name from fs outwards; nil means a free name. Each
-// function between the use and the declaration gets an upvalue.
-func (p *parser) singlevaraux(fs *funcState, name string) (*local, error) {
-	if fs == nil {
+// resolve finds the declaration name refers to here; nil means a free
+// name. Each function between the use and the declaration gets an upvalue,
+// as singlevaraux does; once one already has it, so have the ones outside.
+func (p *parser) resolve(name []byte) (*local, error) {
+	stack := p.scope[string(name)]
+	if len(stack) == 0 {
 		return nil, nil
 	}
-	for i := len(fs.actvar) - 1; i >= 0; i-- {
-		if fs.actvar[i].name == name {
-			return fs.actvar[i], nil
+	v := stack[len(stack)-1]
+	for fs := p.fs; fs != v.fs && !fs.upvals[v]; fs = fs.prev {
+		if len(fs.upvals)+1 > maxUpvalues {
+			return nil, p.errorf("too many upvalues (limit is %d)", maxUpvalues)
 		}
-	}
-	v, err := p.singlevaraux(fs.prev, name)
-	if v == nil || err != nil {
-		return nil, err
-	}
-	for _, u := range fs.upvals {
-		if u == v {
-			return v, nil
+		if p.sandboxSlot && len(fs.upvals)+1 > maxUpvalues-1 {
+			return nil, &UnsupportedError{Line: p.lx.line, Msg: fmt.Sprintf("a function with more than %d upvalues (the sandbox needs one of Lua's %d)", maxUpvalues-1, maxUpvalues)}
 		}
+		if fs.upvals == nil {
+			fs.upvals = map[*local]bool{}
+		}
+		fs.upvals[v] = true
 	}
-	if len(fs.upvals)+1 > maxUpvalues {
-		return nil, p.errorf("too many upvalues (limit is %d)", maxUpvalues)
-	}
-	if p.sandboxSlot && len(fs.upvals)+1 > maxUpvalues-1 {
-		return nil, &UnsupportedError{Line: p.lx.line, Msg: fmt.Sprintf("a function with more than %d upvalues (the sandbox needs one of Lua's %d)", maxUpvalues-1, maxUpvalues)}
-	}
-	fs.upvals = append(fs.upvals, v)
 	return v, nil
 }
 
 // isFree says whether name is a free name here, without recording upvalues.
-func (p *parser) isFree(name string) bool {
-	for fs := p.fs; fs != nil; fs = fs.prev {
-		for _, v := range fs.actvar {
-			if v.name == name {
-				return false
-			}
-		}
-	}
-	return true
-}
+func (p *parser) isFree(name []byte) bool { return len(p.scope[string(name)]) == 0 }
 
 func (p *parser) singlevar() (expDesc, error) {
 	if p.t.kind != tName {
 		return expDesc{}, p.expected("<name>")
 	}
 	tok := p.t
-	v, err := p.singlevaraux(p.fs, p.text(tok))
+	v, err := p.resolve(p.lx.src[tok.start:tok.end])
 	if err != nil {
 		return expDesc{}, err
 	}
@@ -284,13 +300,13 @@ func (p *parser) singlevar() (expDesc, error) {
 	if v != nil {
 		return expDesc{k: expLocal}, nil
 	}
-	p.edits = append(p.edits, edit{pos: tok.start, end: tok.end, kind: editRead})
+	p.edits = append(p.edits, edit{pos: int32(tok.start), end: int32(tok.end), kind: editRead})
 	return expDesc{k: expGlobal, edit: len(p.edits) - 1}, nil
 }
 
 // tick records a tick after the token just consumed.
 func (p *parser) tickAfter(t token) {
-	p.edits = append(p.edits, edit{pos: t.end, end: t.end, kind: editTick})
+	p.edits = append(p.edits, edit{pos: int32(t.end), end: int32(t.end), kind: editTick})
 }
 
 func blockFollow(k tokKind) bool {
@@ -677,8 +693,8 @@ func (p *parser) retstat() error {
 		return err
 	}
 	if isCall && !p.is(',') {
-		p.edits = slices.Insert(p.edits, mark, edit{pos: start, kind: editTailOpen})
-		p.edits = append(p.edits, edit{pos: p.prevEnd, kind: editTailClose})
+		p.edits = slices.Insert(p.edits, mark, edit{pos: int32(start), kind: editTailOpen})
+		p.edits = append(p.edits, edit{pos: int32(p.prevEnd), kind: editTailClose})
 	}
 	for {
 		ok, err := p.testnext(',')
@@ -935,7 +951,7 @@ func (p *parser) simpleexp() (bool, error) {
 		}
 		if p.fs.prev == nil {
 			p.dotsCalls++
-			p.edits = append(p.edits, edit{pos: dots.start, end: dots.end, kind: editVararg, semicolon: p.is('(')})
+			p.edits = append(p.edits, edit{pos: int32(dots.start), end: int32(dots.end), kind: editVararg, semicolon: p.is('(')})
 		}
 		return false, nil
 	case tFunction:
@@ -967,7 +983,7 @@ func (p *parser) constructor() error {
 			if err := p.lookahead(); err != nil {
 				return err
 			}
-			if p.ahead.kind == tChar && p.ahead.ch == '(' && p.lx.line != nameLine && p.isFree(p.text(p.t)) {
+			if p.ahead.kind == tChar && p.ahead.ch == '(' && p.lx.line != nameLine && p.isFree(p.lx.src[p.t.start:p.t.end]) {
 				// The look-ahead moved the lexer to the '(' line, so Lua
 				// does not see "f\n(" here as ambiguous; once f becomes
 				// Read+f there is no look-ahead and it is.

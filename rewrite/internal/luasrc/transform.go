@@ -2,6 +2,7 @@ package luasrc
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 )
@@ -55,7 +56,7 @@ func (e *UnsupportedError) Error() string { return fmt.Sprintf("line %d: %s", e.
 // analyze parses src as one Lua 5.1 chunk and returns the edits, in source
 // order.
 func analyze(src []byte, reserved string, sandboxSlot bool) (*parser, error) {
-	p := &parser{lx: lexer{src: src, line: 1, reserved: reserved}, sandboxSlot: sandboxSlot}
+	p := &parser{lx: lexer{src: src, line: 1, reserved: reserved}, sandboxSlot: sandboxSlot, scope: map[string][]*local{}}
 	if err := p.parseChunk(); err != nil {
 		return nil, err
 	}
@@ -69,6 +70,9 @@ func Transform(src []byte, opt Options) ([]byte, error) {
 	if err := opt.check(); err != nil {
 		return nil, err
 	}
+	if len(src) > math.MaxInt32 {
+		return nil, fmt.Errorf("luasrc: script of %d bytes is too large", len(src))
+	}
 	sandboxed := opt.Read != "" || opt.Write != "" || opt.Vararg != "" || opt.Tick != "" || opt.TailCall != ""
 	p, err := analyze(src, opt.Reserved, sandboxed)
 	if err != nil {
@@ -79,7 +83,7 @@ func Transform(src []byte, opt Options) ([]byte, error) {
 		grow += len(opt.text(e.kind)) + 2 // room for a separating space on each side
 	}
 	out := make([]byte, 0, len(src)+grow)
-	last := 0
+	last := int32(0)
 	for _, e := range p.edits {
 		out = append(out, src[last:e.pos]...)
 		last = e.pos
@@ -96,11 +100,11 @@ func Transform(src []byte, opt Options) ([]byte, error) {
 			if e.semicolon {
 				out = append(out, ';')
 			}
-			if last < len(src) && needSpace(out[len(out)-1], src[last]) {
+			if int(last) < len(src) && needSpace(out[len(out)-1], src[last]) {
 				out = append(out, ' ')
 			}
 		case editTick, editTailOpen, editTailClose:
-			if last < len(src) && needSpace(out[len(out)-1], src[last]) {
+			if int(last) < len(src) && needSpace(out[len(out)-1], src[last]) {
 				out = append(out, ' ')
 			}
 		}

@@ -340,3 +340,35 @@ func TestFreeNames(t *testing.T) {
 		}
 	}
 }
+
+// A returned call is wrapped so that it is no tail call; everything else a
+// return holds is left as it is.
+func TestTailCall(t *testing.T) {
+	opts := sandbox
+	opts.TailCall = "__kf_E.__kf_I("
+	for _, tc := range []struct{ src, want string }{
+		{"return f()", "return __kf_E.__kf_I(__kf_E.f())"},
+		{"return redis.call('GET', KEYS[1])", "return __kf_E.__kf_I(__kf_E.redis.call('GET', __kf_E.KEYS[1]))"},
+		{"local r = redis\nreturn r.call(\n'x')", "local r = __kf_E.redis\nreturn __kf_E.__kf_I(r.call(\n'x'))"},
+		{"return o:m{1}", "return __kf_E.__kf_I(__kf_E.o:m{1})"},
+		{"return f'x'", "return __kf_E.__kf_I(__kf_E.f'x')"},
+		{"return (f())", "return (__kf_E.f())"},
+		{"return f() + 1", "return __kf_E.f() + 1"},
+		{"return f(), g()", "return __kf_E.f(), __kf_E.g()"},
+		{"return -f()", "return -__kf_E.f()"},
+		{"return f", "return __kf_E.f"},
+		{"return", "return"},
+		{"local function g() return g() end", "local function g()__kf_E.__kf_T(); return __kf_E.__kf_I(g()) end"},
+		{"if x then return f(function() return h() end) end", "if __kf_E.x then return __kf_E.__kf_I(__kf_E.f(function()__kf_E.__kf_T(); return __kf_E.__kf_I(__kf_E.h()) end)) end"},
+	} {
+		out, err := Transform([]byte(tc.src), opts)
+		if err != nil {
+			t.Errorf("%q: %v", tc.src, err)
+			continue
+		}
+		if string(out) != tc.want {
+			t.Errorf("%q:\n got %q\nwant %q", tc.src, out, tc.want)
+		}
+		checkSandboxed(t, []byte(tc.src), out)
+	}
+}

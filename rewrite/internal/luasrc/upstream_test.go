@@ -199,7 +199,7 @@ func ourGlobals(src []byte) (reads, writes []string, err error) {
 // free names (reads and writes separately), and the transformed text, with
 // keyfence's prelude, compiles and has no global access at all. src must be
 // a script both accept.
-func checkAgainstLua(t *testing.T, ctx context.Context, c *redis.Client, name string, src []byte, lua luaResult) {
+func checkAgainstLua(t testing.TB, ctx context.Context, c *redis.Client, name string, src []byte, lua luaResult) {
 	t.Helper()
 	lr, lw, err := luaGlobals(lua.dump)
 	if err != nil {
@@ -243,6 +243,11 @@ func checkAgainstLua(t *testing.T, ctx context.Context, c *redis.Client, name st
 func startRedis(t *testing.T) (context.Context, *redis.Client) {
 	srv := redistest.StartT(t, redistest.Options{})
 	return t.Context(), srv.Client()
+}
+
+func startRedisF(f *testing.F) (context.Context, *redis.Client) {
+	srv := redistest.StartT(f, redistest.Options{})
+	return f.Context(), srv.Client()
 }
 
 // TestLuaGlobalsReader keeps the bytecode comparison honest: it must see
