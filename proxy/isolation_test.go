@@ -66,6 +66,9 @@ func startTenantProxy(t *testing.T, up *redistest.Server, id string, db int) str
 		c.Upstream.Username = user
 		c.Upstream.Password = pass
 		c.Upstream.DB = db
+		// The shared server sanitizes payloads, but the tenant user may
+		// not read CONFIG: the operator vouches, as the README says.
+		c.Upstream.AssumeRestoreSanitized = true
 	})
 }
 
