@@ -280,10 +280,6 @@ func (s *session) clusterCommand(ctx context.Context, cmd *rewrite.Command, args
 		}
 		s.addStatus("OK")
 		return true
-	case "keys":
-		s.flushBatch(ctx)
-		s.clusterKeys(ctx, args[1])
-		return true
 	case "scan":
 		s.flushBatch(ctx)
 		s.clusterScan(ctx, cmd, args)
@@ -326,30 +322,6 @@ func (s *session) startDeferredMulti(ctx context.Context, cmd *rewrite.Command, 
 	s.nreq++
 	s.slots = append(s.slots, slot{name: "multi", upstream: true, hidden: true})
 	return nil
-}
-
-// clusterKeys runs KEYS on every master and answers the union.
-func (s *session) clusterKeys(ctx context.Context, pattern []byte) {
-	conns, err := s.keyspaceConns(ctx, 0)
-	var all []value
-	for _, conn := range conns {
-		if err != nil {
-			break
-		}
-		var v value
-		v, err = s.call(ctx, conn, []byte("KEYS"), append(append([]byte(nil), s.rw.GlobPrefix()...), pattern...))
-		all = append(all, v.elems...)
-	}
-	if err != nil {
-		s.addLocalError(upstreamErrorText(err))
-		return
-	}
-	out := rewrite.AppendArrayHeader(nil, len(all))
-	for _, k := range all {
-		key, _ := s.rw.StripKey(k.str)
-		out = rewrite.AppendBulk(out, key)
-	}
-	s.addLocal(out)
 }
 
 // clusterScan walks the masters one after the other: the low byte of the

@@ -112,6 +112,10 @@ func allowedBeforeAuth(name string) bool {
 // tenant's namespace and adds it to the batch, or runs it on a pinned
 // connection when it would hold a shared one hostage.
 func (s *session) forwardRewritten(ctx context.Context, cmd *rewrite.Command, args [][]byte) {
+	if msg := s.payloadRefusal(ctx, cmd); msg != "" {
+		s.addLocalError(msg)
+		return
+	}
 	switch {
 	case isSubscribe(cmd.Name):
 		// Not subscribed (subscribed() took the rest): only UNSUBSCRIBE
@@ -272,6 +276,11 @@ func (s *session) queueInMulti(ctx context.Context, cmd *rewrite.Command, args [
 	if isSubscribe(cmd.Name) {
 		s.multiAbort = true
 		s.addLocalError("ERR keyfence: '" + cmd.Name + "' cannot be queued inside MULTI through keyfence")
+		return
+	}
+	if msg := s.payloadRefusal(ctx, cmd); msg != "" {
+		s.multiAbort = true
+		s.addLocalError(msg)
 		return
 	}
 	if !s.appendRewritten(cmd, args, rewrite.ReplyRaw) { // +QUEUED

@@ -51,6 +51,9 @@ func (s *session) emulate(ctx context.Context, cmd *rewrite.Command, args [][]by
 			return
 		}
 		s.addStatus("OK")
+	case "keys":
+		s.flushBatch(ctx)
+		s.keys(ctx, args[1])
 	case "dbsize":
 		s.flushBatch(ctx)
 		s.dbsize(ctx)

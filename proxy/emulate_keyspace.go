@@ -11,9 +11,13 @@ import (
 	"github.com/keyfence/keyfence/rewrite"
 )
 
-// scanBatch is how many keys one SCAN step asks for in the emulations; big
-// enough to be quick, small enough not to stall Redis.
-const scanBatch = "1000"
+// scanBatch returns the COUNT of every SCAN step of the emulations: Redis walks
+// about that many entries of the whole database per step, whoever's keys
+// they are (and at most ten times as many empty buckets), so one step costs
+// the same however many keys other tenants hold. KEYS, DBSIZE, RANDOMKEY and
+// FLUSHDB only ever send such steps (and UNLINK/PTTL of the tenant's own
+// keys found by them), never a command that walks the whole keyspace.
+func scanBatch() []byte { return strconv.AppendInt(nil, rewrite.MaxScanCount, 10) }
 
 // call runs one command on conn outside the client's batch and decodes the
 // reply. Upstream error replies are returned as errors.
@@ -34,10 +38,17 @@ func (s *session) call(ctx context.Context, conn *upConn, args ...[]byte) (value
 // each SCAN step's keys (still prefixed). SCAN may return a key twice while
 // Redis rehashes; the callers accept that, as Redis's own SCAN users do.
 func (s *session) scanTenant(ctx context.Context, conn *upConn, fn func(keys []value) error) error {
-	match := append(append([]byte(nil), s.rw.GlobPrefix()...), '*')
+	return s.scanTenantMatch(ctx, conn, []byte("*"), fn)
+}
+
+// scanTenantMatch is scanTenant over the tenant's keys that match the
+// client's glob pattern. Redis's SCAN MATCH and KEYS use the same matcher,
+// and the prefix is glob-escaped, so the two select the same keys.
+func (s *session) scanTenantMatch(ctx context.Context, conn *upConn, pattern []byte, fn func(keys []value) error) error {
+	match := append(append([]byte(nil), s.rw.GlobPrefix()...), pattern...)
 	cursor := []byte("0")
 	for {
-		v, err := s.call(ctx, conn, []byte("SCAN"), cursor, []byte("MATCH"), match, []byte("COUNT"), []byte(scanBatch))
+		v, err := s.call(ctx, conn, []byte("SCAN"), cursor, []byte("MATCH"), match, []byte("COUNT"), scanBatch())
 		if err != nil {
 			return err
 		}
@@ -74,6 +85,41 @@ func (s *session) keyspaceConns(ctx context.Context, db int) ([]*upConn, error) 
 		conns[i] = s.srv.group(connKey{resp3: false, node: m}).sharedConn()
 	}
 	return conns, nil
+}
+
+// keys answers KEYS pattern from SCAN steps over every place the tenant's
+// keys live, each key once (SCAN may repeat a key while Redis rehashes; KEYS
+// never does). Like Redis, the whole reply is built before it is sent: its
+// size is bounded by the tenant's own keys only.
+func (s *session) keys(ctx context.Context, pattern []byte) {
+	conns, err := s.keyspaceConns(ctx, s.db)
+	seen := map[string]struct{}{}
+	var found [][]byte
+	for _, conn := range conns {
+		if err != nil {
+			break
+		}
+		err = s.scanTenantMatch(ctx, conn, pattern, func(keys []value) error {
+			for _, k := range keys {
+				if _, dup := seen[string(k.str)]; dup {
+					continue
+				}
+				seen[string(k.str)] = struct{}{}
+				found = append(found, k.str)
+			}
+			return nil
+		})
+	}
+	if err != nil {
+		s.addLocalError(upstreamErrorText(err))
+		return
+	}
+	out := rewrite.AppendArrayHeader(nil, len(found))
+	for _, k := range found {
+		key, _ := s.rw.StripKey(k)
+		out = rewrite.AppendBulk(out, key)
+	}
+	s.addLocal(out)
 }
 
 // dbsize counts the tenant's keys in the current database.
@@ -191,7 +237,7 @@ func (s *session) randomKeyOn(ctx context.Context, conn *upConn) ([]byte, error)
 	cursor := []byte(strconv.FormatUint(uint64(randomPick(1<<30)), 10))
 	for pass := 0; pass < 2; pass++ {
 		for {
-			v, err := s.call(ctx, conn, []byte("SCAN"), cursor, []byte("MATCH"), match, []byte("COUNT"), []byte("100"))
+			v, err := s.call(ctx, conn, []byte("SCAN"), cursor, []byte("MATCH"), match, []byte("COUNT"), scanBatch())
 			if err != nil {
 				return nil, err
 			}

@@ -822,18 +822,19 @@ func TestMultiExec(t *testing.T) {
 	up := upstream(t)
 	addr := startProxy(t, up, nil)
 	t.Run("stripped replies", func(t *testing.T) {
-		c := dialRaw(t, addr)
+		// A database of its own: SCAN's COUNT is capped upstream, and its
+		// one step must cover the whole database to answer cursor 0.
+		c := dialRaw(t, startProxy(t, up, func(c *Config) { c.Upstream.DB = multiExecDB }))
 		expect(t, c, ":3\r\n", "RPUSH", "l", "x", "y", "z")
 		expect(t, c, "+OK\r\n", "MULTI")
 		for _, args := range [][]string{
-			{"BLPOP", "l", "0"}, {"KEYS", "*"}, {"LMPOP", "1", "l", "LEFT"}, {"BRPOP", "nolist", "l", "0"}, {"SCAN", "0", "COUNT", "10000000"},
+			{"BLPOP", "l", "0"}, {"LMPOP", "1", "l", "LEFT"}, {"BRPOP", "nolist", "l", "0"}, {"SCAN", "0", "COUNT", "10000000"},
 			{"XADD", "s", "1-1", "f", "v"}, {"XREAD", "STREAMS", "s", "0"}, {"ZADD", "z", "1", "m"}, {"ZMPOP", "1", "z", "MIN"},
 		} {
 			expect(t, c, "+QUEUED\r\n", args...)
 		}
 		expect(t, c, arr(
 			arr(bulk("l"), bulk("x")),
-			arr(bulk("l")),
 			arr(bulk("l"), arr(bulk("y"))),
 			arr(bulk("l"), bulk("z")),
 			arr(bulk("0"), arr()),
@@ -842,6 +843,17 @@ func TestMultiExec(t *testing.T) {
 			":1\r\n",
 			arr(bulk("z"), arr(arr(bulk("m"), bulk("1")))),
 		), "EXEC")
+	})
+	t.Run("KEYS is refused inside MULTI", func(t *testing.T) {
+		// KEYS runs as bounded SCAN steps outside the transaction; queued,
+		// it would be one call over every tenant's keys. Refused like any
+		// queueing error: EXEC aborts.
+		c := dialRaw(t, addr)
+		expect(t, c, "+OK\r\n", "MULTI")
+		expect(t, c, "+QUEUED\r\n", "SET", "mk", "1")
+		expect(t, c, "-ERR keyfence: 'keys' cannot be queued inside MULTI through keyfence\r\n", "KEYS", "*")
+		expect(t, c, "-EXECABORT Transaction discarded because of previous errors.\r\n", "EXEC")
+		expect(t, c, "$-1\r\n", "GET", "mk")
 	})
 	t.Run("queueing error aborts like Redis", func(t *testing.T) {
 		c := dialRaw(t, addr)

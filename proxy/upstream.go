@@ -35,6 +35,10 @@ type UpstreamConfig struct {
 	// Sentinel, when set, gives the address of every connection (the
 	// current master) instead of Addr, which then only names it in logs.
 	Sentinel *Sentinel
+	// AssumeRestoreSanitized lets RESTORE through when keyfence cannot read
+	// sanitize-dump-payload upstream (CONFIG GET refused): the operator
+	// vouches that it is yes. An upstream that says no is never trusted.
+	AssumeRestoreSanitized bool
 }
 
 // connKey identifies what an upstream connection has been set up for: the
@@ -231,6 +235,9 @@ type upConn struct {
 	spare   []byte        // the other write buffer, swapped with wbuf
 	wake    chan struct{} // tells the writer of nc that wbuf has bytes
 	closed  bool
+	dials   uint64 // connections dialled so far: a new one may be a new server
+
+	payload payloadCheck // does the server behind nc sanitize RESTORE payloads (restore.go)
 }
 
 func newUpConn(cfg *UpstreamConfig, key connKey) *upConn {
@@ -288,6 +295,7 @@ func (c *upConn) submit(ctx context.Context, b *batch, req []byte) error {
 			return err
 		}
 		c.nc = nc
+		c.dials++
 		c.wake = make(chan struct{}, 1)
 		go c.readLoop(nc)
 		go c.writeLoop(nc, c.wake)

@@ -1,6 +1,9 @@
 package rewrite
 
-import "bytes"
+import (
+	"bytes"
+	"strconv"
+)
 
 // ErrSyntax is Redis's own reply to options it cannot parse. keyfence gives
 // it instead of forwarding a request whose shape it cannot vouch for.
@@ -17,10 +20,6 @@ const (
 
 func (r *Rewriter) appendPattern(dst []byte, cmd *Command, args [][]byte) ([]byte, error) {
 	switch cmd.Name {
-	case "keys":
-		dst = AppendArrayHeader(dst, 2)
-		dst = AppendBulk(dst, args[0])
-		return AppendPrefixedBulk(dst, r.globPrefix, args[1]), nil
 	case "scan":
 		return r.appendScan(dst, args, 2)
 	case "sort", "sort_ro":
@@ -38,9 +37,19 @@ func (r *Rewriter) appendPattern(dst []byte, cmd *Command, args [][]byte) ([]byt
 	return dst, ErrNotRewritable
 }
 
+// MaxScanCount caps SCAN's COUNT hint upstream. On a shared server one SCAN
+// step walks every tenant's keys, not just the tenant's own: uncapped,
+// "SCAN 0 COUNT 100000000" would be a KEYS over the whole server in one call.
+// COUNT is only a hint, so a smaller one keeps SCAN's guarantees; the client
+// just needs more steps. keyfence's own emulations (KEYS, DBSIZE, RANDOMKEY,
+// FLUSHDB) step by the same amount.
+const MaxScanCount = 1000
+
 // appendScan rewrites SCAN cursor [MATCH p] [COUNT n] [TYPE t]: every MATCH
 // gets the tenant's prefix, and one is added when the client gave none, so
-// the iteration never leaves the tenant's keys.
+// the iteration never leaves the tenant's keys. COUNT is capped at
+// MaxScanCount; a COUNT that is not a number goes to Redis as it is, for
+// Redis's own error.
 func (r *Rewriter) appendScan(dst []byte, args [][]byte, optsFrom int) ([]byte, error) {
 	if (len(args)-optsFrom)%2 != 0 {
 		return dst, ErrSyntax
@@ -63,6 +72,8 @@ func (r *Rewriter) appendScan(dst []byte, args [][]byte, optsFrom int) ([]byte, 
 		dst = AppendBulk(dst, args[i])
 		if equalFold(args[i], "match") {
 			dst = AppendPrefixedBulk(dst, r.globPrefix, args[i+1])
+		} else if n, ok := parseInt(args[i+1]); ok && n > MaxScanCount && equalFold(args[i], "count") {
+			dst = AppendBulk(dst, []byte(strconv.Itoa(MaxScanCount)))
 		} else {
 			dst = AppendBulk(dst, args[i+1])
 		}

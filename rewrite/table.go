@@ -12,7 +12,7 @@ const (
 	// are otherwise forwarded untouched. A keyed command may have no keys
 	// at all (TIME, LOLWUT): then it is forwarded as it is.
 	PolicyKeyed
-	// PolicyPattern commands carry glob patterns over key names (KEYS, SCAN,
+	// PolicyPattern commands carry glob patterns over key names (SCAN,
 	// SORT BY/GET, PSUBSCRIBE, PUBSUB CHANNELS): the prefix is added,
 	// glob-escaped, and the replies are filtered and stripped.
 	PolicyPattern
@@ -134,6 +134,10 @@ type Command struct {
 	Reply       ReplyKind
 	Why         string // for denied commands: the reason given to the client
 	Subcommands map[string]*Command
+
+	// LoadsPayload marks a command that loads a DUMP payload (RESTORE): it
+	// is forwarded only to an upstream that sanitizes payloads.
+	LoadsPayload bool
 }
 
 // HasFlag reports whether the command carries flag f.

@@ -1423,8 +1423,8 @@ var commandTable = map[string]*Command{
 		Name:   "keys",
 		Arity:  2,
 		Flags:  FlagReadOnly,
-		Policy: PolicyPattern,
-		Reply:  ReplyKeyList,
+		Policy: PolicyEmulated,
+		Reply:  ReplyRaw,
 	},
 	"lastsave": {
 		Name:   "lastsave",
@@ -2149,8 +2149,9 @@ var commandTable = map[string]*Command{
 		KeySpecs: []KeySpec{
 			{Flags: KeyOW | KeyUpdate, BeginSearch: BeginSearch{Index: 1}, FindKeys: FindKeys{LastKey: 0, KeyStep: 1, Limit: 0}},
 		},
-		Policy: PolicyKeyed,
-		Reply:  ReplyRaw,
+		Policy:       PolicyKeyed,
+		Reply:        ReplyRaw,
+		LoadsPayload: true,
 	},
 	"restore-asking": {
 		Name:  "restore-asking",

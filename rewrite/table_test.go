@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -168,6 +169,7 @@ type policyRules struct {
 	denied  map[string]string   // entry → reason
 	lists   map[Policy][]string // allowed policies → exact names
 	replies map[string]string   // name → ReplyKind constant name
+	payload []string            // commands that load a DUMP payload
 }
 
 func readPolicyRules(t *testing.T) policyRules {
@@ -236,6 +238,7 @@ func readPolicyRules(t *testing.T) policyRules {
 			PolicyKeyed:    stringList("keyedCommands"),
 		},
 		replies: stringMap("replyKinds"),
+		payload: stringList("payloadCommands"),
 	}
 }
 
@@ -298,6 +301,14 @@ func TestPolicyFollowsRules(t *testing.T) {
 		if e.Reply != wantReply {
 			t.Errorf("%s: reply kind %v, rules say %v", name, e.Reply, wantReply)
 		}
+		if want := slices.Contains(rules.payload, name); e.LoadsPayload != want {
+			t.Errorf("%s: LoadsPayload %v, payloadCommands says %v", name, e.LoadsPayload, want)
+		}
+	}
+	for _, name := range rules.payload {
+		if e := tableEntry(name); e == nil || e.Policy != PolicyKeyed {
+			t.Errorf("payloadCommands names %q, which is not a keyed command of the table", name)
+		}
 	}
 	t.Logf("policies: %v", count)
 }
@@ -344,7 +355,7 @@ func TestPolicySpotChecks(t *testing.T) {
 		{"bzmpop", PolicyKeyed, ReplyKeyFirst, ""},
 		{"xread", PolicyKeyed, ReplyStreams, ""},
 		{"xreadgroup", PolicyKeyed, ReplyStreams, ""},
-		{"keys", PolicyPattern, ReplyKeyList, ""},
+		{"keys", PolicyEmulated, ReplyRaw, ""},
 		{"scan", PolicyPattern, ReplyScan, ""},
 		{"sort", PolicyPattern, ReplyRaw, ""},
 		{"sort_ro", PolicyPattern, ReplyRaw, ""},

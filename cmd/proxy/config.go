@@ -47,6 +47,7 @@ type settings struct {
 	// secret settings: read after parsing (see secretSetting)
 	redisPasswordFile, sentinelPasswordFile, clientPasswordFile string
 	adminToken                                                  string
+	assumeRestoreSanitized                                      bool
 }
 
 // config is what main needs to run.
@@ -132,6 +133,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*con
 	str(&s.redisTLSKeyFile, "redis-tls-key-file", "REDIS_TLS_KEY_FILE", "", "PEM key of --redis-tls-cert-file")
 	str(&s.redisTLSServerName, "redis-tls-server-name", "REDIS_TLS_SERVER_NAME", "", "name upstream's certificate must carry; empty: the host connected to")
 	boolean(&s.redisTLSInsecure, "redis-tls-insecure-skip-verify", "REDIS_TLS_INSECURE_SKIP_VERIFY", false, "accept any upstream certificate (testing only)")
+	boolean(&s.assumeRestoreSanitized, "assume-restore-sanitized", "PROXY_ASSUME_RESTORE_SANITIZED", false, "let RESTORE through when keyfence may not read upstream's sanitize-dump-payload (CONFIG refused to its ACL user): set only if it is yes; an upstream that says no is never trusted")
 	str(&s.sentinels, "redis-sentinels", "REDIS_SENTINELS", "", "Sentinel mode: sentinels as host:port,host:port,...; the master they name is the upstream (REDIS_HOST and REDIS_PORT are ignored; TLS settings apply to the sentinels too)")
 	str(&s.sentinelMaster, "redis-sentinel-master", "REDIS_SENTINEL_MASTER", proxy.DefaultSentinelMaster, "name of the master the sentinels monitor")
 	secret(&s.sentinelPassword, "redis-sentinel-password", "REDIS_SENTINEL_PASSWORD", "the password of the sentinels (their requirepass)")
@@ -326,6 +328,7 @@ func (s *settings) config() (*config, error) {
 		DialTimeout: s.dialTimeout,
 		Timeout:     s.upstreamTimeout,
 	}
+	up.AssumeRestoreSanitized = s.assumeRestoreSanitized
 	if s.redisPort <= 0 || s.redisPort > 65535 {
 		return nil, fmt.Errorf("--redis-port %d: not a TCP port", s.redisPort)
 	}

@@ -140,6 +140,29 @@ func TestParseConfig(t *testing.T) {
 			},
 		},
 		{
+			name: "assume restore sanitized, flag",
+			args: []string{"--tenant", "acme", "--assume-restore-sanitized"},
+			check: func(c *config) string {
+				if !c.proxy.Upstream.AssumeRestoreSanitized {
+					return "--assume-restore-sanitized not set"
+				}
+				return ""
+			},
+		},
+		{
+			name: "assume restore sanitized, environment; off by default",
+			env:  map[string]string{"TENANT_ID": "acme", "PROXY_ASSUME_RESTORE_SANITIZED": "true"},
+			check: func(c *config) string {
+				if !c.proxy.Upstream.AssumeRestoreSanitized {
+					return "PROXY_ASSUME_RESTORE_SANITIZED=true not set"
+				}
+				if d, err := parseConfig(nil, func(k string) string { return map[string]string{"TENANT_ID": "acme"}[k] }, &bytes.Buffer{}); err != nil || d.proxy.Upstream.AssumeRestoreSanitized {
+					return "on by default"
+				}
+				return ""
+			},
+		},
+		{
 			name: "redis URL with password and db",
 			env:  map[string]string{"TENANT_ID": "acme", "REDIS_URL": "redis://:pw@h:1/2", "REDIS_HOST": "ignored"},
 			check: func(c *config) string {

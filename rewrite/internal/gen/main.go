@@ -17,6 +17,7 @@ import (
 	"go/format"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -311,6 +312,12 @@ func writeEntry(b *bytes.Buffer, key string, c *command) error {
 	fmt.Fprintf(b, "Reply: %s,\n", reply)
 	if d.Why != "" {
 		fmt.Fprintf(b, "Why: %s,\n", strconv.Quote(d.Why))
+	}
+	if slices.Contains(payloadCommands, c.Name) {
+		if d.Policy != "PolicyKeyed" {
+			fail("payloadCommands names it, but its policy is %s: only a forwarded keyed command needs the check", d.Policy)
+		}
+		fmt.Fprintf(b, "LoadsPayload: true,\n")
 	}
 	if len(c.Subcommands) > 0 {
 		fmt.Fprintf(b, "Subcommands: map[string]*Command{\n")

@@ -94,8 +94,10 @@ var emulatedCommands = []string{
 	"auth", "hello", "ping", "echo", "quit", "reset", "select",
 	"client|setname", "client|getname", "client|id", "client|info",
 	"client|list", "client|setinfo", "client|help",
-	// the tenant's view of the keyspace and the server
-	"dbsize", "flushdb", "flushall", "randomkey", "info",
+	// the tenant's view of the keyspace and the server; KEYS, DBSIZE,
+	// RANDOMKEY and FLUSHDB/FLUSHALL walk it with SCAN in bounded steps, so
+	// that no single upstream call walks every tenant's keys
+	"keys", "dbsize", "flushdb", "flushall", "randomkey", "info",
 	"command", "command|count", "command|docs", "command|getkeys",
 	"command|getkeysandflags", "command|help", "command|info", "command|list",
 	// transactions run on a pinned upstream connection
@@ -112,7 +114,7 @@ var emulatedCommands = []string{
 
 // patternCommands carry glob patterns over key or channel names.
 var patternCommands = []string{
-	"keys", "scan", "sort", "sort_ro",
+	"scan", "sort", "sort_ro",
 	"psubscribe", "punsubscribe", "pubsub|channels",
 }
 
@@ -189,7 +191,6 @@ var keyedCommands = []string{
 // or channel names. Every other command's reply passes through (ReplyRaw).
 var replyKinds = map[string]string{
 	"randomkey":            "ReplyKey",
-	"keys":                 "ReplyKeyList",
 	"command|getkeys":      "ReplyKeyList",
 	"scan":                 "ReplyScan",
 	"blpop":                "ReplyKeyFirst",
@@ -213,6 +214,14 @@ var replyKinds = map[string]string{
 	"pubsub|numsub":        "ReplyChannelCounts",
 	"pubsub|shardnumsub":   "ReplyChannelCounts",
 }
+
+// payloadCommands load a serialized value (a DUMP payload) into the server.
+// Redis 7.0 checks such a payload deeply only with sanitize-dump-payload yes
+// (or clients); without that, a crafted payload crashes the server on a
+// later read. keyfence forwards them only to an upstream that sanitizes.
+// Each must also be allowed by the lists above (RESTORE-ASKING, MIGRATE and
+// FUNCTION RESTORE are denied outright).
+var payloadCommands = []string{"restore"}
 
 // adminReason is the reason given for a command that no list above names
 // but that Redis flags "admin": such a command acts on the whole server.
