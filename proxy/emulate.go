@@ -276,8 +276,12 @@ func appendStringArray(dst []byte, items []string) []byte {
 // one's upstream connection is set up (and so checked) before OK.
 func (s *session) selectDB(ctx context.Context, arg []byte) {
 	n, err := strconv.ParseInt(string(arg), 10, 64)
-	if err != nil || n > math.MaxInt32 || n < math.MinInt32 {
+	if err != nil {
 		s.addLocalError("ERR value is not an integer or out of range")
+		return
+	}
+	if n > math.MaxInt32 || n < math.MinInt32 {
+		s.addLocalError("ERR value is out of range, value must between -2147483648 and 2147483647")
 		return
 	}
 	if n < 0 {

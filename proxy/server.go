@@ -334,8 +334,7 @@ type connGroup struct {
 	shared []*upConn
 	next   atomic.Uint32
 	refs   int    // sessions pointed at the group; guarded by Server.mu
-	quiet  bool   // idle at the last reaping; guarded by Server.mu
-	seen   uint64 // commands sent on its shared connections then
+	seen   uint64 // batches sent on its shared connections at the last reaping
 
 	mu     sync.Mutex
 	idle   []*upConn // pinned connections free for reuse
@@ -364,13 +363,13 @@ func (s *Server) releaseGroup(g *connGroup) {
 	s.mu.Unlock()
 }
 
-// idleGroupReap is how often idle connection groups are looked for; one
-// found idle twice in a row (no session on it, no command sent) is closed.
+// idleGroupReap is how often idle connection groups are looked for: one
+// that no session holds and that carried no command for that long goes.
 const idleGroupReap = 30 * time.Second
 
-// reapIdleGroups closes the groups that were idle at the previous call and
-// still are. The groups of the configured database stay: /readyz and new
-// clients use them.
+// reapIdleGroups closes the groups that no session holds and that carried
+// no command since the previous call. The groups of the configured database
+// stay: /readyz and new clients use them.
 func (s *Server) reapIdleGroups() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -380,14 +379,13 @@ func (s *Server) reapIdleGroups() int {
 			continue
 		}
 		sent, busy := g.activity()
-		idle := g.refs == 0 && !busy && sent == g.seen
-		if idle && g.quiet {
+		if g.refs == 0 && !busy && sent == g.seen {
 			delete(s.groups, key)
 			go g.close()
 			reaped++
 			continue
 		}
-		g.quiet, g.seen = idle, sent
+		g.seen = sent
 	}
 	return reaped
 }
@@ -557,10 +555,11 @@ func (s *Server) numPatterns() int {
 	return len(s.patterns)
 }
 
-// databases returns how many databases upstream has, learned once: from
-// CONFIG GET databases, or, where an ACL forbids CONFIG, by where SELECT
-// stops succeeding on a connection of keyfence's own. SELECT checks an index
-// against it, so that an index upstream lacks costs no connection group.
+// databases returns how many databases upstream has, learned once by where
+// SELECT stops succeeding on a connection of keyfence's own (not CONFIG GET:
+// the narrowest upstream ACL user has no CONFIG, and keyfence never sends
+// it). SELECT checks an index against it, so that an index upstream lacks
+// costs no connection group.
 func (s *Server) databases(ctx context.Context) (int64, error) {
 	if n := s.dbCount.Load(); n > 0 {
 		return n, nil
@@ -605,17 +604,8 @@ func learnDatabases(ctx context.Context, cfg *UpstreamConfig) (int64, error) {
 		}
 		return reply, nil
 	}
-	reply, err := call("CONFIG", "GET", "databases")
-	if err != nil {
-		return 0, err
-	}
-	if v, err := parseValue(reply); err == nil && len(v.elems) == 2 {
-		if n, err := strconv.ParseInt(string(v.elems[1].str), 10, 64); err == nil && n > 0 {
-			return n, nil
-		}
-	}
-	// CONFIG refused: the first index SELECT refuses, by doubling and then
-	// halving (about 60 round trips at worst, once).
+	// The first index SELECT refuses, by doubling and then halving: about
+	// six round trips for Redis's default 16, sixty at worst, once.
 	valid := func(n int64) (bool, error) {
 		reply, err := call("SELECT", strconv.FormatInt(n, 10))
 		switch {

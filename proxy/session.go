@@ -253,8 +253,8 @@ func (s *session) fill() error {
 	if s.rbuf == nil {
 		s.rbuf = make([]byte, 0, initialReadBuffer)
 	}
-	if s.rpos+s.need > cap(s.rbuf) || len(s.rbuf) == cap(s.rbuf) {
-		// Double, whatever size the request announces: the buffer follows
+	if len(s.rbuf) == cap(s.rbuf) {
+		// Double when full, whatever size the request announces: the buffer follows
 		// the bytes the client has actually sent, so a header claiming
 		// 64 MB costs no more than the few bytes behind it. Growth past the
 		// initial size comes out of the server-wide budget.
