@@ -8,6 +8,16 @@ import (
 	"github.com/keyfence/keyfence/rewrite"
 )
 
+// answeredOtherwise are commands of the table's forwarded policies that
+// keyfence never sends as they are, with what it sends instead.
+var answeredOtherwise = map[string]string{
+	"eval":       "scripts run as FCALL of the sandbox library (scripts.go)",
+	"evalsha":    "as EVAL",
+	"eval_ro":    "as EVAL, with FCALL_RO",
+	"evalsha_ro": "as EVAL_RO",
+	"keys":       "KEYS is answered from bounded SCAN steps (emulate_keyspace.go)",
+}
+
 // ownCommands are the commands keyfence sends upstream on its own account,
 // beyond the tenant's forwarded commands (which come from the command table
 // itself, see ACLCommands): to set up connections, to emulate commands
@@ -69,7 +79,9 @@ func ACLCommands() []string {
 		}
 		switch c.Policy {
 		case rewrite.PolicyKeyed, rewrite.PolicyPattern, rewrite.PolicyChannel:
-			set[c.Name] = true
+			if answeredOtherwise[c.Name] == "" {
+				set[c.Name] = true
+			}
 		}
 	}
 	for _, c := range ownCommands {

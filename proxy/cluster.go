@@ -226,8 +226,7 @@ func (s *session) route(ctx context.Context, slot int) error {
 		return nil // a transaction stays where it began (CROSSSLOT otherwise)
 	}
 	s.flushBatch(ctx)
-	s.group = s.srv.group(connKey{db: 0, resp3: s.resp3, node: node})
-	s.shared = s.group.sharedConn()
+	s.useGroup(connKey{db: 0, resp3: s.resp3, node: node})
 	return nil
 }
 

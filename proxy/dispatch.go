@@ -207,7 +207,7 @@ func (s *session) runBlocking(ctx context.Context, cmd *rewrite.Command, args []
 			// the upstream connection for it is what failed the command.
 			// Redis frees such a client without a reply: send no error
 			// (a reply that did arrive, a popped element, stays).
-			s.out = s.out[:outMark]
+			s.out = s.out[:min(outMark, len(s.out))]
 		}
 		s.quit = true
 	}

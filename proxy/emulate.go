@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -272,25 +273,46 @@ func appendStringArray(dst []byte, items []string) []byte {
 	return dst
 }
 
-// selectDB moves the session to the tenant's namespace in database n. The
-// upstream connection for n is set up (and so checked) before OK.
+// selectDB moves the session to the tenant's namespace in database n. An
+// index upstream does not have is refused here, with Redis's words, before
+// anything is set up for it: invalid input leaves no state behind. A valid
+// one's upstream connection is set up (and so checked) before OK.
 func (s *session) selectDB(ctx context.Context, arg []byte) {
-	n, err := strconv.Atoi(string(arg))
+	n, err := strconv.ParseInt(string(arg), 10, 64)
 	if err != nil {
 		s.addLocalError("ERR value is not an integer or out of range")
+		return
+	}
+	if n > math.MaxInt32 || n < math.MinInt32 {
+		s.addLocalError("ERR value is out of range, value must between -2147483648 and 2147483647")
 		return
 	}
 	if n < 0 {
 		s.addLocalError("ERR DB index is out of range")
 		return
 	}
-	s.flushBatch(ctx)
+	if s.srv.cluster != nil && n != 0 {
+		s.addLocalError("ERR SELECT is not allowed in cluster mode")
+		return
+	}
 	if s.pinned != nil {
 		s.addLocalError("ERR keyfence: SELECT is not supported during MULTI or WATCH")
 		return
 	}
+	if s.srv.cluster == nil && int(n) != s.db {
+		count, err := s.srv.databases(ctx)
+		if err != nil {
+			s.addLocalError(upstreamErrorText(err))
+			return
+		}
+		if n >= count {
+			s.addLocalError("ERR DB index is out of range")
+			return
+		}
+	}
+	s.flushBatch(ctx)
 	prevDB := s.db
-	s.setDB(n)
+	s.setDB(int(n))
 	s.selectGroup()
 	s.forwardRaw([][]byte{[]byte("PING")}, rewrite.ReplyRaw)
 	s.slots = s.slots[:len(s.slots)-1]
@@ -300,6 +322,8 @@ func (s *session) selectDB(ctx context.Context, arg []byte) {
 		s.setDB(prevDB)
 		s.selectGroup()
 		if strings.Contains(err.Error(), "out of range") {
+			// Upstream has fewer databases than it had: learn them again.
+			s.srv.dbCount.Store(0)
 			s.addLocalError("ERR DB index is out of range")
 			return
 		}

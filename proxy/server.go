@@ -1,11 +1,14 @@
 package proxy
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"strconv"
 	"sync"
@@ -27,13 +30,25 @@ type Config struct {
 	ClientPassword  string // AUTH password clients must give; empty: none
 	MaxClients      int
 	MaxRequestBytes int
-	SharedConns     int // multiplexed upstream connections per db/protocol
-	MaxPinned       int // upstream connections pinned to sessions, at most
-	Logger          *slog.Logger
-	Metrics         *telemetry.Metrics // nil: none recorded
-	Fallback        *fallback.Config   // circuit breaker (and read cache); nil: off
-	FallbackCache   bool               // with Fallback: serve cached reads while upstream fails
-	TLS             *tls.Config        // client listener TLS (ListenerTLSConfig); nil: plain TCP
+	// ClientOutputSoftLimit and ClientOutputHardLimit bound what keyfence
+	// holds for one client that it has not written yet, like Redis's
+	// client-output-buffer-limit for normal clients: past the soft limit
+	// the client's further commands wait until it has read what is due;
+	// a batch whose replies pass the hard limit disconnects the client.
+	ClientOutputSoftLimit int
+	ClientOutputHardLimit int
+	// MaxRequestBufferTotal bounds the request bytes buffered across all
+	// clients beyond each one's initial read buffer, like Redis's
+	// maxmemory-clients: a client whose partial request would pass it is
+	// refused and closed.
+	MaxRequestBufferTotal int64
+	SharedConns           int // multiplexed upstream connections per db/protocol
+	MaxPinned             int // upstream connections pinned to sessions, at most
+	Logger                *slog.Logger
+	Metrics               *telemetry.Metrics // nil: none recorded
+	Fallback              *fallback.Config   // circuit breaker (and read cache); nil: off
+	FallbackCache         bool               // with Fallback: serve cached reads while upstream fails
+	TLS                   *tls.Config        // client listener TLS (ListenerTLSConfig); nil: plain TCP
 	// Scripts: a script running longer than ScriptTimeout, or growing
 	// upstream's Lua memory by more than ScriptMaxMemory bytes, is stopped
 	// by the sandbox; a tenant may have MaxScripts distinct scripts.
@@ -41,6 +56,16 @@ type Config struct {
 	ScriptMaxMemory int64
 	MaxScripts      int
 }
+
+// Defaults of the memory bounds (see Config). The output limits are Redis's
+// own defaults for replicas (256mb hard, 64mb soft) scaled to a proxy that
+// serves thousands of application clients: an ordinary reply is far below
+// them, and a client cannot make keyfence hold more than about 256 MiB.
+const (
+	DefaultClientOutputSoftLimit = 32 << 20
+	DefaultClientOutputHardLimit = 256 << 20
+	DefaultMaxRequestBufferTotal = 1 << 30
+)
 
 func (c *Config) setDefaults() {
 	if c.KeyFormat == "" {
@@ -51,6 +76,16 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxRequestBytes <= 0 {
 		c.MaxRequestBytes = rewrite.DefaultLimits.MaxRequestBytes
+	}
+	if c.ClientOutputSoftLimit <= 0 {
+		c.ClientOutputSoftLimit = DefaultClientOutputSoftLimit
+	}
+	if c.ClientOutputHardLimit <= 0 {
+		c.ClientOutputHardLimit = DefaultClientOutputHardLimit
+	}
+	c.ClientOutputSoftLimit = min(c.ClientOutputSoftLimit, c.ClientOutputHardLimit)
+	if c.MaxRequestBufferTotal <= 0 {
+		c.MaxRequestBufferTotal = DefaultMaxRequestBufferTotal
 	}
 	if c.SharedConns <= 0 {
 		c.SharedConns = 1
@@ -91,11 +126,17 @@ type Server struct {
 	nextID  atomic.Int64
 
 	pinnedCommands atomic.Int64 // commands sent on pinned connections
+	outputDrops    atomic.Int64 // clients disconnected past the output hard limit
+	reqBuffered    atomic.Int64 // read buffer bytes reserved beyond the initial ones
+	budgetRefused  atomic.Int64 // clients refused for the request buffer budget
 	res            *resilience  // nil when Config.Fallback is nil
 	cluster        *clusterMap  // nil unless upstream is a Redis Cluster
 	fallbackHits   atomic.Int64 // reads answered from the cache
 	fallbackMisses atomic.Int64 // reads that found no fresh entry
 	lastFailureLog atomic.Int64 // unix nanos of the last upstream failure logged
+
+	dbMu    sync.Mutex   // one learner of upstream's database count at a time
+	dbCount atomic.Int64 // upstream's databases; 0 until learned
 
 	patternsMu sync.Mutex
 	patterns   map[string]int // the tenant's patterns subscribed, for PUBSUB NUMPAT
@@ -188,6 +229,20 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.log.Info("keyfence listening", "addr", s.ln.Addr().String(), "upstream", s.cfg.Upstream.Addr, "prefix", s.prefix)
 	stop := context.AfterFunc(ctx, func() { s.ln.Close() })
 	defer stop()
+	rctx, stopReaping := context.WithCancel(ctx)
+	defer stopReaping()
+	go func() {
+		t := time.NewTicker(idleGroupReap)
+		defer t.Stop()
+		for {
+			select {
+			case <-rctx.Done():
+				return
+			case <-t.C:
+				s.reapIdleGroups()
+			}
+		}
+	}()
 	if s.res != nil && s.res.cache != nil {
 		tctx, cancel := context.WithCancel(ctx)
 		defer cancel()
@@ -294,12 +349,17 @@ func (s *Server) sessionsSnapshot() []*session {
 }
 
 // connGroup holds the upstream connections set up for one connKey: a few
-// shared multiplexed ones, and a bounded pool of pinned ones.
+// shared multiplexed ones, and a bounded pool of pinned ones. Groups exist
+// only for databases upstream has (SELECT checks first), so there are at
+// most databases × 2 protocols of them (× masters on a cluster), and one that
+// no session uses and no command reaches goes (reapIdleGroups).
 type connGroup struct {
 	srv    *Server
 	key    connKey
 	shared []*upConn
 	next   atomic.Uint32
+	refs   int    // sessions pointed at the group; guarded by Server.mu
+	seen   uint64 // batches sent on its shared connections at the last reaping
 
 	mu     sync.Mutex
 	idle   []*upConn // pinned connections free for reuse
@@ -309,6 +369,68 @@ type connGroup struct {
 func (s *Server) group(key connKey) *connGroup {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.groupLocked(key)
+}
+
+// acquireGroup is group for a session that will keep using it until it
+// calls releaseGroup: a group in use is never reaped.
+func (s *Server) acquireGroup(key connKey) *connGroup {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	g := s.groupLocked(key)
+	g.refs++
+	return g
+}
+
+func (s *Server) releaseGroup(g *connGroup) {
+	s.mu.Lock()
+	g.refs--
+	s.mu.Unlock()
+}
+
+// idleGroupReap is how often idle connection groups are looked for: one
+// that no session holds and that carried no command for that long goes.
+const idleGroupReap = 30 * time.Second
+
+// reapIdleGroups closes the groups that no session holds and that carried
+// no command since the previous call. The groups of the configured database
+// stay: /readyz and new clients use them.
+func (s *Server) reapIdleGroups() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	reaped := 0
+	for key, g := range s.groups {
+		if key.db == s.cfg.Upstream.DB && key.node == "" || s.closing {
+			continue
+		}
+		sent, busy := g.activity()
+		if g.refs == 0 && !busy && sent == g.seen {
+			delete(s.groups, key)
+			go g.close()
+			reaped++
+			continue
+		}
+		g.seen = sent
+	}
+	return reaped
+}
+
+// activity sums the commands ever sent on the group's shared connections
+// and says whether any of its connections is in use now.
+func (g *connGroup) activity() (sent uint64, busy bool) {
+	for _, c := range g.shared {
+		c.mu.Lock()
+		sent += c.sent
+		busy = busy || len(c.pending) > 0
+		c.mu.Unlock()
+	}
+	g.mu.Lock()
+	busy = busy || g.pinned > 0
+	g.mu.Unlock()
+	return sent, busy
+}
+
+func (s *Server) groupLocked(key connKey) *connGroup {
 	g := s.groups[key]
 	if g == nil {
 		g = &connGroup{srv: s, key: key}
@@ -410,6 +532,12 @@ type Stats struct {
 	Breaker        string // circuit breaker state; "" when there is none
 	FallbackHits   int64  // reads answered from the cache while upstream failed
 	FallbackMisses int64  // reads that found no fresh cached copy
+	// ClientOutputDisconnects counts clients dropped past the output hard
+	// limit (metric keyfence_client_output_disconnects_total).
+	ClientOutputDisconnects int64
+	RequestBufferBytes      int64 // read buffer bytes reserved from --max-request-buffer-total now
+	RequestBufferRefused    int64 // clients refused because that budget was spent
+	ConnGroups              int   // upstream connection groups (db × protocol × node)
 }
 
 // Stats returns the server's counters.
@@ -417,7 +545,9 @@ func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := Stats{Sessions: len(s.sessions), PinnedCommands: s.pinnedCommands.Load(),
-		FallbackHits: s.fallbackHits.Load(), FallbackMisses: s.fallbackMisses.Load()}
+		FallbackHits: s.fallbackHits.Load(), FallbackMisses: s.fallbackMisses.Load(),
+		ClientOutputDisconnects: s.outputDrops.Load(), RequestBufferBytes: s.reqBuffered.Load(),
+		RequestBufferRefused: s.budgetRefused.Load(), ConnGroups: len(s.groups)}
 	if s.res != nil {
 		st.Breaker = s.res.breaker.State().String()
 	}
@@ -448,4 +578,98 @@ func (s *Server) numPatterns() int {
 	s.patternsMu.Lock()
 	defer s.patternsMu.Unlock()
 	return len(s.patterns)
+}
+
+// databases returns how many databases upstream has, learned once by where
+// SELECT stops succeeding on a connection of keyfence's own (not CONFIG GET:
+// the narrowest upstream ACL user has no CONFIG, and keyfence never sends
+// it). SELECT checks an index against it, so that an index upstream lacks
+// costs no connection group.
+func (s *Server) databases(ctx context.Context) (int64, error) {
+	if n := s.dbCount.Load(); n > 0 {
+		return n, nil
+	}
+	s.dbMu.Lock()
+	defer s.dbMu.Unlock()
+	if n := s.dbCount.Load(); n > 0 {
+		return n, nil
+	}
+	n, err := learnDatabases(ctx, &s.cfg.Upstream)
+	if err != nil {
+		return 0, err
+	}
+	s.dbCount.Store(n)
+	return n, nil
+}
+
+func learnDatabases(ctx context.Context, cfg *UpstreamConfig) (int64, error) {
+	nc, err := dial(ctx, cfg, connKey{db: cfg.DB})
+	if err != nil {
+		return 0, err
+	}
+	defer nc.Close()
+	deadline := time.Now().Add(4 * cfg.DialTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = nc.SetDeadline(deadline)
+	br := bufio.NewReader(nc)
+	call := func(args ...string) ([]byte, error) {
+		var req []byte
+		req = rewrite.AppendArrayHeader(req, len(args))
+		for _, a := range args {
+			req = rewrite.AppendBulk(req, []byte(a))
+		}
+		if _, err := nc.Write(req); err != nil {
+			return nil, &upstreamError{fmt.Errorf("learn databases: %w", err)}
+		}
+		reply, err := readReply(br)
+		if err != nil {
+			return nil, &upstreamError{fmt.Errorf("learn databases: %w", err)}
+		}
+		return reply, nil
+	}
+	// The first index SELECT refuses, by doubling and then halving: about
+	// six round trips for Redis's default 16, sixty at worst, once.
+	valid := func(n int64) (bool, error) {
+		reply, err := call("SELECT", strconv.FormatInt(n, 10))
+		switch {
+		case err != nil:
+			return false, err
+		case reply[0] != '-':
+			return true, nil
+		case bytes.Contains(reply, []byte("out of range")):
+			return false, nil
+		}
+		return false, &upstreamError{fmt.Errorf("learn databases: SELECT %d: %s", n, trimCRLF(reply[1:]))}
+	}
+	lo := int64(cfg.DB) // valid: the connection is on it
+	hi := max(16, lo+1) // find the first invalid index past lo
+	for {
+		ok, err := valid(hi)
+		if err != nil {
+			return 0, err
+		}
+		if !ok {
+			break
+		}
+		lo = hi
+		if hi >= math.MaxInt32 {
+			return math.MaxInt32 + 1, nil
+		}
+		hi = min(2*hi, math.MaxInt32)
+	}
+	for hi-lo > 1 {
+		mid := lo + (hi-lo)/2
+		ok, err := valid(mid)
+		if err != nil {
+			return 0, err
+		}
+		if ok {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	return hi, nil
 }

@@ -60,6 +60,8 @@ type session struct {
 	rbuf  []byte   // client bytes; rbuf[rpos:] not yet parsed
 	rpos  int      //
 	need  int      // bytes the next request needs at least
+	more  bool     // rbuf holds commands not parsed yet: output was due first
+	held  int64    // bytes of rbuf reserved from the server's request budget
 	args  [][]byte // arguments of the command being handled
 	req   []byte   // upstream bytes of the current batch
 	nreq  int      // commands in req
@@ -82,6 +84,7 @@ type session struct {
 	closing atomic.Bool        // the server is draining: stop after this batch
 	cancel  context.CancelFunc // ends the session's context: forced Shutdown
 	quit    bool               // QUIT or a fatal protocol error: stop after flushing
+	wErr    error              // the client cannot be written to any more
 }
 
 // slot is where a command's reply comes from: the next upstream reply
@@ -148,23 +151,84 @@ func (s *session) serve(ctx context.Context) {
 		if s.closing.Load() {
 			_ = s.nc.SetReadDeadline(time.Now().Add(drainGrace))
 		}
-		if err := s.fill(); err != nil {
-			return
+		if !s.more {
+			if err := s.fill(); err != nil {
+				if errors.Is(err, errRequestBudget) {
+					s.out = rewrite.AppendError(s.out, err.Error())
+					_ = s.writeOut()
+				}
+				return
+			}
 		}
 		if s.srv.cfg.Metrics != nil {
 			s.readAt = time.Now()
 		}
 		s.handleBuffered(ctx)
 		s.flushBatch(ctx)
-		if len(s.out) > 0 {
-			s.wmu.Lock()
-			_, err := s.nc.Write(s.out)
-			s.wmu.Unlock()
-			if err != nil {
-				return
-			}
-			s.out = s.out[:0]
+		if s.writeOut() != nil {
+			return
 		}
+	}
+}
+
+// maxKeptBuffer is the largest session buffer kept from batch to batch; a
+// bigger one (a huge reply or request) is let go once used.
+const maxKeptBuffer = 1 << 20
+
+// writeOut writes what s.out holds to the client, blocking until the client
+// has taken it: a client that does not read stops its own session here, and
+// nothing else. After a failed write, output is dropped.
+func (s *session) writeOut() error {
+	if s.wErr == nil && len(s.out) > 0 {
+		s.wmu.Lock()
+		_, err := s.nc.Write(s.out)
+		s.wmu.Unlock()
+		if err != nil {
+			s.wErr = err
+			s.quit = true
+		}
+	}
+	s.out = s.out[:0]
+	if cap(s.out) > maxKeptBuffer {
+		s.out = nil
+	}
+	return s.wErr
+}
+
+var errOutputLimit = errors.New("client output over --client-output-hard-limit")
+
+// dropForOutput disconnects a client whose batch's replies passed the output
+// hard limit, as Redis closes such a client: without a reply. The shared
+// connection has read and dropped the rest of the batch's replies.
+func (s *session) dropForOutput() {
+	n := s.srv.outputDrops.Add(1)
+	s.srv.log.Warn("client disconnected: its unsent replies passed the output hard limit (--client-output-hard-limit)",
+		"client_id", s.id, "addr", s.nc.RemoteAddr().String(), "limit_bytes", s.srv.cfg.ClientOutputHardLimit, "disconnects_total", n)
+	s.wErr, s.quit = errOutputLimit, true
+	s.out = nil
+}
+
+var errRequestBudget = errors.New("ERR keyfence: request buffer budget exhausted: too many clients are sending large requests at once; retry later, or raise --max-request-buffer-total")
+
+// reserveReadBuffer takes n bytes from the budget of request bytes all
+// clients may have buffered, or reports that it is spent.
+func (s *Server) reserveReadBuffer(n int64) bool {
+	for {
+		used := s.reqBuffered.Load()
+		if used+n > s.cfg.MaxRequestBufferTotal {
+			return false
+		}
+		if s.reqBuffered.CompareAndSwap(used, used+n) {
+			return true
+		}
+	}
+}
+
+// releaseReadBuffer returns what the session's read buffer held of the budget.
+func (s *session) releaseReadBuffer() {
+	if s.held > 0 {
+		s.srv.reqBuffered.Add(-s.held)
+		s.held = 0
 	}
 }
 
@@ -173,7 +237,12 @@ func (s *session) serve(ctx context.Context) {
 func (s *session) fill() error {
 	if s.rpos == len(s.rbuf) {
 		s.rbuf, s.rpos = s.rbuf[:0], 0
-		if s.raw != nil && cap(s.rbuf) <= initialReadBuffer {
+		if cap(s.rbuf) > initialReadBuffer {
+			// A big request is done with: its buffer and budget go.
+			s.rbuf = nil
+			s.releaseReadBuffer()
+		}
+		if s.raw != nil {
 			return s.fillIdle()
 		}
 	}
@@ -184,8 +253,22 @@ func (s *session) fill() error {
 	if s.rbuf == nil {
 		s.rbuf = make([]byte, 0, initialReadBuffer)
 	}
-	if s.rpos+s.need > cap(s.rbuf) || len(s.rbuf) == cap(s.rbuf) {
-		nb := make([]byte, len(s.rbuf), max(s.rpos+s.need, 2*cap(s.rbuf)))
+	if len(s.rbuf) == cap(s.rbuf) {
+		// Double when full, whatever size the request announces: the buffer follows
+		// the bytes the client has actually sent, so a header claiming
+		// 64 MB costs no more than the few bytes behind it. Growth past the
+		// initial size comes out of the server-wide budget.
+		size := 2 * cap(s.rbuf)
+		if grow := int64(size-initialReadBuffer) - s.held; grow > 0 {
+			if !s.srv.reserveReadBuffer(grow) {
+				s.srv.budgetRefused.Add(1)
+				s.srv.log.Warn("client refused: the request buffer budget is spent (--max-request-buffer-total)",
+					"client_id", s.id, "addr", s.nc.RemoteAddr().String(), "budget_bytes", s.srv.cfg.MaxRequestBufferTotal)
+				return errRequestBudget
+			}
+			s.held += grow
+		}
+		nb := make([]byte, len(s.rbuf), size)
 		copy(nb, s.rbuf)
 		s.rbuf = nb
 	}
@@ -238,7 +321,15 @@ func (s *session) fillIdle() error {
 
 // handleBuffered handles every complete command in the read buffer.
 func (s *session) handleBuffered(ctx context.Context) {
+	s.more = false
 	for !s.quit {
+		if len(s.local)+len(s.out) >= s.srv.cfg.ClientOutputSoftLimit {
+			// Past the soft output limit: no more commands until the
+			// client has read what is due (serve writes it, then comes
+			// back here without reading).
+			s.more = s.rpos < len(s.rbuf)
+			return
+		}
 		args, n, need, err := rewrite.ParseCommand(s.rbuf[s.rpos:], s.args, s.srv.limits)
 		s.args = args
 		if err != nil {
@@ -331,6 +422,7 @@ func (s *session) flushBatch(ctx context.Context) error {
 			s.cacheScratch.since = res.cache.Stamp()
 			done, err = res.breaker.Allow()
 		}
+		s.b.limit = s.srv.cfg.ClientOutputHardLimit
 		if err == nil {
 			err = s.conn().do(ctx, s.b, s.req, s.nreq)
 			// A batch of reads only that timed out is sent again, after a
@@ -362,12 +454,25 @@ func (s *session) flushBatch(ctx context.Context) error {
 			m.Upstream(ctx, time.Since(t0).Seconds())
 		}
 	}
+	if s.b.overflow {
+		s.dropForOutput()
+		s.req, s.nreq = nil, 0
+		s.slots, s.local = s.slots[:0], nil
+		s.b = newBatch()
+		return err
+	}
 	var seconds float64
 	if m != nil {
 		seconds = time.Since(s.readAt).Seconds()
 	}
 	next := 0
+	soft := s.srv.cfg.ClientOutputSoftLimit
 	for _, sl := range s.slots {
+		if len(s.out) >= soft {
+			// The batch's replies are all here already (bounded by the
+			// hard limit); their stripped copy is not kept beside them.
+			_ = s.writeOut()
+		}
 		mark := len(s.out)
 		if sl.hidden {
 			next++
@@ -421,8 +526,18 @@ func (s *session) flushBatch(ctx context.Context) error {
 	}
 	s.req, s.nreq = s.req[:0], 0
 	s.slots, s.local = s.slots[:0], s.local[:0]
-	if cap(s.b.replies) > 1<<20 {
-		s.b = newBatch() // let a huge reply's memory go
+	// Let a huge batch's memory go.
+	if cap(s.b.replies) > maxKeptBuffer || cap(s.b.ends) > maxKeptBuffer/8 {
+		s.b = newBatch()
+	}
+	if cap(s.req) > maxKeptBuffer {
+		s.req = nil
+	}
+	if cap(s.local) > maxKeptBuffer {
+		s.local = nil
+	}
+	if cap(s.slots) > maxKeptBuffer/64 {
+		s.slots = nil
 	}
 	return err
 }
@@ -471,8 +586,20 @@ func sanitize(s string) string {
 
 // selectGroup points the session at the connections for its db and protocol.
 func (s *session) selectGroup() {
-	s.group = s.srv.group(connKey{db: s.db, resp3: s.resp3})
-	s.shared = s.group.sharedConn()
+	s.useGroup(connKey{db: s.db, resp3: s.resp3})
+}
+
+// useGroup moves the session to the group of key, holding it in use.
+func (s *session) useGroup(key connKey) {
+	if s.group != nil && s.group.key == key {
+		return
+	}
+	g := s.srv.acquireGroup(key)
+	if s.group != nil {
+		s.srv.releaseGroup(s.group)
+	}
+	s.group = g
+	s.shared = g.sharedConn()
 }
 
 // pin gives the session a connection of its own (MULTI, WATCH).
@@ -501,10 +628,14 @@ func (s *session) unpin(clean bool) {
 
 func (s *session) cleanup() {
 	s.nc.Close()
+	s.releaseReadBuffer()
 	s.stopSubscriber()
 	// A transaction or WATCH left open: the connection holds state that
 	// must not reach the next user.
 	s.unpin(false)
+	if s.group != nil {
+		s.srv.releaseGroup(s.group)
+	}
 }
 
 // constantTimeEqual compares secrets without leaking where they differ.

@@ -115,15 +115,7 @@ func (s *session) subscribed(ctx context.Context, cmd *rewrite.Command, args [][
 // client now, before the subscribed connection's reader writes more.
 func (s *session) flushAndWrite(ctx context.Context) {
 	s.flushBatch(ctx)
-	if len(s.out) > 0 {
-		s.wmu.Lock()
-		_, err := s.nc.Write(s.out)
-		s.wmu.Unlock()
-		s.out = s.out[:0]
-		if err != nil {
-			s.quit = true
-		}
-	}
+	_ = s.writeOut()
 }
 
 func (s *session) startSubscriber(ctx context.Context) error {

@@ -188,12 +188,20 @@ func appendArgs(dst []byte, args ...[]byte) []byte {
 // A batch is one session's run of commands sent upstream together. The
 // upstream reader fills replies (raw bytes, back to back) and ends (where
 // each reply stops), then closes the batch by sending on done.
+//
+// limit, when positive, bounds the bytes of replies the batch holds (the
+// client's output hard limit): past it the reader keeps reading the batch's
+// remaining replies off the shared connection but drops them, and sets
+// overflow, so the session can disconnect its client while every other
+// client's replies on the connection stay in step.
 type batch struct {
-	want    int
-	replies []byte
-	ends    []int
-	err     error // set when the connection failed before all replies came
-	done    chan struct{}
+	want     int
+	limit    int
+	overflow bool // replies passed limit: they were dropped
+	replies  []byte
+	ends     []int
+	err      error // set when the connection failed before all replies came
+	done     chan struct{}
 }
 
 func newBatch() *batch { return &batch{done: make(chan struct{}, 1)} }
@@ -203,12 +211,26 @@ func (b *batch) reset(want int) {
 	b.replies = b.replies[:0]
 	b.ends = b.ends[:0]
 	b.err = nil
+	b.overflow = false
+}
+
+// add keeps one reply, or counts and drops it once the batch holds more
+// than its limit; called by the connection's reader only.
+func (b *batch) add(reply []byte) {
+	if !b.overflow && b.limit > 0 && len(b.replies)+len(reply) > b.limit {
+		b.overflow = true
+		b.replies = nil // let what the batch held go now, not when it ends
+	}
+	if !b.overflow {
+		b.replies = append(b.replies, reply...)
+	}
+	b.ends = append(b.ends, len(b.replies))
 }
 
 // reply returns the i-th reply of a finished batch, or nil when the
-// connection failed before it arrived.
+// connection failed before it arrived or the batch overflowed.
 func (b *batch) reply(i int) []byte {
-	if i >= len(b.ends) {
+	if i >= len(b.ends) || b.overflow {
 		return nil
 	}
 	start := 0
@@ -236,6 +258,7 @@ type upConn struct {
 	wake    chan struct{} // tells the writer of nc that wbuf has bytes
 	closed  bool
 	dials   uint64 // connections dialled so far: a new one may be a new server
+	sent    uint64 // batches ever submitted, to tell an idle connection
 
 	payload payloadCheck // does the server behind nc sanitize RESTORE payloads (restore.go)
 }
@@ -302,6 +325,7 @@ func (c *upConn) submit(ctx context.Context, b *batch, req []byte) error {
 	}
 	c.wbuf = append(c.wbuf, req...)
 	c.pending = append(c.pending, b)
+	c.sent++
 	// Signal under the lock: failLocked closes the channel, and a send on
 	// a closed channel panics. The send never blocks (default case).
 	select {
@@ -368,8 +392,7 @@ func (c *upConn) readLoop(nc net.Conn) {
 				c.pending = c.pending[1:]
 				c.mu.Unlock()
 			}
-			cur.replies = append(cur.replies, reply...)
-			cur.ends = append(cur.ends, len(cur.replies))
+			cur.add(reply)
 			if len(cur.ends) == cur.want {
 				cur.done <- struct{}{}
 				cur = nil
@@ -421,12 +444,16 @@ func (r *replyReader) read(nc net.Conn, each func(reply []byte) error) error {
 	if err == nil {
 		err = readErr // replies that came with the error were handed out first
 	}
-	// Keep the unparsed tail at the front; shrink after a big reply.
+	// Keep the unparsed tail at the front; shrink after a big reply, so a
+	// connection that once carried one does not keep its size for good.
+	if cap(r.buf) > 1<<20 && len(r.buf)-pos <= 64<<10 {
+		nb := make([]byte, len(r.buf)-pos, 64<<10)
+		copy(nb, r.buf[pos:])
+		r.buf = nb
+		return err
+	}
 	rest := copy(r.buf, r.buf[pos:])
 	r.buf = r.buf[:rest]
-	if rest == 0 && cap(r.buf) > 1<<20 {
-		r.buf = make([]byte, 0, 64<<10)
-	}
 	return err
 }
 

@@ -339,10 +339,6 @@ func AppendNull(dst []byte, resp3 bool) []byte {
 	return append(dst, '$', '-', '1', '\r', '\n')
 }
 
-// maxReplyDepth bounds nesting so that a hostile upstream cannot exhaust the
-// stack; Redis's own replies nest a handful of levels.
-const maxReplyDepth = 128
-
 // maxReplyElements bounds an aggregate's announced size (Redis's own
 // replies stay far below it), so that counts cannot overflow.
 const maxReplyElements = 1 << 32
@@ -350,74 +346,70 @@ const maxReplyElements = 1 << 32
 // ReplyLen returns the length of the complete RESP2/RESP3 reply at the front
 // of buf, or 0 when buf does not yet hold all of it. Malformed input yields
 // ErrInvalidReply.
+//
+// It keeps no stack: one counter holds the elements still owed by every
+// open aggregate, so a reply nested as deep as Redis nests one (a Lua table
+// that contains itself comes back about 8,000 levels deep) costs no more than
+// a flat one, and no depth is ever refused.
 func ReplyLen(buf []byte) (int, error) {
-	return replyLen(buf, 0, 0)
-}
-
-func replyLen(buf []byte, pos, depth int) (int, error) {
-	if depth > maxReplyDepth {
-		return 0, ErrInvalidReply
-	}
-	if pos >= len(buf) {
-		return 0, nil
-	}
-	line, next, ok := readLine(buf, pos+1)
-	if !ok {
-		return 0, nil
-	}
-	if next < 0 {
-		return 0, ErrInvalidReply
-	}
-	switch buf[pos] {
-	case '+', '-', ':', ',', '(', '#', '_':
-		return next - pos, nil
-	case '$', '=', '!':
-		n, ok := parseInt(line)
-		if !ok || n < -1 {
+	pos := 0
+	for owed := int64(1); owed > 0; owed-- {
+		if pos >= len(buf) {
+			return 0, nil
+		}
+		line, next, ok := readLine(buf, pos+1)
+		if !ok {
+			return 0, nil
+		}
+		if next < 0 {
 			return 0, ErrInvalidReply
 		}
-		if n == -1 {
-			return next - pos, nil
-		}
-		end := next + int(n) + 2
-		if end > len(buf) || end < next {
+		switch buf[pos] {
+		case '+', '-', ':', ',', '(', '#', '_':
+			pos = next
+		case '$', '=', '!':
+			n, ok := parseInt(line)
+			if !ok || n < -1 {
+				return 0, ErrInvalidReply
+			}
+			if n == -1 {
+				pos = next
+				continue
+			}
+			end := next + int(n) + 2
 			if end < next {
 				return 0, ErrInvalidReply
 			}
-			return 0, nil
-		}
-		if buf[end-2] != '\r' || buf[end-1] != '\n' {
+			if end > len(buf) {
+				return 0, nil
+			}
+			if buf[end-2] != '\r' || buf[end-1] != '\n' {
+				return 0, ErrInvalidReply
+			}
+			pos = end
+		case '*', '~', '>', '%', '|':
+			n, ok := parseInt(line)
+			if !ok || n < -1 || n > maxReplyElements {
+				return 0, ErrInvalidReply
+			}
+			if buf[pos] == '%' || buf[pos] == '|' {
+				n *= 2
+			}
+			if buf[pos] == '|' {
+				n++ // an attribute precedes the reply it annotates
+			}
+			if n > 0 {
+				owed += n
+			}
+			if owed > 1<<48 { // more elements than any buffer could hold
+				return 0, ErrInvalidReply
+			}
+			pos = next
+		default:
 			return 0, ErrInvalidReply
 		}
-		return end - pos, nil
-	case '*', '~', '>', '%', '|':
-		n, ok := parseInt(line)
-		if !ok || n < -1 || n > maxReplyElements {
-			return 0, ErrInvalidReply
-		}
-		if buf[pos] == '%' || buf[pos] == '|' {
-			n *= 2
-		}
-		p := next
-		for i := int64(0); i < n; i++ {
-			l, err := replyLen(buf, p, depth+1)
-			if err != nil || l == 0 {
-				return 0, err
-			}
-			p += l
-		}
-		if buf[pos] == '|' {
-			// An attribute precedes the reply it annotates.
-			l, err := replyLen(buf, p, depth+1)
-			if err != nil || l == 0 {
-				return 0, err
-			}
-			p += l
-		}
-		return p - pos, nil
-	default:
-		return 0, ErrInvalidReply
 	}
+	return pos, nil
 }
 
 func appendInt(dst []byte, n int) []byte { return strconv.AppendInt(dst, int64(n), 10) }

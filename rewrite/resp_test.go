@@ -503,24 +503,42 @@ func TestReplyLenMalformed(t *testing.T) {
 	}
 }
 
+// TestReplyLenDepth: Redis itself sends replies nested about 8,000 deep (a
+// Lua table that contains itself); any depth must be measured, never
+// refused, and an incomplete one must say "incomplete", not "invalid".
 func TestReplyLenDepth(t *testing.T) {
-	nest := func(depth int, open string) []byte {
-		return []byte(strings.Repeat(open, depth) + ":1\r\n")
+	nest := func(depth int, open, leaf string) []byte {
+		return []byte(strings.Repeat(open, depth) + leaf)
 	}
-	for _, open := range []string{"*1\r\n", ">1\r\n", "~1\r\n"} {
-		ok := nest(maxReplyDepth, open)
-		if n, err := ReplyLen(ok); n != len(ok) || err != nil {
-			t.Errorf("%d nested %q: ReplyLen = %d, %v; want %d", maxReplyDepth, open[:1], n, err, len(ok))
+	for _, tc := range []struct {
+		open, leaf string
+		depth      int
+	}{
+		{"*1\r\n", ":1\r\n", 129},
+		{"*1\r\n", "-ERR reached lua stack limit\r\n", 7995}, // what Redis 7.0 sends
+		{">1\r\n", ":1\r\n", 100000},
+		{"~1\r\n", "_\r\n", 100000},
+		{"%1\r\n+k\r\n", "+v\r\n", 100000},
+		{"|1\r\n+a\r\n+b\r\n", ":1\r\n", 100000}, // attribute on attribute on …
+		{"*2\r\n$3\r\nabc\r\n", "#t\r\n", 1000000},
+	} {
+		in := nest(tc.depth, tc.open, tc.leaf)
+		if n, err := ReplyLen(in); n != len(in) || err != nil {
+			t.Errorf("%d nested %q: ReplyLen = %d, %v; want %d", tc.depth, tc.open[:1], n, err, len(in))
 		}
-		deep := nest(maxReplyDepth+1, open)
-		if n, err := ReplyLen(deep); !errors.Is(err, ErrInvalidReply) || n != 0 {
-			t.Errorf("%d nested %q: ReplyLen = %d, %v; want ErrInvalidReply", maxReplyDepth+1, open[:1], n, err)
+		if n, err := ReplyLen(in[:len(in)-1]); n != 0 || err != nil {
+			t.Errorf("%d nested %q, last byte missing: ReplyLen = %d, %v; want 0, nil", tc.depth, tc.open[:1], n, err)
+		}
+		// Followed by the next reply: only the first is measured.
+		two := append(append([]byte(nil), in...), ":2\r\n"...)
+		if n, err := ReplyLen(two); n != len(in) || err != nil {
+			t.Errorf("%d nested %q then :2: ReplyLen = %d, %v; want %d", tc.depth, tc.open[:1], n, err, len(in))
 		}
 	}
-	// Maps count each level once; a hostile upstream cannot recurse forever.
-	deep := []byte(strings.Repeat("%1\r\n+k\r\n", 100000))
-	if _, err := ReplyLen(deep); !errors.Is(err, ErrInvalidReply) {
-		t.Errorf("100000 nested maps: err %v; want ErrInvalidReply", err)
+	// Announced counts are owed, not allocated: a header claiming billions
+	// of elements is only incomplete.
+	if n, err := ReplyLen([]byte(strings.Repeat("*4294967296\r\n", 1000))); n != 0 || err != nil {
+		t.Errorf("huge announced counts: ReplyLen = %d, %v; want 0, nil", n, err)
 	}
 }
 

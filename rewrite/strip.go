@@ -51,6 +51,12 @@ func (r *Rewriter) AppendReply(dst, reply []byte, kind ReplyKind) []byte {
 
 type stripMode uint8
 
+// maxReplyDepth bounds the recursion of appendStrippedAt. Stripping only
+// descends where a mode says keys are (three levels at most); everything
+// deeper is copied whole (ReplyLen keeps no stack), so a reply nested
+// thousands deep passes through and this bound is never what stops it.
+const maxReplyDepth = 128
+
 const (
 	copyAsIs           stripMode = iota
 	stripKey                     // a bulk or simple string key name

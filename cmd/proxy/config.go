@@ -36,6 +36,7 @@ type settings struct {
 	maxClients, maxRequestBytes, sharedConns          int
 	maxPinned, maxScripts, scriptMaxMemory            int
 	scriptTimeout                                     time.Duration
+	outputSoft, outputHard, maxRequestBufferTotal     int
 	dialTimeout, shutdownTimeout                      time.Duration
 	fallback, breaker                                 bool
 	redisCluster                                      string
@@ -143,6 +144,9 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*con
 	secret(&s.clientPassword, "client-password", "PROXY_CLIENT_PASSWORD", "the password clients must AUTH with (empty: none, like a Redis without requirepass)")
 	num(&s.maxClients, "max-clients", "PROXY_MAX_CLIENTS", 10000, "client connections at most; more get Redis's 'max number of clients reached'")
 	num(&s.maxRequestBytes, "max-request-bytes", "PROXY_MAX_REQUEST_BYTES", rewrite.DefaultLimits.MaxRequestBytes, "largest request a client may send")
+	num(&s.outputSoft, "client-output-soft-limit", "PROXY_CLIENT_OUTPUT_SOFT_LIMIT", proxy.DefaultClientOutputSoftLimit, "bytes of replies held for a client before keyfence stops reading its commands until it has read them (like Redis's client-output-buffer-limit soft limit)")
+	num(&s.outputHard, "client-output-hard-limit", "PROXY_CLIENT_OUTPUT_HARD_LIMIT", proxy.DefaultClientOutputHardLimit, "bytes of replies to one client's pipelined commands past which the client is disconnected (like Redis's hard limit); the shared upstream connection is unaffected")
+	num(&s.maxRequestBufferTotal, "max-request-buffer-total", "PROXY_MAX_REQUEST_BUFFER_TOTAL", proxy.DefaultMaxRequestBufferTotal, "bytes of partial requests all clients together may have keyfence buffer (like Redis's maxmemory-clients); a client that would pass it is refused")
 	num(&s.sharedConns, "shared-conns", "PROXY_SHARED_CONNS", 1, "multiplexed upstream connections per database and protocol (one batches best, as twemproxy's server_connections: 1)")
 	num(&s.maxPinned, "max-pinned", "PROXY_MAX_PINNED", 1000, "upstream connections pinned to clients (MULTI, WATCH, blocking commands) at most")
 	dur(&s.scriptTimeout, "script-timeout", "PROXY_SCRIPT_TIMEOUT", proxy.DefaultScriptTimeout, "longest a Lua script may run before keyfence stops it (below Redis's 5 s busy threshold, so other tenants wait at most this long)")
@@ -359,10 +363,18 @@ func (s *settings) config() (*config, error) {
 	for _, c := range []struct {
 		name string
 		v    int
-	}{{"--max-clients", s.maxClients}, {"--max-request-bytes", s.maxRequestBytes}, {"--shared-conns", s.sharedConns}, {"--max-pinned", s.maxPinned}, {"--max-scripts", s.maxScripts}, {"--script-max-memory", s.scriptMaxMemory}} {
+	}{{"--max-clients", s.maxClients}, {"--max-request-bytes", s.maxRequestBytes}, {"--shared-conns", s.sharedConns}, {"--max-pinned", s.maxPinned},
+		{"--max-scripts", s.maxScripts}, {"--script-max-memory", s.scriptMaxMemory},
+		{"--client-output-soft-limit", s.outputSoft}, {"--client-output-hard-limit", s.outputHard}, {"--max-request-buffer-total", s.maxRequestBufferTotal}} {
 		if c.v <= 0 {
 			return nil, fmt.Errorf("%s %d: must be positive", c.name, c.v)
 		}
+	}
+	if s.outputSoft > s.outputHard {
+		return nil, fmt.Errorf("--client-output-soft-limit %d: must not exceed --client-output-hard-limit %d", s.outputSoft, s.outputHard)
+	}
+	if s.maxRequestBufferTotal < s.maxRequestBytes {
+		return nil, fmt.Errorf("--max-request-buffer-total %d: must be at least --max-request-bytes %d, or no client could send its largest request", s.maxRequestBufferTotal, s.maxRequestBytes)
 	}
 	if s.dialTimeout <= 0 {
 		return nil, fmt.Errorf("--dial-timeout %s: must be positive", s.dialTimeout)
@@ -404,21 +416,24 @@ func (s *settings) config() (*config, error) {
 	}
 	return &config{
 		proxy: proxy.Config{
-			Listen:          s.listen,
-			Tenant:          s.tenant,
-			KeyFormat:       s.keyFormat,
-			Upstream:        up,
-			ClientPassword:  s.clientPassword,
-			MaxClients:      s.maxClients,
-			MaxRequestBytes: s.maxRequestBytes,
-			SharedConns:     s.sharedConns,
-			MaxPinned:       s.maxPinned,
-			ScriptTimeout:   s.scriptTimeout,
-			MaxScripts:      s.maxScripts,
-			ScriptMaxMemory: int64(s.scriptMaxMemory),
-			TLS:             listenTLS,
-			Fallback:        fb,
-			FallbackCache:   s.fallback,
+			Listen:                s.listen,
+			Tenant:                s.tenant,
+			KeyFormat:             s.keyFormat,
+			Upstream:              up,
+			ClientPassword:        s.clientPassword,
+			MaxClients:            s.maxClients,
+			MaxRequestBytes:       s.maxRequestBytes,
+			ClientOutputSoftLimit: s.outputSoft,
+			ClientOutputHardLimit: s.outputHard,
+			MaxRequestBufferTotal: int64(s.maxRequestBufferTotal),
+			SharedConns:           s.sharedConns,
+			MaxPinned:             s.maxPinned,
+			ScriptTimeout:         s.scriptTimeout,
+			MaxScripts:            s.maxScripts,
+			ScriptMaxMemory:       int64(s.scriptMaxMemory),
+			TLS:                   listenTLS,
+			Fallback:              fb,
+			FallbackCache:         s.fallback,
 		},
 		admin:           s.admin,
 		adminOpts:       telemetry.AdminOptions{Token: s.adminToken, Pprof: s.adminPprof},

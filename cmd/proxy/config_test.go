@@ -93,6 +93,8 @@ func TestParseConfig(t *testing.T) {
 					return "timeouts"
 				case p.MaxClients != 10000, p.SharedConns != 1, p.MaxPinned != 1000, p.MaxRequestBytes != rewrite.DefaultLimits.MaxRequestBytes:
 					return "limits"
+				case p.ClientOutputSoftLimit != 32<<20, p.ClientOutputHardLimit != 256<<20, p.MaxRequestBufferTotal != 1<<30:
+					return "memory bounds"
 				case c.logLevel != slog.LevelInfo:
 					return "log level"
 				case p.ScriptTimeout != proxy.DefaultScriptTimeout, p.MaxScripts != 1000, p.ScriptMaxMemory != 256<<20:
@@ -150,6 +152,18 @@ func TestParseConfig(t *testing.T) {
 			},
 		},
 		{
+			name: "memory bounds from flags",
+			args: []string{"--client-output-soft-limit", "1000", "--client-output-hard-limit", "5000", "--max-request-buffer-total", "70000000"},
+			env:  map[string]string{"TENANT_ID": "acme"},
+			check: func(c *config) string {
+				p := c.proxy
+				if p.ClientOutputSoftLimit != 1000 || p.ClientOutputHardLimit != 5000 || p.MaxRequestBufferTotal != 70000000 {
+					return fmt.Sprint("got ", p.ClientOutputSoftLimit, p.ClientOutputHardLimit, p.MaxRequestBufferTotal)
+				}
+				return ""
+			},
+		},
+		{
 			name: "assume restore sanitized, environment; off by default",
 			env:  map[string]string{"TENANT_ID": "acme", "PROXY_ASSUME_RESTORE_SANITIZED": "true"},
 			check: func(c *config) string {
@@ -161,6 +175,35 @@ func TestParseConfig(t *testing.T) {
 				}
 				return ""
 			},
+		},
+		{
+			name: "memory bounds from environment",
+			env: map[string]string{"TENANT_ID": "acme", "PROXY_CLIENT_OUTPUT_SOFT_LIMIT": "2000", "PROXY_CLIENT_OUTPUT_HARD_LIMIT": "9000",
+				"PROXY_MAX_REQUEST_BUFFER_TOTAL": "80000000"},
+			check: func(c *config) string {
+				p := c.proxy
+				if p.ClientOutputSoftLimit != 2000 || p.ClientOutputHardLimit != 9000 || p.MaxRequestBufferTotal != 80000000 {
+					return fmt.Sprint("got ", p.ClientOutputSoftLimit, p.ClientOutputHardLimit, p.MaxRequestBufferTotal)
+				}
+				return ""
+			},
+		},
+		{
+			name:    "soft output limit above hard",
+			args:    []string{"--client-output-soft-limit", "6000", "--client-output-hard-limit", "5000"},
+			env:     map[string]string{"TENANT_ID": "acme"},
+			wantErr: "--client-output-soft-limit 6000: must not exceed --client-output-hard-limit",
+		},
+		{
+			name:    "zero hard output limit",
+			env:     map[string]string{"TENANT_ID": "acme", "PROXY_CLIENT_OUTPUT_HARD_LIMIT": "0"},
+			wantErr: "--client-output-hard-limit 0: must be positive",
+		},
+		{
+			name:    "request buffer budget below one request",
+			args:    []string{"--max-request-buffer-total", "1000"},
+			env:     map[string]string{"TENANT_ID": "acme"},
+			wantErr: "--max-request-buffer-total 1000: must be at least --max-request-bytes",
 		},
 		{
 			name: "redis URL with password and db",
@@ -383,6 +426,9 @@ func TestHelpListsEverySetting(t *testing.T) {
 		"-redis-sentinels", "REDIS_SENTINELS", "-redis-sentinel-master", "REDIS_SENTINEL_MASTER", `(default "mymaster")`,
 		"-redis-sentinel-password", "REDIS_SENTINEL_PASSWORD",
 		"-listen", `(default "127.0.0.1:6380")`, "-admin", `(default "127.0.0.1:9121")`,
+		"-client-output-soft-limit", "PROXY_CLIENT_OUTPUT_SOFT_LIMIT", "(default 33554432)",
+		"-client-output-hard-limit", "PROXY_CLIENT_OUTPUT_HARD_LIMIT", "(default 268435456)",
+		"-max-request-buffer-total", "PROXY_MAX_REQUEST_BUFFER_TOTAL", "(default 1073741824)",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("--help does not mention %q", want)
