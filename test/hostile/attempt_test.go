@@ -219,5 +219,5 @@ func (a *act) subscribeAndWatch(sub ...string) {
 	}
 	// A pattern that matches acme's own channel delivers the marker twice;
 	// anything else arriving now is scanned for leaks too.
-	c.drain(100 * time.Millisecond)
+	c.drain(50 * time.Millisecond)
 }

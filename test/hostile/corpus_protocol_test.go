@@ -21,7 +21,7 @@ func protocolAttempts() []attempt {
 				_ = c.Close()
 				return
 			}
-			c.drain(150 * time.Millisecond)
+			c.drain(50 * time.Millisecond)
 		}}
 	}
 	out = append(out,
@@ -93,7 +93,7 @@ func protocolAttempts() []attempt {
 			r := c.do("MONITOR")
 			a.wantError("MONITOR (it would show every tenant's commands)", r)
 			a.f.betaActivity(a.t)
-			c.drain(150 * time.Millisecond)
+			c.drain(50 * time.Millisecond)
 		}},
 		attempt{name: "client-list-own-only", category: catProtocol, run: func(a *act) {
 			r := a.do("CLIENT", "LIST")
@@ -180,7 +180,7 @@ func protocolAttempts() []attempt {
 		attempt{name: "quit-mid-pipeline", category: catProtocol, run: func(a *act) {
 			c := a.conn()
 			_ = c.write(append(append(encode("SET", "q", "1"), encode("QUIT")...), encode("FLUSHALL")...))
-			c.drain(150 * time.Millisecond)
+			c.drain(50 * time.Millisecond)
 		}},
 	)
 	return out

@@ -48,21 +48,21 @@ func pubsubAttempts() []attempt {
 			a.wantOK("HELLO 3", c.do("HELLO", "3"))
 			a.wantReply("PSUBSCRIBE * in RESP3", c.do("PSUBSCRIBE", "*"))
 			a.f.betaActivity(a.t)
-			c.drain(150 * time.Millisecond)
+			c.drain(50 * time.Millisecond)
 		}},
 		attempt{name: "client-tracking-bcast", category: catPubSub, run: func(a *act) {
 			c := a.conn()
 			a.wantOK("HELLO 3", c.do("HELLO", "3"))
 			a.wantReply("CLIENT TRACKING ON BCAST", c.do("CLIENT", "TRACKING", "ON", "BCAST"))
 			a.f.betaActivity(a.t)
-			c.drain(150 * time.Millisecond)
+			c.drain(50 * time.Millisecond)
 		}},
 		attempt{name: "client-tracking-bcast-prefix", category: catPubSub, run: func(a *act) {
 			c := a.conn()
 			a.wantOK("HELLO 3", c.do("HELLO", "3"))
 			a.wantReply("CLIENT TRACKING ON BCAST PREFIX", c.do("CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", betaPrefix))
 			a.f.betaActivity(a.t)
-			c.drain(150 * time.Millisecond)
+			c.drain(50 * time.Millisecond)
 		}},
 		attempt{name: "pubsub-channels", category: catPubSub, run: func(a *act) {
 			a.wantStrings("PUBSUB CHANNELS", a.do("PUBSUB", "CHANNELS"))

@@ -937,8 +937,12 @@ func (f *fence) cleanup(t *testing.T, w *watch) {
 			}
 		}
 	}
-	_ = f.adminDB(0).Do(ctx, "FUNCTION", "FLUSH").Err()
-	_ = f.adminDB(0).Do(ctx, "REPLICAOF", "NO", "ONE").Err()
+	if fl, err := f.adminDB(0).Do(ctx, "FUNCTION", "LIST").Slice(); err != nil || len(fl) > 0 {
+		_ = f.adminDB(0).Do(ctx, "FUNCTION", "FLUSH").Err()
+	}
+	if info, err := f.adminDB(0).Info(ctx, "replication").Result(); err != nil || infoField(info, "role") != "master" {
+		_ = f.adminDB(0).Do(ctx, "REPLICAOF", "NO", "ONE").Err()
+	}
 }
 
 func (f *fence) showLogs(t *testing.T, w *watch) {
