@@ -129,6 +129,7 @@ func TestSandboxEscapes(t *testing.T) {
 		{"persist across runs", "coroutine.x = 1 return 1"},
 		{"redis table write", "redis.call = function() end return 1"},
 		{"acl_check_cmd", "return redis.acl_check_cmd('FLUSHALL')"},
+		{"restore payload", "return redis.call('RESTORE', 'k', 0, ARGV[1])"},
 	}
 	for _, e := range escapes {
 		r := a.do(t, "EVAL", e.script, "1", "tenant:beta:secret", "tenant:beta:secret")
@@ -136,6 +137,9 @@ func TestSandboxEscapes(t *testing.T) {
 			t.Errorf("%s: the attacker read the victim's data: %s", e.name, r)
 		}
 		t.Logf("%-22s → %.140s", e.name, strings.TrimSpace(string(r)))
+	}
+	if r := a.do(t, "EVAL", "return redis.call('RESTORE', 'k', 0, 'x')", "0"); !strings.Contains(string(r), "not allowed inside scripts") {
+		t.Errorf("RESTORE inside a script: %s", r)
 	}
 	victimIntact(t, up)
 	// What the attacker wrote stayed in its own namespace.

@@ -36,6 +36,11 @@ type Sandbox struct {
 	fn      string // the prefix of its function names
 }
 
+// MaxScriptBytes bounds a client's script: its rewriting costs memory in
+// proportion (up to ~6x for a script of one-letter globals), and BullMQ's
+// largest is 40 KB.
+const MaxScriptBytes = 4 << 20
+
 // MaxChunkBytes bounds the rewritten script text the library keeps
 // compiled per upstream server, across all tenants; a chunk evicted past
 // it is loaded again on its next run.
@@ -114,6 +119,10 @@ var sandboxNames = luasrc.Options{
 // ErrScriptSyntax for text that is not Lua, and another error for a script
 // keyfence cannot run (one that uses keyfence's reserved names).
 func PrepareScript(src []byte) (*Script, error) {
+	if len(src) > MaxScriptBytes {
+		return nil, ScriptError("ERR keyfence: a script of " + strconv.Itoa(len(src)) +
+			" bytes is larger than the " + strconv.Itoa(MaxScriptBytes>>20) + " MiB keyfence accepts")
+	}
 	s := &Script{ClientSHA: ScriptSHA(src)}
 	body := src
 	if bytes.HasPrefix(src, []byte("#!")) {
@@ -240,6 +249,10 @@ func luaRefusal(cmd *Command) string {
 	switch {
 	case cmd.HasFlag(FlagNoScript):
 		return "ERR This Redis command is not allowed from script"
+	case cmd.LoadsPayload:
+		// Outside scripts keyfence lets RESTORE through only where
+		// upstream sanitizes payloads; a script's RESTORE it cannot vet.
+		return "ERR keyfence: command '" + cmd.Name + "' is not allowed inside scripts: a crafted DUMP payload can crash a Redis that does not sanitize it; run it outside the script"
 	case luaAllowed(cmd), luaHarmless[cmd.Name]:
 		return ""
 	}
