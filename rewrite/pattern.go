@@ -159,6 +159,13 @@ func (r *Rewriter) appendChannel(dst []byte, cmd *Command, args [][]byte) ([]byt
 		dst = AppendBulk(dst, args[0])
 		dst = AppendBulk(dst, args[1])
 		for _, a := range args[2:] {
+			if bytes.HasPrefix(a, []byte(keyeventPrefix)) {
+				// Upstream counts every tenant's subscribers of a keyevent
+				// channel: ask for a name nobody subscribes to instead. The
+				// tenant's own keyevent subscribers go uncounted (0).
+				dst = AppendPrefixedBulk(dst, r.prefix, a)
+				continue
+			}
 			dst = r.appendChannelName(dst, a, false)
 		}
 		return dst, nil
