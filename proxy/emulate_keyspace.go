@@ -22,12 +22,7 @@ func scanBatch() []byte { return strconv.AppendInt(nil, rewrite.MaxScanCount, 10
 // call runs one command on conn outside the client's batch and decodes the
 // reply. Upstream error replies are returned as errors.
 func (s *session) call(ctx context.Context, conn *upConn, args ...[]byte) (value, error) {
-	req := appendArgs(nil, args...)
-	b := newBatch()
-	if err := conn.do(ctx, b, req, 1); err != nil {
-		return value{}, err
-	}
-	v, err := parseValue(b.reply(0))
+	v, err := conn.callValue(ctx, args...)
 	if err != nil {
 		return value{}, err
 	}

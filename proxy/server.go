@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -582,9 +581,9 @@ func (s *Server) numPatterns() int {
 
 // databases returns how many databases upstream has, learned once by where
 // SELECT stops succeeding on a connection of keyfence's own (not CONFIG GET:
-// the narrowest upstream ACL user has no CONFIG, and keyfence never sends
-// it). SELECT checks an index against it, so that an index upstream lacks
-// costs no connection group.
+// the narrowest upstream ACL user may not run CONFIG). SELECT checks an
+// index against it, so that an index upstream lacks costs no connection
+// group.
 func (s *Server) databases(ctx context.Context) (int64, error) {
 	if n := s.dbCount.Load(); n > 0 {
 		return n, nil
@@ -603,45 +602,23 @@ func (s *Server) databases(ctx context.Context) (int64, error) {
 }
 
 func learnDatabases(ctx context.Context, cfg *UpstreamConfig) (int64, error) {
-	nc, err := dial(ctx, cfg, connKey{db: cfg.DB})
-	if err != nil {
-		return 0, err
-	}
-	defer nc.Close()
-	deadline := time.Now().Add(4 * cfg.DialTimeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	_ = nc.SetDeadline(deadline)
-	br := bufio.NewReader(nc)
-	call := func(args ...string) ([]byte, error) {
-		var req []byte
-		req = rewrite.AppendArrayHeader(req, len(args))
-		for _, a := range args {
-			req = rewrite.AppendBulk(req, []byte(a))
-		}
-		if _, err := nc.Write(req); err != nil {
-			return nil, &upstreamError{fmt.Errorf("learn databases: %w", err)}
-		}
-		reply, err := readReply(br)
-		if err != nil {
-			return nil, &upstreamError{fmt.Errorf("learn databases: %w", err)}
-		}
-		return reply, nil
-	}
+	ctx, cancel := context.WithTimeout(ctx, 4*cfg.DialTimeout)
+	defer cancel()
+	c := newUpConn(cfg, connKey{db: cfg.DB})
+	defer c.close()
 	// The first index SELECT refuses, by doubling and then halving: about
 	// six round trips for Redis's default 16, sixty at worst, once.
 	valid := func(n int64) (bool, error) {
-		reply, err := call("SELECT", strconv.FormatInt(n, 10))
+		v, err := c.callValue(ctx, []byte("SELECT"), strconv.AppendInt(nil, n, 10))
 		switch {
 		case err != nil:
-			return false, err
-		case reply[0] != '-':
+			return false, fmt.Errorf("learn databases: %w", err)
+		case v.typ != '-':
 			return true, nil
-		case bytes.Contains(reply, []byte("out of range")):
+		case bytes.Contains(v.str, []byte("out of range")):
 			return false, nil
 		}
-		return false, &upstreamError{fmt.Errorf("learn databases: SELECT %d: %s", n, trimCRLF(reply[1:]))}
+		return false, &upstreamError{fmt.Errorf("learn databases: SELECT %d: %s", n, v.str)}
 	}
 	lo := int64(cfg.DB) // valid: the connection is on it
 	hi := max(16, lo+1) // find the first invalid index past lo
