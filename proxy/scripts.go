@@ -204,8 +204,7 @@ func (s *session) eval(ctx context.Context, cmd *rewrite.Command, args [][]byte)
 	}
 	s.req = rewrite.AppendBulk(s.req, s.rw.KeyPrefix())
 	s.req = rewrite.AppendBulk(s.req, []byte(sc.ChunkSHA))
-	s.req = strconv.AppendInt(append(s.req, '$'), int64(len(s.srv.scriptBudget)), 10)
-	s.req = append(append(append(s.req, '\r', '\n'), s.srv.scriptBudget...), '\r', '\n')
+	s.req = rewrite.AppendBulk(s.req, s.srv.scriptBudget)
 	s.req = rewrite.AppendBulk(s.req, s.srv.scriptMemory)
 	for _, a := range args[end:] {
 		s.req = rewrite.AppendBulk(s.req, a)

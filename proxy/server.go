@@ -102,16 +102,21 @@ func (c *Config) setDefaults() {
 		c.ScriptTimeout = DefaultScriptTimeout
 	}
 	if c.ScriptMaxMemory <= 0 {
-		c.ScriptMaxMemory = 256 << 20
+		c.ScriptMaxMemory = DefaultScriptMaxMemory
 	}
 	if c.MaxScripts <= 0 {
-		c.MaxScripts = 1000
+		c.MaxScripts = DefaultMaxScripts
 	}
 }
 
-// DefaultScriptTimeout stops a runaway script well before Redis's own
-// busy threshold (5 s), after which every client would get BUSY.
-const DefaultScriptTimeout = time.Second
+// Defaults of the script limits (see Config). The timeout stops a runaway
+// script well before Redis's own busy threshold (5 s), after which every
+// client would get BUSY.
+const (
+	DefaultScriptTimeout   = time.Second
+	DefaultScriptMaxMemory = 256 << 20
+	DefaultMaxScripts      = 1000
+)
 
 // Server accepts clients of one tenant and proxies them to upstream.
 type Server struct {

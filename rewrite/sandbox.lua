@@ -23,7 +23,7 @@ local MAX_CHUNK_BYTES = __MAXBYTES__
 -- Bound at the first call: while a library loads, Redis offers only
 -- redis.register_function, not the standard libraries.
 local R, sub, lower, gsub, match, unpack, select, type, tostring, tonumber
-local rawget, rawset, rawequal, setmetatable, getmetatable, next, pairs, ipairs, pcall, xpcall, error, gcount, floor
+local rawget, rawset, setmetatable, getmetatable, next, pairs, ipairs, pcall, xpcall, error, gcount, floor
 local coresume
 
 -- Compiled client chunks by the SHA1 of their rewritten text, bounded by
@@ -331,7 +331,7 @@ local function init()
 	local s, m = string, math
 	sub, lower, gsub, match = s.sub, s.lower, s.gsub, s.match
 	unpack, select, type, tostring, tonumber = _G.unpack, _G.select, _G.type, _G.tostring, _G.tonumber
-	rawget, rawset, rawequal, setmetatable, getmetatable = _G.rawget, _G.rawset, _G.rawequal, _G.setmetatable, _G.getmetatable
+	rawget, rawset, setmetatable, getmetatable = _G.rawget, _G.rawset, _G.setmetatable, _G.getmetatable
 	next, pairs, ipairs, pcall, xpcall, error = _G.next, _G.pairs, _G.ipairs, _G.pcall, _G.xpcall, _G.error
 	gcount, floor = _G.collectgarbage, m.floor
 	coresume = coroutine.resume

@@ -97,7 +97,7 @@ func TestParseConfig(t *testing.T) {
 					return "memory bounds"
 				case c.logLevel != slog.LevelInfo:
 					return "log level"
-				case p.ScriptTimeout != proxy.DefaultScriptTimeout, p.MaxScripts != 1000, p.ScriptMaxMemory != 256<<20:
+				case p.ScriptTimeout != proxy.DefaultScriptTimeout, p.MaxScripts != proxy.DefaultMaxScripts, p.ScriptMaxMemory != proxy.DefaultScriptMaxMemory:
 					return "script limits"
 				}
 				return ""
