@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/keyfence/keyfence/internal/redistest"
+	"github.com/keyfence/keyfence/rewrite"
 )
 
 // twoTenants starts two keyfences, attacker and victim, on a redis-server of
@@ -254,6 +255,26 @@ func TestSandboxBoundsScripts(t *testing.T) {
 	if r := c.do(t, "EVAL", "return 6", "0"); string(r) != ":6\r\n" {
 		t.Fatalf("after SCRIPT FLUSH: %s", r)
 	}
+
+	// Large scripts: the text a tenant's scripts hold is bounded too.
+	big := startProxy(t, up, func(c *Config) { c.Tenant = "big" })
+	b := dialRaw(t, big)
+	filler := strings.Repeat("-- padding that Lua compiles quickly\n", (rewrite.MaxScriptBytes-64)/37)
+	loaded := 0
+	for i := 0; i < maxScriptBytes/len(filler)+2; i++ {
+		r := b.do(t, "EVAL", filler+"return "+strconv.Itoa(i), "0")
+		if strings.Contains(string(r), "MiB of script text") {
+			break
+		}
+		if string(r) != ":"+strconv.Itoa(i)+"\r\n" {
+			t.Fatalf("large script %d: %.200s", i, r)
+		}
+		loaded++
+	}
+	if want := maxScriptBytes / len(filler); loaded != want {
+		t.Errorf("%d scripts of %d bytes loaded before the refusal, want %d (%d bytes of text at most)", loaded, len(filler), want, maxScriptBytes)
+	}
+	t.Logf("scripts of %d KiB: %d loaded, the next refused", len(filler)>>10, loaded)
 
 	// Many distinct scripts: upstream's EVAL cache does not grow at all.
 	many := startProxy(t, up, func(c *Config) { c.Tenant = "many"; c.MaxScripts = 100000 })

@@ -24,17 +24,24 @@ type scriptEntry struct {
 }
 
 // scriptRegistry maps the tenant's script SHA1s to their sandboxed form, so
-// that EVALSHA works from any connection. It holds at most max scripts:
-// past that EVAL of a new script is refused (a tenant could otherwise make
-// upstream compile without end), until SCRIPT FLUSH.
+// that EVALSHA works from any connection. It holds at most max scripts and
+// maxBytes of their rewritten text: past either, EVAL of a new script is
+// refused (a tenant could otherwise make upstream compile, and keyfence
+// hold, without end), until SCRIPT FLUSH.
 type scriptRegistry struct {
-	max   int
-	mu    sync.RWMutex
-	bySHA map[string]*scriptEntry
+	max      int
+	maxBytes int
+	mu       sync.RWMutex
+	bySHA    map[string]*scriptEntry
+	bytes    int
 }
 
+// maxScriptBytes bounds the rewritten text one tenant's scripts hold: no
+// more than the sandbox library keeps compiled upstream for all tenants.
+const maxScriptBytes = rewrite.MaxChunkBytes
+
 func newScriptRegistry(max int) *scriptRegistry {
-	return &scriptRegistry{max: max, bySHA: make(map[string]*scriptEntry)}
+	return &scriptRegistry{max: max, maxBytes: maxScriptBytes, bySHA: make(map[string]*scriptEntry)}
 }
 
 func (r *scriptRegistry) get(sha string) *scriptEntry {
@@ -51,17 +58,19 @@ func (r *scriptRegistry) add(sc *rewrite.Script) (*scriptEntry, error) {
 	if old := r.bySHA[sc.ClientSHA]; old != nil {
 		return old, nil
 	}
-	if len(r.bySHA) >= r.max {
+	if len(r.bySHA) >= r.max || r.bytes+len(sc.Chunk) > r.maxBytes {
 		return nil, errTooManyScripts
 	}
 	e := &scriptEntry{script: sc}
 	r.bySHA[sc.ClientSHA] = e
+	r.bytes += len(sc.Chunk)
 	return e, nil
 }
 
 func (r *scriptRegistry) flush() {
 	r.mu.Lock()
 	r.bySHA = make(map[string]*scriptEntry)
+	r.bytes = 0
 	r.mu.Unlock()
 }
 
@@ -89,8 +98,9 @@ func (s *session) prepareScript(ctx context.Context, text []byte) (*scriptEntry,
 	}
 	e, err := s.srv.scripts.add(sc)
 	if err != nil {
-		return nil, "ERR keyfence: this tenant has " + strconv.Itoa(s.srv.scripts.max) +
-			" distinct scripts loaded, the most --max-scripts allows; run SCRIPT FLUSH or use fewer distinct scripts"
+		return nil, "ERR keyfence: this tenant has as many distinct scripts loaded as keyfence allows (--max-scripts " +
+			strconv.Itoa(s.srv.scripts.max) + ", " + strconv.Itoa(s.srv.scripts.maxBytes>>20) +
+			" MiB of script text); run SCRIPT FLUSH or use fewer distinct scripts"
 	}
 	return e, ""
 }
