@@ -16,8 +16,13 @@ const (
 	// leftBehind is how much more heap may stay in use once the attacker
 	// has disconnected: per-client state must go with the client.
 	leftBehind = 8 << 20
-	// settle bounds the wait for keyfence to notice that the attacker left.
-	settle = 3 * time.Second
+	// settle bounds the wait for keyfence to notice that the attacker left
+	// and let go of what it held. A liveness bound, polled: a passing
+	// attempt returns as soon as the heap is back. It is generous because
+	// an attacker that left mid-way through 128 MB of replies is noticed
+	// only once they have crossed the shared connection, which under -race
+	// on two busy cores takes several seconds.
+	settle = 30 * time.Second
 )
 
 // heapInUse is this process's live heap after a collection.
