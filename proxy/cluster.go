@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
 )
 
@@ -128,30 +129,30 @@ func (m *clusterMap) fetchSlots(ctx context.Context, addr string) ([clusterSlots
 	}
 	defer nc.Close()
 	_ = nc.SetDeadline(time.Now().Add(m.cfg.DialTimeout + time.Second))
-	if _, err := nc.Write(appendArgs(nil, []byte("CLUSTER"), []byte("SLOTS"))); err != nil {
+	if _, err := nc.Write(resp.AppendCommand(nil, []byte("CLUSTER"), []byte("SLOTS"))); err != nil {
 		return slots, err
 	}
-	reply, err := readReply(bufio.NewReader(nc))
+	reply, err := resp.ReadReply(bufio.NewReader(nc))
 	if err != nil {
 		return slots, err
 	}
-	v, err := parseValue(reply)
+	v, err := resp.Parse(reply)
 	if err == nil {
-		err = v.err()
+		err = v.Err()
 	}
 	if err != nil {
 		return slots, fmt.Errorf("CLUSTER SLOTS on %s: %w", addr, err)
 	}
-	for _, r := range v.elems {
-		if len(r.elems) < 3 || len(r.elems[2].elems) < 2 {
+	for _, r := range v.Elems {
+		if len(r.Elems) < 3 || len(r.Elems[2].Elems) < 2 {
 			continue
 		}
-		host := string(r.elems[2].elems[0].str)
+		host := string(r.Elems[2].Elems[0].Str)
 		if host == "" {
 			host, _, _ = net.SplitHostPort(addr) // Redis may omit its own address
 		}
-		master := net.JoinHostPort(host, strconv.FormatInt(r.elems[2].elems[1].num, 10))
-		for s := r.elems[0].num; s <= r.elems[1].num && s < clusterSlots; s++ {
+		master := net.JoinHostPort(host, strconv.FormatInt(r.Elems[2].Elems[1].Num, 10))
+		for s := r.Elems[0].Num; s <= r.Elems[1].Num && s < clusterSlots; s++ {
 			slots[s] = master
 		}
 	}
@@ -254,15 +255,15 @@ func (s *session) redirect(ctx context.Context, reply, req []byte) []byte {
 	if ask {
 		// ASKING and the command go out back to back in one write, so no
 		// other client's command can come between them.
-		out := appendArgs(nil, []byte("ASKING"))
+		out := resp.AppendCommand(nil, []byte("ASKING"))
 		out = append(out, req...)
 		if err := conn.do(ctx, b, out, 2); err != nil {
-			return rewrite.AppendError(nil, upstreamErrorText(err))
+			return resp.AppendError(nil, upstreamErrorText(err))
 		}
 		return b.reply(1)
 	}
 	if err := conn.do(ctx, b, req, 1); err != nil {
-		return rewrite.AppendError(nil, upstreamErrorText(err))
+		return resp.AppendError(nil, upstreamErrorText(err))
 	}
 	return b.reply(0)
 }
@@ -317,7 +318,7 @@ func (s *session) startDeferredMulti(ctx context.Context, cmd *rewrite.Command, 
 		return err
 	}
 	s.multiDeferred = false
-	s.req = appendArgs(s.req, []byte("MULTI"))
+	s.req = resp.AppendCommand(s.req, []byte("MULTI"))
 	s.nreq++
 	s.slots = append(s.slots, slot{name: "multi", upstream: true, hidden: true})
 	return nil
@@ -352,15 +353,15 @@ func (s *session) clusterScan(ctx context.Context, cmd *rewrite.Command, args []
 		s.addLocalError(upstreamErrorText(err))
 		return
 	}
-	v, err := parseValue(b.reply(0))
+	v, err := resp.Parse(b.reply(0))
 	if err == nil {
-		err = v.err()
+		err = v.Err()
 	}
-	if err != nil || len(v.elems) != 2 {
-		s.addLocalError(upstreamErrorText(errors.Join(err, errBadValue)))
+	if err != nil || len(v.Elems) != 2 {
+		s.addLocalError(upstreamErrorText(errors.Join(err, resp.ErrBadValue)))
 		return
 	}
-	next, _ := strconv.ParseUint(string(v.elems[0].str), 10, 64)
+	next, _ := strconv.ParseUint(string(v.Elems[0].Str), 10, 64)
 	var out uint64
 	switch {
 	case next != 0:
@@ -368,12 +369,12 @@ func (s *session) clusterScan(ctx context.Context, cmd *rewrite.Command, args []
 	case node+1 < len(conns):
 		out = uint64(node + 1)
 	}
-	reply := rewrite.AppendArrayHeader(nil, 2)
-	reply = rewrite.AppendBulk(reply, []byte(strconv.FormatUint(out, 10)))
-	reply = rewrite.AppendArrayHeader(reply, len(v.elems[1].elems))
-	for _, k := range v.elems[1].elems {
-		key, _ := s.rw.StripKey(k.str)
-		reply = rewrite.AppendBulk(reply, key)
+	reply := resp.AppendArrayHeader(nil, 2)
+	reply = resp.AppendBulk(reply, []byte(strconv.FormatUint(out, 10)))
+	reply = resp.AppendArrayHeader(reply, len(v.Elems[1].Elems))
+	for _, k := range v.Elems[1].Elems {
+		key, _ := s.rw.StripKey(k.Str)
+		reply = resp.AppendBulk(reply, key)
 	}
 	s.addLocal(reply)
 }

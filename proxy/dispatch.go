@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
 )
 
@@ -316,7 +317,7 @@ func (s *session) exec(ctx context.Context) {
 		if s.multiAbort {
 			s.addLocalError("EXECABORT Transaction discarded because of previous errors.")
 		} else {
-			s.addLocal(rewrite.AppendArrayHeader(nil, len(s.multiKinds)))
+			s.addLocal(resp.AppendArrayHeader(nil, len(s.multiKinds)))
 		}
 		return
 	}
@@ -327,7 +328,7 @@ func (s *session) exec(ctx context.Context) {
 		s.unpin(true)
 		return
 	}
-	s.req = appendArgs(s.req, []byte("EXEC"))
+	s.req = resp.AppendCommand(s.req, []byte("EXEC"))
 	s.nreq++
 	s.slots = append(s.slots, slot{name: s.curName, upstream: true, exec: true})
 	s.flushBatch(ctx)
@@ -336,7 +337,7 @@ func (s *session) exec(ctx context.Context) {
 
 // discardQuietly ends the upstream transaction without a client-visible reply.
 func (s *session) discardQuietly(ctx context.Context) {
-	req := appendArgs(nil, []byte("DISCARD"))
+	req := resp.AppendCommand(nil, []byte("DISCARD"))
 	if err := s.pinned.do(ctx, s.b, req, 1); err != nil {
 		s.unpin(false)
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
 )
 
@@ -21,12 +22,12 @@ func (s *session) emulate(ctx context.Context, cmd *rewrite.Command, args [][]by
 		case 1:
 			s.addStatus("PONG")
 		case 2:
-			s.addLocal(rewrite.AppendBulk(nil, args[1]))
+			s.addLocal(resp.AppendBulk(nil, args[1]))
 		default:
 			s.addLocalError("ERR wrong number of arguments for 'ping' command")
 		}
 	case "echo":
-		s.addLocal(rewrite.AppendBulk(nil, args[1]))
+		s.addLocal(resp.AppendBulk(nil, args[1]))
 	case "quit":
 		s.addStatus("OK")
 		s.quit = true
@@ -71,14 +72,14 @@ func (s *session) emulate(ctx context.Context, cmd *rewrite.Command, args [][]by
 		s.flushBatch(ctx)
 		s.info(ctx, args[1:])
 	case "client|id":
-		s.addLocal(rewrite.AppendInt(nil, s.id))
+		s.addLocal(resp.AppendInt(nil, s.id))
 	case "client|setname":
 		s.clientSetName(args[2])
 	case "client|getname":
 		if s.name == "" {
-			s.addLocal(rewrite.AppendNull(nil, s.resp3))
+			s.addLocal(resp.AppendNull(nil, s.resp3))
 		} else {
-			s.addLocal(rewrite.AppendBulk(nil, []byte(s.name)))
+			s.addLocal(resp.AppendBulk(nil, []byte(s.name)))
 		}
 	case "client|setinfo":
 		s.clientSetInfo(args[2:])
@@ -92,9 +93,9 @@ func (s *session) emulate(ctx context.Context, cmd *rewrite.Command, args [][]by
 		"command|getkeys", "command|getkeysandflags", "command|help":
 		s.command(ctx, cmd, args)
 	case "function|list":
-		s.addLocal(rewrite.AppendArrayHeader(nil, 0))
+		s.addLocal(resp.AppendArrayHeader(nil, 0))
 	case "function|dump":
-		s.addLocal(rewrite.AppendNull(nil, s.resp3))
+		s.addLocal(resp.AppendNull(nil, s.resp3))
 	case "function|stats":
 		s.functionStats()
 	case "function|flush":
@@ -104,7 +105,7 @@ func (s *session) emulate(ctx context.Context, cmd *rewrite.Command, args [][]by
 	case "function|help":
 		s.addLocal(appendStringArray(nil, []string{"FUNCTION LIST, DUMP and STATS answer for this tenant, which owns no functions; FLUSH answers OK.", "FUNCTION LOAD, DELETE, RESTORE and FCALL are denied by keyfence: functions live in one global namespace."}))
 	case "pubsub|numpat":
-		s.addLocal(rewrite.AppendInt(nil, int64(s.srv.numPatterns())))
+		s.addLocal(resp.AppendInt(nil, int64(s.srv.numPatterns())))
 	case "eval", "evalsha", "eval_ro", "evalsha_ro":
 		s.eval(ctx, cmd, args)
 	case "script|load", "script|exists", "script|flush", "script|help":
@@ -223,20 +224,20 @@ func (s *session) hello(ctx context.Context, args [][]byte) {
 	}
 	var out []byte
 	out = s.appendMapHeader(out, 7)
-	out = rewrite.AppendBulk(out, []byte("server"))
-	out = rewrite.AppendBulk(out, []byte("redis"))
-	out = rewrite.AppendBulk(out, []byte("version"))
-	out = rewrite.AppendBulk(out, []byte(redisVersion))
-	out = rewrite.AppendBulk(out, []byte("proto"))
-	out = rewrite.AppendInt(out, int64(protoNow))
-	out = rewrite.AppendBulk(out, []byte("id"))
-	out = rewrite.AppendInt(out, s.id)
-	out = rewrite.AppendBulk(out, []byte("mode"))
-	out = rewrite.AppendBulk(out, []byte("standalone"))
-	out = rewrite.AppendBulk(out, []byte("role"))
-	out = rewrite.AppendBulk(out, []byte("master"))
-	out = rewrite.AppendBulk(out, []byte("modules"))
-	out = rewrite.AppendArrayHeader(out, 0)
+	out = resp.AppendBulk(out, []byte("server"))
+	out = resp.AppendBulk(out, []byte("redis"))
+	out = resp.AppendBulk(out, []byte("version"))
+	out = resp.AppendBulk(out, []byte(redisVersion))
+	out = resp.AppendBulk(out, []byte("proto"))
+	out = resp.AppendInt(out, int64(protoNow))
+	out = resp.AppendBulk(out, []byte("id"))
+	out = resp.AppendInt(out, s.id)
+	out = resp.AppendBulk(out, []byte("mode"))
+	out = resp.AppendBulk(out, []byte("standalone"))
+	out = resp.AppendBulk(out, []byte("role"))
+	out = resp.AppendBulk(out, []byte("master"))
+	out = resp.AppendBulk(out, []byte("modules"))
+	out = resp.AppendArrayHeader(out, 0)
 	s.addLocal(out)
 }
 
@@ -250,13 +251,13 @@ func (s *session) appendMapHeader(dst []byte, pairs int) []byte {
 		dst = strconv.AppendInt(dst, int64(pairs), 10)
 		return append(dst, '\r', '\n')
 	}
-	return rewrite.AppendArrayHeader(dst, 2*pairs)
+	return resp.AppendArrayHeader(dst, 2*pairs)
 }
 
 // appendVerbatim appends text as RESP3 verbatim text or a RESP2 bulk.
 func (s *session) appendVerbatim(dst []byte, text string) []byte {
 	if !s.resp3 {
-		return rewrite.AppendBulk(dst, []byte(text))
+		return resp.AppendBulk(dst, []byte(text))
 	}
 	dst = append(dst, '=')
 	dst = strconv.AppendInt(dst, int64(len(text)+4), 10)
@@ -266,9 +267,9 @@ func (s *session) appendVerbatim(dst []byte, text string) []byte {
 }
 
 func appendStringArray(dst []byte, items []string) []byte {
-	dst = rewrite.AppendArrayHeader(dst, len(items))
+	dst = resp.AppendArrayHeader(dst, len(items))
 	for _, it := range items {
-		dst = rewrite.AppendStatus(dst, it)
+		dst = resp.AppendStatus(dst, it)
 	}
 	return dst
 }
@@ -474,16 +475,16 @@ var clientHelp = []string{
 func (s *session) functionStats() {
 	var out []byte
 	out = s.appendMapHeader(out, 2)
-	out = rewrite.AppendBulk(out, []byte("running_script"))
-	out = rewrite.AppendNull(out, s.resp3)
-	out = rewrite.AppendBulk(out, []byte("engines"))
+	out = resp.AppendBulk(out, []byte("running_script"))
+	out = resp.AppendNull(out, s.resp3)
+	out = resp.AppendBulk(out, []byte("engines"))
 	out = s.appendMapHeader(out, 1)
-	out = rewrite.AppendBulk(out, []byte("LUA"))
+	out = resp.AppendBulk(out, []byte("LUA"))
 	out = s.appendMapHeader(out, 2)
-	out = rewrite.AppendBulk(out, []byte("libraries_count"))
-	out = rewrite.AppendInt(out, 0)
-	out = rewrite.AppendBulk(out, []byte("functions_count"))
-	out = rewrite.AppendInt(out, 0)
+	out = resp.AppendBulk(out, []byte("libraries_count"))
+	out = resp.AppendInt(out, 0)
+	out = resp.AppendBulk(out, []byte("functions_count"))
+	out = resp.AppendInt(out, 0)
 	s.addLocal(out)
 }
 

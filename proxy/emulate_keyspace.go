@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
 )
 
@@ -21,25 +22,25 @@ func scanBatch() []byte { return strconv.AppendInt(nil, rewrite.MaxScanCount, 10
 
 // call runs one command on conn outside the client's batch and decodes the
 // reply. Upstream error replies are returned as errors.
-func (s *session) call(ctx context.Context, conn *upConn, args ...[]byte) (value, error) {
+func (s *session) call(ctx context.Context, conn *upConn, args ...[]byte) (resp.Value, error) {
 	v, err := conn.callValue(ctx, args...)
 	if err != nil {
-		return value{}, err
+		return resp.Value{}, err
 	}
-	return v, v.err()
+	return v, v.Err()
 }
 
 // scanTenant walks the tenant's keys in conn's database, calling fn with
 // each SCAN step's keys (still prefixed). SCAN may return a key twice while
 // Redis rehashes; the callers accept that, as Redis's own SCAN users do.
-func (s *session) scanTenant(ctx context.Context, conn *upConn, fn func(keys []value) error) error {
+func (s *session) scanTenant(ctx context.Context, conn *upConn, fn func(keys []resp.Value) error) error {
 	return s.scanTenantMatch(ctx, conn, []byte("*"), fn)
 }
 
 // scanTenantMatch is scanTenant over the tenant's keys that match the
 // client's glob pattern. Redis's SCAN MATCH and KEYS use the same matcher,
 // and the prefix is glob-escaped, so the two select the same keys.
-func (s *session) scanTenantMatch(ctx context.Context, conn *upConn, pattern []byte, fn func(keys []value) error) error {
+func (s *session) scanTenantMatch(ctx context.Context, conn *upConn, pattern []byte, fn func(keys []resp.Value) error) error {
 	match := append(append([]byte(nil), s.rw.GlobPrefix()...), pattern...)
 	cursor := []byte("0")
 	for {
@@ -47,15 +48,15 @@ func (s *session) scanTenantMatch(ctx context.Context, conn *upConn, pattern []b
 		if err != nil {
 			return err
 		}
-		if len(v.elems) != 2 {
-			return errBadValue
+		if len(v.Elems) != 2 {
+			return resp.ErrBadValue
 		}
-		if len(v.elems[1].elems) > 0 {
-			if err := fn(v.elems[1].elems); err != nil {
+		if len(v.Elems[1].Elems) > 0 {
+			if err := fn(v.Elems[1].Elems); err != nil {
 				return err
 			}
 		}
-		cursor = append(cursor[:0], v.elems[0].str...)
+		cursor = append(cursor[:0], v.Elems[0].Str...)
 		if string(cursor) == "0" {
 			return nil
 		}
@@ -94,13 +95,13 @@ func (s *session) keys(ctx context.Context, pattern []byte) {
 		if err != nil {
 			break
 		}
-		err = s.scanTenantMatch(ctx, conn, pattern, func(keys []value) error {
+		err = s.scanTenantMatch(ctx, conn, pattern, func(keys []resp.Value) error {
 			for _, k := range keys {
-				if _, dup := seen[string(k.str)]; dup {
+				if _, dup := seen[string(k.Str)]; dup {
 					continue
 				}
-				seen[string(k.str)] = struct{}{}
-				found = append(found, k.str)
+				seen[string(k.Str)] = struct{}{}
+				found = append(found, k.Str)
 			}
 			return nil
 		})
@@ -109,10 +110,10 @@ func (s *session) keys(ctx context.Context, pattern []byte) {
 		s.addLocalError(upstreamErrorText(err))
 		return
 	}
-	out := rewrite.AppendArrayHeader(nil, len(found))
+	out := resp.AppendArrayHeader(nil, len(found))
 	for _, k := range found {
 		key, _ := s.rw.StripKey(k)
-		out = rewrite.AppendBulk(out, key)
+		out = resp.AppendBulk(out, key)
 	}
 	s.addLocal(out)
 }
@@ -125,7 +126,7 @@ func (s *session) dbsize(ctx context.Context) {
 		if err != nil {
 			break
 		}
-		err = s.scanTenant(ctx, conn, func(keys []value) error {
+		err = s.scanTenant(ctx, conn, func(keys []resp.Value) error {
 			n += len(keys)
 			return nil
 		})
@@ -134,7 +135,7 @@ func (s *session) dbsize(ctx context.Context) {
 		s.addLocalError(upstreamErrorText(err))
 		return
 	}
-	s.addLocal(rewrite.AppendInt(nil, int64(n)))
+	s.addLocal(resp.AppendInt(nil, int64(n)))
 }
 
 // flush deletes the tenant's keys in the given databases with SCAN and
@@ -151,12 +152,12 @@ func (s *session) flush(ctx context.Context, dbs []int, opts [][]byte) {
 			if err != nil {
 				break
 			}
-			err = s.scanTenant(ctx, conn, func(keys []value) error {
+			err = s.scanTenant(ctx, conn, func(keys []resp.Value) error {
 				// One UNLINK per key, pipelined: keys of one SCAN step may
 				// lie in different cluster slots.
 				var req []byte
 				for _, k := range keys {
-					req = appendArgs(req, []byte("UNLINK"), k.str)
+					req = resp.AppendCommand(req, []byte("UNLINK"), k.Str)
 				}
 				return conn.do(ctx, newBatch(), req, len(keys))
 			})
@@ -183,7 +184,7 @@ func (s *session) flushAll(ctx context.Context, opts [][]byte) {
 		s.addLocalError(upstreamErrorText(err))
 		return
 	}
-	dbs := keyspaceDBs(v.str)
+	dbs := keyspaceDBs(v.Str)
 	s.flush(ctx, dbs, opts)
 }
 
@@ -219,11 +220,11 @@ func (s *session) randomKey(ctx context.Context) {
 			s.addLocalError(upstreamErrorText(err))
 			return
 		} else if key != nil {
-			s.addLocal(rewrite.AppendBulk(nil, key))
+			s.addLocal(resp.AppendBulk(nil, key))
 			return
 		}
 	}
-	s.addLocal(rewrite.AppendNull(nil, s.resp3))
+	s.addLocal(resp.AppendNull(nil, s.resp3))
 }
 
 // randomKeyOn returns a random key of the tenant on conn, or nil.
@@ -236,14 +237,14 @@ func (s *session) randomKeyOn(ctx context.Context, conn *upConn) ([]byte, error)
 			if err != nil {
 				return nil, err
 			}
-			if len(v.elems) != 2 {
-				return nil, errBadValue
+			if len(v.Elems) != 2 {
+				return nil, resp.ErrBadValue
 			}
-			if keys := v.elems[1].elems; len(keys) > 0 {
-				k, _ := s.rw.StripKey(keys[randomPick(len(keys))].str)
+			if keys := v.Elems[1].Elems; len(keys) > 0 {
+				k, _ := s.rw.StripKey(keys[randomPick(len(keys))].Str)
 				return k, nil
 			}
-			cursor = append(cursor[:0], v.elems[0].str...)
+			cursor = append(cursor[:0], v.Elems[0].Str...)
 			if string(cursor) == "0" {
 				break
 			}
@@ -275,21 +276,21 @@ func (s *session) keyspaceLine(ctx context.Context) (string, error) {
 
 // keyspaceCount adds up the tenant's keys on conn and their TTLs.
 func (s *session) keyspaceCount(ctx context.Context, conn *upConn, keys, expires *int, ttlSum *int64) error {
-	return s.scanTenant(ctx, conn, func(batch []value) error {
+	return s.scanTenant(ctx, conn, func(batch []resp.Value) error {
 		*keys += len(batch)
 		req := make([]byte, 0, 32*len(batch))
 		for _, k := range batch {
-			req = appendArgs(req, []byte("PTTL"), k.str)
+			req = resp.AppendCommand(req, []byte("PTTL"), k.Str)
 		}
 		b := newBatch()
 		if err := conn.do(ctx, b, req, len(batch)); err != nil {
 			return err
 		}
 		for i := range batch {
-			v, err := parseValue(b.reply(i))
-			if err == nil && v.typ == ':' && v.num > 0 {
+			v, err := resp.Parse(b.reply(i))
+			if err == nil && v.Type == ':' && v.Num > 0 {
 				*expires++
-				*ttlSum += v.num
+				*ttlSum += v.Num
 			}
 		}
 		return nil
@@ -331,7 +332,7 @@ func (s *session) info(ctx context.Context, sections [][]byte) {
 			s.addLocalError(upstreamErrorText(err))
 			return
 		}
-		for _, line := range strings.Split(string(v.str), "\r\n") {
+		for _, line := range strings.Split(string(v.Str), "\r\n") {
 			if k, val, ok := strings.Cut(line, ":"); ok {
 				upstream[k] = val
 			}
@@ -382,7 +383,7 @@ func (s *session) command(ctx context.Context, cmd *rewrite.Command, args [][]by
 	case "command":
 		s.forwardRaw(append([][]byte{[]byte("COMMAND"), []byte("INFO")}, toArgs(allowed)...), rewrite.ReplyRaw)
 	case "command|count":
-		s.addLocal(rewrite.AppendInt(nil, int64(len(allowed))))
+		s.addLocal(resp.AppendInt(nil, int64(len(allowed))))
 	case "command|list":
 		if len(args) > 2 {
 			s.flushBatch(ctx)
@@ -392,16 +393,16 @@ func (s *session) command(ctx context.Context, cmd *rewrite.Command, args [][]by
 				return
 			}
 			var names []string
-			for _, e := range v.elems {
-				if c := rewrite.Lookup([][]byte{e.str}); c != nil && c.Policy != rewrite.PolicyDenied {
-					names = append(names, string(e.str))
+			for _, e := range v.Elems {
+				if c := rewrite.Lookup([][]byte{e.Str}); c != nil && c.Policy != rewrite.PolicyDenied {
+					names = append(names, string(e.Str))
 				}
 			}
 			allowed = names
 		}
-		out := rewrite.AppendArrayHeader(nil, len(allowed))
+		out := resp.AppendArrayHeader(nil, len(allowed))
 		for _, n := range allowed {
-			out = rewrite.AppendBulk(out, []byte(n))
+			out = resp.AppendBulk(out, []byte(n))
 		}
 		s.addLocal(out)
 	case "command|info", "command|docs":
@@ -462,9 +463,9 @@ func (s *session) getKeys(cmd *rewrite.Command, args [][]byte) {
 		s.forwardRaw(args, rewrite.ReplyRaw)
 		return
 	}
-	out := rewrite.AppendArrayHeader(nil, len(idx))
+	out := resp.AppendArrayHeader(nil, len(idx))
 	for _, i := range idx {
-		out = rewrite.AppendBulk(out, inner[i])
+		out = resp.AppendBulk(out, inner[i])
 	}
 	s.addLocal(out)
 }

@@ -19,7 +19,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/keyfence/keyfence/internal/redistest"
-	"github.com/keyfence/keyfence/rewrite"
+	"github.com/keyfence/keyfence/resp"
 )
 
 // One redis-server serves the whole package. Tests keep out of each other's
@@ -173,7 +173,7 @@ func testCtx(t testing.TB) context.Context {
 
 // ---------------------------------------------------------------------------
 // Raw RESP client: requests written as RESP arrays, replies read whole with
-// rewrite.ReplyLen and returned as their exact bytes.
+// resp.ReplyLen and returned as their exact bytes.
 
 const rawTimeout = 10 * time.Second
 
@@ -203,9 +203,9 @@ func dialRaw(t testing.TB, addr string) *rawConn {
 
 // encode appends args as one RESP request.
 func encode(dst []byte, args ...string) []byte {
-	dst = rewrite.AppendArrayHeader(dst, len(args))
+	dst = resp.AppendArrayHeader(dst, len(args))
 	for _, a := range args {
-		dst = rewrite.AppendBulk(dst, []byte(a))
+		dst = resp.AppendBulk(dst, []byte(a))
 	}
 	return dst
 }
@@ -225,7 +225,7 @@ func (c *rawConn) readE() ([]byte, error) {
 func (c *rawConn) readTimeout(d time.Duration) ([]byte, error) {
 	_ = c.nc.SetReadDeadline(time.Now().Add(d))
 	for {
-		n, err := rewrite.ReplyLen(c.buf)
+		n, err := resp.ReplyLen(c.buf)
 		if err != nil {
 			return nil, fmt.Errorf("bad reply %q: %w", c.buf, err)
 		}
@@ -306,7 +306,7 @@ func mustRV(t testing.TB, b []byte) rv {
 }
 
 func decodeRV(b []byte) (rv, int, error) {
-	n, err := rewrite.ReplyLen(b)
+	n, err := resp.ReplyLen(b)
 	if err != nil || n == 0 {
 		return rv{}, 0, fmt.Errorf("incomplete or bad reply %q", b)
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/keyfence/keyfence/fallback"
+	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
 )
 
@@ -45,7 +46,7 @@ func (s *session) cacheRequest(sl slot) (req []byte, args [][]byte, ok bool) {
 	if sl.name == "" || !fallback.Cacheable(sl.name) || sl.to <= sl.from {
 		return nil, nil, false
 	}
-	args, n, _, err := rewrite.ParseCommand(s.req[sl.from:sl.to], s.cacheScratch.args, rewrite.DefaultLimits)
+	args, n, _, err := resp.ParseCommand(s.req[sl.from:sl.to], s.cacheScratch.args, resp.DefaultLimits)
 	s.cacheScratch.args = args
 	if err != nil || n == 0 || len(args) < 2 {
 		return nil, nil, false
@@ -62,7 +63,7 @@ func (s *session) invalidateWrite(cmd *rewrite.Command, from int) {
 	if r == nil || r.cache == nil || cmd == nil || !cmd.HasFlag(rewrite.FlagWrite) {
 		return
 	}
-	args, n, _, err := rewrite.ParseCommand(s.req[from:], s.cacheScratch.args, rewrite.DefaultLimits)
+	args, n, _, err := resp.ParseCommand(s.req[from:], s.cacheScratch.args, resp.DefaultLimits)
 	s.cacheScratch.args = args
 	if err != nil || n == 0 {
 		return
@@ -96,7 +97,7 @@ func (s *session) askKeyTTLs() {
 		return
 	}
 	for _, k := range keys {
-		s.req = appendArgs(s.req, []byte("PTTL"), k)
+		s.req = resp.AppendCommand(s.req, []byte("PTTL"), k)
 		s.nreq++
 		s.slots = append(s.slots, slot{name: "pttl", upstream: true, hidden: true, readonly: true})
 	}
@@ -112,12 +113,12 @@ func (s *session) keyTTL(first, n int) (time.Duration, bool) {
 	}
 	var ttl time.Duration
 	for j := 0; j < n; j++ {
-		v, err := parseValue(s.b.reply(first + j))
-		if err != nil || v.typ != ':' {
+		v, err := resp.Parse(s.b.reply(first + j))
+		if err != nil || v.Type != ':' {
 			return 0, false
 		}
-		if v.num > 0 && (ttl == 0 || time.Duration(v.num)*time.Millisecond < ttl) {
-			ttl = time.Duration(v.num) * time.Millisecond
+		if v.Num > 0 && (ttl == 0 || time.Duration(v.Num)*time.Millisecond < ttl) {
+			ttl = time.Duration(v.Num) * time.Millisecond
 		}
 	}
 	return ttl, true
@@ -137,7 +138,7 @@ func (s *session) fillFromReply(sl slot, reply []byte, keyTTL time.Duration) {
 	if !strings.HasPrefix(sl.name, "set") || string(reply) != "+OK\r\n" {
 		return
 	}
-	args, n, _, err := rewrite.ParseCommand(s.req[sl.from:sl.to], s.cacheScratch.args, rewrite.DefaultLimits)
+	args, n, _, err := resp.ParseCommand(s.req[sl.from:sl.to], s.cacheScratch.args, resp.DefaultLimits)
 	s.cacheScratch.args = args
 	if err != nil || n == 0 || len(args) < 3 {
 		return
@@ -161,7 +162,7 @@ func (s *session) fallbackReply(sl slot, errText string) {
 			errText = fallback.ErrMiss.Error()
 		}
 	}
-	s.out = rewrite.AppendError(s.out, errText)
+	s.out = resp.AppendError(s.out, errText)
 }
 
 // isConnectionFailure tells an upstream that is unreachable or went away
@@ -211,7 +212,7 @@ func (s *Server) trackOnce(ctx context.Context, connected func()) error {
 	defer nc.Close()
 	stop := context.AfterFunc(ctx, func() { nc.Close() })
 	defer stop()
-	req := appendArgs(nil, []byte("CLIENT"), []byte("TRACKING"), []byte("ON"), []byte("BCAST"), []byte("PREFIX"), []byte(s.prefix))
+	req := resp.AppendCommand(nil, []byte("CLIENT"), []byte("TRACKING"), []byte("ON"), []byte("BCAST"), []byte("PREFIX"), []byte(s.prefix))
 	if _, err := nc.Write(req); err != nil {
 		return err
 	}
@@ -231,13 +232,13 @@ func (s *Server) trackOnce(ctx context.Context, connected func()) error {
 			if !ok || string(kind) != "invalidate" || len(elems) != 2 {
 				return nil
 			}
-			v, err := parseValue(elems[1])
-			if err != nil || v.null {
+			v, err := resp.Parse(elems[1])
+			if err != nil || v.Null {
 				s.res.cache.InvalidateAll() // FLUSHDB/FLUSHALL upstream
 				return nil
 			}
-			for _, k := range v.elems {
-				s.res.cache.Invalidate(k.str)
+			for _, k := range v.Elems {
+				s.res.cache.Invalidate(k.Str)
 			}
 			return nil
 		})

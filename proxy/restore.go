@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 
+	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
 )
 
@@ -62,12 +63,12 @@ func (c *upConn) askPayloadVerdict(ctx context.Context) (payloadVerdict, error) 
 	switch {
 	case err != nil:
 		return payloadUnchecked, err
-	case v.typ == '-':
+	case v.Type == '-':
 		return payloadUnknown, nil
-	case len(v.elems) < 2: // RESP2 array or RESP3 map: name, value
+	case len(v.Elems) < 2: // RESP2 array or RESP3 map: name, value
 		return payloadNotSanitized, nil
 	}
-	switch strings.ToLower(string(v.elems[1].str)) {
+	switch strings.ToLower(string(v.Elems[1].Str)) {
 	case "yes":
 		return payloadSanitized, nil
 	case "clients":
@@ -80,15 +81,15 @@ func (c *upConn) askPayloadVerdict(ctx context.Context) (payloadVerdict, error) 
 		if err != nil {
 			return payloadUnchecked, err
 		}
-		if u.typ == '-' || u.null {
+		if u.Type == '-' || u.Null {
 			return payloadUnknown, nil
 		}
-		for i := 0; i+1 < len(u.elems); i += 2 {
-			if string(u.elems[i].str) != "flags" {
+		for i := 0; i+1 < len(u.Elems); i += 2 {
+			if string(u.Elems[i].Str) != "flags" {
 				continue
 			}
-			for _, f := range u.elems[i+1].elems {
-				if string(f.str) == "skip-sanitize-payload" {
+			for _, f := range u.Elems[i+1].Elems {
+				if string(f.Str) == "skip-sanitize-payload" {
 					return payloadSkippedForUser, nil
 				}
 			}
@@ -102,12 +103,12 @@ func (c *upConn) askPayloadVerdict(ctx context.Context) (payloadVerdict, error) 
 // callValue runs one command on c outside any client's batch. An error
 // reply is a value (typ '-'), not an error: errors are failures to talk to
 // upstream.
-func (c *upConn) callValue(ctx context.Context, args ...[]byte) (value, error) {
+func (c *upConn) callValue(ctx context.Context, args ...[]byte) (resp.Value, error) {
 	b := newBatch()
-	if err := c.do(ctx, b, appendArgs(nil, args...), 1); err != nil {
-		return value{}, err
+	if err := c.do(ctx, b, resp.AppendCommand(nil, args...), 1); err != nil {
+		return resp.Value{}, err
 	}
-	return parseValue(b.reply(0))
+	return resp.Parse(b.reply(0))
 }
 
 // payloadRefusal returns the error for a command that would load a payload

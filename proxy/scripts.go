@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
 )
 
@@ -115,7 +116,7 @@ func (s *session) syntaxError(ctx context.Context, text []byte, parseErr error) 
 		return err.Error()
 	case err != nil:
 		return upstreamErrorText(err)
-	case string(v.str) == "OK":
+	case string(v.Str) == "OK":
 		// Lua takes it, keyfence's parser does not: refuse rather than run
 		// what the sandbox cannot vouch for.
 		return "ERR keyfence: the script uses Lua syntax the sandbox does not support (" + sanitize(parseErr.Error()) + ")"
@@ -126,7 +127,7 @@ func (s *session) syntaxError(ctx context.Context, text []byte, parseErr error) 
 // callSandbox calls one of the sandbox library's functions on the
 // session's shared connection, loading the library first if upstream has
 // not got it (a new or restarted server, FUNCTION FLUSH).
-func (s *session) callSandbox(ctx context.Context, args ...[]byte) (value, error) {
+func (s *session) callSandbox(ctx context.Context, args ...[]byte) (resp.Value, error) {
 	req := append([][]byte{[]byte("FCALL")}, args...)
 	v, err := s.call(ctx, s.shared, req...)
 	if err == nil || err.Error() != errFunctionMissing {
@@ -134,7 +135,7 @@ func (s *session) callSandbox(ctx context.Context, args ...[]byte) (value, error
 	}
 	if _, lerr := s.call(ctx, s.shared, []byte("FUNCTION"), []byte("LOAD"), s.srv.sandbox.Library); lerr != nil &&
 		!strings.Contains(lerr.Error(), "already exists") {
-		return value{}, lerr
+		return resp.Value{}, lerr
 	}
 	return s.call(ctx, s.shared, req...)
 }
@@ -150,8 +151,8 @@ func (s *session) ensureLoaded(ctx context.Context, e *scriptEntry) error {
 	if err != nil {
 		return err
 	}
-	if string(v.str) != "OK" {
-		return errBadValue
+	if string(v.Str) != "OK" {
+		return resp.ErrBadValue
 	}
 	e.loaded.Store(true)
 	return nil
@@ -200,24 +201,24 @@ func (s *session) eval(ctx context.Context, cmd *rewrite.Command, args [][]byte)
 		return
 	}
 	from := len(s.req)
-	s.req = rewrite.AppendArrayHeader(s.req, len(args)+4)
+	s.req = resp.AppendArrayHeader(s.req, len(args)+4)
 	if ro {
-		s.req = rewrite.AppendBulk(s.req, []byte("FCALL_RO"))
+		s.req = resp.AppendBulk(s.req, []byte("FCALL_RO"))
 	} else {
-		s.req = rewrite.AppendBulk(s.req, []byte("FCALL"))
+		s.req = resp.AppendBulk(s.req, []byte("FCALL"))
 	}
-	s.req = rewrite.AppendBulk(s.req, []byte(s.srv.sandbox.RunFunction(flags)))
-	s.req = rewrite.AppendBulk(s.req, args[2]) // numkeys
+	s.req = resp.AppendBulk(s.req, []byte(s.srv.sandbox.RunFunction(flags)))
+	s.req = resp.AppendBulk(s.req, args[2]) // numkeys
 	end := 3 + len(idx)
 	for _, i := range idx {
-		s.req = rewrite.AppendPrefixedBulk(s.req, s.rw.KeyPrefix(), args[i])
+		s.req = resp.AppendPrefixedBulk(s.req, s.rw.KeyPrefix(), args[i])
 	}
-	s.req = rewrite.AppendBulk(s.req, s.rw.KeyPrefix())
-	s.req = rewrite.AppendBulk(s.req, []byte(sc.ChunkSHA))
-	s.req = rewrite.AppendBulk(s.req, s.srv.scriptBudget)
-	s.req = rewrite.AppendBulk(s.req, s.srv.scriptMemory)
+	s.req = resp.AppendBulk(s.req, s.rw.KeyPrefix())
+	s.req = resp.AppendBulk(s.req, []byte(sc.ChunkSHA))
+	s.req = resp.AppendBulk(s.req, s.srv.scriptBudget)
+	s.req = resp.AppendBulk(s.req, s.srv.scriptMemory)
 	for _, a := range args[end:] {
-		s.req = rewrite.AppendBulk(s.req, a)
+		s.req = resp.AppendBulk(s.req, a)
 	}
 	if s.inMulti {
 		s.forward(rewrite.ReplyRaw) // +QUEUED
@@ -240,7 +241,7 @@ func (s *session) scriptReply(ctx context.Context, sl slot, reply []byte) {
 			if err := s.conn().do(ctx, b, s.req[sl.from:sl.to], 1); err == nil {
 				reply = b.reply(0)
 			} else {
-				reply = rewrite.AppendError(nil, upstreamErrorText(err))
+				reply = resp.AppendError(nil, upstreamErrorText(err))
 			}
 		}
 	}
@@ -263,15 +264,15 @@ func (s *session) script(ctx context.Context, cmd *rewrite.Command, args [][]byt
 			s.addLocalError(upstreamErrorText(err))
 			return
 		}
-		s.addLocal(rewrite.AppendBulk(nil, []byte(e.script.ClientSHA)))
+		s.addLocal(resp.AppendBulk(nil, []byte(e.script.ClientSHA)))
 	case "script|exists":
-		out := rewrite.AppendArrayHeader(nil, len(args)-2)
+		out := resp.AppendArrayHeader(nil, len(args)-2)
 		for _, sha := range args[2:] {
 			n := int64(0)
 			if s.srv.scripts.get(string(sha)) != nil {
 				n = 1
 			}
-			out = rewrite.AppendInt(out, n)
+			out = resp.AppendInt(out, n)
 		}
 		s.addLocal(out)
 	case "script|flush":

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/keyfence/keyfence/resp"
 )
 
 // Reconnect delay while the master cannot be reached: min(attempt × step, max).
@@ -243,44 +245,36 @@ func (s *Sentinel) ask(ctx context.Context, sentinel string, timeout time.Durati
 	}
 	var req []byte
 	if s.password != "" {
-		req = appendArgs(req, []byte("AUTH"), []byte(s.password))
+		req = resp.AppendCommand(req, []byte("AUTH"), []byte(s.password))
 	}
-	req = appendArgs(req, []byte("SENTINEL"), []byte("get-master-addr-by-name"), []byte(s.master))
+	req = resp.AppendCommand(req, []byte("SENTINEL"), []byte("get-master-addr-by-name"), []byte(s.master))
 	if _, err := nc.Write(req); err != nil {
 		return "", false, fmt.Errorf("sentinel %s: %w", sentinel, err)
 	}
 	br := bufio.NewReader(nc)
 	if s.password != "" {
-		v, err := readValue(br)
+		v, err := resp.ReadValue(br)
 		if err != nil {
 			return "", false, fmt.Errorf("sentinel %s: %w", sentinel, err)
 		}
-		if err := v.err(); err != nil {
+		if err := v.Err(); err != nil {
 			return "", true, fmt.Errorf("sentinel %s: AUTH: %w", sentinel, err)
 		}
 	}
-	v, err := readValue(br)
+	v, err := resp.ReadValue(br)
 	if err != nil {
 		return "", false, fmt.Errorf("sentinel %s: %w", sentinel, err)
 	}
-	if err := v.err(); err != nil {
+	if err := v.Err(); err != nil {
 		return "", true, fmt.Errorf("sentinel %s: %w", sentinel, err)
 	}
-	if v.null || (v.typ == '*' && len(v.elems) == 0) {
+	if v.Null || (v.Type == '*' && len(v.Elems) == 0) {
 		return "", true, fmt.Errorf("sentinel %s: no master named %q", sentinel, s.master)
 	}
-	if v.typ != '*' || len(v.elems) != 2 || len(v.elems[0].str) == 0 || len(v.elems[1].str) == 0 {
+	if v.Type != '*' || len(v.Elems) != 2 || len(v.Elems[0].Str) == 0 || len(v.Elems[1].Str) == 0 {
 		return "", true, fmt.Errorf("sentinel %s: unexpected reply to SENTINEL get-master-addr-by-name", sentinel)
 	}
-	return net.JoinHostPort(string(v.elems[0].str), string(v.elems[1].str)), true, nil
-}
-
-func readValue(br *bufio.Reader) (value, error) {
-	raw, err := readReply(br)
-	if err != nil {
-		return value{}, err
-	}
-	return parseValue(raw)
+	return net.JoinHostPort(string(v.Elems[0].Str), string(v.Elems[1].Str)), true, nil
 }
 
 // checkMaster asks a freshly set up upstream connection for its replication
@@ -293,20 +287,20 @@ func checkMaster(ctx context.Context, nc net.Conn, timeout time.Duration) error 
 	}
 	_ = nc.SetDeadline(deadline)
 	defer nc.SetDeadline(time.Time{})
-	if _, err := nc.Write(appendArgs(nil, []byte("INFO"), []byte("replication"))); err != nil {
+	if _, err := nc.Write(resp.AppendCommand(nil, []byte("INFO"), []byte("replication"))); err != nil {
 		return fmt.Errorf("INFO replication: %w", err)
 	}
 	// Nothing follows the reply on a fresh connection, so the reader may
 	// buffer freely (as dial's does).
-	v, err := readValue(bufio.NewReader(nc))
+	v, err := resp.ReadValue(bufio.NewReader(nc))
 	if err != nil {
 		return fmt.Errorf("INFO replication: %w", err)
 	}
-	if err := v.err(); err != nil {
+	if err := v.Err(); err != nil {
 		return fmt.Errorf("INFO replication: %w", err)
 	}
-	text := v.str
-	if v.typ == '=' && len(text) >= 4 {
+	text := v.Str
+	if v.Type == '=' && len(text) >= 4 {
 		text = text[4:] // RESP3 verbatim string: "txt:"
 	}
 	for line := range bytes.Lines(text) {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/keyfence/keyfence/fallback"
+	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
 	"github.com/keyfence/keyfence/telemetry"
 )
@@ -74,7 +75,7 @@ func (c *Config) setDefaults() {
 		c.MaxClients = 10000
 	}
 	if c.MaxRequestBytes <= 0 {
-		c.MaxRequestBytes = rewrite.DefaultLimits.MaxRequestBytes
+		c.MaxRequestBytes = resp.DefaultLimits.MaxRequestBytes
 	}
 	if c.ClientOutputSoftLimit <= 0 {
 		c.ClientOutputSoftLimit = DefaultClientOutputSoftLimit
@@ -122,7 +123,7 @@ const (
 type Server struct {
 	cfg    Config
 	prefix string
-	limits rewrite.Limits
+	limits resp.Limits
 	log    *slog.Logger
 
 	ln      net.Listener
@@ -170,7 +171,7 @@ func New(cfg Config) (*Server, error) {
 	srv := &Server{
 		cfg:          cfg,
 		prefix:       prefix,
-		limits:       rewrite.Limits{MaxRequestBytes: cfg.MaxRequestBytes, MaxArgs: rewrite.DefaultLimits.MaxArgs},
+		limits:       resp.Limits{MaxRequestBytes: cfg.MaxRequestBytes, MaxArgs: resp.DefaultLimits.MaxArgs},
 		log:          cfg.Logger.With("tenant", cfg.Tenant),
 		sessions:     make(map[*session]struct{}),
 		groups:       make(map[connKey]*connGroup),
@@ -519,7 +520,7 @@ func (g *connGroup) close() {
 func (s *Server) Ping(ctx context.Context) error {
 	c := s.group(connKey{db: s.cfg.Upstream.DB}).sharedConn()
 	b := newBatch()
-	if err := c.do(ctx, b, appendArgs(nil, []byte("PING")), 1); err != nil {
+	if err := c.do(ctx, b, resp.AppendCommand(nil, []byte("PING")), 1); err != nil {
 		return err
 	}
 	if r := b.reply(0); len(r) > 0 && r[0] == '-' {
@@ -618,12 +619,12 @@ func learnDatabases(ctx context.Context, cfg *UpstreamConfig) (int64, error) {
 		switch {
 		case err != nil:
 			return false, fmt.Errorf("learn databases: %w", err)
-		case v.typ != '-':
+		case v.Type != '-':
 			return true, nil
-		case bytes.Contains(v.str, []byte("out of range")):
+		case bytes.Contains(v.Str, []byte("out of range")):
 			return false, nil
 		}
-		return false, &upstreamError{fmt.Errorf("learn databases: SELECT %d: %s", n, v.str)}
+		return false, &upstreamError{fmt.Errorf("learn databases: SELECT %d: %s", n, v.Str)}
 	}
 	lo := int64(cfg.DB) // valid: the connection is on it
 	hi := max(16, lo+1) // find the first invalid index past lo

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/keyfence/keyfence/fallback"
+	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
 )
 
@@ -154,7 +155,7 @@ func (s *session) serve(ctx context.Context) {
 		if !s.more {
 			if err := s.fill(); err != nil {
 				if errors.Is(err, errRequestBudget) {
-					s.out = rewrite.AppendError(s.out, err.Error())
+					s.out = resp.AppendError(s.out, err.Error())
 					_ = s.writeOut()
 				}
 				return
@@ -330,7 +331,7 @@ func (s *session) handleBuffered(ctx context.Context) {
 			s.more = s.rpos < len(s.rbuf)
 			return
 		}
-		args, n, need, err := rewrite.ParseCommand(s.rbuf[s.rpos:], s.args, s.srv.limits)
+		args, n, need, err := resp.ParseCommand(s.rbuf[s.rpos:], s.args, s.srv.limits)
 		s.args = args
 		if err != nil {
 			s.addLocalError(err.Error())
@@ -373,7 +374,7 @@ func (s *session) forward(kind rewrite.ReplyKind) {
 // forwardRaw adds args to the batch exactly as the client sent them; used
 // for commands that carry no key (COMMAND INFO, PING inside MULTI…).
 func (s *session) forwardRaw(args [][]byte, kind rewrite.ReplyKind) {
-	s.req = appendArgs(s.req, args...)
+	s.req = resp.AppendCommand(s.req, args...)
 	s.forward(kind)
 }
 
@@ -386,13 +387,13 @@ func (s *session) addLocal(reply []byte) {
 
 func (s *session) addLocalError(msg string) {
 	from := len(s.local)
-	s.local = rewrite.AppendError(s.local, msg)
+	s.local = resp.AppendError(s.local, msg)
 	s.slots = append(s.slots, slot{name: s.curName, from: from, to: len(s.local)})
 }
 
 func (s *session) addStatus(msg string) {
 	from := len(s.local)
-	s.local = rewrite.AppendStatus(s.local, msg)
+	s.local = resp.AppendStatus(s.local, msg)
 	s.slots = append(s.slots, slot{name: s.curName, from: from, to: len(s.local)})
 }
 
@@ -492,7 +493,7 @@ func (s *session) flushBatch(ctx context.Context) error {
 			case reply == nil && res != nil:
 				s.fallbackReply(sl, upstreamErrorText(err, s.b.err))
 			case reply == nil:
-				s.out = rewrite.AppendError(s.out, upstreamErrorText(err, s.b.err))
+				s.out = resp.AppendError(s.out, upstreamErrorText(err, s.b.err))
 			case sl.script != nil:
 				s.scriptReply(ctx, sl, reply)
 			case sl.exec:

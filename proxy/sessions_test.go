@@ -16,6 +16,7 @@ import (
 
 	"github.com/keyfence/keyfence/internal/redistest"
 	"github.com/keyfence/keyfence/proxy"
+	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
 	"github.com/keyfence/keyfence/telemetry"
 )
@@ -71,9 +72,9 @@ func dialRaw(t *testing.T, addr string) *rawClient {
 func (c *rawClient) send(args ...string) {
 	c.t.Helper()
 	var req []byte
-	req = rewrite.AppendArrayHeader(req, len(args))
+	req = resp.AppendArrayHeader(req, len(args))
 	for _, a := range args {
-		req = rewrite.AppendBulk(req, []byte(a))
+		req = resp.AppendBulk(req, []byte(a))
 	}
 	if _, err := c.nc.Write(req); err != nil {
 		c.t.Fatal(err)
@@ -86,7 +87,7 @@ func (c *rawClient) reply(d time.Duration) string {
 	_ = c.nc.SetReadDeadline(time.Now().Add(d))
 	defer c.nc.SetReadDeadline(time.Time{})
 	for {
-		if n, err := rewrite.ReplyLen(c.buf); err != nil {
+		if n, err := resp.ReplyLen(c.buf); err != nil {
 			c.t.Fatalf("bad reply %q: %v", c.buf, err)
 		} else if n > 0 {
 			r := string(c.buf[:n])

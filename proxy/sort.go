@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
 )
 
@@ -103,11 +104,11 @@ func (s *session) emulateSort(ctx context.Context, cmd *rewrite.Command, args []
 		return
 	}
 	var elems [][]byte
-	switch string(typ.str) {
+	switch string(typ.Str) {
 	case "none":
 	case "list", "set", "zset":
-		var v value
-		switch string(typ.str) {
+		var v resp.Value
+		switch string(typ.Str) {
 		case "list":
 			v, err = s.call(ctx, conn, []byte("LRANGE"), key, []byte("0"), []byte("-1"))
 		case "set":
@@ -119,8 +120,8 @@ func (s *session) emulateSort(ctx context.Context, cmd *rewrite.Command, args []
 			s.addLocalError(upstreamErrorText(err))
 			return
 		}
-		for _, e := range v.elems {
-			elems = append(elems, e.str)
+		for _, e := range v.Elems {
+			elems = append(elems, e.Str)
 		}
 	default:
 		s.addLocalError("WRONGTYPE Operation against a key holding the wrong kind of value")
@@ -132,7 +133,7 @@ func (s *session) emulateSort(ctx context.Context, cmd *rewrite.Command, args []
 	}
 	// A set has no order of its own: Redis sorts it when it must be
 	// deterministic (STORE), and so does keyfence.
-	if o.dontSort && string(typ.str) == "set" && o.store != nil {
+	if o.dontSort && string(typ.Str) == "set" && o.store != nil {
 		o.dontSort, o.alpha, o.by = false, true, nil
 	}
 	if !o.dontSort {
@@ -170,7 +171,7 @@ func (s *session) emulateSort(ctx context.Context, cmd *rewrite.Command, args []
 			}
 			return c < 0
 		})
-	} else if o.desc && string(typ.str) == "zset" {
+	} else if o.desc && string(typ.Str) == "zset" {
 		for i, j := 0, len(items)-1; i < j; i, j = i+1, j-1 {
 			items[i], items[j] = items[j], items[i]
 		}
@@ -222,12 +223,12 @@ func (s *session) emulateSort(ctx context.Context, cmd *rewrite.Command, args []
 		s.sortStore(ctx, append(append([]byte(nil), prefix...), o.store...), out)
 		return
 	}
-	reply := rewrite.AppendArrayHeader(nil, len(out))
+	reply := resp.AppendArrayHeader(nil, len(out))
 	for i, v := range out {
 		if isNull[i] {
-			reply = rewrite.AppendNull(reply, s.resp3)
+			reply = resp.AppendNull(reply, s.resp3)
 		} else {
-			reply = rewrite.AppendBulk(reply, v)
+			reply = resp.AppendBulk(reply, v)
 		}
 	}
 	s.addLocal(reply)
@@ -276,9 +277,9 @@ func (s *session) lookupPattern(ctx context.Context, conn *upConn, pattern []byt
 	for _, e := range elems {
 		key := append(append(append(append([]byte(nil), s.rw.KeyPrefix()...), keyPat[:star]...), e...), keyPat[star+1:]...)
 		if field != nil {
-			req = appendArgs(req, []byte("HGET"), key, field)
+			req = resp.AppendCommand(req, []byte("HGET"), key, field)
 		} else {
-			req = appendArgs(req, []byte("GET"), key)
+			req = resp.AppendCommand(req, []byte("GET"), key)
 		}
 	}
 	b := newBatch()
@@ -286,9 +287,9 @@ func (s *session) lookupPattern(ctx context.Context, conn *upConn, pattern []byt
 		return nil, err
 	}
 	for i := range elems {
-		v, err := parseValue(b.reply(i))
-		if err == nil && (v.typ == '$' || v.typ == '+') && !v.null {
-			out[i] = v.str
+		v, err := resp.Parse(b.reply(i))
+		if err == nil && (v.Type == '$' || v.Type == '+') && !v.Null {
+			out[i] = v.Str
 		}
 	}
 	return out, nil
@@ -302,8 +303,8 @@ func (s *session) sortStore(ctx context.Context, dest []byte, vals [][]byte) {
 		s.addLocalError(err.Error())
 		return
 	}
-	req := appendArgs(nil, []byte("MULTI"))
-	req = appendArgs(req, []byte("DEL"), dest)
+	req := resp.AppendCommand(nil, []byte("MULTI"))
+	req = resp.AppendCommand(req, []byte("DEL"), dest)
 	n := 3
 	if len(vals) > 0 {
 		args := append([][]byte{[]byte("RPUSH"), dest}, vals...)
@@ -312,10 +313,10 @@ func (s *session) sortStore(ctx context.Context, dest []byte, vals [][]byte) {
 				args[i] = []byte{}
 			}
 		}
-		req = appendArgs(req, args...)
+		req = resp.AppendCommand(req, args...)
 		n++
 	}
-	req = appendArgs(req, []byte("EXEC"))
+	req = resp.AppendCommand(req, []byte("EXEC"))
 	b := newBatch()
 	s.srv.pinnedCommands.Add(int64(n))
 	err = c.do(ctx, b, req, n)
@@ -328,5 +329,5 @@ func (s *session) sortStore(ctx context.Context, dest []byte, vals [][]byte) {
 		s.addLocal(r)
 		return
 	}
-	s.addLocal(rewrite.AppendInt(nil, int64(len(vals))))
+	s.addLocal(resp.AppendInt(nil, int64(len(vals))))
 }

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
 )
 
@@ -75,7 +76,7 @@ func (s *session) subscribed(ctx context.Context, cmd *rewrite.Command, args [][
 		case isSub:
 			req, err = s.rw.AppendRequest(nil, cmd, args)
 		default:
-			req = appendArgs(nil, args...)
+			req = resp.AppendCommand(nil, args...)
 			s.sub.expect(subExpect{kind: rewrite.ReplyRaw})
 		}
 		if err == nil {
@@ -166,7 +167,7 @@ func (s *session) syncSubscriber(ctx context.Context) error {
 		return nil
 	}
 	c.expect(subExpect{internal: true})
-	if err := c.send(appendArgs(nil, []byte("PING"))); err != nil {
+	if err := c.send(resp.AppendCommand(nil, []byte("PING"))); err != nil {
 		return err
 	}
 	c.sent = false
@@ -268,15 +269,15 @@ func (s *session) unsubscribeWithoutSubscriber(args [][]byte) {
 		if s.resp3 {
 			out = append(out, ">3\r\n"...)
 		} else {
-			out = rewrite.AppendArrayHeader(out, 3)
+			out = resp.AppendArrayHeader(out, 3)
 		}
-		out = rewrite.AppendBulk(out, []byte(kind))
+		out = resp.AppendBulk(out, []byte(kind))
 		if ch == nil {
-			out = rewrite.AppendNull(out, s.resp3)
+			out = resp.AppendNull(out, s.resp3)
 		} else {
-			out = rewrite.AppendBulk(out, ch)
+			out = resp.AppendBulk(out, ch)
 		}
-		out = rewrite.AppendInt(out, 0)
+		out = resp.AppendInt(out, 0)
 	}
 	if len(args) == 1 {
 		push(nil)
@@ -331,10 +332,10 @@ func (s *session) patternCommand(subscribe bool, patterns [][]byte) []byte {
 		}
 		ops = append(ops, patternOp{subscribe: subscribe, client: append([]byte(nil), p...), literal: lit})
 	}
-	req := rewrite.AppendArrayHeader(nil, len(ops)+1)
-	req = rewrite.AppendBulk(req, []byte(name))
+	req := resp.AppendArrayHeader(nil, len(ops)+1)
+	req = resp.AppendBulk(req, []byte(name))
 	for _, op := range ops {
-		req = rewrite.AppendBulk(req, []byte(op.literal))
+		req = resp.AppendBulk(req, []byte(op.literal))
 	}
 	c.mu.Lock()
 	c.ops = append(c.ops, ops...)

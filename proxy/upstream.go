@@ -13,7 +13,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/keyfence/keyfence/rewrite"
+	"github.com/keyfence/keyfence/resp"
 )
 
 // UpstreamConfig says how to reach and log in to the upstream Redis.
@@ -95,25 +95,25 @@ func dial(ctx context.Context, cfg *UpstreamConfig, key connKey) (net.Conn, erro
 			}
 			args = append(args, []byte("AUTH"), []byte(user), []byte(cfg.Password))
 		}
-		req = appendArgs(req, args...)
+		req = resp.AppendCommand(req, args...)
 		n++
 	} else if cfg.Password != "" {
 		if cfg.Username != "" {
-			req = appendArgs(req, []byte("AUTH"), []byte(cfg.Username), []byte(cfg.Password))
+			req = resp.AppendCommand(req, []byte("AUTH"), []byte(cfg.Username), []byte(cfg.Password))
 		} else {
-			req = appendArgs(req, []byte("AUTH"), []byte(cfg.Password))
+			req = resp.AppendCommand(req, []byte("AUTH"), []byte(cfg.Password))
 		}
 		n++
 	}
 	if key.db != 0 {
-		req = appendArgs(req, []byte("SELECT"), []byte(strconv.Itoa(key.db)))
+		req = resp.AppendCommand(req, []byte("SELECT"), []byte(strconv.Itoa(key.db)))
 		n++
 	}
 	if n == 0 && cfg.TLS != nil {
 		// A TLS 1.3 server checks the client's certificate after the
 		// client's side of the handshake is done: one round trip turns a
 		// refusal into a dial error, before any client command is sent.
-		req = appendArgs(req, []byte("PING"))
+		req = resp.AppendCommand(req, []byte("PING"))
 		n++
 	}
 	if n == 0 {
@@ -139,7 +139,7 @@ func dial(ctx context.Context, cfg *UpstreamConfig, key connKey) (net.Conn, erro
 	}
 	br := bufio.NewReader(nc)
 	for i := 0; i < n; i++ {
-		reply, err := readReply(br)
+		reply, err := resp.ReadReply(br)
 		if err != nil {
 			nc.Close()
 			return nil, &upstreamError{fmt.Errorf("set up connection: %w", err)}
@@ -152,37 +152,11 @@ func dial(ctx context.Context, cfg *UpstreamConfig, key connKey) (net.Conn, erro
 	return nc, nil
 }
 
-// readReply reads one whole RESP reply; only used while setting up a
-// connection, where speed does not matter.
-func readReply(br *bufio.Reader) ([]byte, error) {
-	var buf []byte
-	for {
-		if n, err := rewrite.ReplyLen(buf); err != nil {
-			return nil, err
-		} else if n > 0 {
-			return buf[:n], nil
-		}
-		line, err := br.ReadSlice('\n')
-		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
-			return nil, err
-		}
-		buf = append(buf, line...)
-	}
-}
-
 func trimCRLF(b []byte) string {
 	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r') {
 		b = b[:len(b)-1]
 	}
 	return string(b)
-}
-
-func appendArgs(dst []byte, args ...[]byte) []byte {
-	dst = rewrite.AppendArrayHeader(dst, len(args))
-	for _, a := range args {
-		dst = rewrite.AppendBulk(dst, a)
-	}
-	return dst
 }
 
 // A batch is one session's run of commands sent upstream together. The
@@ -430,7 +404,7 @@ func (r *replyReader) read(nc net.Conn, each func(reply []byte) error) error {
 	pos := 0
 	var err error
 	for pos < len(r.buf) && err == nil {
-		n, perr := rewrite.ReplyLen(r.buf[pos:])
+		n, perr := resp.ReplyLen(r.buf[pos:])
 		if perr != nil {
 			err = perr
 			break

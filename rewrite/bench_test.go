@@ -4,6 +4,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/keyfence/keyfence/resp"
 )
 
 // The benchmarks reuse their dst buffers and argument slices, as a client
@@ -21,14 +23,14 @@ func BenchmarkParseCommand(b *testing.B) {
 		b.ReportAllocs()
 		b.SetBytes(int64(len(get)))
 		for i := 0; i < b.N; i++ {
-			args, _, _, _ = ParseCommand(get, args, DefaultLimits)
+			args, _, _, _ = resp.ParseCommand(get, args, resp.DefaultLimits)
 		}
 	})
 	b.Run("SET32", func(b *testing.B) {
 		b.ReportAllocs()
 		b.SetBytes(int64(len(set)))
 		for i := 0; i < b.N; i++ {
-			args, _, _, _ = ParseCommand(set, args, DefaultLimits)
+			args, _, _, _ = resp.ParseCommand(set, args, resp.DefaultLimits)
 		}
 	})
 	b.Run("Pipeline16", func(b *testing.B) {
@@ -37,7 +39,7 @@ func BenchmarkParseCommand(b *testing.B) {
 		for i := 0; i < b.N; i++ {
 			for buf := pipe; len(buf) > 0; {
 				var n int
-				args, n, _, _ = ParseCommand(buf, args, DefaultLimits)
+				args, n, _, _ = resp.ParseCommand(buf, args, resp.DefaultLimits)
 				buf = buf[n:]
 			}
 		}
@@ -102,14 +104,14 @@ func BenchmarkRewriteEVAL(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		dst = AppendArrayHeader(dst[:0], len(args))
+		dst = resp.AppendArrayHeader(dst[:0], len(args))
 		k := 0
 		for j, arg := range args {
 			if k < len(idx) && idx[k] == j {
-				dst = AppendPrefixedBulk(dst, r.KeyPrefix(), arg)
+				dst = resp.AppendPrefixedBulk(dst, r.KeyPrefix(), arg)
 				k++
 			} else {
-				dst = AppendBulk(dst, arg)
+				dst = resp.AppendBulk(dst, arg)
 			}
 		}
 	}
@@ -173,7 +175,7 @@ func BenchmarkReplyLen(b *testing.B) {
 			b.ReportAllocs()
 			b.SetBytes(int64(len(in)))
 			for i := 0; i < b.N; i++ {
-				if n, err := ReplyLen(in); n != len(in) || err != nil {
+				if n, err := resp.ReplyLen(in); n != len(in) || err != nil {
 					b.Fatal(n, err)
 				}
 			}

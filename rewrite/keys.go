@@ -3,6 +3,8 @@ package rewrite
 import (
 	"errors"
 	"sort"
+
+	"github.com/keyfence/keyfence/resp"
 )
 
 // ErrUnknownKeys is returned for a command whose key positions cannot be
@@ -105,7 +107,7 @@ func markKeys(cmd *Command, args [][]byte, isKey []bool) error {
 			if first+fk.KeyNumIdx >= argc {
 				return ErrUnknownKeys
 			}
-			numkeys, ok := parseInt(args[first+fk.KeyNumIdx])
+			numkeys, ok := resp.ParseInt(args[first+fk.KeyNumIdx])
 			if !ok {
 				return ErrNotInteger
 			}

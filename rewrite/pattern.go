@@ -3,6 +3,8 @@ package rewrite
 import (
 	"bytes"
 	"strconv"
+
+	"github.com/keyfence/keyfence/resp"
 )
 
 // ErrSyntax is Redis's own reply to options it cannot parse. keyfence gives
@@ -25,8 +27,8 @@ func (r *Rewriter) appendPattern(dst []byte, cmd *Command, args [][]byte) ([]byt
 	case "sort", "sort_ro":
 		return r.appendSort(dst, cmd, args)
 	case "psubscribe", "punsubscribe":
-		dst = AppendArrayHeader(dst, len(args))
-		dst = AppendBulk(dst, args[0])
+		dst = resp.AppendArrayHeader(dst, len(args))
+		dst = resp.AppendBulk(dst, args[0])
 		for _, a := range args[1:] {
 			dst = r.appendChannelName(dst, a, true)
 		}
@@ -64,23 +66,23 @@ func (r *Rewriter) appendScan(dst []byte, args [][]byte, optsFrom int) ([]byte, 
 	if !hasMatch {
 		n += 2
 	}
-	dst = AppendArrayHeader(dst, n)
+	dst = resp.AppendArrayHeader(dst, n)
 	for i := 0; i < optsFrom; i++ {
-		dst = AppendBulk(dst, args[i])
+		dst = resp.AppendBulk(dst, args[i])
 	}
 	for i := optsFrom; i < len(args); i += 2 {
-		dst = AppendBulk(dst, args[i])
+		dst = resp.AppendBulk(dst, args[i])
 		if equalFold(args[i], "match") {
-			dst = AppendPrefixedBulk(dst, r.globPrefix, args[i+1])
-		} else if n, ok := parseInt(args[i+1]); ok && n > MaxScanCount && equalFold(args[i], "count") {
-			dst = AppendBulk(dst, []byte(strconv.Itoa(MaxScanCount)))
+			dst = resp.AppendPrefixedBulk(dst, r.globPrefix, args[i+1])
+		} else if n, ok := resp.ParseInt(args[i+1]); ok && n > MaxScanCount && equalFold(args[i], "count") {
+			dst = resp.AppendBulk(dst, []byte(strconv.Itoa(MaxScanCount)))
 		} else {
-			dst = AppendBulk(dst, args[i+1])
+			dst = resp.AppendBulk(dst, args[i+1])
 		}
 	}
 	if !hasMatch {
-		dst = AppendBulk(dst, []byte("MATCH"))
-		dst = AppendPrefixedBulk(dst, r.globPrefix, []byte("*"))
+		dst = resp.AppendBulk(dst, []byte("MATCH"))
+		dst = resp.AppendPrefixedBulk(dst, r.globPrefix, []byte("*"))
 	}
 	return dst, nil
 }
@@ -111,12 +113,12 @@ func (r *Rewriter) appendSort(dst []byte, cmd *Command, args [][]byte) ([]byte, 
 			return dst, ErrSyntax
 		}
 	}
-	dst = AppendArrayHeader(dst, len(args))
+	dst = resp.AppendArrayHeader(dst, len(args))
 	for i, a := range args {
 		if prefixed[i] {
-			dst = AppendPrefixedBulk(dst, r.prefix, a)
+			dst = resp.AppendPrefixedBulk(dst, r.prefix, a)
 		} else {
-			dst = AppendBulk(dst, a)
+			dst = resp.AppendBulk(dst, a)
 		}
 	}
 	return dst, nil
@@ -125,15 +127,15 @@ func (r *Rewriter) appendSort(dst []byte, cmd *Command, args [][]byte) ([]byte, 
 func (r *Rewriter) appendPubsubPattern(dst []byte, args [][]byte) ([]byte, error) {
 	switch len(args) {
 	case 2:
-		dst = AppendArrayHeader(dst, 3)
-		dst = AppendBulk(dst, args[0])
-		dst = AppendBulk(dst, args[1])
-		return AppendPrefixedBulk(dst, r.globPrefix, []byte("*")), nil
+		dst = resp.AppendArrayHeader(dst, 3)
+		dst = resp.AppendBulk(dst, args[0])
+		dst = resp.AppendBulk(dst, args[1])
+		return resp.AppendPrefixedBulk(dst, r.globPrefix, []byte("*")), nil
 	case 3:
-		dst = AppendArrayHeader(dst, 3)
-		dst = AppendBulk(dst, args[0])
-		dst = AppendBulk(dst, args[1])
-		return AppendPrefixedBulk(dst, r.globPrefix, args[2]), nil
+		dst = resp.AppendArrayHeader(dst, 3)
+		dst = resp.AppendBulk(dst, args[0])
+		dst = resp.AppendBulk(dst, args[1])
+		return resp.AppendPrefixedBulk(dst, r.globPrefix, args[2]), nil
 	}
 	return dst, ErrSyntax
 }
@@ -141,29 +143,29 @@ func (r *Rewriter) appendPubsubPattern(dst []byte, args [][]byte) ([]byte, error
 func (r *Rewriter) appendChannel(dst []byte, cmd *Command, args [][]byte) ([]byte, error) {
 	switch cmd.Name {
 	case "publish", "spublish":
-		dst = AppendArrayHeader(dst, 3)
-		dst = AppendBulk(dst, args[0])
+		dst = resp.AppendArrayHeader(dst, 3)
+		dst = resp.AppendBulk(dst, args[0])
 		// Published names are always prefixed at the front, even when they
 		// look like keyspace channels: a tenant must not forge notifications.
-		dst = AppendPrefixedBulk(dst, r.prefix, args[1])
-		return AppendBulk(dst, args[2]), nil
+		dst = resp.AppendPrefixedBulk(dst, r.prefix, args[1])
+		return resp.AppendBulk(dst, args[2]), nil
 	case "subscribe", "ssubscribe", "unsubscribe", "sunsubscribe":
-		dst = AppendArrayHeader(dst, len(args))
-		dst = AppendBulk(dst, args[0])
+		dst = resp.AppendArrayHeader(dst, len(args))
+		dst = resp.AppendBulk(dst, args[0])
 		for _, a := range args[1:] {
 			dst = r.appendChannelName(dst, a, false)
 		}
 		return dst, nil
 	case "pubsub|numsub", "pubsub|shardnumsub":
-		dst = AppendArrayHeader(dst, len(args))
-		dst = AppendBulk(dst, args[0])
-		dst = AppendBulk(dst, args[1])
+		dst = resp.AppendArrayHeader(dst, len(args))
+		dst = resp.AppendBulk(dst, args[0])
+		dst = resp.AppendBulk(dst, args[1])
 		for _, a := range args[2:] {
 			if bytes.HasPrefix(a, []byte(keyeventPrefix)) {
 				// Upstream counts every tenant's subscribers of a keyevent
 				// channel: ask for a name nobody subscribes to instead. The
 				// tenant's own keyevent subscribers go uncounted (0).
-				dst = AppendPrefixedBulk(dst, r.prefix, a)
+				dst = resp.AppendPrefixedBulk(dst, r.prefix, a)
 				continue
 			}
 			dst = r.appendChannelName(dst, a, false)
@@ -198,9 +200,9 @@ func (r *Rewriter) appendChannelName(dst, ch []byte, pattern bool) []byte {
 		}
 	}
 	if bytes.HasPrefix(ch, []byte(keyeventPrefix)) && bytes.Contains(ch, []byte("__:")) {
-		return AppendBulk(dst, ch)
+		return resp.AppendBulk(dst, ch)
 	}
-	return AppendPrefixedBulk(dst, prefix, ch)
+	return resp.AppendPrefixedBulk(dst, prefix, ch)
 }
 
 // plainDB reports whether the database part of a keyspace channel is a

@@ -1,6 +1,10 @@
 package rewrite
 
-import "bytes"
+import (
+	"bytes"
+
+	"github.com/keyfence/keyfence/resp"
+)
 
 // PushKind classifies a reply seen on a subscribed connection.
 type PushKind uint8
@@ -40,7 +44,7 @@ func (r *Rewriter) AppendPush(dst, reply []byte, resp3 bool) ([]byte, PushInfo) 
 	elems := make([][]byte, 0, 4)
 	pos := body
 	for i := 0; i < count; i++ {
-		n, err := ReplyLen(reply[pos:])
+		n, err := resp.ReplyLen(reply[pos:])
 		if err != nil || n == 0 {
 			return dst, info
 		}
@@ -82,7 +86,7 @@ func (r *Rewriter) AppendPush(dst, reply []byte, resp3 bool) ([]byte, PushInfo) 
 		if count != 3 {
 			return append(dst, reply...), info
 		}
-		if n, ok := parseInt(elems[2][1 : len(elems[2])-2]); ok && elems[2][0] == ':' {
+		if n, ok := resp.ParseInt(elems[2][1 : len(elems[2])-2]); ok && elems[2][0] == ':' {
 			info.Count = n
 		}
 	}
@@ -149,11 +153,11 @@ func bulkValue(e []byte) ([]byte, bool) {
 	case '+':
 		return e[1 : len(e)-2], true
 	case '$':
-		line, next, ok := readLine(e, 1)
+		line, next, ok := resp.ReadLine(e, 1)
 		if !ok || next < 0 {
 			return nil, false
 		}
-		n, ok := parseInt(line)
+		n, ok := resp.ParseInt(line)
 		if !ok || n < 0 || next+int(n) > len(e) {
 			return nil, false
 		}
@@ -234,7 +238,7 @@ func SplitPush(reply []byte, resp3 bool) (kind []byte, elems [][]byte, ok bool) 
 	}
 	pos := body
 	for i := 0; i < count; i++ {
-		n, err := ReplyLen(reply[pos:])
+		n, err := resp.ReplyLen(reply[pos:])
 		if err != nil || n == 0 {
 			return nil, nil, false
 		}
@@ -263,17 +267,17 @@ func AppendPushFrame(dst []byte, resp3 bool, strs [][]byte, count int64, withCou
 		dst = appendInt(dst, n)
 		dst = append(dst, '\r', '\n')
 	} else {
-		dst = AppendArrayHeader(dst, n)
+		dst = resp.AppendArrayHeader(dst, n)
 	}
 	for _, s := range strs {
 		if s == nil {
-			dst = AppendNull(dst, resp3)
+			dst = resp.AppendNull(dst, resp3)
 		} else {
-			dst = AppendBulk(dst, s)
+			dst = resp.AppendBulk(dst, s)
 		}
 	}
 	if withCount {
-		dst = AppendInt(dst, count)
+		dst = resp.AppendInt(dst, count)
 	}
 	return dst
 }

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/keyfence/keyfence/resp"
 )
 
 // DefaultKeyFormat is the namespace of a tenant's keys; {tenant} is replaced
@@ -147,12 +149,12 @@ func (r *Rewriter) appendKeyed(dst []byte, cmd *Command, args [][]byte) ([]byte,
 	if err != nil {
 		return dst, err
 	}
-	dst = AppendArrayHeader(dst, len(args))
+	dst = resp.AppendArrayHeader(dst, len(args))
 	for i, a := range args {
 		if isKey[i] {
-			dst = AppendPrefixedBulk(dst, r.prefix, a)
+			dst = resp.AppendPrefixedBulk(dst, r.prefix, a)
 		} else {
-			dst = AppendBulk(dst, a)
+			dst = resp.AppendBulk(dst, a)
 		}
 	}
 	return dst, nil

@@ -3,8 +3,11 @@ package rewrite
 import (
 	"bytes"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/keyfence/keyfence/resp"
 )
 
 // P is the prefix of tenant t1 under the default key format.
@@ -64,7 +67,7 @@ func rewriteReq(t *testing.T, in []string) ([]string, error) {
 		t.Fatalf("%q: dst's previous content was overwritten: %q", in, out)
 	}
 	body := out[len(sentinel):]
-	got, n, _, perr := ParseCommand(body, nil, DefaultLimits)
+	got, n, _, perr := resp.ParseCommand(body, nil, resp.DefaultLimits)
 	if perr != nil || n != len(body) {
 		t.Fatalf("%q: output %q does not parse as one request: n=%d/%d err=%v", in, body, n, len(body), perr)
 	}
@@ -553,7 +556,7 @@ func TestRewriteGlobPrefix(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%q: %v", in, err)
 		}
-		got, _, _, _ := ParseCommand(out, nil, DefaultLimits)
+		got, _, _, _ := resp.ParseCommand(out, nil, resp.DefaultLimits)
 		if !sameArgs(toStrings(got), want) {
 			t.Errorf("%q → %q, want %q", in, toStrings(got), want)
 		}
@@ -907,7 +910,7 @@ func TestRewriterReusesScratch(t *testing.T) {
 	if dst, err = r.AppendRequest(dst[:0], Lookup(short), short); err != nil {
 		t.Fatal(err)
 	}
-	got, _, _, _ := ParseCommand(dst, nil, DefaultLimits)
+	got, _, _, _ := resp.ParseCommand(dst, nil, resp.DefaultLimits)
 	if want := a("HSET", P+"h", "f", "v", "g", "w", "x", "y"); !sameArgs(toStrings(got), want) {
 		t.Errorf("after DEL: %q, want %q", toStrings(got), want)
 	}
@@ -1144,3 +1147,14 @@ func TestRewriterStripKey(t *testing.T) {
 		}
 	}
 }
+
+// multibulk encodes args as a client would send them.
+func multibulk(args ...string) string {
+	b := resp.AppendArrayHeader(nil, len(args))
+	for _, a := range args {
+		b = resp.AppendBulk(b, []byte(a))
+	}
+	return string(b)
+}
+
+func sameArgs(a, b []string) bool { return slices.Equal(a, b) }

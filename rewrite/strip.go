@@ -1,6 +1,11 @@
 package rewrite
 
-import "bytes"
+import (
+	"bytes"
+	"strconv"
+
+	"github.com/keyfence/keyfence/resp"
+)
 
 // AppendReply appends to dst the reply the client sees for a reply of the
 // given kind from upstream: key names lose the tenant's prefix, values are
@@ -83,7 +88,7 @@ func (r *Rewriter) appendStrippedAt(dst, buf []byte, mode stripMode, depth int) 
 		return dst, 0, false
 	}
 	if mode == copyAsIs || !isAggregate(buf[0]) {
-		size, err := ReplyLen(buf)
+		size, err := resp.ReplyLen(buf)
 		if err != nil || size == 0 {
 			return dst, 0, false
 		}
@@ -151,11 +156,11 @@ func isAggregate(c byte) bool { return c == '*' || c == '%' || c == '~' || c == 
 // aggregateHeader returns the number of child elements (maps count both
 // keys and values) and where the first child starts.
 func aggregateHeader(elem []byte) (count, body int, ok bool) {
-	line, next, ok := readLine(elem, 1)
+	line, next, ok := resp.ReadLine(elem, 1)
 	if !ok || next < 0 {
 		return 0, 0, false
 	}
-	n, ok := parseInt(line)
+	n, ok := resp.ParseInt(line)
 	if !ok {
 		return 0, 0, false
 	}
@@ -169,17 +174,17 @@ func aggregateHeader(elem []byte) (count, body int, ok bool) {
 func (r *Rewriter) appendStrippedString(dst, elem []byte) []byte {
 	switch elem[0] {
 	case '$':
-		line, next, ok := readLine(elem, 1)
+		line, next, ok := resp.ReadLine(elem, 1)
 		if !ok || next < 0 {
 			break
 		}
-		n, ok := parseInt(line)
+		n, ok := resp.ParseInt(line)
 		if !ok || n < 0 {
 			break
 		}
 		val := elem[next : next+int(n)]
 		if bytes.HasPrefix(val, r.prefix) {
-			return AppendBulk(dst, val[len(r.prefix):])
+			return resp.AppendBulk(dst, val[len(r.prefix):])
 		}
 	case '+':
 		val := elem[1 : len(elem)-2]
@@ -201,11 +206,11 @@ func (r *Rewriter) appendStrippedError(dst, reply []byte) []byte {
 	if reply[0] == '-' {
 		return append(dst, bytes.ReplaceAll(reply, r.prefix, nil)...)
 	}
-	line, next, ok := readLine(reply, 1)
+	line, next, ok := resp.ReadLine(reply, 1)
 	if !ok || next < 0 {
 		return append(dst, reply...)
 	}
-	if n, ok := parseInt(line); !ok || next+int(n)+2 != len(reply) {
+	if n, ok := resp.ParseInt(line); !ok || next+int(n)+2 != len(reply) {
 		return append(dst, reply...)
 	}
 	msg := bytes.ReplaceAll(reply[next:len(reply)-2], r.prefix, nil)
@@ -246,11 +251,11 @@ func (r *Rewriter) appendStrippedChannel(dst, elem []byte) []byte {
 	if elem[0] != '$' {
 		return append(dst, elem...)
 	}
-	line, next, ok := readLine(elem, 1)
+	line, next, ok := resp.ReadLine(elem, 1)
 	if !ok || next < 0 {
 		return append(dst, elem...)
 	}
-	n, ok := parseInt(line)
+	n, ok := resp.ParseInt(line)
 	if !ok || n < 0 {
 		return append(dst, elem...)
 	}
@@ -272,7 +277,7 @@ func (r *Rewriter) appendStrippedChannel(dst, elem []byte) []byte {
 	}
 	for _, p := range [2][]byte{r.prefix, r.globPrefix} {
 		if bytes.HasPrefix(val, p) {
-			return AppendBulk(dst, val[len(p):])
+			return resp.AppendBulk(dst, val[len(p):])
 		}
 	}
 	return append(dst, elem...)
@@ -293,7 +298,7 @@ func (r *Rewriter) AppendExecReply(dst, reply []byte, kinds []ReplyKind) []byte 
 	dst = append(dst, reply[:body]...)
 	pos := body
 	for _, k := range kinds {
-		n, err := ReplyLen(reply[pos:])
+		n, err := resp.ReplyLen(reply[pos:])
 		if err != nil || n == 0 {
 			return append(dst[:start], reply...)
 		}
@@ -305,3 +310,5 @@ func (r *Rewriter) AppendExecReply(dst, reply []byte, kinds []ReplyKind) []byte 
 	}
 	return dst
 }
+
+func appendInt(dst []byte, n int) []byte { return strconv.AppendInt(dst, int64(n), 10) }

@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/keyfence/keyfence/resp"
 )
 
 // RESP builders for replies.
@@ -68,7 +70,7 @@ func runStrips(t *testing.T, cases []stripCase) {
 			if want == "" {
 				want = tt.in
 			}
-			if n, err := ReplyLen([]byte(tt.in)); n != len(tt.in) || err != nil {
+			if n, err := resp.ReplyLen([]byte(tt.in)); n != len(tt.in) || err != nil {
 				t.Fatalf("test input %q is not one complete reply: %d, %v", tt.in, n, err)
 			}
 			in := []byte(tt.in)
@@ -83,7 +85,7 @@ func runStrips(t *testing.T, cases []stripCase) {
 			if string(in) != tt.in {
 				t.Errorf("the upstream reply was modified: %q", in)
 			}
-			if n, err := ReplyLen(got[4:]); n != len(got)-4 || err != nil {
+			if n, err := resp.ReplyLen(got[4:]); n != len(got)-4 || err != nil {
 				t.Errorf("output %q is not one complete reply: %d, %v", got[4:], n, err)
 			}
 		})

@@ -16,6 +16,7 @@ import (
 
 	"github.com/keyfence/keyfence/fallback"
 	"github.com/keyfence/keyfence/proxy"
+	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
 	"github.com/keyfence/keyfence/telemetry"
 )
@@ -143,7 +144,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*con
 	str(&s.tlsClientCA, "tls-client-ca", "PROXY_TLS_CLIENT_CA", "", "PEM CA bundle; clients must present a certificate signed by it (mTLS)")
 	secret(&s.clientPassword, "client-password", "PROXY_CLIENT_PASSWORD", "the password clients must AUTH with (empty: none, like a Redis without requirepass)")
 	num(&s.maxClients, "max-clients", "PROXY_MAX_CLIENTS", 10000, "client connections at most; more get Redis's 'max number of clients reached'")
-	num(&s.maxRequestBytes, "max-request-bytes", "PROXY_MAX_REQUEST_BYTES", rewrite.DefaultLimits.MaxRequestBytes, "largest request a client may send")
+	num(&s.maxRequestBytes, "max-request-bytes", "PROXY_MAX_REQUEST_BYTES", resp.DefaultLimits.MaxRequestBytes, "largest request a client may send")
 	num(&s.outputSoft, "client-output-soft-limit", "PROXY_CLIENT_OUTPUT_SOFT_LIMIT", proxy.DefaultClientOutputSoftLimit, "bytes of replies held for a client before keyfence stops reading its commands until it has read them (like Redis's client-output-buffer-limit soft limit)")
 	num(&s.outputHard, "client-output-hard-limit", "PROXY_CLIENT_OUTPUT_HARD_LIMIT", proxy.DefaultClientOutputHardLimit, "bytes of replies to one client's pipelined commands past which the client is disconnected (like Redis's hard limit); the shared upstream connection is unaffected")
 	num(&s.maxRequestBufferTotal, "max-request-buffer-total", "PROXY_MAX_REQUEST_BUFFER_TOTAL", proxy.DefaultMaxRequestBufferTotal, "bytes of partial requests all clients together may have keyfence buffer (like Redis's maxmemory-clients); a client that would pass it is refused")

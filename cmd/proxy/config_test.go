@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/keyfence/keyfence/proxy"
+	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
 )
 
@@ -91,7 +92,7 @@ func TestParseConfig(t *testing.T) {
 					return "TLS or Sentinel on by default"
 				case p.Upstream.DialTimeout != 2*time.Second, c.shutdownTimeout != 10*time.Second:
 					return "timeouts"
-				case p.MaxClients != 10000, p.SharedConns != 1, p.MaxPinned != 1000, p.MaxRequestBytes != rewrite.DefaultLimits.MaxRequestBytes:
+				case p.MaxClients != 10000, p.SharedConns != 1, p.MaxPinned != 1000, p.MaxRequestBytes != resp.DefaultLimits.MaxRequestBytes:
 					return "limits"
 				case p.ClientOutputSoftLimit != 32<<20, p.ClientOutputHardLimit != 256<<20, p.MaxRequestBufferTotal != 1<<30:
 					return "memory bounds"

@@ -1,4 +1,4 @@
-package rewrite
+package resp
 
 import (
 	"bytes"
@@ -586,7 +586,7 @@ func TestAppendHelpers(t *testing.T) {
 	}{
 		{string(AppendBulk(nil, []byte("foo"))), "$3\r\nfoo\r\n"},
 		{string(AppendBulk(nil, nil)), "$0\r\n\r\n"},
-		{string(AppendPrefixedBulk(nil, []byte(P), []byte("k"))), "$11\r\ntenant:t1:k\r\n"},
+		{string(AppendPrefixedBulk(nil, []byte("tenant:t1:"), []byte("k"))), "$11\r\ntenant:t1:k\r\n"},
 		{string(AppendArrayHeader(nil, 0)), "*0\r\n"},
 		{string(AppendArrayHeader([]byte("x"), 12)), "x*12\r\n"},
 		{string(AppendError(nil, "ERR boom")), "-ERR boom\r\n"},

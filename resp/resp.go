@@ -1,4 +1,4 @@
-package rewrite
+package resp
 
 import (
 	"errors"
@@ -53,14 +53,14 @@ func ParseCommand(buf []byte, args [][]byte, lim Limits) (out [][]byte, n, need 
 	if buf[0] != '*' {
 		return parseInline(buf, args, lim)
 	}
-	line, pos, ok := readLine(buf, 1)
+	line, pos, ok := ReadLine(buf, 1)
 	if !ok {
 		if len(buf) > maxInline {
 			return args, 0, 0, ErrInvalidMultibulkLength
 		}
 		return args, 0, len(buf) + 1, nil
 	}
-	count, ok := parseInt(line)
+	count, ok := ParseInt(line)
 	if !ok || pos < 0 || count > int64(lim.MaxArgs) {
 		return args, 0, 0, ErrInvalidMultibulkLength
 	}
@@ -74,14 +74,14 @@ func ParseCommand(buf []byte, args [][]byte, lim Limits) (out [][]byte, n, need 
 		if buf[pos] != '$' {
 			return args, 0, 0, ExpectedDollarError{Got: buf[pos]}
 		}
-		line, next, ok := readLine(buf, pos+1)
+		line, next, ok := ReadLine(buf, pos+1)
 		if !ok {
 			if len(buf)-pos > 32 {
 				return args, 0, 0, ErrInvalidBulkLength
 			}
 			return args, 0, len(buf) + 1, nil
 		}
-		size, ok := parseInt(line)
+		size, ok := ParseInt(line)
 		if !ok || next < 0 || size < 0 {
 			return args, 0, 0, ErrInvalidBulkLength
 		}
@@ -241,9 +241,9 @@ func unhex(c byte) byte {
 	}
 }
 
-// readLine returns the line starting at buf[from] up to "\r\n" and the index
+// ReadLine returns the line starting at buf[from] up to "\r\n" and the index
 // just past it; next is -1 (and ok true) when a CR is not followed by LF.
-func readLine(buf []byte, from int) (line []byte, next int, ok bool) {
+func ReadLine(buf []byte, from int) (line []byte, next int, ok bool) {
 	for i := from; i+1 < len(buf); i++ {
 		if buf[i] == '\r' {
 			if buf[i+1] != '\n' {
@@ -255,8 +255,8 @@ func readLine(buf []byte, from int) (line []byte, next int, ok bool) {
 	return nil, 0, false
 }
 
-// parseInt parses a RESP length or integer without allocating.
-func parseInt(b []byte) (int64, bool) {
+// ParseInt parses a RESP length or integer without allocating.
+func ParseInt(b []byte) (int64, bool) {
 	if len(b) == 0 || len(b) > 19 {
 		return 0, false
 	}
@@ -357,7 +357,7 @@ func ReplyLen(buf []byte) (int, error) {
 		if pos >= len(buf) {
 			return 0, nil
 		}
-		line, next, ok := readLine(buf, pos+1)
+		line, next, ok := ReadLine(buf, pos+1)
 		if !ok {
 			return 0, nil
 		}
@@ -368,7 +368,7 @@ func ReplyLen(buf []byte) (int, error) {
 		case '+', '-', ':', ',', '(', '#', '_':
 			pos = next
 		case '$', '=', '!':
-			n, ok := parseInt(line)
+			n, ok := ParseInt(line)
 			if !ok || n < -1 {
 				return 0, ErrInvalidReply
 			}
@@ -388,7 +388,7 @@ func ReplyLen(buf []byte) (int, error) {
 			}
 			pos = end
 		case '*', '~', '>', '%', '|':
-			n, ok := parseInt(line)
+			n, ok := ParseInt(line)
 			if !ok || n < -1 || n > maxReplyElements {
 				return 0, ErrInvalidReply
 			}
@@ -411,5 +411,3 @@ func ReplyLen(buf []byte) (int, error) {
 	}
 	return pos, nil
 }
-
-func appendInt(dst []byte, n int) []byte { return strconv.AppendInt(dst, int64(n), 10) }
