@@ -4,12 +4,9 @@ import (
 	"bytes"
 	"encoding/binary"
 	"hash/maphash"
-	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
-
-	"github.com/dgraph-io/ristretto/v2"
 )
 
 // Stamp is a reading of the cache's invalidation clock. Take one with
@@ -22,56 +19,51 @@ type Stamp uint64
 type Stats struct {
 	Hits      uint64 // lookups answered
 	Misses    uint64 // lookups not answered: absent, expired or invalidated
-	Evictions uint64 // entries dropped by ristretto for room or on expiry
+	Evictions uint64 // entries dropped for room
 	Entries   uint64 // entries held (some may be stale, awaiting expiry)
 	Bytes     int64  // cost held, in bytes (<= MaxBytes)
-	Resets    uint64 // times the generation table overflowed (each a full invalidation)
 }
 
-// entry is one cached reply. It is immutable once handed to ristretto.
+// entry is one cached reply. It is immutable once stored.
 type entry struct {
 	ns       string
 	db       int
-	req      []byte // verified on every hit: the ristretto key is only a hash
+	req      []byte // verified on every hit: the map key is only a hash
 	reply    []byte
 	keys     [][]byte  // the Redis keys the reply depends on
 	key1     [1][]byte // backs keys for the usual single-key read: one allocation fewer
 	since    Stamp     // clock value from before the reply was read
 	deadline time.Time
+	cost     int64 // bytes counted against MaxBytes
 }
 
-// entryOverhead is the heap an entry takes beyond its bytes. Ristretto adds
-// the size of its own item; the namespace string is the proxy's, shared.
+// entryOverhead is the heap an entry takes beyond its bytes; the namespace
+// string is the proxy's, shared.
 const entryOverhead = int64(unsafe.Sizeof(entry{}))
-
-// gen is the generation of one key: the clock value of its last
-// invalidation and when that was, so that old ones can be forgotten.
-type gen struct {
-	n  Stamp
-	at time.Time
-}
 
 // Cache is the fallback read cache. It is safe for concurrent use. A nil
 // *Cache is a disabled cache: it stores nothing and never hits.
 type Cache struct {
-	rc       *ristretto.Cache[uint64, *entry]
+	es       *entries
+	adm      *admission
 	seed     maphash.Seed
 	ttl      time.Duration
 	maxEntry int64 // larger replies are not worth their copy: they would evict too much
 	now      func() time.Time
 
-	clock atomic.Uint64 // the invalidation clock; advanced only under mu
+	// The invalidation clock, and the clock value of the last invalidation
+	// of every key slot (keys hash into a fixed array: two keys that share a
+	// slot invalidate each other's entries, which costs a miss, never a
+	// stale hit). floor is the clock value of the last InvalidateAll. All
+	// lock-free: every write and every tracking message invalidates.
+	clock atomic.Uint64
+	slots []atomic.Uint64
+	floor atomic.Uint64
 
-	mu       sync.RWMutex
-	gens     map[string]*gen // keys invalidated recently (within ttl)
-	floor    Stamp           // entries and stores stamped before floor are stale
-	genLimit int             // len(gens) past which it is swept
-
-	hits, misses, evictions, resets atomic.Uint64
+	hits, misses atomic.Uint64
 }
 
-// NewCache builds a cache from cfg's TTL and MaxBytes. Close it when done:
-// ristretto runs a goroutine.
+// NewCache builds a cache from cfg's TTL and MaxBytes.
 func NewCache(cfg Config) (*Cache, error) {
 	if err := cfg.validateCache(); err != nil {
 		return nil, err
@@ -81,47 +73,30 @@ func NewCache(cfg Config) (*Cache, error) {
 		ttl:      cfg.TTL,
 		maxEntry: cfg.MaxBytes / 16,
 		now:      time.Now,
-		gens:     make(map[string]*gen),
-		genLimit: genLimitFor(cfg.MaxBytes),
 	}
-	rc, err := ristretto.NewCache(&ristretto.Config[uint64, *entry]{
-		// Ristretto advises ten counters per entry it will hold; at a
-		// typical few hundred bytes an entry, MaxBytes/32 is about that.
-		NumCounters: max(cfg.MaxBytes/32, 1024),
-		MaxCost:     cfg.MaxBytes,
-		BufferItems: 64,
-		// Metrics give Entries and Bytes; the cost is an atomic add per op.
-		Metrics: true,
-		OnEvict: func(*ristretto.Item[*entry]) { c.evictions.Add(1) },
-	})
-	if err != nil {
-		return nil, err
-	}
-	c.rc = rc
+	c.es = newEntries(cfg.MaxBytes)
+	// A key slot and a request slot per 256 bytes of cache: more than the
+	// entries it can hold, for 1/16 of its size in memory.
+	n := slotsFor(cfg.MaxBytes)
+	c.slots = make([]atomic.Uint64, n)
+	c.adm = newAdmission(n, cfg.TTL/2, func() time.Time { return c.now() })
 	return c, nil
 }
 
-// genLimitFor sizes the generation table: at about 100 bytes per remembered
-// key it costs at most about a tenth of MaxBytes on top of it.
-func genLimitFor(maxBytes int64) int {
-	return int(min(max(maxBytes/1024, 1024), 1<<20))
+// slotsFor sizes the key and request slot arrays: a power of two, about one
+// per 256 bytes of MaxBytes, between 4096 and 4 Mi.
+func slotsFor(maxBytes int64) int {
+	n := 1 << 12
+	for int64(n)*256 < maxBytes && n < 1<<22 {
+		n <<= 1
+	}
+	return n
 }
 
-// Close releases the cache's goroutine and memory. The cache must not be
-// used afterwards.
+// Close lets the cache's memory go. The cache must not be used afterwards.
 func (c *Cache) Close() {
 	if c != nil {
-		c.rc.Close()
-	}
-}
-
-// Wait blocks until every Store made before it is visible to Lookup:
-// ristretto applies new entries asynchronously. Correctness never needs it
-// (a pending entry is a miss, and invalidation wins whatever the order);
-// tests do.
-func (c *Cache) Wait() {
-	if c != nil {
-		c.rc.Wait()
+		c.es = newEntries(c.es.maxBytes)
 	}
 }
 
@@ -153,21 +128,17 @@ func (c *Cache) hash(ns string, db int, req []byte) uint64 {
 //
 // It returns false when it declined: no keys, an error reply (often
 // transient: LOADING, BUSY), a reply too large (over MaxBytes/16), or an
-// invalidation of one of the keys since the stamp. True means the entry was
-// handed to ristretto, which may still not admit it.
+// invalidation of one of the keys since the stamp. True means the entry is
+// held (until evicted for room).
 func (c *Cache) Store(since Stamp, ns string, db int, req []byte, keys [][]byte, reply []byte, keyTTL time.Duration) bool {
 	if c == nil {
 		return false
 	}
 	// Hot keys are read again and again with the same answer: when the
-	// entry is there, fresh and equal, keep it rather than pay for a copy
-	// and a ristretto Set (the profile's largest cost with --fallback).
+	// entry is there, fresh and equal, keep it rather than pay for a copy.
 	h := c.hash(ns, db, req)
-	if old, ok := c.rc.Get(h); ok && old.ns == ns && old.db == db && bytes.Equal(old.req, req) && bytes.Equal(old.reply, reply) && c.now().Before(old.deadline) {
-		c.mu.RLock()
-		fresh := c.freshLocked(old.since, old.keys)
-		c.mu.RUnlock()
-		if fresh {
+	if old := c.es.get(h); old != nil && old.ns == ns && old.db == db && bytes.Equal(old.req, req) && bytes.Equal(old.reply, reply) && c.now().Before(old.deadline) {
+		if c.fresh(old.since, old.keys) {
 			return true
 		}
 	}
@@ -176,16 +147,14 @@ func (c *Cache) Store(since Stamp, ns string, db int, req []byte, keys [][]byte,
 		return false
 	}
 	now := c.now()
-	c.mu.RLock()
-	fresh := c.freshLocked(since, keys)
-	c.mu.RUnlock()
-	if !fresh {
+	if !c.fresh(since, keys) {
 		return false
 	}
 	// From here on an Invalidate of one of the keys gets a generation above
-	// since, so it makes this entry stale whenever ristretto applies the Set.
+	// since, so it makes this entry stale even if it lands after the set.
 	e.since, e.deadline = since, now.Add(ttl)
-	return c.rc.SetWithTTL(h, e, cost, ttl)
+	c.es.set(h, e, cost, now)
+	return true
 }
 
 // StoreWrite is the write-side counterpart of Store for a single-key write
@@ -202,16 +171,17 @@ func (c *Cache) StoreWrite(since Stamp, ns string, db int, key, req, reply []byt
 	keys := [][]byte{key}
 	e, ttl, cost := c.newEntry(ns, db, req, keys, reply, keyTTL)
 	now := c.now()
-	c.mu.Lock()
-	fresh := c.freshLocked(since, keys)
-	n := c.invalidateLocked(key, now)
-	fresh = fresh && n >= c.floor // a reset of the table just now invalidated everything
-	c.mu.Unlock()
+	// The write's own invalidation must directly follow since: if the key
+	// was invalidated in between (another write, or a tracking message that
+	// may stand for a write ordered after this one upstream), the value is
+	// not known to be current. invalidateAfter does both atomically.
+	n, fresh := c.invalidateAfter(key, since)
 	if e == nil || !fresh {
 		return false
 	}
 	e.since, e.deadline = n, now.Add(ttl)
-	return c.rc.SetWithTTL(c.hash(ns, db, req), e, cost, ttl)
+	c.es.set(c.hash(ns, db, req), e, cost, now)
+	return true
 }
 
 // newEntry copies the request, reply and keys into one allocation. It
@@ -252,6 +222,30 @@ func (c *Cache) newEntry(ns string, db int, req []byte, keys [][]byte, reply []b
 	return e, ttl, cost
 }
 
+// WantRead reports whether the reply to a cacheable read is worth filling
+// (see admission): not on the first sighting of the read, nor while an entry
+// filled for it is current. command and args are the client's (keys without
+// the prefix); ns is the tenant's prefix. Call it before sending the read,
+// so that a read not wanted costs nothing more, and give the mark to Filled
+// once the reply was stored.
+func (c *Cache) WantRead(ns string, db int, command string, args [][]byte) (ReadMark, bool) {
+	if c == nil {
+		return ReadMark{}, false
+	}
+	keys := KeysOf(command, args)
+	if len(keys) == 0 {
+		return ReadMark{}, false
+	}
+	return c.adm.want(ns, db, command, args, keys)
+}
+
+// Filled records that the read marked m was stored.
+func (c *Cache) Filled(m ReadMark) {
+	if c != nil {
+		c.adm.filled(m)
+	}
+}
+
 // Lookup returns the cached reply to req for namespace ns in database db if
 // it is present, unexpired, and none of its keys was invalidated since it
 // was read. The reply is shared: do not modify it.
@@ -259,36 +253,37 @@ func (c *Cache) Lookup(ns string, db int, req []byte) (reply []byte, ok bool) {
 	if c == nil {
 		return nil, false
 	}
-	e, ok := c.rc.Get(c.hash(ns, db, req))
-	// The ristretto key is a 64-bit hash: compare what it stands for, so
-	// that a collision can never serve another tenant's or request's reply.
-	if ok && e.ns == ns && e.db == db && bytes.Equal(e.req, req) && c.now().Before(e.deadline) {
-		c.mu.RLock()
-		ok = c.freshLocked(e.since, e.keys)
-		c.mu.RUnlock()
-		if ok {
+	e := c.es.get(c.hash(ns, db, req))
+	// The map key is a 64-bit hash: compare what it stands for, so that a
+	// collision can never serve another tenant's or request's reply.
+	if e != nil && e.ns == ns && e.db == db && bytes.Equal(e.req, req) && c.now().Before(e.deadline) {
+		if c.fresh(e.since, e.keys) {
 			c.hits.Add(1)
 			return e.reply, true
 		}
 	}
-	// A stale entry is left for ristretto to expire or evict: deleting it
-	// here could race with a fresh Store of the same request.
+	// A stale entry is left to be replaced or evicted: deleting it here
+	// could race with a fresh Store of the same request.
 	c.misses.Add(1)
 	return nil, false
 }
 
-// freshLocked reports whether a reply read after since is still current:
+// fresh reports whether a reply read after since is still current:
 // nothing invalidated everything after it, and none of keys since.
-func (c *Cache) freshLocked(since Stamp, keys [][]byte) bool {
-	if since < c.floor {
+func (c *Cache) fresh(since Stamp, keys [][]byte) bool {
+	if uint64(since) < c.floor.Load() {
 		return false
 	}
 	for _, k := range keys {
-		if g := c.gens[string(k)]; g != nil && g.n > since {
+		if c.slot(k).Load() > uint64(since) {
 			return false
 		}
 	}
 	return true
+}
+
+func (c *Cache) slot(key []byte) *atomic.Uint64 {
+	return &c.slots[maphash.Bytes(c.seed, key)&uint64(len(c.slots)-1)]
 }
 
 // Invalidate makes every entry that depends on the Redis key stale, in every
@@ -298,53 +293,35 @@ func (c *Cache) Invalidate(key []byte) {
 	if c == nil {
 		return
 	}
-	now := c.now()
-	c.mu.Lock()
-	c.invalidateLocked(key, now)
-	c.mu.Unlock()
+	c.adm.invalidate(key)
+	n := c.clock.Add(1)
+	raise(c.slot(key), n)
 }
 
-// invalidateLocked gives key a new generation and returns it.
-func (c *Cache) invalidateLocked(key []byte, now time.Time) Stamp {
-	n := Stamp(c.clock.Add(1))
-	if g := c.gens[string(key)]; g != nil {
-		g.n, g.at = n, now
-		return n
-	}
-	c.gens[string(key)] = &gen{n: n, at: now}
-	if len(c.gens) > c.genLimit {
-		c.sweepLocked(now)
-	}
-	return n
-}
-
-// sweepLocked bounds the generation table, which otherwise grows with every
-// key ever written. Forgetting a generation is always safe because floor is
-// raised to it: every entry and Store stamped before it becomes stale, which
-// is all that generation could have done. Forgetting only generations older
-// than the TTL makes that harmless: what was stamped that long ago has
-// expired, bar a read that took longer than the TTL. If the table is still
-// over half full, keys are being written faster than the TTL lets them go:
-// forget them all and invalidate everything (counted in Stats.Resets).
-// Sweeping only once half the table is free again keeps it amortised O(1).
-func (c *Cache) sweepLocked(now time.Time) {
-	for k, g := range c.gens {
-		if now.Sub(g.at) > c.ttl {
-			c.floor = max(c.floor, g.n)
-			delete(c.gens, k)
+// invalidateAfter invalidates key and reports whether that invalidation was
+// the first of the key's slot after since (and no InvalidateAll came
+// after it); n is its clock value.
+func (c *Cache) invalidateAfter(key []byte, since Stamp) (n Stamp, first bool) {
+	c.adm.invalidate(key)
+	sl := c.slot(key)
+	for {
+		old := sl.Load()
+		v := c.clock.Add(1)
+		if sl.CompareAndSwap(old, max(old, v)) {
+			return Stamp(v), old <= uint64(since) && c.floor.Load() <= uint64(since)
 		}
 	}
-	if len(c.gens) > c.genLimit/2 {
-		c.resetLocked()
-		c.resets.Add(1)
-	}
 }
 
-// resetLocked invalidates everything: entries and stamps from before the
-// new floor are stale, so no generation needs remembering.
-func (c *Cache) resetLocked() {
-	c.floor = Stamp(c.clock.Add(1))
-	c.gens = make(map[string]*gen)
+// raise sets a to v unless it holds more already: concurrent invalidations
+// may take their clock values in one order and store them in another.
+func raise(a *atomic.Uint64, v uint64) {
+	for {
+		old := a.Load()
+		if old >= v || a.CompareAndSwap(old, v) {
+			return
+		}
+	}
 }
 
 // InvalidateAll makes every entry stale, for a FLUSHALL, a tracking message
@@ -354,9 +331,8 @@ func (c *Cache) InvalidateAll() {
 	if c == nil {
 		return
 	}
-	c.mu.Lock()
-	c.resetLocked()
-	c.mu.Unlock()
+	c.adm.all.Add(1)
+	raise(&c.floor, c.clock.Add(1))
 }
 
 // Stats returns the counters.
@@ -364,16 +340,11 @@ func (c *Cache) Stats() Stats {
 	if c == nil {
 		return Stats{}
 	}
-	var entries uint64
-	if added, gone := c.rc.Metrics.KeysAdded(), c.rc.Metrics.KeysEvicted(); added > gone {
-		entries = added - gone
-	}
 	return Stats{
 		Hits:      c.hits.Load(),
 		Misses:    c.misses.Load(),
-		Evictions: c.evictions.Load(),
-		Entries:   entries,
-		Bytes:     c.rc.MaxCost() - c.rc.RemainingCost(),
-		Resets:    c.resets.Load(),
+		Evictions: c.es.evicted.Load(),
+		Entries:   uint64(max(c.es.count.Load(), 0)),
+		Bytes:     c.es.bytes.Load(),
 	}
 }

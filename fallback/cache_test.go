@@ -28,9 +28,7 @@ func (f *fakeClock) Advance(d time.Duration) {
 	f.mu.Unlock()
 }
 
-// newTestCache returns a cache whose expiry decisions use a fake clock
-// (ristretto's own TTL cleanup still uses real time, which only frees
-// memory).
+// newTestCache returns a cache whose expiry decisions use a fake clock.
 func newTestCache(tb testing.TB, ttl time.Duration, maxBytes int64) (*Cache, *fakeClock) {
 	tb.Helper()
 	cfg := Defaults()
@@ -108,7 +106,6 @@ func TestCacheHitMiss(t *testing.T) {
 			if got := store(c, "a", 0, req, tt.keys, tt.reply, 0); got != tt.stored {
 				t.Fatalf("Store = %v, want %v", got, tt.stored)
 			}
-			c.Wait()
 			got, ok := c.Lookup(tt.lookupNS, tt.lookupDB, tt.lookupReq)
 			if ok != tt.hit || (ok && !bytes.Equal(got, tt.reply)) {
 				t.Fatalf("Lookup = %q, %v; want hit %v", got, ok, tt.hit)
@@ -126,7 +123,6 @@ func TestStoreCopies(t *testing.T) {
 	c, _ := newTestCache(t, 30*time.Second, 1<<20)
 	req, key, reply := getReq("tenant:a:k"), []byte("tenant:a:k"), bulk("value")
 	store(c, "a", 0, req, [][]byte{key}, reply, 0)
-	c.Wait()
 	want := bytes.Clone(reply)
 	reqCopy := bytes.Clone(req)
 	for _, b := range [][]byte{req, key, reply} {
@@ -157,7 +153,6 @@ func TestCacheTTL(t *testing.T) {
 			c, clk := newTestCache(t, tt.cfgTTL, 1<<20)
 			req := getReq("tenant:a:k")
 			store(c, "a", 0, req, bs("tenant:a:k"), bulk("v"), tt.keyTTL)
-			c.Wait()
 			clk.Advance(tt.life - time.Millisecond)
 			lookupOK(t, c, "a", 0, req, bulk("v"))
 			clk.Advance(time.Millisecond)
@@ -197,7 +192,6 @@ func TestInvalidateExact(t *testing.T) {
 			for name, req := range reqs {
 				store(c, "a", 0, req, keys[name], bulk(name), 0)
 			}
-			c.Wait()
 			for _, k := range tt.invalidate {
 				c.Invalidate([]byte(k))
 			}
@@ -219,7 +213,6 @@ func TestInvalidateExact(t *testing.T) {
 			for name, req := range reqs {
 				store(c, "a", 0, req, keys[name], bulk(name+"'"), 0)
 			}
-			c.Wait()
 			for name, req := range reqs {
 				lookupOK(t, c, "a", 0, req, bulk(name+"'"))
 			}
@@ -236,7 +229,6 @@ func TestStoreThenInvalidateWins(t *testing.T) {
 		req := getReq(key)
 		store(c, "a", 0, req, bs(key), bulk(strconv.Itoa(i)), 0)
 		c.Invalidate([]byte(key))
-		c.Wait()
 		lookupMiss(t, c, "a", 0, req)
 	}
 }
@@ -252,14 +244,12 @@ func TestStaleReplyRefused(t *testing.T) {
 	if c.Store(since, "a", 0, req, bs(key), bulk("old"), 0) {
 		t.Fatal("Store accepted a reply read before an invalidation")
 	}
-	c.Wait()
 	lookupMiss(t, c, "a", 0, req)
 
 	// Stamped after the invalidation, the same store is fine.
 	if !c.Store(c.Stamp(), "a", 0, req, bs(key), bulk("new"), 0) {
 		t.Fatal("Store refused a current reply")
 	}
-	c.Wait()
 	lookupOK(t, c, "a", 0, req, bulk("new"))
 
 	// An invalidation of another key does not matter.
@@ -289,13 +279,11 @@ func TestStoreWrite(t *testing.T) {
 	t.Run("fills the GET entry", func(t *testing.T) {
 		c, clk := newTestCache(t, 30*time.Second, 1<<20)
 		store(c, "a", 0, getReq(key), bs(key), bulk("old"), 0)
-		c.Wait()
 		since := c.Stamp()
 		req, reply, ttl := set("new")
 		if !c.StoreWrite(since, "a", 0, []byte(key), req, reply, ttl) {
 			t.Fatal("StoreWrite refused")
 		}
-		c.Wait()
 		lookupOK(t, c, "a", 0, getReq(key), bulk("new"))
 		clk.Advance(1500 * time.Millisecond) // the key's own TTL bounds the entry
 		lookupMiss(t, c, "a", 0, getReq(key))
@@ -305,24 +293,20 @@ func TestStoreWrite(t *testing.T) {
 		c, _ := newTestCache(t, 30*time.Second, 1<<20)
 		mget := AppendRequest(nil, "MGET", bs(key, "tenant:a:j"))
 		store(c, "a", 0, mget, bs(key, "tenant:a:j"), []byte("*2\r\n$3\r\nold\r\n$-1\r\n"), 0)
-		c.Wait()
 		req, reply, ttl := set("new")
 		c.StoreWrite(c.Stamp(), "a", 0, []byte(key), req, reply, ttl)
-		c.Wait()
 		lookupMiss(t, c, "a", 0, mget)
 	})
 
 	t.Run("another write in flight: no fill, still invalidates", func(t *testing.T) {
 		c, _ := newTestCache(t, 30*time.Second, 1<<20)
 		store(c, "a", 0, getReq(key), bs(key), bulk("old"), 0)
-		c.Wait()
 		since := c.Stamp()        // SET k new is sent
 		c.Invalidate([]byte(key)) // another write of k (maybe applied after ours) is acknowledged
 		req, reply, ttl := set("new")
 		if c.StoreWrite(since, "a", 0, []byte(key), req, reply, ttl) {
 			t.Fatal("StoreWrite filled despite a concurrent invalidation")
 		}
-		c.Wait()
 		lookupMiss(t, c, "a", 0, getReq(key))
 	})
 
@@ -331,7 +315,6 @@ func TestStoreWrite(t *testing.T) {
 		req, reply, ttl := set("new")
 		c.StoreWrite(c.Stamp(), "a", 0, []byte(key), req, reply, ttl)
 		c.Invalidate([]byte(key))
-		c.Wait()
 		lookupMiss(t, c, "a", 0, getReq(key))
 	})
 }
@@ -343,12 +326,10 @@ func TestNamespaceIsolation(t *testing.T) {
 	c, _ := newTestCache(t, 30*time.Second, 1<<20)
 	req := getReq("k") // identical bytes for both tenants on purpose
 	store(c, "tenant:a:", 0, req, bs("tenant:a:k"), bulk("a's"), 0)
-	c.Wait()
 	lookupOK(t, c, "tenant:a:", 0, req, bulk("a's"))
 	lookupMiss(t, c, "tenant:b:", 0, req)
 
 	store(c, "tenant:b:", 0, req, bs("tenant:b:k"), bulk("b's"), 0)
-	c.Wait()
 	lookupOK(t, c, "tenant:a:", 0, req, bulk("a's"))
 	lookupOK(t, c, "tenant:b:", 0, req, bulk("b's"))
 
@@ -360,9 +341,8 @@ func TestNamespaceIsolation(t *testing.T) {
 	// A collision: b's entry sits where c's lookup for tenant c goes.
 	e, ttl, cost := c.newEntry("tenant:b:", 0, req, bs("tenant:b:k"), bulk("b's"), 0)
 	e.since, e.deadline = c.Stamp(), c.now().Add(ttl)
-	c.rc.SetWithTTL(c.hash("tenant:c:", 0, req), e, cost, ttl)
-	c.Wait()
-	if _, ok := c.rc.Get(c.hash("tenant:c:", 0, req)); !ok {
+	c.es.set(c.hash("tenant:c:", 0, req), e, cost, c.now())
+	if c.es.get(c.hash("tenant:c:", 0, req)) == nil {
 		t.Fatal("planted entry not found")
 	}
 	lookupMiss(t, c, "tenant:c:", 0, req)
@@ -370,8 +350,7 @@ func TestNamespaceIsolation(t *testing.T) {
 	plant := func(db int, entryReq []byte, at uint64) {
 		e, _, _ := c.newEntry("tenant:c:", db, entryReq, bs("tenant:c:k"), bulk("planted"), 0)
 		e.since, e.deadline = c.Stamp(), c.now().Add(ttl)
-		c.rc.SetWithTTL(at, e, cost, ttl)
-		c.Wait()
+		c.es.set(at, e, cost, c.now())
 	}
 	plant(1, req, c.hash("tenant:c:", 0, req))
 	lookupMiss(t, c, "tenant:c:", 0, req)
@@ -464,7 +443,6 @@ func TestConcurrentStoreInvalidate(t *testing.T) {
 	}
 	// After the dust settles, the last acknowledged value caches normally.
 	store(c, "a", 0, req, [][]byte{key}, reply(truth.Load()), 0)
-	c.Wait()
 	lookupOK(t, c, "a", 0, req, reply(truth.Load()))
 }
 
@@ -484,11 +462,7 @@ func TestMaxBytesBound(t *testing.T) {
 		reply := bulk(value)
 		store(c, "a", 0, getReq(key), bs(key), reply, 0)
 		stored += len(reply)
-		if i%4096 == 0 {
-			c.Wait() // let ristretto keep up instead of dropping Sets
-		}
 	}
-	c.Wait()
 	st := c.Stats()
 	t.Logf("stats after storing %d MiB: %+v", total>>20, st)
 	if st.Bytes > maxBytes || st.Bytes <= 0 {
@@ -512,81 +486,38 @@ func TestMaxBytesBound(t *testing.T) {
 
 // The generation table is bounded: old generations are swept, and when
 // keys are written too fast for that, everything is invalidated at once.
-func TestGenerationTableBound(t *testing.T) {
-	t.Run("old generations are forgotten safely", func(t *testing.T) {
-		c, clk := newTestCache(t, 30*time.Second, 1<<20)
-		c.genLimit = 8
-		oldSince := c.Stamp() // a read that will take longer than the TTL
-		for i := range 8 {
-			c.Invalidate([]byte("tenant:a:old" + strconv.Itoa(i)))
-		}
-		clk.Advance(31 * time.Second)
-		x := "tenant:a:x"
-		store(c, "a", 0, getReq(x), bs(x), bulk("x"), 0)
-		c.Wait()
-		c.Invalidate([]byte("tenant:a:new")) // 9 > limit: sweep
-		if n := len(c.gens); n != 1 {
-			t.Fatalf("gens has %d keys after the sweep, want 1", n)
-		}
-		if st := c.Stats(); st.Resets != 0 {
-			t.Fatalf("Resets = %d, want 0", st.Resets)
-		}
-		lookupOK(t, c, "a", 0, getReq(x), bulk("x"))
-		// The forgotten generations still refuse a reply read before them.
-		if c.Store(oldSince, "a", 0, getReq("tenant:a:old3"), bs("tenant:a:old3"), bulk("stale"), 0) {
-			t.Fatal("Store accepted a reply read before a forgotten invalidation")
-		}
-	})
+// Keys that share a slot of the invalidation array invalidate each other's
+// entries: a miss, never a stale hit. Memory stays what NewCache allocated
+// however many keys are written.
+func TestSharedKeySlots(t *testing.T) {
+	c, _ := newTestCache(t, 30*time.Second, 1<<20)
+	c.slots = make([]atomic.Uint64, 1) // every key in one slot
+	x, y := "tenant:a:x", "tenant:a:y"
+	store(c, "a", 0, getReq(x), bs(x), bulk("x"), 0)
+	lookupOK(t, c, "a", 0, getReq(x), bulk("x"))
+	c.Invalidate([]byte(y))
+	lookupMiss(t, c, "a", 0, getReq(x))
+	since := c.Stamp()
+	c.Invalidate([]byte(y))
+	if c.Store(since, "a", 0, getReq(x), bs(x), bulk("x"), 0) {
+		t.Fatal("Store accepted a reply read before an invalidation of its slot")
+	}
+	req, reply, ttl, _ := FillFromWrite("SET", bs(x, "x1"))
+	since = c.Stamp()
+	c.Invalidate([]byte(y))
+	if c.StoreWrite(since, "a", 0, []byte(x), req, reply, ttl) {
+		t.Fatal("StoreWrite filled after another invalidation of its slot")
+	}
+	if !c.StoreWrite(c.Stamp(), "a", 0, []byte(x), req, reply, ttl) {
+		t.Fatal("StoreWrite refused with no invalidation in between")
+	}
+	lookupOK(t, c, "a", 0, req, bulk("x1"))
 
-	t.Run("overflow invalidates everything", func(t *testing.T) {
-		c, _ := newTestCache(t, 30*time.Second, 1<<20)
-		c.genLimit = 8
-		z := "tenant:a:z"
-		store(c, "a", 0, getReq(z), bs(z), bulk("z"), 0)
-		c.Wait()
-		for i := range 8 {
-			c.Invalidate([]byte("tenant:a:w" + strconv.Itoa(i)))
+	for maxBytes, want := range map[int64]int{4 << 10: 1 << 12, 64 << 20: 1 << 18, 8 << 30: 1 << 22} {
+		if got := slotsFor(maxBytes); got != want {
+			t.Errorf("MaxBytes %d: %d slots, want %d", maxBytes, got, want)
 		}
-		lookupOK(t, c, "a", 0, getReq(z), bulk("z"))
-		c.Invalidate([]byte("tenant:a:w8")) // 9 recent keys > limit: reset
-		if st := c.Stats(); st.Resets != 1 {
-			t.Fatalf("Resets = %d, want 1", st.Resets)
-		}
-		if n := len(c.gens); n != 0 {
-			t.Fatalf("gens has %d keys after the reset, want 0", n)
-		}
-		lookupMiss(t, c, "a", 0, getReq(z))
-		// A write fill whose own invalidation triggers a reset is pointless.
-		for i := range 8 {
-			c.Invalidate([]byte("tenant:a:v" + strconv.Itoa(i)))
-		}
-		req, reply, ttl, _ := FillFromWrite("SET", bs(z, "z1"))
-		if c.StoreWrite(c.Stamp(), "a", 0, []byte(z), req, reply, ttl) {
-			t.Fatal("StoreWrite filled an entry its own reset made stale")
-		}
-		if st := c.Stats(); st.Resets != 2 {
-			t.Fatalf("Resets = %d, want 2", st.Resets)
-		}
-		c.InvalidateAll() // empties the table too
-		// Invalidating already-known keys does not grow the table.
-		for range 100 {
-			c.Invalidate([]byte("tenant:a:w0"))
-		}
-		if n := len(c.gens); n != 1 {
-			t.Fatalf("gens has %d keys, want 1", n)
-		}
-		store(c, "a", 0, getReq(z), bs(z), bulk("z2"), 0)
-		c.Wait()
-		lookupOK(t, c, "a", 0, getReq(z), bulk("z2"))
-	})
-
-	t.Run("the default limit scales with MaxBytes", func(t *testing.T) {
-		for maxBytes, want := range map[int64]int{4 << 10: 1024, 64 << 20: 65536, 8 << 30: 1 << 20} {
-			if got := genLimitFor(maxBytes); got != want {
-				t.Errorf("MaxBytes %d: genLimit = %d, want %d", maxBytes, got, want)
-			}
-		}
-	})
+	}
 }
 
 func TestNilCacheIsDisabled(t *testing.T) {
@@ -597,7 +528,6 @@ func TestNilCacheIsDisabled(t *testing.T) {
 	c.StoreWrite(0, "a", 0, []byte("k"), getReq("k"), bulk("v"), 0)
 	c.Invalidate([]byte("k"))
 	c.InvalidateAll()
-	c.Wait()
 	if _, ok := c.Lookup("a", 0, getReq("k")); ok {
 		t.Fatal("nil cache hit")
 	}
@@ -617,7 +547,6 @@ func ExampleCache() {
 	since := c.Stamp() // before the read goes upstream
 	reply := []byte("$5\r\nalice\r\n")
 	c.Store(since, "tenant:acme:", 0, req, KeysOf("GET", args), reply, 0)
-	c.Wait()
 
 	got, ok := c.Lookup("tenant:acme:", 0, req) // upstream is down
 	fmt.Printf("%q %v\n", got, ok)
@@ -627,4 +556,52 @@ func ExampleCache() {
 	// Output:
 	// "$5\r\nalice\r\n" true
 	// false
+}
+
+// WantRead admits a read from its second sighting, not while its entry is
+// current, and again once one of its keys changed or everything was
+// invalidated; each tenant and database is apart.
+func TestWantRead(t *testing.T) {
+	c, clock := newTestCache(t, 30*time.Second, 1<<20)
+	get := func(ns string, db int, key string) (ReadMark, bool) {
+		return c.WantRead(ns, db, "get", bs(key))
+	}
+	steps := []struct {
+		name   string
+		before func()
+		ns     string
+		db     int
+		key    string
+		want   bool
+		fill   bool
+	}{
+		{name: "first sighting", ns: "tenant:a:", key: "k", want: false},
+		{name: "second sighting", ns: "tenant:a:", key: "k", want: true, fill: true},
+		{name: "filled and current", ns: "tenant:a:", key: "k", want: false},
+		{name: "another tenant's first sighting", ns: "tenant:b:", key: "k", want: false},
+		{name: "another database's first sighting", ns: "tenant:a:", db: 1, key: "k", want: false},
+		{name: "another key of the tenant: first", ns: "tenant:a:", key: "j", want: false},
+		{name: "key changed: seen anew", before: func() { c.Invalidate([]byte("tenant:a:k")) }, ns: "tenant:a:", key: "k", want: false},
+		{name: "key changed: then filled", ns: "tenant:a:", key: "k", want: true, fill: true},
+		{name: "other tenant's key changed", before: func() { c.Invalidate([]byte("tenant:b:k")) }, ns: "tenant:a:", key: "k", want: false},
+		{name: "everything invalidated", before: c.InvalidateAll, ns: "tenant:a:", key: "k", want: false},
+		{name: "everything invalidated: then filled", ns: "tenant:a:", key: "k", want: true, fill: true},
+		{name: "entries age out: refilled after half the TTL", before: func() { clock.Advance(16 * time.Second) }, ns: "tenant:a:", key: "k", want: false},
+		{name: "aged out: then filled", ns: "tenant:a:", key: "k", want: true},
+	}
+	for _, st := range steps {
+		if st.before != nil {
+			st.before()
+		}
+		mark, want := get(st.ns, st.db, st.key)
+		if want != st.want {
+			t.Fatalf("%s: WantRead = %v, want %v", st.name, want, st.want)
+		}
+		if st.fill {
+			c.Filled(mark)
+		}
+	}
+	if _, want := c.WantRead("tenant:a:", 0, "scan", bs("0")); want {
+		t.Error("WantRead admitted a read that is not cacheable")
+	}
 }

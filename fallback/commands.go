@@ -1,7 +1,9 @@
 package fallback
 
 import (
+	"bytes"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -40,28 +42,28 @@ var cacheable = map[string]keysAt{
 	"EXISTS": allArgs, "TYPE": firstArg, "TTL": firstArg, "PTTL": firstArg,
 }
 
-// upper returns s in upper case, without allocating when it already is (the
-// usual case: the proxy normalises command names).
-func upper(s string) string {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c >= 'a' && c <= 'z' {
-			b := []byte(s)
-			for j := i; j < len(b); j++ {
-				if c := b[j]; c >= 'a' && c <= 'z' {
-					b[j] = c - ('a' - 'A')
-				}
-			}
-			return string(b)
-		}
+// policyOf looks command up in any case without allocating: the proxy
+// names commands in lower case, the table is in upper case, and this runs
+// once per command on the data path.
+func policyOf(command string) keysAt {
+	var buf [24]byte
+	if len(command) > len(buf) {
+		return 0
 	}
-	return s
+	for i := 0; i < len(command); i++ {
+		c := command[i]
+		if c >= 'a' && c <= 'z' {
+			c -= 'a' - 'A'
+		}
+		buf[i] = c
+	}
+	return cacheable[string(buf[:len(command)])] // no allocation: the compiler converts in place for a lookup
 }
 
 // Cacheable reports whether the reply to command (any case) may be cached
 // and served while upstream is down.
 func Cacheable(command string) bool {
-	_, ok := cacheable[upper(command)]
-	return ok
+	return policyOf(command) != 0
 }
 
 // KeysOf returns the keys a cacheable read depends on; args are the
@@ -70,7 +72,7 @@ func Cacheable(command string) bool {
 // refuses to cache with no keys, because such an entry could never be
 // invalidated. The result aliases args.
 func KeysOf(command string, args [][]byte) [][]byte {
-	switch cacheable[upper(command)] {
+	switch policyOf(command) {
 	case firstArg:
 		if len(args) >= 1 {
 			return args[:1]
@@ -134,21 +136,21 @@ const longTTL = 100 * 365 * 24 * time.Hour
 // reply: a SET NX that did not set answers nil.
 func FillFromWrite(command string, args [][]byte) (req, reply []byte, keyTTL time.Duration, ok bool) {
 	var key, value []byte
-	switch upper(command) {
-	case "SET":
+	switch {
+	case strings.EqualFold(command, "SET"):
 		if len(args) < 2 {
 			return nil, nil, 0, false
 		}
 		key, value = args[0], args[1]
 		var cond, expiry bool
 		for i := 2; i < len(args); i++ {
-			switch upper(string(args[i])) {
-			case "NX", "XX":
+			switch opt := args[i]; {
+			case bytes.EqualFold(opt, []byte("NX")), bytes.EqualFold(opt, []byte("XX")):
 				if cond {
 					return nil, nil, 0, false
 				}
 				cond = true
-			case "EX", "PX":
+			case bytes.EqualFold(opt, []byte("EX")), bytes.EqualFold(opt, []byte("PX")):
 				if expiry || i+1 >= len(args) {
 					return nil, nil, 0, false
 				}
@@ -166,7 +168,7 @@ func FillFromWrite(command string, args [][]byte) (req, reply []byte, keyTTL tim
 				return nil, nil, 0, false
 			}
 		}
-	case "SETEX", "PSETEX":
+	case strings.EqualFold(command, "SETEX"), strings.EqualFold(command, "PSETEX"):
 		if len(args) != 3 {
 			return nil, nil, 0, false
 		}

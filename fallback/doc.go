@@ -1,8 +1,7 @@
 // Package fallback keeps keyfence useful while upstream Redis is down: a
 // circuit breaker (github.com/sony/gobreaker/v2) that stops sending requests
-// to an upstream that keeps failing, and a bounded read cache
-// (github.com/dgraph-io/ristretto/v2) that answers cacheable reads while the
-// breaker is open. It also holds the policy of what is cached and for how
+// to an upstream that keeps failing, and a bounded read cache that answers
+// cacheable reads while the breaker is open. It also holds the policy of what is cached and for how
 // long. It does no I/O and imports nothing else of keyfence: the proxy owns
 // the command table, the connections and the decision of what a failure is.
 //
@@ -26,18 +25,25 @@
 // collision can cross tenants. Entries live min(--fallback-ttl, the key's TTL
 // when known) and the whole cache is bounded by [Config.MaxBytes].
 //
-// Ristretto cannot find entries by the Redis key they depend on, so
+// Entries are found by request, not by the Redis keys they depend on, so
 // invalidation works with a logical clock instead of deletion: each
-// [Cache.Invalidate] of a key gives that key a new generation, each entry
+// [Cache.Invalidate] of a key records a new clock value in the key's slot (a
+// fixed array indexed by hash, lock-free; keys sharing a slot invalidate
+// each other, which costs a miss and never a stale hit), each entry
 // remembers the clock value ([Stamp]) from before its data was read, and an
-// entry is fresh only while none of its keys has a generation newer than
-// that stamp. This is exact whatever order ristretto applies its
-// asynchronous Sets in, and it closes the classic race in which a read reply
-// that left upstream before a write is cached after the write's
-// invalidation. The proxy's side of the protocol:
+// entry is fresh only while none of its keys' slots holds a newer value.
+// This closes the classic race in which a read reply that left upstream
+// before a write is cached after the write's invalidation. Which reads are
+// filled at all is decided by [Cache.WantRead] (from a read's second
+// sighting, and not again while its entry is current), so that most reads
+// cost the data path two hashes and no request upstream. The proxy's side
+// of the protocol:
 //
-//   - before sending a cacheable read: since := cache.Stamp()
-//   - on its reply: cache.Store(since, ns, db, req, KeysOf(cmd, args), reply, keyTTL)
+//   - before sending a cacheable read: mark, want := cache.WantRead(...);
+//     when wanted, a PTTL of each key goes with it
+//   - before sending a batch: since := cache.Stamp()
+//   - on its reply: cache.Store(since, ns, db, req, KeysOf(cmd, args), reply, keyTTL),
+//     then cache.Filled(mark)
 //   - after every write, whatever its outcome (a write that failed after it
 //     was sent may still have been applied): cache.Invalidate(key) for each
 //     key written, or, for a SET acknowledged with +OK, cache.StoreWrite with

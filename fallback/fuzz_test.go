@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -140,7 +141,7 @@ func runCacheModel(t *testing.T, ops []byte) (hits int) {
 	const ttl = 10 * time.Second
 	c, clk := newTestCache(t, ttl, 64<<10)
 	if len(ops) > 0 && ops[0]&0x80 != 0 {
-		c.genLimit = 4 // exercise sweeps and resets too
+		c.slots = make([]atomic.Uint64, 4) // exercise keys sharing slots too
 	}
 	m := &fuzzModel{truth: map[string]int{}, acked: map[string]int{}}
 	deadline := map[fuzzTarget]time.Time{} // the latest any accepted Store may live
@@ -199,7 +200,6 @@ func runCacheModel(t *testing.T, ops []byte) (hits int) {
 				}
 			}
 		case 6:
-			c.Wait()
 		case 7:
 			clk.Advance(time.Duration(arg) * 100 * time.Millisecond)
 		case 8: // FLUSHALL upstream, announced by a tracking message with no keys

@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"errors"
-	"strings"
 	"time"
 
 	"github.com/keyfence/keyfence/fallback"
@@ -57,15 +56,11 @@ func (s *session) cacheRequest(sl slot) (req []byte, args [][]byte, ok bool) {
 
 // invalidateWrite drops the cache entries of the keys a write is about to
 // change, whatever becomes of it: a write that failed after it was sent may
-// still have been applied.
-func (s *session) invalidateWrite(cmd *rewrite.Command, from int) {
+// still have been applied. args are the client's, so the keys are found
+// without parsing the rewritten request again.
+func (s *session) invalidateWrite(cmd *rewrite.Command, args [][]byte) {
 	r := s.srv.res
-	if r == nil || r.cache == nil || cmd == nil || !cmd.HasFlag(rewrite.FlagWrite) {
-		return
-	}
-	args, n, _, err := resp.ParseCommand(s.req[from:], s.cacheScratch.args, resp.DefaultLimits)
-	s.cacheScratch.args = args
-	if err != nil || n == 0 {
+	if cmd == nil || !cmd.HasFlag(rewrite.FlagWrite) {
 		return
 	}
 	idx, err := s.rw.Keys(cmd, args, s.cacheScratch.keyIdx[:0])
@@ -75,7 +70,8 @@ func (s *session) invalidateWrite(cmd *rewrite.Command, from int) {
 		return
 	}
 	for _, i := range idx {
-		r.cache.Invalidate(args[i])
+		s.cacheScratch.key = append(append(s.cacheScratch.key[:0], r.ns...), args[i]...)
+		r.cache.Invalidate(s.cacheScratch.key)
 	}
 }
 
@@ -85,14 +81,25 @@ const maxTTLKeys = 16
 // askKeyTTLs follows a cacheable read with a PTTL of each of its keys, so
 // that its cache entry never outlives a key (a reply alone does not say
 // when its key expires). The PTTLs' replies are not shown to the client.
-func (s *session) askKeyTTLs() {
+// Only a read the cache wants is filled (Cache.WantRead: seen before, and
+// not filled since its keys last changed), so that on most reads the
+// fallback costs two hashes rather than a second command upstream. args
+// are the client's arguments of the read.
+func (s *session) askKeyTTLs(args [][]byte) {
 	i := len(s.slots) - 1
 	sl := s.slots[i]
-	_, args, ok := s.cacheRequest(sl)
+	if sl.name == "" || len(args) < 2 {
+		return
+	}
+	mark, want := s.srv.res.cache.WantRead(s.srv.res.ns, s.db, sl.name, args[1:])
+	if !want {
+		return
+	}
+	_, rargs, ok := s.cacheRequest(sl)
 	if !ok {
 		return
 	}
-	keys := fallback.KeysOf(sl.name, args[1:])
+	keys := fallback.KeysOf(sl.name, rargs[1:])
 	if len(keys) == 0 || len(keys) > maxTTLKeys {
 		return
 	}
@@ -102,6 +109,7 @@ func (s *session) askKeyTTLs() {
 		s.slots = append(s.slots, slot{name: "pttl", upstream: true, hidden: true, readonly: true})
 	}
 	s.slots[i].ttls = len(keys)
+	s.slots[i].mark = mark
 }
 
 // keyTTL reads the hidden PTTL replies starting at reply index first and
@@ -125,26 +133,16 @@ func (s *session) keyTTL(first, n int) (time.Duration, bool) {
 }
 
 // fillFromReply caches a read's reply (its keys expire in keyTTL, 0: no
-// expiry), or the value a SET put.
+// expiry).
 func (s *session) fillFromReply(sl slot, reply []byte, keyTTL time.Duration) {
 	r := s.srv.res
 	if r.cache == nil || len(reply) == 0 || reply[0] == '-' {
 		return
 	}
 	if req, args, ok := s.cacheRequest(sl); ok {
-		r.cache.Store(s.cacheScratch.since, r.ns, s.db, req, fallback.KeysOf(sl.name, args[1:]), reply, keyTTL)
-		return
-	}
-	if !strings.HasPrefix(sl.name, "set") || string(reply) != "+OK\r\n" {
-		return
-	}
-	args, n, _, err := resp.ParseCommand(s.req[sl.from:sl.to], s.cacheScratch.args, resp.DefaultLimits)
-	s.cacheScratch.args = args
-	if err != nil || n == 0 || len(args) < 3 {
-		return
-	}
-	if req, val, ttl, ok := fallback.FillFromWrite(sl.name, args[1:]); ok {
-		r.cache.StoreWrite(s.cacheScratch.since, r.ns, s.db, args[1], req, val, ttl)
+		if r.cache.Store(s.cacheScratch.since, r.ns, s.db, req, fallback.KeysOf(sl.name, args[1:]), reply, keyTTL) {
+			r.cache.Filled(sl.mark)
+		}
 	}
 }
 

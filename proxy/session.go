@@ -78,6 +78,7 @@ type session struct {
 		since  fallback.Stamp
 		args   [][]byte
 		req    []byte
+		key    []byte
 		keyIdx []int
 	}
 	readAt time.Time // when the batch's bytes were read, for latency
@@ -97,9 +98,10 @@ type slot struct {
 	hidden   bool // keyfence's own command (a deferred MULTI, a PTTL): no reply shown
 	ttls     int  // hidden PTTLs that follow this cacheable read, one per key
 	kind     rewrite.ReplyKind
-	exec     bool         // EXEC: strip each element by multiKinds
-	script   *scriptEntry // EVAL*: heal NOSCRIPT, show the client's SHA
-	from, to int          // local reply bytes, or a script's request bytes
+	exec     bool              // EXEC: strip each element by multiKinds
+	script   *scriptEntry      // EVAL*: heal NOSCRIPT, show the client's SHA
+	mark     fallback.ReadMark // a cacheable read being filled: see askKeyTTLs
+	from, to int               // local reply bytes, or a script's request bytes
 }
 
 const initialReadBuffer = 4 << 10
@@ -364,9 +366,9 @@ func (s *session) forward(kind rewrite.ReplyKind) {
 	readonly := s.curCmd != nil && s.curCmd.HasFlag(rewrite.FlagReadOnly) && !s.inMulti
 	s.slots = append(s.slots, slot{name: s.curName, upstream: true, kind: kind, readonly: readonly, from: s.reqMark, to: len(s.req)})
 	if s.srv.res != nil && s.srv.res.cache != nil {
-		s.invalidateWrite(s.curCmd, s.reqMark)
+		s.invalidateWrite(s.curCmd, s.args)
 		if s.pinned == nil && !s.inMulti {
-			s.askKeyTTLs()
+			s.askKeyTTLs(s.args)
 		}
 	}
 }
@@ -502,12 +504,13 @@ func (s *session) flushBatch(ctx context.Context) error {
 			default:
 				s.out = s.rw.AppendReply(s.out, reply, sl.kind)
 				if res != nil && res.cache != nil {
+					// Writes do not fill: the tracking connection's echo
+					// of keyfence's own write would make the entry stale
+					// a moment later (see fallback.Cache.StoreWrite).
 					if sl.ttls > 0 {
 						if ttl, ok := s.keyTTL(next, sl.ttls); ok {
 							s.fillFromReply(sl, reply, ttl)
 						}
-					} else if !fallback.Cacheable(sl.name) {
-						s.fillFromReply(sl, reply, 0) // an acknowledged SET fills
 					}
 				}
 				if bytes.HasPrefix(reply, []byte("-OOM")) {

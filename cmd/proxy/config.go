@@ -154,7 +154,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*con
 	num(&s.maxScripts, "max-scripts", "PROXY_MAX_SCRIPTS", proxy.DefaultMaxScripts, "distinct Lua scripts the tenant may load; past it EVAL of a new script is refused until SCRIPT FLUSH")
 	num(&s.scriptMaxMemory, "script-max-memory", "PROXY_SCRIPT_MAX_MEMORY", proxy.DefaultScriptMaxMemory, "bytes a running Lua script may grow upstream's Lua memory by before keyfence stops it")
 	boolean(&s.breaker, "breaker", "PROXY_BREAKER", true, "circuit breaker: while upstream keeps failing, fail fast with TRYAGAIN instead of piling up")
-	boolean(&s.fallback, "fallback", "PROXY_FALLBACK", false, "with --breaker: answer cacheable reads from an in-memory cache while upstream fails (costs throughput: see README)")
+	boolean(&s.fallback, "fallback", "PROXY_FALLBACK", true, "with --breaker: answer cacheable reads from an in-memory cache while upstream fails (reads seen twice are cached; see README)")
 	num(&s.breakerFailures, "breaker-failures", "PROXY_BREAKER_FAILURES", 5, "consecutive upstream failures that open the circuit breaker")
 	dur(&s.breakerOpenTimeout, "breaker-open-timeout", "PROXY_BREAKER_OPEN_TIMEOUT", 30*time.Second, "how long the breaker stays open before one probe")
 	num(&s.breakerProbes, "breaker-half-open-probes", "PROXY_BREAKER_HALF_OPEN_PROBES", 1, "probes let through when half-open; all must succeed to close")
@@ -200,6 +200,11 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*con
 		return nil, err
 	}
 	s.adminToken = token
+	if !s.breaker && !given["fallback"] && getenv("PROXY_FALLBACK") == "" {
+		// The fallback is on by default and needs the breaker: turning the
+		// breaker off turns it off too, unless it was asked for.
+		s.fallback = false
+	}
 	cfg, err := s.config()
 	if err != nil {
 		return nil, err

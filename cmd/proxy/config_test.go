@@ -100,6 +100,30 @@ func TestParseConfig(t *testing.T) {
 					return "log level"
 				case p.ScriptTimeout != proxy.DefaultScriptTimeout, p.MaxScripts != proxy.DefaultMaxScripts, p.ScriptMaxMemory != proxy.DefaultScriptMaxMemory:
 					return "script limits"
+				case p.Fallback == nil || !p.FallbackCache:
+					return "the breaker and the read fallback are on by default"
+				}
+				return ""
+			},
+		},
+		{
+			name: "breaker off takes the default fallback with it",
+			args: []string{"--tenant", "acme", "--breaker=false"},
+			check: func(c *config) string {
+				if c.proxy.Fallback != nil || c.proxy.FallbackCache {
+					return "fallback still on"
+				}
+				return ""
+			},
+		},
+		{name: "fallback asked for without the breaker", args: []string{"--tenant", "acme", "--breaker=false", "--fallback"}, wantErr: "--fallback needs --breaker"},
+		{name: "fallback asked for by env without the breaker", args: []string{"--tenant", "acme", "--breaker=false"}, env: map[string]string{"PROXY_FALLBACK": "true"}, wantErr: "--fallback needs --breaker"},
+		{
+			name: "fallback off",
+			args: []string{"--tenant", "acme", "--fallback=false"},
+			check: func(c *config) string {
+				if c.proxy.Fallback == nil || c.proxy.FallbackCache {
+					return "want the breaker without the cache"
 				}
 				return ""
 			},

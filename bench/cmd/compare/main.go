@@ -46,6 +46,7 @@ type config struct {
 	pipelines                                     []int
 	tests, targets                                []string
 	keyfence, keyfenceArgs, out                   string
+	keyfenceBase                                  string
 	runTimeout, timeout                           time.Duration
 	keep, verbose                                 bool
 	// gorpx is the go-redis AsyncAutoPipeline baseline (bench/cmd/gorpx),
@@ -70,6 +71,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	targets := fs.String("targets", envflag.String("BENCH_TARGETS", "direct,twemproxy,keyfence"), "targets to measure, in this order; env BENCH_TARGETS")
 	fs.StringVar(&c.keyfence, "keyfence", envflag.String("KEYFENCE_BIN", filepath.Join(root, "bin", "keyfence")), "keyfence binary; env KEYFENCE_BIN")
 	fs.StringVar(&c.keyfenceArgs, "keyfence-args", envflag.String("KEYFENCE_ARGS", ""), "extra keyfence arguments, space-separated; env KEYFENCE_ARGS")
+	fs.StringVar(&c.keyfenceBase, "keyfence-base", envflag.String("KEYFENCE_BASE_BIN", ""), "a second keyfence binary (an earlier build) measured as target keyfence-base, to compare designs side by side; env KEYFENCE_BASE_BIN")
 	fs.BoolVar(&c.gorpx, "gorpx", false, "also measure gorpx, the redcon + go-redis AsyncAutoPipeline baseline (bench/cmd/gorpx), as a fourth target")
 	fs.StringVar(&c.gorpxBin, "gorpx-bin", envflag.String("GORPX_BIN", filepath.Join(root, "bench", ".bin", "gorpx")), "gorpx binary (make bench-gorpx builds it); env GORPX_BIN")
 	fs.StringVar(&c.out, "out", envflag.String("BENCH_OUT", filepath.Join(root, "bench", "results")), "directory for compare.{md,svg,json}; env BENCH_OUT")
@@ -104,8 +106,11 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		}
 	}
 	for _, t := range c.targets {
-		if t != "direct" && t != "twemproxy" && t != "keyfence" && t != "gorpx" {
-			return c, fmt.Errorf("unknown target %q (want direct, twemproxy, keyfence, gorpx)", t)
+		if !slices.Contains(knownTargets, t) {
+			return c, fmt.Errorf("unknown target %q (want one of %s)", t, strings.Join(knownTargets, ", "))
+		}
+		if t == "keyfence-base" && c.keyfenceBase == "" {
+			return c, errors.New("target keyfence-base needs -keyfence-base (a keyfence binary)")
 		}
 	}
 	return c, nil
@@ -139,6 +144,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	return 0
 }
+
+// knownTargets are the columns compare can measure. keyfence-nofallback is
+// keyfence with its read fallback off (--fallback=false), so that the cost of
+// filling the cache is measured side by side; keyfence-base is another build
+// (-keyfence-base), so that two designs are.
+var knownTargets = []string{"direct", "twemproxy", "keyfence", "keyfence-nofallback", "keyfence-base", "gorpx"}
 
 // target is one column of the comparison.
 type target struct {
@@ -209,16 +220,24 @@ func compare(ctx context.Context, cfg config, stdout io.Writer, log *slog.Logger
 			targets = append(targets, &target{name: name, addr: st.Redis.Addr})
 		case "twemproxy":
 			targets = append(targets, &target{name: name, addr: st.Twemproxy.Addr, proc: st.Twemproxy})
-		case "keyfence":
+		case "keyfence", "keyfence-nofallback", "keyfence-base":
+			kcfg, tenant := scfg, "bench"
+			switch name {
+			case "keyfence-nofallback":
+				kcfg.KeyfenceArgs = append(slices.Clip(kcfg.KeyfenceArgs), "--fallback=false")
+				tenant = "bench-nofallback"
+			case "keyfence-base":
+				kcfg.Tools.Keyfence, tenant = cfg.keyfenceBase, "bench-base"
+			}
 			tg := &target{name: name, status: tools.KeyfenceStatus}
-			if tools.Keyfence != "" {
-				p, err := st.StartKeyfence(ctx, scfg, "bench")
+			if kcfg.Tools.Keyfence != "" {
+				p, err := st.StartKeyfence(ctx, kcfg, tenant)
 				if err != nil {
 					if ctx.Err() != nil {
 						return false, err
 					}
-					// The other two columns are still worth having.
-					log.Error("keyfence did not start; continuing without it", "err", err)
+					// The other columns are still worth having.
+					log.Error("keyfence did not start; continuing without it", "target", name, "err", err)
 					tg.status, failed = "failed to start", true
 				} else {
 					tg.addr, tg.proc = p.Addr, p
@@ -245,7 +264,7 @@ func compare(ctx context.Context, cfg config, stdout io.Writer, log *slog.Logger
 		table.Targets = append(table.Targets, report.Target{Name: tg.name, Status: tg.status})
 	}
 	// Every ratio has keyfence on top: the SVG's caption says so.
-	for _, den := range []string{"direct", "twemproxy", "gorpx"} {
+	for _, den := range []string{"direct", "twemproxy", "keyfence-nofallback", "keyfence-base", "gorpx"} {
 		if want("keyfence") && want(den) {
 			table.Ratios = append(table.Ratios, report.Ratio{Num: "keyfence", Den: den})
 		}
@@ -278,30 +297,44 @@ func compare(ctx context.Context, cfg config, stdout io.Writer, log *slog.Logger
 						continue
 					}
 				}
-				// Every run starts from an empty Redis, so that lists and
-				// hashes do not grow across runs and later targets do not
-				// pay for earlier ones' memory.
-				if err := flushAll(ctx, st.Redis.Addr); err != nil {
-					return failed, err
+				// Each test runs on its own, from an empty Redis (lists and
+				// hashes do not grow across runs, later targets do not pay
+				// for earlier ones' memory), with the CPU time of the
+				// target's process read around it.
+				pid := st.Redis.Pid()
+				if tg.proc != nil {
+					pid = tg.proc.Pid()
 				}
-				o := opts
-				o.Addr, o.Pipeline = tg.addr, p
 				t0 := time.Now()
-				res, fails, err := runTests(ctx, o, st.Redis.Addr, log)
-				if err != nil {
-					return failed, err
+				attrs := []any{"round", round, "target", tg.name, "pipeline", p}
+				for _, test := range cfg.tests {
+					if err := flushAll(ctx, st.Redis.Addr); err != nil {
+						return failed, err
+					}
+					o := opts
+					o.Addr, o.Pipeline, o.Tests = tg.addr, p, []string{test}
+					cpu0, cerr := stack.CPUTime(pid)
+					res, fails, err := runTests(ctx, o, st.Redis.Addr, log)
+					if err != nil {
+						return failed, err
+					}
+					cpu1, cerr1 := stack.CPUTime(pid)
+					for _, f := range fails {
+						failed = true
+						f.Round, f.Target, f.Pipeline = round, tg.name, p
+						log.Error("run failed", "round", round, "target", tg.name, "pipeline", p, "test", f.Test, "err", f.Err)
+						table.Failures = append(table.Failures, f)
+					}
+					for _, r := range res {
+						sample := report.Sample{Round: round, Target: tg.name, Pipeline: p, Result: r}
+						if cerr == nil && cerr1 == nil && len(res) == 1 {
+							sample.CPUUsPerOp = float64((cpu1 - cpu0).Microseconds()) / float64(o.Requests)
+						}
+						table.Samples = append(table.Samples, sample)
+						attrs = append(attrs, r.Test, report.FormatOps(r.RPS))
+					}
 				}
-				for _, f := range fails {
-					failed = true
-					f.Round, f.Target, f.Pipeline = round, tg.name, p
-					log.Error("run failed", "round", round, "target", tg.name, "pipeline", p, "test", f.Test, "err", f.Err)
-					table.Failures = append(table.Failures, f)
-				}
-				attrs := []any{"round", round, "target", tg.name, "pipeline", p, "took", time.Since(t0).Round(time.Millisecond)}
-				for _, r := range res {
-					table.Samples = append(table.Samples, report.Sample{Round: round, Target: tg.name, Pipeline: p, Result: r})
-					attrs = append(attrs, r.Test, report.FormatOps(r.RPS))
-				}
+				attrs = append(attrs, "took", time.Since(t0).Round(time.Millisecond))
 				log.Info("run", attrs...)
 			}
 		}

@@ -17,6 +17,10 @@ type Sample struct {
 	Target   string `json:"target"`
 	Pipeline int    `json:"pipeline"`
 	rbench.Result
+	// CPUUsPerOp is the CPU time (user + system) the target's own process
+	// spent per request during the run, in microseconds: the proxy for
+	// twemproxy and keyfence, redis-server for direct. 0: not measured.
+	CPUUsPerOp float64 `json:"cpu_us_per_op,omitempty"`
 }
 
 // Failure is a redis-benchmark run that produced no numbers.
@@ -42,10 +46,12 @@ type Ratio struct{ Num, Den string }
 
 // Cell is one target's summary for one test and pipeline depth.
 type Cell struct {
-	OpsPerSec float64   `json:"ops_per_sec"`
-	P50Ms     float64   `json:"p50_ms"`
-	P99Ms     float64   `json:"p99_ms"`
-	PerRound  []float64 `json:"ops_per_round,omitempty"`
+	OpsPerSec float64 `json:"ops_per_sec"`
+	P50Ms     float64 `json:"p50_ms"`
+	P99Ms     float64 `json:"p99_ms"`
+	// CPUUsPerOp is the median of the samples' CPUUsPerOp.
+	CPUUsPerOp float64   `json:"cpu_us_per_op,omitempty"`
+	PerRound   []float64 `json:"ops_per_round,omitempty"`
 	// Missing says why there are no numbers, when there are none.
 	Missing string `json:"missing,omitempty"`
 }
@@ -78,18 +84,19 @@ func Summarize(t Table, tests []string, pipelines []int) Table {
 		for _, test := range tests {
 			row := Row{Test: test, Pipeline: p}
 			for _, tg := range t.Targets {
-				var ops, p50, p99 []float64
+				var ops, p50, p99, cpu []float64
 				for _, s := range t.Samples {
 					if s.Target == tg.Name && s.Pipeline == p && s.Test == test {
 						ops = append(ops, s.RPS)
 						p50 = append(p50, s.P50Ms)
 						p99 = append(p99, s.P99Ms)
+						cpu = append(cpu, s.CPUUsPerOp)
 					}
 				}
 				c := Cell{PerRound: ops}
 				switch {
 				case len(ops) > 0:
-					c.OpsPerSec, c.P50Ms, c.P99Ms = median(ops), median(p50), median(p99)
+					c.OpsPerSec, c.P50Ms, c.P99Ms, c.CPUUsPerOp = median(ops), median(p50), median(p99), median(cpu)
 				case tg.Status != "":
 					c.Missing = tg.Status
 				default:
@@ -135,7 +142,7 @@ func (t Table) RatioValue(row Row, r Ratio) (v float64, ok bool) {
 func (t Table) header() []string {
 	h := []string{"test", "pipeline"}
 	for _, tg := range t.Targets {
-		h = append(h, tg.Name+" ops/s", "p50 ms", "p99 ms")
+		h = append(h, tg.Name+" ops/s", "p50 ms", "p99 ms", "cpu µs/op")
 	}
 	for _, r := range t.Ratios {
 		h = append(h, r.Num+"/"+r.Den)
@@ -147,10 +154,14 @@ func (t Table) cells(row Row) []string {
 	out := []string{row.Test, strconv.Itoa(row.Pipeline)}
 	for _, c := range row.Cells {
 		if c.Missing != "" {
-			out = append(out, c.Missing, "-", "-")
+			out = append(out, c.Missing, "-", "-", "-")
 			continue
 		}
-		out = append(out, FormatOps(c.OpsPerSec), fmt.Sprintf("%.3f", c.P50Ms), fmt.Sprintf("%.3f", c.P99Ms))
+		cpu := "-"
+		if c.CPUUsPerOp > 0 {
+			cpu = fmt.Sprintf("%.2f", c.CPUUsPerOp)
+		}
+		out = append(out, FormatOps(c.OpsPerSec), fmt.Sprintf("%.3f", c.P50Ms), fmt.Sprintf("%.3f", c.P99Ms), cpu)
 	}
 	for _, r := range t.Ratios {
 		if v, ok := t.RatioValue(row, r); ok {
@@ -224,7 +235,8 @@ func (t Table) Markdown() string {
 	for _, s := range t.Settings {
 		fmt.Fprintf(&b, "- %s\n", s)
 	}
-	b.WriteString("\nMedian over rounds of each target's ops/s, p50 and p99 latency (ms, as measured by redis-benchmark). " +
+	b.WriteString("\nMedian over rounds of each target's ops/s, p50 and p99 latency (ms, as measured by redis-benchmark) and CPU per request " +
+		"(µs of user+system time of the target's own process: the proxy, or redis-server for direct). " +
 		"Ratio columns divide median ops/s; above 1.00x means the first target is faster.\n\n")
 	writeMDTable(&b, t.header(), t.mdRows(), 2)
 

@@ -431,3 +431,31 @@ func RSS(pid int) (int64, error) {
 	}
 	return 0, fmt.Errorf("read rss of %d: no VmRSS line", pid)
 }
+
+// CPUTime returns the user plus system CPU time a process has used so far,
+// from /proc/<pid>/stat (fields 14 and 15, in clock ticks of 1/100 s: the
+// value of sysconf(_SC_CLK_TCK) on every Linux that Go supports).
+func CPUTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read cpu time: %w", err)
+	}
+	// The command name (field 2) may hold spaces; fields count from after it.
+	end := strings.LastIndexByte(string(b), ')')
+	if end < 0 {
+		return 0, fmt.Errorf("read cpu time of %d: odd stat %q", pid, b)
+	}
+	f := strings.Fields(string(b[end+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("read cpu time of %d: odd stat %q", pid, b)
+	}
+	var ticks int64
+	for _, s := range f[11:13] { // utime, stime: fields 14 and 15 overall
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("read cpu time of %d: %w", pid, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond, nil
+}
