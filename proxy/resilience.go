@@ -166,6 +166,9 @@ func (s *session) fallbackReply(sl slot, errText string) {
 // isConnectionFailure tells an upstream that is unreachable or went away
 // (what the breaker counts) from anything else.
 func isConnectionFailure(err error) bool {
+	if err == nil {
+		return false // before ue: errors.As would move it to the heap on every call
+	}
 	var ue *upstreamError
 	return errors.As(err, &ue)
 }
@@ -216,6 +219,7 @@ func (s *Server) trackOnce(ctx context.Context, connected func()) error {
 	}
 	rd := replyReader{buf: make([]byte, 0, 4<<10)}
 	confirmed := false
+	var elems [][]byte // SplitPush's scratch
 	for {
 		err := rd.read(nc, func(reply []byte) error {
 			if !confirmed {
@@ -226,17 +230,13 @@ func (s *Server) trackOnce(ctx context.Context, connected func()) error {
 				connected()
 				return nil
 			}
-			kind, elems, ok := rewrite.SplitPush(reply, true)
+			kind, e, ok := rewrite.SplitPush(reply, true, elems)
+			elems = e
 			if !ok || string(kind) != "invalidate" || len(elems) != 2 {
 				return nil
 			}
-			v, err := resp.Parse(elems[1])
-			if err != nil || v.Null {
-				s.res.cache.InvalidateAll() // FLUSHDB/FLUSHALL upstream
-				return nil
-			}
-			for _, k := range v.Elems {
-				s.res.cache.Invalidate(k.Str)
+			if !invalidateKeys(s.res.cache, elems[1]) {
+				s.res.cache.InvalidateAll() // FLUSHDB/FLUSHALL upstream, or a shape not understood
 			}
 			return nil
 		})
@@ -244,4 +244,31 @@ func (s *Server) trackOnce(ctx context.Context, connected func()) error {
 			return err
 		}
 	}
+}
+
+// invalidateKeys invalidates each key of a tracking message's key array
+// without decoding it into values (one message per write comes back on the
+// tracking connection); false for a null array or one it cannot read.
+func invalidateKeys(cache *fallback.Cache, keys []byte) bool {
+	if len(keys) < 4 || keys[0] != '*' {
+		return false
+	}
+	line, pos, ok := resp.ReadLine(keys, 1)
+	n, nok := resp.ParseInt(line)
+	if !ok || pos < 0 || !nok || n < 0 {
+		return false
+	}
+	for range n {
+		m, err := resp.ReplyLen(keys[pos:])
+		if err != nil || m == 0 {
+			return false
+		}
+		key, ok := rewrite.BulkValue(keys[pos : pos+m])
+		if !ok {
+			return false
+		}
+		cache.Invalidate(key)
+		pos += m
+	}
+	return pos == len(keys)
 }

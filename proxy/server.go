@@ -426,7 +426,7 @@ func (g *connGroup) activity() (sent uint64, busy bool) {
 	for _, c := range g.shared {
 		c.mu.Lock()
 		sent += c.sent
-		busy = busy || len(c.pending) > 0
+		busy = busy || c.waiting() > 0
 		c.mu.Unlock()
 	}
 	g.mu.Lock()

@@ -59,6 +59,7 @@ type session struct {
 
 	// Buffers reused from batch to batch: the hot path allocates nothing.
 	rbuf  []byte   // client bytes; rbuf[rpos:] not yet parsed
+	rbufp *[]byte  // the pooled buffer rbuf is, while it is one (fillIdle)
 	rpos  int      //
 	need  int      // bytes the next request needs at least
 	more  bool     // rbuf holds commands not parsed yet: output was due first
@@ -82,6 +83,10 @@ type session struct {
 		keyIdx []int
 	}
 	readAt time.Time // when the batch's bytes were read, for latency
+
+	readIdleFn func(fd uintptr) bool // s.readIdle, made once
+	idleN      int                   // bytes and error of readIdle's read
+	idleErr    error                 //
 
 	closing atomic.Bool        // the server is draining: stop after this batch
 	cancel  context.CancelFunc // ends the session's context: forced Shutdown
@@ -118,6 +123,7 @@ func newSession(srv *Server, nc net.Conn) *session {
 		authed:  srv.cfg.ClientPassword == "",
 		b:       newBatch(),
 	}
+	s.readIdleFn = s.readIdle
 	s.lastCmd.Store("NULL")
 	s.lastAt.Store(s.created.UnixNano())
 	return s
@@ -273,7 +279,7 @@ func (s *session) fill() error {
 		}
 		nb := make([]byte, len(s.rbuf), size)
 		copy(nb, s.rbuf)
-		s.rbuf = nb
+		s.rbuf, s.rbufp = nb, nil // a pooled buffer outgrown goes to the garbage collector
 	}
 	n, err := s.nc.Read(s.rbuf[len(s.rbuf):cap(s.rbuf)])
 	s.rbuf = s.rbuf[:len(s.rbuf)+n]
@@ -290,36 +296,38 @@ func (s *session) fill() error {
 // goes back to a pool while the connection is idle and one is taken only
 // when bytes arrive, so ten thousand idle clients cost no read buffers.
 func (s *session) fillIdle() error {
-	if s.rbuf != nil {
-		b := s.rbuf[:0]
-		s.srv.readBufs.Put(&b)
-		s.rbuf = nil
+	if s.rbufp != nil {
+		s.srv.readBufs.Put(s.rbufp)
+		s.rbufp, s.rbuf = nil, nil
 	}
-	var n int
-	var rerr error
-	err := s.raw.Read(func(fd uintptr) bool {
-		bp := s.srv.readBufs.Get().(*[]byte)
-		buf := (*bp)[:cap(*bp)]
-		n, rerr = syscall.Read(int(fd), buf)
-		if rerr == syscall.EAGAIN || rerr == syscall.EINTR {
-			s.srv.readBufs.Put(bp)
-			return false // wait until readable
-		}
-		if n < 0 {
-			n = 0
-		}
-		s.rbuf = buf[:n]
-		return true
-	})
+	s.idleN, s.idleErr = 0, nil
+	err := s.raw.Read(s.readIdleFn)
 	switch {
 	case err != nil:
 		return err
-	case rerr != nil:
-		return rerr
-	case n == 0:
+	case s.idleErr != nil:
+		return s.idleErr
+	case s.idleN == 0:
 		return io.EOF
 	}
 	return nil
+}
+
+// readIdle is fillIdle's read, called by the poller whenever the client's
+// socket may be readable; it takes a pooled buffer only for bytes that
+// arrived. A method value made once per session (readIdleFn), so that the
+// wait allocates nothing.
+func (s *session) readIdle(fd uintptr) bool {
+	bp := s.srv.readBufs.Get().(*[]byte)
+	buf := (*bp)[:cap(*bp)]
+	n, err := syscall.Read(int(fd), buf)
+	if err == syscall.EAGAIN || err == syscall.EINTR {
+		s.srv.readBufs.Put(bp)
+		return false // wait until readable
+	}
+	s.idleN, s.idleErr = max(n, 0), err
+	s.rbuf, s.rbufp = buf[:s.idleN], bp
+	return true
 }
 
 // handleBuffered handles every complete command in the read buffer.
@@ -676,6 +684,9 @@ func (s *session) onlyReads() bool {
 
 // isTimeout reports whether upstream failed by not answering in time.
 func isTimeout(err error) bool {
+	if err == nil {
+		return false // before ne: errors.As would move it to the heap on every call
+	}
 	var ne net.Error
-	return err != nil && (errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout())
+	return errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }

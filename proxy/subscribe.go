@@ -26,6 +26,7 @@ const subscriberWriteTimeout = 30 * time.Second
 type subConn struct {
 	nc    net.Conn
 	count atomic.Int64 // subscriptions left, from the last confirmation
+	elems [][]byte     // the reader's scratch for rewrite.SplitPush
 
 	mu   sync.Mutex
 	fifo []subExpect
@@ -218,7 +219,9 @@ func (s *session) readSubscribed(c *subConn) {
 
 // subscribedReply appends what the client sees for one upstream reply.
 func (s *session) subscribedReply(c *subConn, out, reply []byte) []byte {
-	if kind, elems, ok := rewrite.SplitPush(reply, s.resp3); ok {
+	kind, elems, ok := rewrite.SplitPush(reply, s.resp3, c.elems)
+	c.elems = elems
+	if ok {
 		switch string(kind) {
 		case "psubscribe", "punsubscribe", "pmessage":
 			return s.patternReply(c, out, kind, elems)

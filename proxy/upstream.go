@@ -226,7 +226,8 @@ type upConn struct {
 
 	mu      sync.Mutex
 	nc      net.Conn      // nil until dialled, and again after a failure
-	pending []*batch      // batches awaiting replies, in the order sent
+	pending []*batch      // batches awaiting replies, in the order sent, from pending[head]
+	head    int           // the first of pending still waiting: popping keeps the array
 	wbuf    []byte        // bytes not yet written
 	spare   []byte        // the other write buffer, swapped with wbuf
 	wake    chan struct{} // tells the writer of nc that wbuf has bytes
@@ -357,13 +358,15 @@ func (c *upConn) readLoop(nc net.Conn) {
 					c.mu.Unlock()
 					return errors.New("connection replaced")
 				}
-				if len(c.pending) == 0 {
+				if c.head == len(c.pending) {
 					c.mu.Unlock()
 					return errors.New("reply with no request waiting for it")
 				}
-				cur = c.pending[0]
-				c.pending[0] = nil
-				c.pending = c.pending[1:]
+				cur = c.pending[c.head]
+				c.pending[c.head] = nil
+				if c.head++; c.head == len(c.pending) {
+					c.pending, c.head = c.pending[:0], 0
+				}
 				c.mu.Unlock()
 			}
 			cur.add(reply)
@@ -442,13 +445,16 @@ func (c *upConn) failLocked(nc net.Conn, err error) {
 	close(c.wake)
 	c.wake = nil
 	c.wbuf = c.wbuf[:0]
-	for i, b := range c.pending {
+	for i, b := range c.pending[c.head:] {
 		b.err = err
 		b.done <- struct{}{}
-		c.pending[i] = nil
+		c.pending[c.head+i] = nil
 	}
-	c.pending = c.pending[:0]
+	c.pending, c.head = c.pending[:0], 0
 }
+
+// waiting is the number of batches awaiting replies; c.mu held.
+func (c *upConn) waiting() int { return len(c.pending) - c.head }
 
 // close shuts the connection; waiting batches fail.
 func (c *upConn) close() {
@@ -464,5 +470,5 @@ func (c *upConn) close() {
 func (c *upConn) idle() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.pending) == 0 && !c.closed
+	return c.waiting() == 0 && !c.closed
 }

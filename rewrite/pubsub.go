@@ -227,26 +227,28 @@ func (r *Rewriter) ClientChannel(ch []byte) ([]byte, bool) {
 }
 
 // SplitPush returns the kind and elements of a pub/sub frame ('>' in RESP3,
-// '*' in RESP2), or ok false for anything else.
-func SplitPush(reply []byte, resp3 bool) (kind []byte, elems [][]byte, ok bool) {
+// '*' in RESP2), or ok false for anything else. The elements are appended to
+// scratch[:0], so that a caller that keeps it allocates nothing.
+func SplitPush(reply []byte, resp3 bool, scratch [][]byte) (kind []byte, elems [][]byte, ok bool) {
+	elems = scratch[:0]
 	if len(reply) == 0 || (resp3 && reply[0] != '>') || (!resp3 && reply[0] != '*') {
 		return nil, nil, false
 	}
 	count, body, ok := aggregateHeader(reply)
 	if !ok || count < 2 || count > 4 {
-		return nil, nil, false
+		return nil, elems, false
 	}
 	pos := body
 	for i := 0; i < count; i++ {
 		n, err := resp.ReplyLen(reply[pos:])
 		if err != nil || n == 0 {
-			return nil, nil, false
+			return nil, elems, false
 		}
 		elems = append(elems, reply[pos:pos+n])
 		pos += n
 	}
 	if pos != len(reply) {
-		return nil, nil, false
+		return nil, elems, false
 	}
 	kind, ok = bulkValue(elems[0])
 	return kind, elems, ok
