@@ -215,9 +215,9 @@ func (b *batch) reply(i int) []byte {
 }
 
 // upConn is one upstream connection multiplexed between sessions. Requests
-// from every session are appended to one write buffer and flushed by
-// whichever submitter finds no flush under way, so concurrent clients share
-// syscalls; one reader goroutine hands replies back in FIFO order. A pinned
+// from every session are appended to one write buffer that one writer
+// goroutine writes, so concurrent clients share syscalls; one reader
+// goroutine hands replies back in FIFO order. A pinned
 // upConn is the same thing used by one session only.
 type upConn struct {
 	cfg     *UpstreamConfig
@@ -231,6 +231,7 @@ type upConn struct {
 	wbuf    []byte        // bytes not yet written
 	spare   []byte        // the other write buffer, swapped with wbuf
 	wake    chan struct{} // tells the writer of nc that wbuf has bytes
+	dialing bool          // a submitter is dialling nc, without the lock
 	closed  bool
 	dials   uint64 // connections dialled so far: a new one may be a new server
 	sent    uint64 // batches ever submitted, to tell an idle connection
@@ -286,34 +287,51 @@ func (c *upConn) submit(ctx context.Context, b *batch, req []byte) error {
 		c.mu.Unlock()
 		return &upstreamError{errors.New("connection closed")}
 	}
-	if c.nc == nil {
+	if c.nc == nil && !c.dialing {
+		// Dial without the lock: the sessions that arrive meanwhile queue
+		// their requests behind this one instead of waiting on the mutex
+		// for as long as a dial may take.
+		c.dialing = true
+		c.mu.Unlock()
 		nc, err := dial(ctx, c.cfg, c.key)
+		c.mu.Lock()
+		c.dialing = false
+		if err == nil && c.closed {
+			nc.Close()
+			err = &upstreamError{errors.New("connection closed")}
+		}
 		if err != nil {
+			c.failQueuedLocked(err)
 			c.mu.Unlock()
 			return err
 		}
 		c.nc = nc
 		c.dials++
 		c.wake = make(chan struct{}, 1)
+		c.wake <- struct{}{} // what others queued during the dial
 		go c.readLoop(nc)
 		go c.writeLoop(nc, c.wake)
 	}
 	c.wbuf = append(c.wbuf, req...)
 	c.pending = append(c.pending, b)
 	c.sent++
-	// Signal under the lock: failLocked closes the channel, and a send on
-	// a closed channel panics. The send never blocks (default case).
-	select {
-	case c.wake <- struct{}{}:
-	default: // the writer is already due to run and will take these bytes
-	}
+	if c.nc != nil {
+		// Signal under the lock: failLocked closes the channel, and a send
+		// on a closed channel panics. The send never blocks (default case).
+		select {
+		case c.wake <- struct{}{}:
+		default: // the writer is already due to run and will take these bytes
+		}
+	} // else the dialling session's dial is under way: it wakes the writer
 	c.mu.Unlock()
 	return nil
 }
 
 // writeLoop writes whatever sessions have queued, one write for all of it:
 // while it writes, more requests gather, so under load many clients' commands
-// share each syscall, as in twemproxy's event loop.
+// share each syscall, as in twemproxy's event loop. (Writing in place from the
+// submitter that finds no write under way, as nats-server's flushClients
+// does, measured slower here: bench/results/designs.md.)
 func (c *upConn) writeLoop(nc net.Conn, wake chan struct{}) {
 	for range wake {
 		// Let the sessions that are already runnable (typically woken
@@ -444,6 +462,12 @@ func (c *upConn) failLocked(nc net.Conn, err error) {
 	c.nc = nil
 	close(c.wake)
 	c.wake = nil
+	c.failQueuedLocked(err)
+}
+
+// failQueuedLocked fails the batches queued while a dial that failed was
+// under way.
+func (c *upConn) failQueuedLocked(err error) {
 	c.wbuf = c.wbuf[:0]
 	for i, b := range c.pending[c.head:] {
 		b.err = err
