@@ -207,8 +207,10 @@ func TestSentinelFailoverWithBreaker(t *testing.T) {
 	window := firstOK.Sub(firstFail)
 	announced := "not seen"
 	if sw := switchedAt.Load(); sw != nil {
-		announced = fmt.Sprintf("%s after the kill; first success %s after the announcement",
-			sw.Sub(kill).Round(time.Millisecond), firstOK.Sub(*sw).Round(time.Millisecond))
+		// One sentinel's announcement: the leader may have announced, and
+		// keyfence followed, a little earlier.
+		announced = fmt.Sprintf("seen on one sentinel %s after the kill; first success %+dms from it",
+			sw.Sub(kill).Round(time.Millisecond), firstOK.Sub(*sw).Milliseconds())
 	}
 	t.Logf("failover window seen by clients, breaker on (open timeout %s): %s (first failure %s after the kill, first success %s after it); +switch-master %s; %d commands failed, %d of them refused by the open breaker",
 		openTimeout, window.Round(time.Millisecond), firstFail.Sub(kill).Round(time.Millisecond), firstOK.Sub(kill).Round(time.Millisecond),
