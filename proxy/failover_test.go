@@ -30,10 +30,15 @@ func (o failoverOp) ok() bool {
 	return o.err == nil && o.reply != "" && o.reply[0] != '-'
 }
 
+// write says the command changes data: only writes measure the window, since
+// with the read cache a GET may be answered during the outage.
+func (o failoverOp) write() bool { return o.cmd != "get" }
+
 // notSent says keyfence refused the command without sending it upstream
-// (the breaker is open): it must never have run.
+// (the breaker is open; for a read, with no fresh cached copy): it must
+// never have run.
 func (o failoverOp) notSent() bool {
-	return strings.HasPrefix(o.reply, "-"+fallback.ErrOpen.Error())
+	return strings.HasPrefix(o.reply, "-"+fallback.ErrOpen.Error()) || strings.HasPrefix(o.reply, "-"+fallback.ErrMiss.Error())
 }
 
 // TestSentinelFailoverWithBreaker is issue 9's "a failover is not an
@@ -44,9 +49,19 @@ func (o failoverOp) notSent() bool {
 // first success after it) and checks that every write acknowledged with a
 // reply is upstream exactly once, except the few Redis's asynchronous
 // replication may lose in the master's last moment, and that no command
-// refused by the open breaker ran.
+// refused by the open breaker ran. It runs with the breaker alone and with
+// the read cache too (keyfence's default).
 func TestSentinelFailoverWithBreaker(t *testing.T) {
 	t.Parallel()
+	for _, cache := range []bool{false, true} {
+		t.Run(fmt.Sprintf("cache=%v", cache), func(t *testing.T) {
+			t.Parallel()
+			testSentinelFailoverWithBreaker(t, cache)
+		})
+	}
+}
+
+func testSentinelFailoverWithBreaker(t *testing.T, cache bool) {
 	set := startSentinelSet(t)
 	ctx := t.Context()
 	logs := &syncBuffer{}
@@ -61,6 +76,7 @@ func TestSentinelFailoverWithBreaker(t *testing.T) {
 	srv, addr := startProxyServer(t, set.master, func(c *Config) {
 		c.Upstream = UpstreamConfig{Addr: sen.String(), Sentinel: sen, DialTimeout: time.Second}
 		c.Fallback = &fb
+		c.FallbackCache = cache
 		c.Logger = logger
 	})
 	tenant := tenantFor(t)
@@ -130,7 +146,7 @@ func TestSentinelFailoverWithBreaker(t *testing.T) {
 						continue
 					}
 					acked.Add(1)
-					if k := killedAt.Load(); k != nil && op.start.After(*k) {
+					if k := killedAt.Load(); k != nil && op.start.After(*k) && op.write() {
 						okOnce.Do(func() { close(okAfter) })
 					}
 				}
@@ -175,7 +191,8 @@ func TestSentinelFailoverWithBreaker(t *testing.T) {
 		t.Errorf("keyfence did not log the recovery probe closing the breaker")
 	}
 
-	// The window clients saw.
+	// The window clients saw: from the first failed write to the first
+	// write that succeeded after it.
 	var all []failoverOp
 	for _, o := range ops {
 		all = append(all, o...)
@@ -183,12 +200,12 @@ func TestSentinelFailoverWithBreaker(t *testing.T) {
 	var firstFail, firstOK time.Time
 	failed, refused := 0, 0
 	for _, o := range all {
-		if !o.ok() && (firstFail.IsZero() || o.end.Before(firstFail)) {
+		if o.write() && !o.ok() && (firstFail.IsZero() || o.end.Before(firstFail)) {
 			firstFail = o.end
 		}
 	}
 	if firstFail.IsZero() {
-		t.Fatal("no command failed although the master was killed")
+		t.Fatal("no write failed although the master was killed")
 	}
 	for _, o := range all {
 		switch {
@@ -197,13 +214,15 @@ func TestSentinelFailoverWithBreaker(t *testing.T) {
 			if o.notSent() {
 				refused++
 			}
+		case !o.write():
 		case o.start.After(firstFail) && (firstOK.IsZero() || o.end.Before(firstOK)):
 			firstOK = o.end
 		}
 	}
 	if firstOK.IsZero() {
-		t.Fatal("no command succeeded after the first failure")
+		t.Fatal("no write succeeded after the first failure")
 	}
+	readsServed := srv.Stats().FallbackHits
 	window := firstOK.Sub(firstFail)
 	announced := "not seen"
 	if sw := switchedAt.Load(); sw != nil {
@@ -212,9 +231,9 @@ func TestSentinelFailoverWithBreaker(t *testing.T) {
 		announced = fmt.Sprintf("seen on one sentinel %s after the kill; first success %+dms from it",
 			sw.Sub(kill).Round(time.Millisecond), firstOK.Sub(*sw).Milliseconds())
 	}
-	t.Logf("failover window seen by clients, breaker on (open timeout %s): %s (first failure %s after the kill, first success %s after it); +switch-master %s; %d commands failed, %d of them refused by the open breaker",
-		openTimeout, window.Round(time.Millisecond), firstFail.Sub(kill).Round(time.Millisecond), firstOK.Sub(kill).Round(time.Millisecond),
-		announced, failed, refused)
+	t.Logf("failover window seen by clients, breaker on (open timeout %s), read cache %v: %s (first failed write %s after the kill, first successful write %s after it); +switch-master %s; %d commands failed, %d of them refused unsent by the open breaker; %d GETs answered from the cache meanwhile",
+		openTimeout, cache, window.Round(time.Millisecond), firstFail.Sub(kill).Round(time.Millisecond), firstOK.Sub(kill).Round(time.Millisecond),
+		announced, failed, refused, readsServed)
 	if refused == 0 {
 		t.Errorf("no command was refused by the open breaker: the test did not exercise it")
 	}
