@@ -34,7 +34,12 @@ import (
 // server to a sentinel and its reconnection logic. A master that dies takes
 // its connections with it, and Sentinel's reconfiguration of a demoted one
 // kills its clients, so there is no live connection to an old master left to
-// cut.
+// cut. The exception is a partition that leaves the old master reachable by
+// keyfence but not by the sentinels: keyfence keeps writing to it until it
+// is reconfigured, and what it acknowledges meanwhile is lost, as for any
+// Sentinel client; the announcement could cut that short, by failing the
+// shared connections to the old master, and Redis's own remedy is
+// min-replicas-to-write on the master.
 
 // recoveryProbeInterval is the pause between probes while the breaker is
 // open: short enough that clients wait about one more interval than the
