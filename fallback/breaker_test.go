@@ -2,6 +2,7 @@ package fallback
 
 import (
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -213,5 +214,148 @@ func TestErrorWording(t *testing.T) {
 		if err.Error() != want {
 			t.Errorf("error = %q, want %q", err.Error(), want)
 		}
+	}
+}
+
+// Reset closes an open or half-open breaker at once, long before its open
+// timeout, tells onChange, and ignores the outcomes of requests let through
+// before it; on a closed breaker it does nothing.
+func TestBreakerReset(t *testing.T) {
+	cfg := Defaults()
+	cfg.FailureThreshold, cfg.OpenTimeout = 2, time.Hour // only Reset can close it
+	var mu sync.Mutex
+	var got []string
+	b, err := NewBreaker(cfg, func(from, to State) {
+		mu.Lock()
+		got = append(got, from.String()+">"+to.String())
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Reset() {
+		t.Fatal("Reset of a closed breaker reported a change")
+	}
+	// One failure, then Reset on closed: the streak is kept (nothing changed).
+	late, err := b.Allow() // in flight across the Reset below
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		done, err := b.Allow()
+		if err != nil {
+			t.Fatal(err)
+		}
+		done(false)
+	}
+	if _, err := b.Allow(); !errors.Is(err, ErrOpen) {
+		t.Fatalf("Allow after 2 failures: %v, want ErrOpen", err)
+	}
+	if !b.Reset() {
+		t.Fatal("Reset of an open breaker reported no change")
+	}
+	if st := b.State(); st != Closed {
+		t.Fatalf("state after Reset = %v, want closed", st)
+	}
+	// The request let through before the Reset fails now: it must not
+	// count against the new generation, so one more failure keeps it closed.
+	late(false)
+	done, err := b.Allow()
+	if err != nil {
+		t.Fatalf("Allow after Reset: %v", err)
+	}
+	done(false)
+	if st := b.State(); st != Closed {
+		t.Fatalf("state = %v after a stale failure and one new one (threshold 2), want closed", st)
+	}
+	done, _ = b.Allow()
+	done(false) // the second failure of the new generation opens it
+	if st := b.State(); st != Open {
+		t.Fatalf("state = %v, want open", st)
+	}
+	b.Reset()
+
+	// From half-open too.
+	cfg.OpenTimeout = testOpenTimeout
+	b2, err := NewBreaker(cfg, func(from, to State) {
+		mu.Lock()
+		got = append(got, "b2:"+from.String()+">"+to.String())
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		done, _ := b2.Allow()
+		done(false)
+	}
+	waitState(t, b2, HalfOpen)
+	probe, err := b2.Allow() // the half-open probe, in flight
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !b2.Reset() {
+		t.Fatal("Reset of a half-open breaker reported no change")
+	}
+	probe(false) // a stale probe's failure must not re-open the new generation
+	if st := b2.State(); st != Closed {
+		t.Fatalf("state = %v after Reset and a stale probe failure, want closed", st)
+	}
+
+	mu.Lock()
+	defer mu.Unlock()
+	want := []string{"closed>open", "open>closed", "closed>open", "open>closed",
+		"b2:closed>open", "b2:open>half-open", "b2:half-open>closed"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("transitions = %v, want %v", got, want)
+	}
+}
+
+// Reset racing with requests and with other Resets: run under -race, the
+// breaker ends closed and every transition onChange hears starts where the
+// previous one ended.
+func TestBreakerResetConcurrent(t *testing.T) {
+	cfg := Defaults()
+	cfg.FailureThreshold, cfg.OpenTimeout = 3, time.Hour
+	var mu sync.Mutex
+	last := Closed
+	var broken []string
+	b, err := NewBreaker(cfg, func(from, to State) {
+		mu.Lock()
+		defer mu.Unlock()
+		if from != last {
+			broken = append(broken, from.String()+">"+to.String()+" after "+last.String())
+		}
+		last = to
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			for i := range 2000 {
+				if w == 0 && i%50 == 0 {
+					b.Reset()
+					continue
+				}
+				if done, err := b.Allow(); err == nil {
+					done(i%7 == 0)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	b.Reset()
+	if st := b.State(); st != Closed {
+		t.Fatalf("state after the final Reset = %v", st)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(broken) > 0 {
+		t.Fatalf("transitions out of sequence: %v", broken)
+	}
+	if last != Closed {
+		t.Fatalf("onChange last heard %v, want closed", last)
 	}
 }

@@ -14,7 +14,10 @@
 // [Breaker.Allow] before sending a request upstream and the returned done
 // exactly once with its outcome. Only connection-level failures (refused,
 // reset, timed out) should be reported as done(false): a Redis error reply
-// such as WRONGTYPE proves that upstream is alive.
+// such as WRONGTYPE proves that upstream is alive. [Breaker.Reset] closes
+// it at once, for a caller that has seen upstream answer by its own means
+// (the proxy's recovery probe), so that clients need not wait out the open
+// timeout.
 //
 // # Cache
 //

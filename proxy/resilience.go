@@ -23,14 +23,30 @@ type resilience struct {
 	breaker *fallback.Breaker
 	cache   *fallback.Cache
 	ns      string
+	// opened wakes the recovery probe (probe.go) when the breaker opens.
+	opened      chan struct{}
+	openTimeout time.Duration
 }
 
 func newResilience(cfg fallback.Config, prefix string, withCache bool, log func(from, to fallback.State)) (*resilience, error) {
-	b, err := fallback.NewBreaker(cfg, log)
+	r := &resilience{ns: prefix, opened: make(chan struct{}, 1), openTimeout: cfg.OpenTimeout}
+	b, err := fallback.NewBreaker(cfg, func(from, to fallback.State) {
+		if log != nil {
+			log(from, to)
+		}
+		if to == fallback.Open {
+			// Never blocks (it runs under the breaker's lock): a wake-up
+			// already pending covers this one.
+			select {
+			case r.opened <- struct{}{}:
+			default:
+			}
+		}
+	})
 	if err != nil {
 		return nil, err
 	}
-	r := &resilience{breaker: b, ns: prefix}
+	r.breaker = b
 	if withCache {
 		if r.cache, err = fallback.NewCache(cfg); err != nil {
 			return nil, err

@@ -129,25 +129,48 @@ func (s *Sentinel) dial(ctx context.Context, cfg UpstreamConfig, key connKey) (n
 	if err != nil {
 		return nil, &upstreamError{err}
 	}
-	addr, err := s.resolve(ctx, cfg.DialTimeout)
-	if err != nil {
-		s.failed(round, "", err)
-		return nil, &upstreamError{err}
-	}
-	cfg.Addr, cfg.Sentinel = addr, nil
-	nc, err := dial(ctx, &cfg, key)
-	if err == nil {
-		if err = checkMaster(ctx, nc, cfg.DialTimeout); err != nil {
-			nc.Close()
-			err = &upstreamError{fmt.Errorf("master %s at %s: %w", s.master, addr, err)}
-		}
-	}
+	nc, addr, err := s.dialMaster(ctx, cfg, key)
 	if err != nil {
 		s.failed(round, addr, err)
 		return nil, err
 	}
 	s.succeeded(addr)
 	return nc, nil
+}
+
+// probe is dial for the breaker's recovery probe (probe.go). It skips the
+// backoff, which paces the dials of many clients while the master is away;
+// the probe is one dial per server at its own bounded pace, and waiting out
+// a backoff window would only delay noticing the new master. A failure
+// leaves the backoff as it is; a success ends it, like any verified dial,
+// so the shared connections dial the new master at once when the breaker
+// closes.
+func (s *Sentinel) probe(ctx context.Context, cfg UpstreamConfig, key connKey) (net.Conn, error) {
+	nc, addr, err := s.dialMaster(ctx, cfg, key)
+	if err != nil {
+		return nil, err
+	}
+	s.succeeded(addr)
+	return nc, nil
+}
+
+// dialMaster asks the sentinels for the master, dials it and checks that it
+// says it is the master. addr is the address tried, "" if none was given.
+func (s *Sentinel) dialMaster(ctx context.Context, cfg UpstreamConfig, key connKey) (nc net.Conn, addr string, err error) {
+	addr, err = s.resolve(ctx, cfg.DialTimeout)
+	if err != nil {
+		return nil, "", &upstreamError{err}
+	}
+	cfg.Addr, cfg.Sentinel = addr, nil
+	nc, err = dial(ctx, &cfg, key)
+	if err != nil {
+		return nil, addr, err
+	}
+	if err = checkMaster(ctx, nc, cfg.DialTimeout); err != nil {
+		nc.Close()
+		return nil, addr, &upstreamError{fmt.Errorf("master %s at %s: %w", s.master, addr, err)}
+	}
+	return nc, addr, nil
 }
 
 // admit says whether a dial may be tried now, and which round of failures

@@ -188,6 +188,59 @@ func waitUntil(t *testing.T, d time.Duration, what string, cond func() (bool, st
 	}
 }
 
+// sentinelTestPassword is the requirepass of the sentinels of
+// startSentinelSet.
+const sentinelTestPassword = "s3ntinel-pw"
+
+// sentinelSet is a master, its replica and three sentinels that all know
+// one another: ready for a failover.
+type sentinelSet struct {
+	master, replica *redistest.Server
+	sentinels       []*sentinelProc
+	// addrs are the sentinels for keyfence, a dead address first: keyfence
+	// must try the next sentinel.
+	addrs []string
+}
+
+func startSentinelSet(t *testing.T) *sentinelSet {
+	t.Helper()
+	master := redistest.StartT(t, redistest.Options{Args: []string{"--repl-diskless-sync-delay", "0"}})
+	replica := redistest.StartT(t, redistest.Options{Args: []string{"--replicaof", "127.0.0.1", strconv.Itoa(master.Port())}})
+	ctx := t.Context()
+	waitUntil(t, 10*time.Second, "replica in sync", func() (bool, string) {
+		info, err := replica.Client().Info(ctx, "replication").Result()
+		return err == nil && strings.Contains(info, "master_link_status:up"), fmt.Sprint(err)
+	})
+
+	var sentinels []*sentinelProc
+	for range 3 {
+		sentinels = append(sentinels, startSentinel(t, master.Port(), sentinelTestPassword))
+	}
+	// Each sentinel must know the replica (from the master's INFO) and the
+	// two other sentinels (from hello messages, every 2 s) before a failover
+	// can be agreed on.
+	for _, s := range sentinels {
+		sc := redis.NewClient(&redis.Options{Addr: s.addr, Password: sentinelTestPassword, DisableIdentity: true, Protocol: 2})
+		waitUntil(t, 15*time.Second, "sentinel "+s.addr+" sees the replica and 2 sentinels", func() (bool, string) {
+			reps, err1 := sc.Do(ctx, "SENTINEL", "replicas", "mymaster").Slice()
+			sens, err2 := sc.Do(ctx, "SENTINEL", "sentinels", "mymaster").Slice()
+			return err1 == nil && err2 == nil && len(reps) == 1 && len(sens) == 2,
+				fmt.Sprintf("replicas %d sentinels %d, %v %v", len(reps), len(sens), err1, err2)
+		})
+		sc.Close()
+	}
+
+	deadPort, err := redistest.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs := []string{net.JoinHostPort("127.0.0.1", strconv.Itoa(deadPort))}
+	for _, s := range sentinels {
+		addrs = append(addrs, s.addr)
+	}
+	return &sentinelSet{master: master, replica: replica, sentinels: sentinels, addrs: addrs}
+}
+
 // incrResult is one INCR a writer sent through keyfence.
 type incrResult struct {
 	start, end time.Time
@@ -202,45 +255,12 @@ type incrResult struct {
 // asynchronous replication may lose.
 func TestSentinelFailover(t *testing.T) {
 	t.Parallel()
-	const password = "s3ntinel-pw"
-	master := redistest.StartT(t, redistest.Options{Args: []string{"--repl-diskless-sync-delay", "0"}})
-	replica := redistest.StartT(t, redistest.Options{Args: []string{"--replicaof", "127.0.0.1", strconv.Itoa(master.Port())}})
+	set := startSentinelSet(t)
+	master, replica, addrs := set.master, set.replica, set.addrs
 	ctx := t.Context()
-	waitUntil(t, 10*time.Second, "replica in sync", func() (bool, string) {
-		info, err := replica.Client().Info(ctx, "replication").Result()
-		return err == nil && strings.Contains(info, "master_link_status:up"), fmt.Sprint(err)
-	})
-
-	var sentinels []*sentinelProc
-	for range 3 {
-		sentinels = append(sentinels, startSentinel(t, master.Port(), password))
-	}
-	// Each sentinel must know the replica (from the master's INFO) and the
-	// two other sentinels (from hello messages, every 2 s) before a failover
-	// can be agreed on.
-	for _, s := range sentinels {
-		sc := redis.NewClient(&redis.Options{Addr: s.addr, Password: password, DisableIdentity: true, Protocol: 2})
-		waitUntil(t, 15*time.Second, "sentinel "+s.addr+" sees the replica and 2 sentinels", func() (bool, string) {
-			reps, err1 := sc.Do(ctx, "SENTINEL", "replicas", "mymaster").Slice()
-			sens, err2 := sc.Do(ctx, "SENTINEL", "sentinels", "mymaster").Slice()
-			return err1 == nil && err2 == nil && len(reps) == 1 && len(sens) == 2,
-				fmt.Sprintf("replicas %d sentinels %d, %v %v", len(reps), len(sens), err1, err2)
-		})
-		sc.Close()
-	}
-
-	// A dead address first: keyfence must try the next sentinel.
-	deadPort, err := redistest.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	addrs := []string{net.JoinHostPort("127.0.0.1", strconv.Itoa(deadPort))}
-	for _, s := range sentinels {
-		addrs = append(addrs, s.addr)
-	}
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	sen, err := NewSentinel(SentinelConfig{Addrs: addrs, Password: password, Logger: logger})
+	sen, err := NewSentinel(SentinelConfig{Addrs: addrs, Password: sentinelTestPassword, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}

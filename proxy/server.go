@@ -253,6 +253,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		defer cancel()
 		go s.track(tctx)
 	}
+	defer s.startRecovery(ctx)() // the breaker's recovery probe (probe.go)
 	var delay time.Duration
 	for {
 		nc, err := s.ln.Accept()
