@@ -62,10 +62,10 @@ func BenchmarkBreakerAllow(b *testing.B) {
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		done, err := br.Allow()
+		t, err := br.Allow()
 		if err != nil {
 			b.Fatal(err)
 		}
-		done(true)
+		br.Done(t, true)
 	}
 }

@@ -1,17 +1,15 @@
 package fallback
 
 import (
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
-
-	"github.com/sony/gobreaker/v2"
+	"time"
 )
 
 // State is the breaker's state. Its numeric values (0 closed, 1 half-open,
 // 2 open) are what a gauge should export.
-type State int
+type State int32
 
 // The breaker's states.
 const (
@@ -33,116 +31,124 @@ func (s State) String() string {
 	return fmt.Sprintf("State(%d)", int(s))
 }
 
-func stateOf(s gobreaker.State) State {
-	switch s {
-	case gobreaker.StateHalfOpen:
-		return HalfOpen
-	case gobreaker.StateOpen:
-		return Open
-	}
-	return Closed
-}
-
 // Breaker guards upstream. It is safe for concurrent use.
 //
-// gobreaker has no way to close an open breaker before its timeout, so
-// [Breaker.Reset] swaps in a fresh one: the breaker in use is a generation,
-// and outcomes and transitions of a retired generation are dropped.
+// It is the classic three-state breaker (as sony/gobreaker's, which it
+// replaces): it opens after FailureThreshold consecutive failures, lets
+// HalfOpenProbes probes through after OpenTimeout, closes when they all
+// succeed and opens again when one fails. It is written for the data path:
+// while closed, Allow and a successful Done are a few atomic loads, with no
+// lock and no allocation (gobreaker's two-step API allocated a closure per
+// request). Every transition starts a new generation; the outcome of a
+// request let through in an older one is ignored.
 type Breaker struct {
-	cur      atomic.Pointer[generation]
-	settings gobreaker.Settings // without OnStateChange: each generation sets its own
-	onChange func(from, to State)
-	resetMu  sync.Mutex // one Reset at a time
+	threshold int32
+	probes    int32
+	timeout   time.Duration
+	onChange  func(from, to State)
+	now       func() time.Time
+
+	state    atomic.Int32  // a State; written under mu
+	gen      atomic.Uint64 // the generation; written under mu
+	failures atomic.Int32  // consecutive failures while closed
+
+	mu        sync.Mutex
+	openedAt  time.Time
+	inFlight  int32 // half-open: probes let through
+	succeeded int32 // half-open: probes that succeeded
 }
 
-// generation is one gobreaker instance and what was last reported of it.
-type generation struct {
-	// The type parameter is unused: the two-step breaker only gates and
-	// counts, it never carries results.
-	cb *gobreaker.TwoStepCircuitBreaker[struct{}]
-
-	// mu orders this generation's reported transitions against its
-	// retirement, so that what onChange was told forms one sequence
-	// (closed>open, open>closed, ...) even across a Reset.
-	mu       sync.Mutex
-	reported State // the last state onChange was told of
-	retired  bool
-}
-
-// errFailure is what done(false) reports to gobreaker: any non-nil error
-// counts as a failure there.
-var errFailure = errors.New("upstream connection failure")
+// Ticket is a request let through by Allow; give it to Done.
+type Ticket struct{ gen uint64 }
 
 // NewBreaker builds a breaker from cfg's breaker settings. onChange, when not
-// nil, is called on every transition (for INFO, a gauge, a log line). It may
-// run under the breaker's locks, so it must be quick and must not call back
+// nil, is called on every transition (for INFO, a gauge, a log line). It
+// runs under the breaker's lock, so it must be quick and must not call back
 // into the Breaker. Transitions from open to half-open happen lazily, on the
 // first Allow or State after OpenTimeout.
 func NewBreaker(cfg Config, onChange func(from, to State)) (*Breaker, error) {
 	if err := cfg.validateBreaker(); err != nil {
 		return nil, err
 	}
-	threshold := cfg.FailureThreshold
 	b := &Breaker{
-		settings: gobreaker.Settings{
-			Name:        "upstream",
-			MaxRequests: cfg.HalfOpenProbes,
-			Timeout:     cfg.OpenTimeout,
-			// Interval 0: counts are never reset while closed, so only the
-			// consecutive-failure streak (which any success breaks) matters.
-			Interval: 0,
-			ReadyToTrip: func(c gobreaker.Counts) bool {
-				return c.ConsecutiveFailures >= threshold
-			},
-		},
-		onChange: onChange,
+		threshold: int32(min(cfg.FailureThreshold, 1<<30)),
+		probes:    int32(min(cfg.HalfOpenProbes, 1<<30)),
+		timeout:   cfg.OpenTimeout,
+		onChange:  onChange,
+		now:       time.Now,
 	}
-	b.cur.Store(b.newGeneration())
+	b.gen.Store(1)
 	return b, nil
 }
 
-func (b *Breaker) newGeneration() *generation {
-	g := &generation{reported: Closed}
-	st := b.settings
-	st.OnStateChange = func(_ string, from, to gobreaker.State) {
-		g.mu.Lock()
-		defer g.mu.Unlock()
-		if g.retired {
-			return // a late outcome of a request let through before a Reset
-		}
-		g.reported = stateOf(to)
-		if b.onChange != nil {
-			b.onChange(stateOf(from), stateOf(to))
+// Allow asks whether a request may go upstream. If it may, Done must be
+// called exactly once with the ticket and the request's outcome. A ticket
+// never given back leaves a half-open breaker waiting for its probe until
+// the next transition, so call Done on every path. Otherwise err is
+// ErrOpen: the breaker is open, or half-open with all its probes in flight.
+func (b *Breaker) Allow() (Ticket, error) {
+	if State(b.state.Load()) == Closed {
+		return Ticket{gen: b.gen.Load()}, nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.advanceLocked()
+	switch State(b.state.Load()) {
+	case Closed:
+		return Ticket{gen: b.gen.Load()}, nil
+	case HalfOpen:
+		if b.inFlight < b.probes {
+			b.inFlight++
+			return Ticket{gen: b.gen.Load()}, nil
 		}
 	}
-	g.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](st)
-	return g
+	return Ticket{}, ErrOpen
 }
 
-// Allow asks whether a request may go upstream. If it may, done must be
-// called exactly once with its outcome: false only for an upstream
-// connection failure (refused, reset, timed out), true otherwise, including
-// for Redis error replies. A done that is never called leaves a half-open
-// breaker waiting for its probe forever, so call it on every path.
-// Otherwise err is ErrOpen: the breaker is open, or half-open with all its
-// probes in flight.
-func (b *Breaker) Allow() (done func(success bool), err error) {
-	report, err := b.cur.Load().cb.Allow()
-	if err != nil {
-		return nil, ErrOpen
+// Done reports the outcome of a request Allow let through: success false
+// only for an upstream connection failure (refused, reset, timed out), true
+// otherwise, including for Redis error replies, which prove upstream alive.
+func (b *Breaker) Done(t Ticket, success bool) {
+	if t.gen != b.gen.Load() {
+		return // let through before a transition: no longer counts
 	}
-	return func(success bool) {
-		if success {
-			report(nil)
-		} else {
-			report(errFailure)
+	if success && State(b.state.Load()) == Closed {
+		if b.failures.Load() != 0 {
+			b.failures.Store(0)
 		}
-	}, nil
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if t.gen != b.gen.Load() {
+		return
+	}
+	switch State(b.state.Load()) {
+	case Closed:
+		if !success && b.failures.Add(1) >= b.threshold {
+			b.setLocked(Open)
+		}
+	case HalfOpen:
+		switch {
+		case !success:
+			b.setLocked(Open)
+		case b.succeeded+1 >= b.probes:
+			b.setLocked(Closed)
+		default:
+			b.succeeded++
+		}
+	}
 }
 
 // State returns the current state.
 func (b *Breaker) State() State {
-	return stateOf(b.cur.Load().cb.State())
+	if s := State(b.state.Load()); s != Open {
+		return s
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.advanceLocked()
+	return State(b.state.Load())
 }
 
 // Reset closes an open or half-open breaker at once, with its failure count
@@ -153,22 +159,33 @@ func (b *Breaker) State() State {
 // closed already, and nothing changed); onChange is told of the transition.
 // Outcomes of requests let through before the Reset no longer count.
 func (b *Breaker) Reset() bool {
-	b.resetMu.Lock()
-	defer b.resetMu.Unlock()
-	old := b.cur.Load()
-	old.mu.Lock()
-	from := old.reported
-	if from == Closed {
-		old.mu.Unlock()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if State(b.state.Load()) == Closed {
 		return false
 	}
-	old.retired = true
-	old.mu.Unlock()
-	// Tell onChange before the new generation can report anything, so
-	// that its transitions follow this one.
-	if b.onChange != nil {
-		b.onChange(from, Closed)
-	}
-	b.cur.Store(b.newGeneration())
+	b.setLocked(Closed)
 	return true
+}
+
+// advanceLocked moves an open breaker whose timeout has passed to half-open.
+func (b *Breaker) advanceLocked() {
+	if State(b.state.Load()) == Open && b.now().Sub(b.openedAt) >= b.timeout {
+		b.setLocked(HalfOpen)
+	}
+}
+
+// setLocked makes to the state of a new generation.
+func (b *Breaker) setLocked(to State) {
+	from := State(b.state.Load())
+	b.gen.Add(1)
+	b.failures.Store(0)
+	b.inFlight, b.succeeded = 0, 0
+	if to == Open {
+		b.openedAt = b.now()
+	}
+	b.state.Store(int32(to))
+	if b.onChange != nil {
+		b.onChange(from, to)
+	}
 }

@@ -8,8 +8,8 @@ import (
 	"time"
 )
 
-// gobreaker reads time.Now itself, so the open timeout is made short and the
-// tests wait for it, with a bounded deadline.
+// The breaker reads the real clock here, so the open timeout is made short
+// and the tests wait for it, with a bounded deadline.
 const testOpenTimeout = 20 * time.Millisecond
 
 func waitState(t *testing.T, b *Breaker, want State) {
@@ -64,7 +64,7 @@ func TestBreakerTransitions(t *testing.T) {
 			for i, s := range tt.steps {
 				switch s {
 				case 'F', 'S', 'P':
-					done, err := b.Allow()
+					done, err := allow(b)
 					if err != nil {
 						t.Fatalf("step %d %c: Allow: %v (state %v)", i, s, err, b.State())
 					}
@@ -74,7 +74,7 @@ func TestBreakerTransitions(t *testing.T) {
 						done(s == 'S')
 					}
 				case 'R':
-					if done, err := b.Allow(); !errors.Is(err, ErrOpen) {
+					if done, err := allow(b); !errors.Is(err, ErrOpen) {
 						if done != nil {
 							done(true)
 						}
@@ -108,7 +108,7 @@ func TestBreakerOnStateChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	fail := func() {
-		done, err := b.Allow()
+		done, err := allow(b)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -120,7 +120,7 @@ func TestBreakerOnStateChange(t *testing.T) {
 	waitState(t, b, HalfOpen)
 	fail() // the probe fails
 	waitState(t, b, HalfOpen)
-	done, err := b.Allow()
+	done, err := allow(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,14 +147,14 @@ func TestBreakerIgnoresStaleOutcomes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	late, err := b.Allow()
+	late, err := allow(b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	done, _ := b.Allow()
+	done, _ := allow(b)
 	done(false) // opens
 	waitState(t, b, HalfOpen)
-	done, _ = b.Allow()
+	done, _ = allow(b)
 	done(true) // closes
 	late(false)
 	if got := b.State(); got != Closed {
@@ -237,18 +237,18 @@ func TestBreakerReset(t *testing.T) {
 		t.Fatal("Reset of a closed breaker reported a change")
 	}
 	// One failure, then Reset on closed: the streak is kept (nothing changed).
-	late, err := b.Allow() // in flight across the Reset below
+	late, err := allow(b) // in flight across the Reset below
 	if err != nil {
 		t.Fatal(err)
 	}
 	for range 2 {
-		done, err := b.Allow()
+		done, err := allow(b)
 		if err != nil {
 			t.Fatal(err)
 		}
 		done(false)
 	}
-	if _, err := b.Allow(); !errors.Is(err, ErrOpen) {
+	if _, err := allow(b); !errors.Is(err, ErrOpen) {
 		t.Fatalf("Allow after 2 failures: %v, want ErrOpen", err)
 	}
 	if !b.Reset() {
@@ -260,7 +260,7 @@ func TestBreakerReset(t *testing.T) {
 	// The request let through before the Reset fails now: it must not
 	// count against the new generation, so one more failure keeps it closed.
 	late(false)
-	done, err := b.Allow()
+	done, err := allow(b)
 	if err != nil {
 		t.Fatalf("Allow after Reset: %v", err)
 	}
@@ -268,7 +268,7 @@ func TestBreakerReset(t *testing.T) {
 	if st := b.State(); st != Closed {
 		t.Fatalf("state = %v after a stale failure and one new one (threshold 2), want closed", st)
 	}
-	done, _ = b.Allow()
+	done, _ = allow(b)
 	done(false) // the second failure of the new generation opens it
 	if st := b.State(); st != Open {
 		t.Fatalf("state = %v, want open", st)
@@ -286,11 +286,11 @@ func TestBreakerReset(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 2 {
-		done, _ := b2.Allow()
+		done, _ := allow(b2)
 		done(false)
 	}
 	waitState(t, b2, HalfOpen)
-	probe, err := b2.Allow() // the half-open probe, in flight
+	probe, err := allow(b2) // the half-open probe, in flight
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -339,7 +339,7 @@ func TestBreakerResetConcurrent(t *testing.T) {
 					b.Reset()
 					continue
 				}
-				if done, err := b.Allow(); err == nil {
+				if done, err := allow(b); err == nil {
 					done(i%7 == 0)
 				}
 			}
@@ -358,4 +358,14 @@ func TestBreakerResetConcurrent(t *testing.T) {
 	if last != Closed {
 		t.Fatalf("onChange last heard %v, want closed", last)
 	}
+}
+
+// allow is Allow with its ticket bound into a done function, as the tests
+// read more easily; the data path calls Allow and Done without it.
+func allow(b *Breaker) (func(success bool), error) {
+	t, err := b.Allow()
+	if err != nil {
+		return nil, err
+	}
+	return func(success bool) { b.Done(t, success) }, nil
 }

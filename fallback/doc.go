@@ -1,5 +1,5 @@
 // Package fallback keeps keyfence useful while upstream Redis is down: a
-// circuit breaker (github.com/sony/gobreaker/v2) that stops sending requests
+// circuit breaker that stops sending requests
 // to an upstream that keeps failing, and a bounded read cache that answers
 // cacheable reads while the breaker is open. It also holds the policy of what is cached and for how
 // long. It does no I/O and imports nothing else of keyfence: the proxy owns
@@ -7,13 +7,14 @@
 //
 // # Breaker
 //
-// [NewBreaker] wraps gobreaker's TwoStepCircuitBreaker. It opens after
+// [NewBreaker] builds the classic three-state breaker. It opens after
 // [Config.FailureThreshold] consecutive failures (5), lets
 // [Config.HalfOpenProbes] probes (1) through after [Config.OpenTimeout]
 // (30 s), closes when they all succeed and re-opens on a failed probe. Call
-// [Breaker.Allow] before sending a request upstream and the returned done
-// exactly once with its outcome. Only connection-level failures (refused,
-// reset, timed out) should be reported as done(false): a Redis error reply
+// [Breaker.Allow] before sending a request upstream and [Breaker.Done] with
+// its ticket exactly once with its outcome; while closed, both are a few
+// atomic loads. Only connection-level failures (refused, reset, timed out)
+// should be reported as failures: a Redis error reply
 // such as WRONGTYPE proves that upstream is alive. [Breaker.Reset] closes
 // it at once, for a caller that has seen upstream answer by its own means
 // (the proxy's recovery probe), so that clients need not wait out the open

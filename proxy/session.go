@@ -428,10 +428,10 @@ func (s *session) flushBatch(ctx context.Context) error {
 		if m != nil {
 			t0 = time.Now()
 		}
-		var done func(bool)
+		var ticket fallback.Ticket
 		if res != nil {
 			s.cacheScratch.since = res.cache.Stamp()
-			done, err = res.breaker.Allow()
+			ticket, err = res.breaker.Allow()
 		}
 		s.b.limit = s.srv.cfg.ClientOutputHardLimit
 		if err == nil {
@@ -446,8 +446,8 @@ func (s *session) flushBatch(ctx context.Context) error {
 				}
 				err = s.conn().do(ctx, s.b, s.req, s.nreq)
 			}
-			if done != nil {
-				done(!isConnectionFailure(err) && !isConnectionFailure(s.b.err))
+			if res != nil {
+				res.breaker.Done(ticket, !isConnectionFailure(err) && !isConnectionFailure(s.b.err))
 			}
 		} else {
 			s.b.reset(s.nreq) // breaker open: nothing was sent
