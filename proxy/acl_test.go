@@ -61,7 +61,7 @@ func startLeastPrivilegeProxy(t *testing.T, up *redistest.Server, id string, db 
 // refused upstream, other tenants' keys and channels too.
 func TestACLUserIsNarrow(t *testing.T) {
 	t.Parallel()
-	up := upstream(t)
+	up := testRedis(t)
 	ctx := testCtx(t)
 	user := addLeastPrivilegeUser(t, up, "aclnarrow", "pw-narrow")
 	c := up.UserClient(user, "pw-narrow")

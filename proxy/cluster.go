@@ -15,6 +15,7 @@ import (
 
 	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
+	"github.com/keyfence/keyfence/upstream"
 )
 
 // Redis Cluster: keyfence presents one plain Redis and routes each command
@@ -30,14 +31,14 @@ const clusterSlots = 16384
 
 // clusterMap is the slot → master table, refreshed from CLUSTER SLOTS.
 type clusterMap struct {
-	cfg   *UpstreamConfig
+	cfg   *upstream.Config
 	mu    sync.RWMutex
 	slots [clusterSlots]string
 	nodes []string // masters, sorted, for fan-out
 	last  time.Time
 }
 
-func newClusterMap(cfg *UpstreamConfig) *clusterMap { return &clusterMap{cfg: cfg} }
+func newClusterMap(cfg *upstream.Config) *clusterMap { return &clusterMap{cfg: cfg} }
 
 // master returns the master serving slot, refreshing the table once if it
 // has none.
@@ -123,7 +124,7 @@ func (m *clusterMap) refresh(ctx context.Context) error {
 
 func (m *clusterMap) fetchSlots(ctx context.Context, addr string) ([clusterSlots]string, error) {
 	var slots [clusterSlots]string
-	nc, err := dial(ctx, m.cfg, connKey{node: addr})
+	nc, err := upstream.Dial(ctx, m.cfg, upstream.Key{Node: addr})
 	if err != nil {
 		return slots, err
 	}
@@ -212,7 +213,7 @@ func (s *session) route(ctx context.Context, slot int) error {
 	switch {
 	case slot >= 0:
 		node, err = cm.master(ctx, slot)
-	case s.group != nil && s.group.key.node != "":
+	case s.group != nil && s.group.Key().Node != "":
 		return nil // keyless: wherever the batch goes
 	default:
 		node, err = cm.anyMaster(ctx)
@@ -220,14 +221,14 @@ func (s *session) route(ctx context.Context, slot int) error {
 	if err != nil {
 		return err
 	}
-	if s.group != nil && s.group.key.node == node {
+	if s.group != nil && s.group.Key().Node == node {
 		return nil
 	}
 	if s.pinned != nil {
 		return nil // a transaction stays where it began (CROSSSLOT otherwise)
 	}
 	s.flushBatch(ctx)
-	s.useGroup(connKey{db: 0, resp3: s.resp3, node: node})
+	s.useGroup(upstream.Key{DB: 0, RESP3: s.resp3, Node: node})
 	return nil
 }
 
@@ -250,22 +251,22 @@ func (s *session) redirect(ctx context.Context, reply, req []byte) []byte {
 		s.srv.cluster.mu.Unlock()
 		go func() { _ = s.srv.cluster.refresh(context.WithoutCancel(ctx)) }()
 	}
-	conn := s.srv.group(connKey{resp3: s.resp3, node: addr}).sharedConn()
-	b := newBatch()
+	conn := s.srv.pool.Group(upstream.Key{RESP3: s.resp3, Node: addr}).Shared()
+	b := upstream.NewBatch()
 	if ask {
 		// ASKING and the command go out back to back in one write, so no
 		// other client's command can come between them.
 		out := resp.AppendCommand(nil, []byte("ASKING"))
 		out = append(out, req...)
-		if err := conn.do(ctx, b, out, 2); err != nil {
+		if err := conn.RoundTrip(ctx, b, out, 2); err != nil {
 			return resp.AppendError(nil, upstreamErrorText(err))
 		}
-		return b.reply(1)
+		return b.Reply(1)
 	}
-	if err := conn.do(ctx, b, req, 1); err != nil {
+	if err := conn.RoundTrip(ctx, b, req, 1); err != nil {
 		return resp.AppendError(nil, upstreamErrorText(err))
 	}
-	return b.reply(0)
+	return b.Reply(0)
 }
 
 // clusterCommand routes a command in cluster mode, and runs the commands
@@ -348,12 +349,12 @@ func (s *session) clusterScan(ctx context.Context, cmd *rewrite.Command, args []
 		s.addLocalError(err.Error())
 		return
 	}
-	b := newBatch()
-	if err := conns[node].do(ctx, b, req, 1); err != nil {
+	b := upstream.NewBatch()
+	if err := conns[node].RoundTrip(ctx, b, req, 1); err != nil {
 		s.addLocalError(upstreamErrorText(err))
 		return
 	}
-	v, err := resp.Parse(b.reply(0))
+	v, err := resp.Parse(b.Reply(0))
 	if err == nil {
 		err = v.Err()
 	}

@@ -31,7 +31,7 @@ func BenchmarkDataPath(b *testing.B) {
 }
 
 func benchDataPath(b *testing.B, cmd string, depth int, withFallback bool) {
-	addr := startProxy(b, upstream(b), func(c *Config) {
+	addr := startProxy(b, testRedis(b), func(c *Config) {
 		if withFallback {
 			cfg := fallback.Defaults()
 			c.Fallback, c.FallbackCache = &cfg, true

@@ -505,7 +505,7 @@ func TestDifferentialScripts(t *testing.T) {
 // connection (database directDB) and through keyfence (tenant, upstream
 // database proxyDB), and returns how many replies it compared.
 func runDifferential(t *testing.T, script, tenant string, directDB, proxyDB int) int {
-	up := upstream(t)
+	up := testRedis(t)
 	steps := loadScript(t, script)
 	addr := startProxy(t, up, func(c *Config) {
 		c.Tenant = tenant

@@ -10,6 +10,7 @@ import (
 
 	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
+	"github.com/keyfence/keyfence/upstream"
 )
 
 // handle decides what happens to one command: refused, answered here,
@@ -186,13 +187,13 @@ func (s *session) runBlocking(ctx context.Context, cmd *rewrite.Command, args []
 		s.appendRewritten(cmd, args, cmd.Reply)
 		return
 	}
-	c, err := s.group.pin()
+	c, err := s.group.Pin()
 	if err != nil {
 		s.addLocalError(err.Error())
 		return
 	}
 	if !s.appendRewritten(cmd, args, cmd.Reply) {
-		s.group.unpin(c, true)
+		s.group.Unpin(c, true)
 		return
 	}
 	s.pinned = c
@@ -201,7 +202,7 @@ func (s *session) runBlocking(ctx context.Context, cmd *rewrite.Command, args []
 	err = s.flushBatch(ctx)
 	s.pinned = nil
 	clean := !stopWatching()
-	s.group.unpin(c, clean)
+	s.group.Unpin(c, clean)
 	if !clean {
 		if err != nil {
 			// The client went away while the command waited, and closing
@@ -338,7 +339,7 @@ func (s *session) exec(ctx context.Context) {
 // discardQuietly ends the upstream transaction without a client-visible reply.
 func (s *session) discardQuietly(ctx context.Context) {
 	req := resp.AppendCommand(nil, []byte("DISCARD"))
-	if err := s.pinned.do(ctx, s.b, req, 1); err != nil {
+	if err := s.pinned.RoundTrip(ctx, s.b, req, 1); err != nil {
 		s.unpin(false)
 	}
 }
@@ -347,7 +348,7 @@ func (s *session) discardQuietly(ctx context.Context) {
 // Bytes that arrive are kept for later; EOF closes the pinned connection so
 // that Redis stops blocking for a client that is gone. The returned function
 // stops the watch and reports whether the client went away.
-func (s *session) watchClient(c *upConn) (stop func() (gone bool)) {
+func (s *session) watchClient(c *upstream.Conn) (stop func() (gone bool)) {
 	done := make(chan struct{})
 	var extra []byte
 	var gone bool
@@ -375,7 +376,7 @@ func (s *session) watchClient(c *upConn) (stop func() (gone bool)) {
 			}
 			if err != nil || len(extra) > s.srv.cfg.MaxRequestBytes {
 				gone = true
-				c.close()
+				c.Close()
 				return
 			}
 		}

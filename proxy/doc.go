@@ -13,9 +13,10 @@
 //     library (rewrite/sandbox.go); a NOSCRIPT from it is healed.
 //   - subscribe.go: subscriber mode, with client patterns matched here.
 //   - sort.go: SORT … BY/GET run by keyfence in the tenant's namespace.
-//   - upstream.go: multiplexed upstream connections; a session either shares
-//     one (ordinary commands, autopipelined with every other client) or pins
-//     one for stateful work. tls.go and sentinel.go say how one is dialled;
-//     cluster.go routes commands to a Redis Cluster's masters.
-//   - resilience.go: circuit breaker, read cache and its tracking connection.
+//   - package upstream: multiplexed upstream connections and their pool; a
+//     session either shares one (ordinary commands, autopipelined with every
+//     other client) or pins one for stateful work. tls.go builds the TLS
+//     settings; cluster.go routes commands to a Redis Cluster's masters.
+//   - resilience.go: circuit breaker, read cache and its tracking connection;
+//     probe.go closes the breaker as soon as upstream answers again.
 package proxy

@@ -317,7 +317,7 @@ func (s *session) selectDB(ctx context.Context, arg []byte) {
 	s.selectGroup()
 	s.forwardRaw([][]byte{[]byte("PING")}, rewrite.ReplyRaw)
 	s.slots = s.slots[:len(s.slots)-1]
-	err = s.shared.do(ctx, s.b, s.req, s.nreq)
+	err = s.shared.RoundTrip(ctx, s.b, s.req, s.nreq)
 	s.req, s.nreq = s.req[:0], 0
 	if err != nil {
 		s.setDB(prevDB)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
+	"github.com/keyfence/keyfence/upstream"
 )
 
 // scanBatch returns the COUNT of every SCAN step of the emulations: Redis walks
@@ -22,8 +23,8 @@ func scanBatch() []byte { return strconv.AppendInt(nil, rewrite.MaxScanCount, 10
 
 // call runs one command on conn outside the client's batch and decodes the
 // reply. Upstream error replies are returned as errors.
-func (s *session) call(ctx context.Context, conn *upConn, args ...[]byte) (resp.Value, error) {
-	v, err := conn.callValue(ctx, args...)
+func (s *session) call(ctx context.Context, conn *upstream.Conn, args ...[]byte) (resp.Value, error) {
+	v, err := conn.Call(ctx, args...)
 	if err != nil {
 		return resp.Value{}, err
 	}
@@ -33,14 +34,14 @@ func (s *session) call(ctx context.Context, conn *upConn, args ...[]byte) (resp.
 // scanTenant walks the tenant's keys in conn's database, calling fn with
 // each SCAN step's keys (still prefixed). SCAN may return a key twice while
 // Redis rehashes; the callers accept that, as Redis's own SCAN users do.
-func (s *session) scanTenant(ctx context.Context, conn *upConn, fn func(keys []resp.Value) error) error {
+func (s *session) scanTenant(ctx context.Context, conn *upstream.Conn, fn func(keys []resp.Value) error) error {
 	return s.scanTenantMatch(ctx, conn, []byte("*"), fn)
 }
 
 // scanTenantMatch is scanTenant over the tenant's keys that match the
 // client's glob pattern. Redis's SCAN MATCH and KEYS use the same matcher,
 // and the prefix is glob-escaped, so the two select the same keys.
-func (s *session) scanTenantMatch(ctx context.Context, conn *upConn, pattern []byte, fn func(keys []resp.Value) error) error {
+func (s *session) scanTenantMatch(ctx context.Context, conn *upstream.Conn, pattern []byte, fn func(keys []resp.Value) error) error {
 	match := append(append([]byte(nil), s.rw.GlobPrefix()...), pattern...)
 	cursor := []byte("0")
 	for {
@@ -65,20 +66,20 @@ func (s *session) scanTenantMatch(ctx context.Context, conn *upConn, pattern []b
 
 // keyspaceConns returns a connection to each place the tenant's keys of
 // db live: the session's own upstream, or every master of a cluster.
-func (s *session) keyspaceConns(ctx context.Context, db int) ([]*upConn, error) {
+func (s *session) keyspaceConns(ctx context.Context, db int) ([]*upstream.Conn, error) {
 	if s.srv.cluster == nil {
 		if db == s.db {
-			return []*upConn{s.conn()}, nil
+			return []*upstream.Conn{s.conn()}, nil
 		}
-		return []*upConn{s.srv.group(connKey{db: db}).sharedConn()}, nil
+		return []*upstream.Conn{s.srv.pool.Group(upstream.Key{DB: db}).Shared()}, nil
 	}
 	masters, err := s.srv.cluster.masters(ctx)
 	if err != nil {
 		return nil, err
 	}
-	conns := make([]*upConn, len(masters))
+	conns := make([]*upstream.Conn, len(masters))
 	for i, m := range masters {
-		conns[i] = s.srv.group(connKey{resp3: false, node: m}).sharedConn()
+		conns[i] = s.srv.pool.Group(upstream.Key{RESP3: false, Node: m}).Shared()
 	}
 	return conns, nil
 }
@@ -159,7 +160,7 @@ func (s *session) flush(ctx context.Context, dbs []int, opts [][]byte) {
 				for _, k := range keys {
 					req = resp.AppendCommand(req, []byte("UNLINK"), k.Str)
 				}
-				return conn.do(ctx, newBatch(), req, len(keys))
+				return conn.RoundTrip(ctx, upstream.NewBatch(), req, len(keys))
 			})
 		}
 		if err != nil {
@@ -228,7 +229,7 @@ func (s *session) randomKey(ctx context.Context) {
 }
 
 // randomKeyOn returns a random key of the tenant on conn, or nil.
-func (s *session) randomKeyOn(ctx context.Context, conn *upConn) ([]byte, error) {
+func (s *session) randomKeyOn(ctx context.Context, conn *upstream.Conn) ([]byte, error) {
 	match := append(append([]byte(nil), s.rw.GlobPrefix()...), '*')
 	cursor := []byte(strconv.FormatUint(uint64(randomPick(1<<30)), 10))
 	for pass := 0; pass < 2; pass++ {
@@ -275,19 +276,19 @@ func (s *session) keyspaceLine(ctx context.Context) (string, error) {
 }
 
 // keyspaceCount adds up the tenant's keys on conn and their TTLs.
-func (s *session) keyspaceCount(ctx context.Context, conn *upConn, keys, expires *int, ttlSum *int64) error {
+func (s *session) keyspaceCount(ctx context.Context, conn *upstream.Conn, keys, expires *int, ttlSum *int64) error {
 	return s.scanTenant(ctx, conn, func(batch []resp.Value) error {
 		*keys += len(batch)
 		req := make([]byte, 0, 32*len(batch))
 		for _, k := range batch {
 			req = resp.AppendCommand(req, []byte("PTTL"), k.Str)
 		}
-		b := newBatch()
-		if err := conn.do(ctx, b, req, len(batch)); err != nil {
+		b := upstream.NewBatch()
+		if err := conn.RoundTrip(ctx, b, req, len(batch)); err != nil {
 			return err
 		}
 		for i := range batch {
-			v, err := resp.Parse(b.reply(i))
+			v, err := resp.Parse(b.Reply(i))
 			if err == nil && v.Type == ':' && v.Num > 0 {
 				*expires++
 				*ttlSum += v.Num

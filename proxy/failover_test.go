@@ -15,6 +15,8 @@ import (
 	"github.com/keyfence/keyfence/fallback"
 	"github.com/keyfence/keyfence/internal/faultproxy"
 	"github.com/keyfence/keyfence/internal/redistest"
+	"github.com/keyfence/keyfence/internal/sentineltest"
+	"github.com/keyfence/keyfence/upstream"
 )
 
 // failoverOp is one command a failover test's writer sent through keyfence.
@@ -66,7 +68,7 @@ func testSentinelFailoverWithBreaker(t *testing.T, cache bool) {
 	ctx := t.Context()
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	sen, err := NewSentinel(SentinelConfig{Addrs: set.addrs, Password: sentinelTestPassword, Logger: logger})
+	sen, err := upstream.NewSentinel(upstream.SentinelConfig{Addrs: set.addrs, Password: sentinelTestPassword, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +76,7 @@ func testSentinelFailoverWithBreaker(t *testing.T, cache bool) {
 	fb := fallback.Defaults()
 	fb.OpenTimeout = openTimeout
 	srv, addr := startProxyServer(t, set.master, func(c *Config) {
-		c.Upstream = UpstreamConfig{Addr: sen.String(), Sentinel: sen, DialTimeout: time.Second}
+		c.Upstream = upstream.Config{Addr: sen.String(), Sentinel: sen, DialTimeout: time.Second}
 		c.Fallback = &fb
 		c.FallbackCache = cache
 		c.Logger = logger
@@ -448,15 +450,15 @@ func TestBreakerFollowsNewMaster(t *testing.T) {
 	t.Parallel()
 	oldMaster := redistest.StartT(t, redistest.Options{})
 	newMaster := redistest.StartT(t, redistest.Options{})
-	fake := startFakeSentinel(t, "", oldMaster.Addr())
-	sen, err := NewSentinel(SentinelConfig{Addrs: []string{fake.addr()}, Logger: slog.New(slog.DiscardHandler)})
+	fake := sentineltest.Start(t, "", oldMaster.Addr())
+	sen, err := upstream.NewSentinel(upstream.SentinelConfig{Addrs: []string{fake.Addr()}, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	fb := fallback.Defaults()
 	fb.FailureThreshold, fb.OpenTimeout = 3, time.Minute
 	srv, addr := startProxyServer(t, oldMaster, func(c *Config) {
-		c.Upstream = UpstreamConfig{Addr: sen.String(), Sentinel: sen, DialTimeout: 500 * time.Millisecond}
+		c.Upstream = upstream.Config{Addr: sen.String(), Sentinel: sen, DialTimeout: 500 * time.Millisecond}
 		c.Fallback = &fb
 	})
 	tenant := tenantFor(t)
@@ -471,7 +473,7 @@ func TestBreakerFollowsNewMaster(t *testing.T) {
 		t.Fatalf("breaker %s while the named master is dead, want open", st)
 	}
 	next := newMaster.Addr()
-	fake.master.Store(&next)
+	fake.Master.Store(&next)
 	waitUntil(t, fb.OpenTimeout/3, "commands to succeed on the new master", func() (bool, string) {
 		reply, err := c.doE("SET", "k", "new")
 		return err == nil && string(reply) == "+OK\r\n", fmt.Sprintf("SET: %q %v", reply, err)

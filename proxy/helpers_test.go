@@ -20,6 +20,7 @@ import (
 
 	"github.com/keyfence/keyfence/internal/redistest"
 	"github.com/keyfence/keyfence/resp"
+	"github.com/keyfence/keyfence/upstream"
 )
 
 // One redis-server serves the whole package. Tests keep out of each other's
@@ -64,8 +65,8 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// upstream returns the package's redis-server.
-func upstream(t testing.TB) *redistest.Server {
+// testRedis returns the package's redis-server.
+func testRedis(t testing.TB) *redistest.Server {
 	t.Helper()
 	if sharedRedis == nil {
 		t.Fatal("shared redis-server not started (TestMain)")
@@ -108,7 +109,7 @@ func startProxyServer(t testing.TB, up *redistest.Server, mutate func(*Config)) 
 	cfg := Config{
 		Listen:   "127.0.0.1:0",
 		Tenant:   tenantFor(t),
-		Upstream: UpstreamConfig{Addr: up.Addr()},
+		Upstream: upstream.Config{Addr: up.Addr()},
 		Logger:   slog.New(slog.DiscardHandler),
 	}
 	if mutate != nil {

@@ -360,7 +360,7 @@ func (r *tenantRun) checkOwnView(ctx context.Context) {
 
 func TestIsolation(t *testing.T) {
 	t.Parallel()
-	up := upstream(t)
+	up := testRedis(t)
 	ctx := testCtx(t)
 	admin := directDB(t, up, isoDB)
 	errs := &errCounter{}
@@ -501,7 +501,7 @@ func TestIsolation(t *testing.T) {
 // fails upstream.
 func TestIsolationPatternsWithACLUser(t *testing.T) {
 	t.Parallel()
-	up := upstream(t)
+	up := testRedis(t)
 	ctx := testCtx(t)
 	plainAddr := startProxy(t, up, func(c *Config) { c.Tenant = "patplain" })
 	aclAddr := startTenantProxy(t, up, "patacl", 0)

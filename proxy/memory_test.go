@@ -16,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/keyfence/keyfence/internal/redistest"
+	"github.com/keyfence/keyfence/upstream"
 )
 
 // The tests of this file bound keyfence's own memory against a hostile
@@ -76,7 +77,7 @@ func growth(before, after uint64) uint64 {
 // Now an index upstream lacks is refused with Redis's words before anything
 // exists for it, and valid ones still work.
 func TestOutOfRangeSelectLeavesNoState(t *testing.T) {
-	up := upstream(t)
+	up := testRedis(t)
 	srv, addr := startProxyServer(t, up, nil)
 	c := dialRaw(t, addr)
 	direct := dialRaw(t, up.Addr())
@@ -142,11 +143,11 @@ func TestDatabaseCountWithoutConfig(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name string
-		cfg  UpstreamConfig
+		cfg  upstream.Config
 	}{
-		{"default user", UpstreamConfig{Addr: up.Addr(), DialTimeout: 2 * time.Second}},
-		{"tenant user (no CONFIG)", UpstreamConfig{Addr: up.Addr(), Username: "acme", Password: "pw", DialTimeout: 2 * time.Second}},
-		{"tenant user from db 20", UpstreamConfig{Addr: up.Addr(), Username: "acme", Password: "pw", DB: 20, DialTimeout: 2 * time.Second}},
+		{"default user", upstream.Config{Addr: up.Addr(), DialTimeout: 2 * time.Second}},
+		{"tenant user (no CONFIG)", upstream.Config{Addr: up.Addr(), Username: "acme", Password: "pw", DialTimeout: 2 * time.Second}},
+		{"tenant user from db 20", upstream.Config{Addr: up.Addr(), Username: "acme", Password: "pw", DB: 20, DialTimeout: 2 * time.Second}},
 	} {
 		n, err := learnDatabases(ctx, &tc.cfg)
 		if err != nil || n != 37 {
@@ -165,7 +166,7 @@ func TestDatabaseCountWithoutConfig(t *testing.T) {
 // TestIdleConnGroupsAreReaped: a database no session uses any more lets its
 // upstream connections go; the configured database's stay.
 func TestIdleConnGroupsAreReaped(t *testing.T) {
-	up := upstream(t)
+	up := testRedis(t)
 	srv, addr := startProxyServer(t, up, nil)
 	c := dialRaw(t, addr)
 	c.do(t, "PING")
@@ -210,7 +211,7 @@ func TestIdleConnGroupsAreReaped(t *testing.T) {
 // and another client is served meanwhile and after.
 func TestSlowClientPastOutputHardLimit(t *testing.T) {
 	const hard = 32 * mib
-	up := upstream(t)
+	up := testRedis(t)
 	srv, addr := startProxyServer(t, up, func(c *Config) {
 		c.ClientOutputSoftLimit, c.ClientOutputHardLimit = 4*mib, hard
 	})
@@ -267,7 +268,7 @@ func TestSlowClientPastOutputHardLimit(t *testing.T) {
 // of a pipeline whose replies pass the soft limit (but not the hard one),
 // in order: keyfence writes as it goes instead of keeping a second copy.
 func TestReadingClientPastSoftLimitServed(t *testing.T) {
-	up := upstream(t)
+	up := testRedis(t)
 	srv, addr := startProxyServer(t, up, func(c *Config) {
 		c.ClientOutputSoftLimit, c.ClientOutputHardLimit = 1*mib, 32*mib
 	})
@@ -306,7 +307,7 @@ func TestReadingClientPastSoftLimitServed(t *testing.T) {
 // holds at most one read's worth of replies, released when it leaves.
 func TestPipelinedCommandCallsBounded(t *testing.T) {
 	const hard = 32 * mib
-	up := upstream(t)
+	up := testRedis(t)
 	srv, addr := startProxyServer(t, up, func(c *Config) {
 		c.ClientOutputSoftLimit, c.ClientOutputHardLimit = 4*mib, hard
 	})
@@ -363,7 +364,7 @@ func TestPipelinedCommandCallsBounded(t *testing.T) {
 // comes back whole when they leave.
 func TestRequestBufferBudget(t *testing.T) {
 	const budget = 16 * mib
-	up := upstream(t)
+	up := testRedis(t)
 	srv, addr := startProxyServer(t, up, func(c *Config) { c.MaxRequestBufferTotal = budget })
 	ctx := testCtx(t)
 	normal := proxyClient(t, addr, nil)
@@ -437,7 +438,7 @@ func TestRequestBufferBudget(t *testing.T) {
 // the reply reaches its client exactly as Redis sent it, and 20 other
 // clients' pipelines on the same connection all succeed meanwhile.
 func TestDeepReplyDoesNotFailSharedConnection(t *testing.T) {
-	up := upstream(t)
+	up := testRedis(t)
 	addr := startProxy(t, up, func(c *Config) { c.SharedConns = 1 })
 	script := "local t = {} t[1] = t return t"
 	want := dialRaw(t, up.Addr()).do(t, "EVAL", script, "0")

@@ -10,6 +10,7 @@ import (
 
 	"github.com/keyfence/keyfence/fallback"
 	"github.com/keyfence/keyfence/resp"
+	"github.com/keyfence/keyfence/upstream"
 )
 
 // The breaker's recovery probe. While the breaker is open, clients' commands
@@ -145,7 +146,7 @@ func (s *Server) upstreamName() string {
 func (s *Server) probeUpstream(ctx context.Context) error {
 	cfg := s.cfg.Upstream
 	if s.cluster == nil {
-		return pingUpstream(ctx, &cfg, connKey{db: cfg.DB})
+		return pingUpstream(ctx, &cfg, upstream.Key{DB: cfg.DB})
 	}
 	if err := s.cluster.refresh(ctx); err != nil {
 		return err
@@ -158,7 +159,7 @@ func (s *Server) probeUpstream(ctx context.Context) error {
 		return errors.New("cluster: no master known")
 	}
 	for _, m := range masters {
-		if err := pingUpstream(ctx, &cfg, connKey{node: m}); err != nil {
+		if err := pingUpstream(ctx, &cfg, upstream.Key{Node: m}); err != nil {
 			return err
 		}
 	}
@@ -167,13 +168,13 @@ func (s *Server) probeUpstream(ctx context.Context) error {
 
 // pingUpstream opens a connection of its own (AUTH, SELECT; through the
 // sentinels, with the master's role checked), sends PING and wants PONG.
-func pingUpstream(ctx context.Context, cfg *UpstreamConfig, key connKey) error {
+func pingUpstream(ctx context.Context, cfg *upstream.Config, key upstream.Key) error {
 	var nc net.Conn
 	var err error
 	if cfg.Sentinel != nil {
-		nc, err = cfg.Sentinel.probe(ctx, *cfg, key)
+		nc, err = cfg.Sentinel.Probe(ctx, *cfg, key)
 	} else {
-		nc, err = dial(ctx, cfg, key)
+		nc, err = upstream.Dial(ctx, cfg, key)
 	}
 	if err != nil {
 		return fmt.Errorf("probe: %w", err)

@@ -53,7 +53,7 @@ func readUntilClosed(t *testing.T, c *rawConn, d time.Duration) []byte {
 // the connection is closed, exactly as Redis does; other clients go on.
 func TestMalformedRESP(t *testing.T) {
 	t.Parallel()
-	up := upstream(t)
+	up := testRedis(t)
 	addr := startProxy(t, up, nil)
 	bystander := dialRaw(t, addr)
 	expect(t, bystander, "+OK\r\n", "SET", "bystander", "still here")
@@ -94,7 +94,7 @@ func TestMalformedRESP(t *testing.T) {
 // upstream, and other clients are unaffected.
 func TestOversizedRequest(t *testing.T) {
 	t.Parallel()
-	up := upstream(t)
+	up := testRedis(t)
 	tenant := tenantFor(t)
 	addr := startProxy(t, up, func(c *Config) { c.MaxRequestBytes = 1024 })
 	bystander := dialRaw(t, addr)
@@ -158,7 +158,7 @@ func serverStats(t *testing.T, c *redis.Client) (calls map[string]int64, errors 
 // and nothing at all is sent upstream. Not parallel: it reads server-wide
 // counters, so it must have the server to itself.
 func TestRefusedCommandsNeverReachUpstream(t *testing.T) {
-	up := upstream(t)
+	up := testRedis(t)
 	admin := directDB(t, up, 0)
 	tenant := tenantFor(t)
 	addr := startProxy(t, up, nil)
@@ -262,7 +262,7 @@ func TestRefusedCommandsNeverReachUpstream(t *testing.T) {
 // disconnected; a slot that frees up can be taken again.
 func TestMaxClients(t *testing.T) {
 	t.Parallel()
-	addr := startProxy(t, upstream(t), func(c *Config) { c.MaxClients = 3 })
+	addr := startProxy(t, testRedis(t), func(c *Config) { c.MaxClients = 3 })
 	var conns []*rawConn
 	for i := 0; i < 3; i++ {
 		c := dialRaw(t, addr)
@@ -295,7 +295,7 @@ func TestMaxClients(t *testing.T) {
 // upstream ones mixed, come back in order.
 func TestPipelineOfThousandKeepsOrder(t *testing.T) {
 	t.Parallel()
-	c := dialRaw(t, startProxy(t, upstream(t), nil))
+	c := dialRaw(t, startProxy(t, testRedis(t), nil))
 	var req []byte
 	var want []string
 	for i := 0; i < 250; i++ {
@@ -319,7 +319,7 @@ func TestPipelineOfThousandKeepsOrder(t *testing.T) {
 // multiplexed upstream connections; each sees only its own replies.
 func TestConcurrentClientsNeverGetAnothersReply(t *testing.T) {
 	t.Parallel()
-	addr := startProxy(t, upstream(t), nil)
+	addr := startProxy(t, testRedis(t), nil)
 	const clients, rounds = 50, 60
 	errs := make(chan error, clients)
 	var wg sync.WaitGroup
@@ -378,7 +378,7 @@ func TestConcurrentClientsNeverGetAnothersReply(t *testing.T) {
 // keys in every db; no other key is touched.
 func TestSelectFlushdbFlushall(t *testing.T) {
 	t.Parallel()
-	up := upstream(t)
+	up := testRedis(t)
 	ctx := testCtx(t)
 	tenant := tenantFor(t)
 	p := "tenant:" + tenant + ":"
@@ -444,7 +444,7 @@ func TestSelectFlushdbFlushall(t *testing.T) {
 // one, AUTH behaves like Redis without requirepass.
 func TestAuth(t *testing.T) {
 	t.Parallel()
-	up := upstream(t)
+	up := testRedis(t)
 	t.Run("with password", func(t *testing.T) {
 		addr := startProxy(t, up, func(c *Config) { c.ClientPassword = "s3cret" })
 		const wrongpass = "-WRONGPASS invalid username-password pair or user is disabled.\r\n"
@@ -511,7 +511,7 @@ func TestAuth(t *testing.T) {
 // maps; HELLO 2 switches back.
 func TestHello3RESP3(t *testing.T) {
 	t.Parallel()
-	c := dialRaw(t, startProxy(t, upstream(t), nil))
+	c := dialRaw(t, startProxy(t, testRedis(t), nil))
 	r := c.do(t, "HELLO", "3")
 	if v := mustRV(t, r); v.typ != '%' || len(v.elems) != 14 || !bytes.Contains(r, []byte("$5\r\nproto\r\n:3\r\n")) {
 		t.Fatalf("HELLO 3: %s", quoteReply(r))
@@ -545,7 +545,7 @@ func TestHello3RESP3(t *testing.T) {
 // runs. Inside MULTI, QUIT is not queued: Redis runs it at once.
 func TestQuit(t *testing.T) {
 	t.Parallel()
-	up := upstream(t)
+	up := testRedis(t)
 	tenant := tenantFor(t)
 	addr := startProxy(t, up, nil)
 	ctx := testCtx(t)
@@ -591,7 +591,7 @@ func TestQuit(t *testing.T) {
 // MULTI, EXEC, DISCARD and WATCH).
 func TestReset(t *testing.T) {
 	t.Parallel()
-	up := upstream(t)
+	up := testRedis(t)
 	tenant := tenantFor(t)
 	addr := startProxy(t, up, nil)
 	ctx := testCtx(t)
@@ -642,7 +642,7 @@ var clientIDRe = regexp.MustCompile(`(?m)^id=(\d+) `)
 // tenant's own connections only.
 func TestClientCommands(t *testing.T) {
 	t.Parallel()
-	up := upstream(t)
+	up := testRedis(t)
 	addr := startProxy(t, up, nil)
 	other := startProxy(t, up, func(c *Config) { c.Tenant = "clientcmd-other" })
 	c1, c2, c3 := dialRaw(t, addr), dialRaw(t, addr), dialRaw(t, addr)
@@ -718,7 +718,7 @@ func TestClientCommands(t *testing.T) {
 // TestCommandEmulation: COMMAND answers over what keyfence allows.
 func TestCommandEmulation(t *testing.T) {
 	t.Parallel()
-	up := upstream(t)
+	up := testRedis(t)
 	c := dialRaw(t, startProxy(t, up, nil))
 	direct := dialRaw(t, up.Addr())
 
@@ -777,7 +777,7 @@ func TestCommandEmulation(t *testing.T) {
 // and none of the server's figures about other tenants.
 func TestInfoTenantView(t *testing.T) {
 	t.Parallel()
-	up := upstream(t)
+	up := testRedis(t)
 	ctx := testCtx(t)
 	admin := directDB(t, up, 0)
 	for i := 0; i < 5; i++ {
@@ -822,7 +822,7 @@ func TestInfoTenantView(t *testing.T) {
 // error aborts EXEC; WATCH aborts when another client changes the key.
 func TestMultiExec(t *testing.T) {
 	t.Parallel()
-	up := upstream(t)
+	up := testRedis(t)
 	addr := startProxy(t, up, nil)
 	t.Run("stripped replies", func(t *testing.T) {
 		// A database of its own: SCAN's COUNT is capped upstream, and its
@@ -903,7 +903,7 @@ func TestMultiExec(t *testing.T) {
 // down ten others sharing the same keyfence.
 func TestBlockedClientDoesNotDelayOthers(t *testing.T) {
 	t.Parallel()
-	addr := startProxy(t, upstream(t), nil)
+	addr := startProxy(t, testRedis(t), nil)
 	blocked := dialRaw(t, addr)
 	blocked.write(t, encode(nil, "BLPOP", "wakeup", "0"))
 	time.Sleep(50 * time.Millisecond) // let it block upstream
@@ -950,7 +950,7 @@ func TestBlockedClientDoesNotDelayOthers(t *testing.T) {
 // in BLPOP … 0 does not leave a connection blocked upstream.
 func TestBlockedClientDisconnectReleasesUpstream(t *testing.T) {
 	t.Parallel()
-	up := upstream(t)
+	up := testRedis(t)
 	const db = 7
 	addr := startProxy(t, up, func(c *Config) { c.Upstream.DB = db })
 	admin := directDB(t, up, 0)
@@ -984,7 +984,7 @@ func TestBlockedClientDisconnectReleasesUpstream(t *testing.T) {
 // subscriber mode hold (RESP2: only (P|S)SUBSCRIBE, PING, QUIT, RESET).
 func TestPubSub(t *testing.T) {
 	t.Parallel()
-	up := upstream(t)
+	up := testRedis(t)
 	tenant := tenantFor(t)
 	addr := startProxy(t, up, nil)
 	otherAddr := startProxy(t, up, func(c *Config) { c.Tenant = "pubsub-other" })
@@ -1068,7 +1068,7 @@ func TestPubSub(t *testing.T) {
 // complete, and accepts no new clients.
 func TestGracefulShutdownCompletesInFlightPipeline(t *testing.T) {
 	t.Parallel()
-	srv, addr := startProxyServer(t, upstream(t), nil)
+	srv, addr := startProxyServer(t, testRedis(t), nil)
 	c := dialRaw(t, addr)
 	expect(t, c, "+PONG\r\n", "PING")
 	const n = 3000
@@ -1117,7 +1117,7 @@ func TestGracefulShutdownCompletesInFlightPipeline(t *testing.T) {
 // names of its reply stripped; commands pipelined behind it keep their order.
 func TestBlockingCommandsWakeUp(t *testing.T) {
 	t.Parallel()
-	addr := startProxy(t, upstream(t), nil)
+	addr := startProxy(t, testRedis(t), nil)
 	pusher := dialRaw(t, addr)
 	cases := []struct {
 		name   string
@@ -1167,7 +1167,7 @@ func TestBlockingCommandsWakeUp(t *testing.T) {
 // go through whole.
 func TestLargeValues(t *testing.T) {
 	t.Parallel()
-	c := dialRaw(t, startProxy(t, upstream(t), nil))
+	c := dialRaw(t, startProxy(t, testRedis(t), nil))
 	big := strings.Repeat("0123456789abcdef", 1<<18) // 4 MiB
 	expect(t, c, "+OK\r\n", "SET", "big", big)
 	expect(t, c, bulk(big), "GET", "big")
@@ -1192,7 +1192,7 @@ func TestLargeValues(t *testing.T) {
 // TestInlineCommands: telnet-style inline commands behave as in Redis.
 func TestInlineCommands(t *testing.T) {
 	t.Parallel()
-	up := upstream(t)
+	up := testRedis(t)
 	addr := startProxy(t, up, nil)
 	direct := dialRaw(t, up.Addr())
 	expect(t, direct, "+OK\r\n", "SELECT", "12")

@@ -3,11 +3,13 @@ package proxy
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/keyfence/keyfence/fallback"
 	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
+	"github.com/keyfence/keyfence/upstream"
 )
 
 // resilience is the circuit breaker and the read cache of one tenant
@@ -137,7 +139,7 @@ func (s *session) keyTTL(first, n int) (time.Duration, bool) {
 	}
 	var ttl time.Duration
 	for j := 0; j < n; j++ {
-		v, err := resp.Parse(s.b.reply(first + j))
+		v, err := resp.Parse(s.b.Reply(first + j))
 		if err != nil || v.Type != ':' {
 			return 0, false
 		}
@@ -179,16 +181,6 @@ func (s *session) fallbackReply(sl slot, errText string) {
 	s.out = resp.AppendError(s.out, errText)
 }
 
-// isConnectionFailure tells an upstream that is unreachable or went away
-// (what the breaker counts) from anything else.
-func isConnectionFailure(err error) bool {
-	if err == nil {
-		return false // before ue: errors.As would move it to the heap on every call
-	}
-	var ue *upstreamError
-	return errors.As(err, &ue)
-}
-
 // track keeps a CLIENT TRACKING BCAST connection open for the tenant's
 // prefix while ctx lives: every invalidation it receives drops the cache
 // entries of those keys. When the connection comes back after a loss, every
@@ -222,7 +214,7 @@ func (s *Server) track(ctx context.Context) {
 }
 
 func (s *Server) trackOnce(ctx context.Context, connected func()) error {
-	nc, err := dial(ctx, &s.cfg.Upstream, connKey{db: s.cfg.Upstream.DB, resp3: true})
+	nc, err := upstream.Dial(ctx, &s.cfg.Upstream, upstream.Key{DB: s.cfg.Upstream.DB, RESP3: true})
 	if err != nil {
 		return err
 	}
@@ -233,14 +225,14 @@ func (s *Server) trackOnce(ctx context.Context, connected func()) error {
 	if _, err := nc.Write(req); err != nil {
 		return err
 	}
-	rd := replyReader{buf: make([]byte, 0, 4<<10)}
+	rd := upstream.NewReplyReader(4 << 10)
 	confirmed := false
 	var elems [][]byte // SplitPush's scratch
 	for {
-		err := rd.read(nc, func(reply []byte) error {
+		err := rd.Read(nc, func(reply []byte) error {
 			if !confirmed {
 				if reply[0] != '+' {
-					return errors.New("CLIENT TRACKING refused: " + trimCRLF(reply))
+					return errors.New("CLIENT TRACKING refused: " + strings.TrimRight(string(reply), "\r\n"))
 				}
 				confirmed = true
 				connected()

@@ -11,6 +11,7 @@ import (
 
 	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
+	"github.com/keyfence/keyfence/upstream"
 )
 
 // Scripts run in keyfence's Lua sandbox (rewrite/sandbox.go): one function
@@ -237,9 +238,9 @@ func (s *session) scriptReply(ctx context.Context, sl slot, reply []byte) {
 	if bytes.HasPrefix(reply, []byte("-"+errChunkMissing)) || bytes.HasPrefix(reply, []byte("-"+errFunctionMissing+"\r")) {
 		sl.script.loaded.Store(false)
 		if err := s.ensureLoaded(ctx, sl.script); err == nil {
-			b := newBatch()
-			if err := s.conn().do(ctx, b, s.req[sl.from:sl.to], 1); err == nil {
-				reply = b.reply(0)
+			b := upstream.NewBatch()
+			if err := s.conn().RoundTrip(ctx, b, s.req[sl.from:sl.to], 1); err == nil {
+				reply = b.Reply(0)
 			} else {
 				reply = resp.AppendError(nil, upstreamErrorText(err))
 			}

@@ -1,11 +1,8 @@
 package proxy
 
 import (
-	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -24,6 +21,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/keyfence/keyfence/internal/redistest"
+	"github.com/keyfence/keyfence/internal/sentineltest"
+	"github.com/keyfence/keyfence/upstream"
 )
 
 const sentinelNotFound = "redis-sentinel not found in PATH: run `make test` (it installs it) or `apt-get install -y redis-sentinel`"
@@ -260,13 +259,13 @@ func TestSentinelFailover(t *testing.T) {
 	ctx := t.Context()
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	sen, err := NewSentinel(SentinelConfig{Addrs: addrs, Password: sentinelTestPassword, Logger: logger})
+	sen, err := upstream.NewSentinel(upstream.SentinelConfig{Addrs: addrs, Password: sentinelTestPassword, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}
 	tenant := tenantFor(t)
 	addr := startProxy(t, master, func(c *Config) {
-		c.Upstream = UpstreamConfig{Addr: sen.String(), Sentinel: sen, DialTimeout: time.Second}
+		c.Upstream = upstream.Config{Addr: sen.String(), Sentinel: sen, DialTimeout: time.Second}
 	})
 	t.Cleanup(func() { t.Logf("keyfence sentinel log:\n%s", logs.String()) })
 
@@ -409,117 +408,10 @@ func TestSentinelFailover(t *testing.T) {
 	}
 }
 
-// fakeSentinel answers SENTINEL get-master-addr-by-name with a fixed
-// address (nil: no such master) and counts the queries.
-type fakeSentinel struct {
-	ln       net.Listener
-	password string
-	master   atomic.Pointer[string]
-	queries  atomic.Int64
-}
-
-func startFakeSentinel(t *testing.T, password string, master string) *fakeSentinel {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &fakeSentinel{ln: ln, password: password}
-	if master != "" {
-		f.master.Store(&master)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go f.serve(nc)
-		}
-	}()
-	return f
-}
-
-func (f *fakeSentinel) addr() string { return f.ln.Addr().String() }
-
-func (f *fakeSentinel) serve(nc net.Conn) {
-	defer nc.Close()
-	br := bufio.NewReader(nc)
-	authed := f.password == ""
-	for {
-		args, err := readCommand(br)
-		if err != nil {
-			return
-		}
-		var reply string
-		switch strings.ToUpper(args[0]) {
-		case "AUTH":
-			if len(args) == 2 && args[1] == f.password {
-				authed, reply = true, "+OK\r\n"
-			} else {
-				reply = "-WRONGPASS invalid username-password pair or user is disabled.\r\n"
-			}
-		case "SENTINEL":
-			switch {
-			case !authed:
-				reply = "-NOAUTH Authentication required.\r\n"
-			case len(args) != 3 || !strings.EqualFold(args[1], "get-master-addr-by-name"):
-				reply = "-ERR unexpected\r\n"
-			default:
-				f.queries.Add(1)
-				if m := f.master.Load(); m != nil && args[2] == "mymaster" {
-					host, port, _ := net.SplitHostPort(*m)
-					reply = fmt.Sprintf("*2\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n", len(host), host, len(port), port)
-				} else {
-					reply = "*-1\r\n"
-				}
-			}
-		default:
-			reply = "-ERR unknown command\r\n"
-		}
-		if _, err := nc.Write([]byte(reply)); err != nil {
-			return
-		}
-	}
-}
-
-// readCommand reads one RESP array of bulk strings.
-func readCommand(br *bufio.Reader) ([]string, error) {
-	line, err := br.ReadString('\n')
-	if err != nil {
-		return nil, err
-	}
-	if !strings.HasPrefix(line, "*") {
-		return nil, errors.New("not an array")
-	}
-	n, err := strconv.Atoi(strings.TrimSpace(line[1:]))
-	if err != nil || n < 1 {
-		return nil, errors.New("bad array length")
-	}
-	args := make([]string, n)
-	for i := range args {
-		line, err := br.ReadString('\n')
-		if err != nil {
-			return nil, err
-		}
-		size, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "$")))
-		if err != nil {
-			return nil, err
-		}
-		buf := make([]byte, size+2)
-		if _, err := io.ReadFull(br, buf); err != nil {
-			return nil, err
-		}
-		args[i] = string(buf[:size])
-	}
-	return args, nil
-}
-
 func TestSentinelResolve(t *testing.T) {
 	t.Parallel()
 	ctx := testCtx(t)
-	up := upstream(t)
+	up := testRedis(t)
 	deadPort, err := redistest.FreePort()
 	if err != nil {
 		t.Fatal(err)
@@ -528,12 +420,12 @@ func TestSentinelResolve(t *testing.T) {
 	quiet := slog.New(slog.DiscardHandler)
 
 	t.Run("next sentinel, with AUTH", func(t *testing.T) {
-		good := startFakeSentinel(t, "pw", up.Addr())
-		sen, err := NewSentinel(SentinelConfig{Addrs: []string{dead, good.addr()}, Password: "pw", Logger: quiet})
+		good := sentineltest.Start(t, "pw", up.Addr())
+		sen, err := upstream.NewSentinel(upstream.SentinelConfig{Addrs: []string{dead, good.Addr()}, Password: "pw", Logger: quiet})
 		if err != nil {
 			t.Fatal(err)
 		}
-		addr := startProxy(t, up, func(c *Config) { c.Upstream = UpstreamConfig{Sentinel: sen} })
+		addr := startProxy(t, up, func(c *Config) { c.Upstream = upstream.Config{Sentinel: sen} })
 		c := proxyClient(t, addr, nil)
 		if err := c.Set(ctx, "k", "via-sentinel", 0).Err(); err != nil {
 			t.Fatalf("SET through keyfence in Sentinel mode: %v", err)
@@ -557,12 +449,12 @@ func TestSentinelResolve(t *testing.T) {
 		{"unknown master", "pw", "", `no master named "mymaster"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			fake := startFakeSentinel(t, "pw", tc.master)
-			sen, err := NewSentinel(SentinelConfig{Addrs: []string{fake.addr(), dead}, Password: tc.password, Logger: quiet})
+			fake := sentineltest.Start(t, "pw", tc.master)
+			sen, err := upstream.NewSentinel(upstream.SentinelConfig{Addrs: []string{fake.Addr(), dead}, Password: tc.password, Logger: quiet})
 			if err != nil {
 				t.Fatal(err)
 			}
-			addr := startProxy(t, up, func(c *Config) { c.Upstream = UpstreamConfig{Sentinel: sen} })
+			addr := startProxy(t, up, func(c *Config) { c.Upstream = upstream.Config{Sentinel: sen} })
 			err = proxyClient(t, addr, nil).Set(ctx, "k", "v", 0).Err()
 			if err == nil || !strings.HasPrefix(err.Error(), "ERR keyfence: upstream unavailable") ||
 				!strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), dead) {
@@ -574,114 +466,18 @@ func TestSentinelResolve(t *testing.T) {
 	t.Run("a replica is refused", func(t *testing.T) {
 		// A replica of a master that does not exist is still a replica.
 		replica := redistest.StartT(t, redistest.Options{Args: []string{"--replicaof", "127.0.0.1", strconv.Itoa(deadPort)}})
-		fake := startFakeSentinel(t, "", replica.Addr())
-		sen, err := NewSentinel(SentinelConfig{Addrs: []string{fake.addr()}, Logger: quiet})
-		if err != nil {
-			t.Fatal(err)
-		}
+		fake := sentineltest.Start(t, "", replica.Addr())
 		for _, proto := range []int{2, 3} {
-			addr := startProxy(t, up, func(c *Config) { c.Upstream = UpstreamConfig{Sentinel: sen} })
-			sen.mu.Lock()
-			sen.attempt, sen.retryAt = 0, time.Time{} // no backoff between the two
-			sen.mu.Unlock()
+			// A Sentinel of its own per protocol: no backoff between the two.
+			sen, err := upstream.NewSentinel(upstream.SentinelConfig{Addrs: []string{fake.Addr()}, Logger: quiet})
+			if err != nil {
+				t.Fatal(err)
+			}
+			addr := startProxy(t, up, func(c *Config) { c.Upstream = upstream.Config{Sentinel: sen} })
 			err = proxyClient(t, addr, func(o *redis.Options) { o.Protocol = proto }).Set(ctx, "k", "v", 0).Err()
 			if err == nil || !strings.Contains(err.Error(), "not the master (role:slave)") {
 				t.Fatalf("RESP%d: SET through keyfence to a replica: %v; want a role error", proto, err)
 			}
 		}
 	})
-}
-
-// TestSentinelBackoff checks the reconnect delay, min(attempt × 100 ms, 3 s),
-// with a clock of the test's own: while it runs, dials fail at once without
-// asking the sentinels; one dial per window probes.
-func TestSentinelBackoff(t *testing.T) {
-	t.Parallel()
-	deadPort, err := redistest.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := net.JoinHostPort("127.0.0.1", strconv.Itoa(deadPort))
-	fake := startFakeSentinel(t, "", dead) // names a master nobody listens for
-	sen, err := NewSentinel(SentinelConfig{Addrs: []string{fake.addr()}, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	now := time.Unix(1_000_000, 0)
-	sen.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
-	cfg := UpstreamConfig{Sentinel: sen, DialTimeout: time.Second}
-	ctx := testCtx(t)
-	try := func() error {
-		nc, err := dial(ctx, &cfg, connKey{})
-		if err == nil {
-			nc.Close()
-			return errors.New("dial succeeded")
-		}
-		return err
-	}
-
-	for attempt := 1; attempt <= 40; attempt++ {
-		before := fake.queries.Load()
-		err := try()
-		if !strings.Contains(err.Error(), "connection refused") {
-			t.Fatalf("attempt %d: %v; want the dial's own error", attempt, err)
-		}
-		if fake.queries.Load() != before+1 {
-			t.Fatalf("attempt %d did not ask the sentinel", attempt)
-		}
-		want := min(time.Duration(attempt)*100*time.Millisecond, 3*time.Second)
-		// Within the window: fail fast, sentinel untouched.
-		for _, at := range []time.Duration{0, want - time.Millisecond} {
-			if at > 0 {
-				advance(at)
-			}
-			err := try()
-			if !strings.Contains(err.Error(), fmt.Sprintf("master mymaster: %d failed connection attempts, next in", attempt)) ||
-				!strings.Contains(err.Error(), "connection refused") {
-				t.Fatalf("attempt %d + %s: %v; want the backoff error with the last cause", attempt, at, err)
-			}
-			if at > 0 {
-				advance(-at)
-			}
-		}
-		if fake.queries.Load() != before+1 {
-			t.Fatalf("attempt %d: the sentinel was asked during the backoff window", attempt)
-		}
-		advance(want)
-	}
-
-	// Concurrent failures of one round count once.
-	sen.mu.Lock()
-	sen.attempt, sen.retryAt = 0, time.Time{}
-	sen.mu.Unlock()
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Go(func() { _ = try() })
-	}
-	wg.Wait()
-	sen.mu.Lock()
-	got := sen.attempt
-	sen.mu.Unlock()
-	if got != 1 {
-		t.Fatalf("8 concurrent failed dials counted as %d attempts, want 1", got)
-	}
-
-	// Success resets the count.
-	up := upstream(t)
-	upAddr := up.Addr()
-	fake.master.Store(&upAddr)
-	advance(time.Second)
-	nc, err := dial(ctx, &cfg, connKey{db: 1})
-	if err != nil {
-		t.Fatalf("dial after the master came back: %v", err)
-	}
-	nc.Close()
-	sen.mu.Lock()
-	got = sen.attempt
-	sen.mu.Unlock()
-	if got != 0 {
-		t.Fatalf("attempt = %d after a successful dial, want 0", got)
-	}
 }

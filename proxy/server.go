@@ -10,6 +10,7 @@ import (
 	"math"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
 	"github.com/keyfence/keyfence/telemetry"
+	"github.com/keyfence/keyfence/upstream"
 )
 
 // Config is everything a Server needs. cmd/proxy fills it from flags and
@@ -26,7 +28,7 @@ type Config struct {
 	Listen          string
 	Tenant          string
 	KeyFormat       string // default rewrite.DefaultKeyFormat
-	Upstream        UpstreamConfig
+	Upstream        upstream.Config
 	ClientPassword  string // AUTH password clients must give; empty: none
 	MaxClients      int
 	MaxRequestBytes int
@@ -148,7 +150,7 @@ type Server struct {
 
 	mu       sync.Mutex
 	sessions map[*session]struct{}
-	groups   map[connKey]*connGroup
+	pool     *upstream.Pool
 	scripts  *scriptRegistry
 	sandbox  *rewrite.Sandbox
 	// The run's budgets as the sandbox takes them: milliseconds, KiB.
@@ -174,7 +176,6 @@ func New(cfg Config) (*Server, error) {
 		limits:       resp.Limits{MaxRequestBytes: cfg.MaxRequestBytes, MaxArgs: resp.DefaultLimits.MaxArgs},
 		log:          cfg.Logger.With("tenant", cfg.Tenant),
 		sessions:     make(map[*session]struct{}),
-		groups:       make(map[connKey]*connGroup),
 		scripts:      newScriptRegistry(cfg.MaxScripts),
 		sandbox:      rewrite.NewSandbox(),
 		scriptBudget: []byte(strconv.FormatInt(max(cfg.ScriptTimeout.Milliseconds(), 1), 10)),
@@ -185,6 +186,7 @@ func New(cfg Config) (*Server, error) {
 			return &b
 		}},
 	}
+	srv.pool = upstream.NewPool(&srv.cfg.Upstream, cfg.SharedConns, cfg.MaxPinned)
 	if len(cfg.Upstream.Cluster) > 0 {
 		if cfg.Upstream.DB != 0 {
 			return nil, errors.New("a Redis Cluster has database 0 only: REDIS_DB must be 0")
@@ -335,11 +337,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.mu.Unlock()
 		<-done
 	}
-	s.mu.Lock()
-	for _, g := range s.groups {
-		g.close()
-	}
-	s.mu.Unlock()
+	s.pool.Close()
 	return err
 }
 
@@ -354,178 +352,15 @@ func (s *Server) sessionsSnapshot() []*session {
 	return out
 }
 
-// connGroup holds the upstream connections set up for one connKey: a few
-// shared multiplexed ones, and a bounded pool of pinned ones. Groups exist
-// only for databases upstream has (SELECT checks first), so there are at
-// most databases × 2 protocols of them (× masters on a cluster), and one that
-// no session uses and no command reaches goes (reapIdleGroups).
-type connGroup struct {
-	srv    *Server
-	key    connKey
-	shared []*upConn
-	next   atomic.Uint32
-	refs   int    // sessions pointed at the group; guarded by Server.mu
-	seen   uint64 // batches sent on its shared connections at the last reaping
-
-	mu     sync.Mutex
-	idle   []*upConn // pinned connections free for reuse
-	pinned int       // pinned connections handed out or idle
-}
-
-func (s *Server) group(key connKey) *connGroup {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.groupLocked(key)
-}
-
-// acquireGroup is group for a session that will keep using it until it
-// calls releaseGroup: a group in use is never reaped.
-func (s *Server) acquireGroup(key connKey) *connGroup {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	g := s.groupLocked(key)
-	g.refs++
-	return g
-}
-
-func (s *Server) releaseGroup(g *connGroup) {
-	s.mu.Lock()
-	g.refs--
-	s.mu.Unlock()
-}
-
-// idleGroupReap is how often idle connection groups are looked for: one
-// that no session holds and that carried no command for that long goes.
-const idleGroupReap = 30 * time.Second
-
-// reapIdleGroups closes the groups that no session holds and that carried
-// no command since the previous call. The groups of the configured database
-// stay: /readyz and new clients use them.
-func (s *Server) reapIdleGroups() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	reaped := 0
-	for key, g := range s.groups {
-		if key.db == s.cfg.Upstream.DB && key.node == "" || s.closing {
-			continue
-		}
-		sent, busy := g.activity()
-		if g.refs == 0 && !busy && sent == g.seen {
-			delete(s.groups, key)
-			go g.close()
-			reaped++
-			continue
-		}
-		g.seen = sent
-	}
-	return reaped
-}
-
-// activity sums the commands ever sent on the group's shared connections
-// and says whether any of its connections is in use now.
-func (g *connGroup) activity() (sent uint64, busy bool) {
-	for _, c := range g.shared {
-		c.mu.Lock()
-		sent += c.sent
-		busy = busy || c.waiting() > 0
-		c.mu.Unlock()
-	}
-	g.mu.Lock()
-	busy = busy || g.pinned > 0
-	g.mu.Unlock()
-	return sent, busy
-}
-
-func (s *Server) groupLocked(key connKey) *connGroup {
-	g := s.groups[key]
-	if g == nil {
-		g = &connGroup{srv: s, key: key}
-		for i := 0; i < s.cfg.SharedConns; i++ {
-			c := newUpConn(&s.cfg.Upstream, key)
-			c.timeout = s.cfg.Upstream.Timeout
-			g.shared = append(g.shared, c)
-		}
-		s.groups[key] = g
-	}
-	return g
-}
-
-// sharedConn picks one of the group's shared connections; a session keeps
-// it, so the load spreads by session.
-func (g *connGroup) sharedConn() *upConn {
-	return g.shared[int(g.next.Add(1))%len(g.shared)]
-}
-
-var errTooManyPinned = errors.New("ERR keyfence: too many pinned upstream connections (--max-pinned); try again later")
-
-// pin hands out a connection for one session's exclusive use.
-func (g *connGroup) pin() (*upConn, error) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if n := len(g.idle); n > 0 {
-		c := g.idle[n-1]
-		g.idle = g.idle[:n-1]
-		return c, nil
-	}
-	if g.pinned >= g.srv.cfg.MaxPinned {
-		return nil, errTooManyPinned
-	}
-	g.pinned++
-	return newUpConn(&g.srv.cfg.Upstream, g.key), nil
-}
-
-// reservePinned counts a connection of the pinned budget that the caller
-// dials and closes itself (subscriber mode).
-func (g *connGroup) reservePinned() error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.pinned >= g.srv.cfg.MaxPinned {
-		return errTooManyPinned
-	}
-	g.pinned++
-	return nil
-}
-
-func (g *connGroup) releasePinned() {
-	g.mu.Lock()
-	g.pinned--
-	g.mu.Unlock()
-}
-
-// unpin takes a pinned connection back. clean says the session left it with
-// no transaction, WATCH or blocked command: only then may it be reused.
-func (g *connGroup) unpin(c *upConn, clean bool) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if clean && c.idle() && len(g.idle) < 64 {
-		g.idle = append(g.idle, c)
-		return
-	}
-	g.pinned--
-	go c.close()
-}
-
-func (g *connGroup) close() {
-	for _, c := range g.shared {
-		c.close()
-	}
-	g.mu.Lock()
-	for _, c := range g.idle {
-		c.close()
-	}
-	g.idle = nil
-	g.mu.Unlock()
-}
-
 // Ping checks that upstream answers, for /readyz.
 func (s *Server) Ping(ctx context.Context) error {
-	c := s.group(connKey{db: s.cfg.Upstream.DB}).sharedConn()
-	b := newBatch()
-	if err := c.do(ctx, b, resp.AppendCommand(nil, []byte("PING")), 1); err != nil {
+	c := s.pool.Group(upstream.Key{DB: s.cfg.Upstream.DB}).Shared()
+	b := upstream.NewBatch()
+	if err := c.RoundTrip(ctx, b, resp.AppendCommand(nil, []byte("PING")), 1); err != nil {
 		return err
 	}
-	if r := b.reply(0); len(r) > 0 && r[0] == '-' {
-		return errors.New(trimCRLF(r[1:]))
+	if r := b.Reply(0); len(r) > 0 && r[0] == '-' {
+		return errors.New(strings.TrimRight(string(r[1:]), "\r\n"))
 	}
 	return nil
 }
@@ -553,16 +388,22 @@ func (s *Server) Stats() Stats {
 	st := Stats{Sessions: len(s.sessions), PinnedCommands: s.pinnedCommands.Load(),
 		FallbackHits: s.fallbackHits.Load(), FallbackMisses: s.fallbackMisses.Load(),
 		ClientOutputDisconnects: s.outputDrops.Load(), RequestBufferBytes: s.reqBuffered.Load(),
-		RequestBufferRefused: s.budgetRefused.Load(), ConnGroups: len(s.groups)}
+		RequestBufferRefused: s.budgetRefused.Load(), ConnGroups: s.pool.Len(), PinnedConns: s.pool.Pinned()}
 	if s.res != nil {
 		st.Breaker = s.res.breaker.State().String()
 	}
-	for _, g := range s.groups {
-		g.mu.Lock()
-		st.PinnedConns += g.pinned
-		g.mu.Unlock()
-	}
 	return st
+}
+
+// idleGroupReap is how often idle connection groups are looked for: one
+// that no session holds and that carried no command for that long goes.
+const idleGroupReap = 30 * time.Second
+
+// reapIdleGroups closes the connection groups that no session holds and
+// that carried no command since the previous call. The groups of the
+// configured database stay: /readyz and new clients use them.
+func (s *Server) reapIdleGroups() int {
+	return s.pool.Reap(func(k upstream.Key) bool { return k.DB == s.cfg.Upstream.DB && k.Node == "" })
 }
 
 // countPatterns adds delta subscribers to each pattern.
@@ -608,15 +449,15 @@ func (s *Server) databases(ctx context.Context) (int64, error) {
 	return n, nil
 }
 
-func learnDatabases(ctx context.Context, cfg *UpstreamConfig) (int64, error) {
+func learnDatabases(ctx context.Context, cfg *upstream.Config) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, 4*cfg.DialTimeout)
 	defer cancel()
-	c := newUpConn(cfg, connKey{db: cfg.DB})
-	defer c.close()
+	c := upstream.NewConn(cfg, upstream.Key{DB: cfg.DB})
+	defer c.Close()
 	// The first index SELECT refuses, by doubling and then halving: about
 	// six round trips for Redis's default 16, sixty at worst, once.
 	valid := func(n int64) (bool, error) {
-		v, err := c.callValue(ctx, []byte("SELECT"), strconv.AppendInt(nil, n, 10))
+		v, err := c.Call(ctx, []byte("SELECT"), strconv.AppendInt(nil, n, 10))
 		switch {
 		case err != nil:
 			return false, fmt.Errorf("learn databases: %w", err)
@@ -625,7 +466,7 @@ func learnDatabases(ctx context.Context, cfg *UpstreamConfig) (int64, error) {
 		case bytes.Contains(v.Str, []byte("out of range")):
 			return false, nil
 		}
-		return false, &upstreamError{fmt.Errorf("learn databases: SELECT %d: %s", n, v.Str)}
+		return false, &upstream.Error{Err: fmt.Errorf("learn databases: SELECT %d: %s", n, v.Str)}
 	}
 	lo := int64(cfg.DB) // valid: the connection is on it
 	hi := max(16, lo+1) // find the first invalid index past lo

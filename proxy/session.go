@@ -7,7 +7,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,6 +16,7 @@ import (
 	"github.com/keyfence/keyfence/fallback"
 	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
+	"github.com/keyfence/keyfence/upstream"
 )
 
 // session is one client connection and all of its state. One goroutine runs
@@ -44,11 +44,11 @@ type session struct {
 	lastAt  atomic.Int64 // unix nanos of the last command
 
 	// Upstream.
-	group  *connGroup
-	shared *upConn
-	pinned *upConn    // non-nil while MULTI or WATCH holds a connection
-	sub    *subConn   // non-nil in subscriber mode
-	wmu    sync.Mutex // client writes: the subscriber reader writes too
+	group  *upstream.Group
+	shared *upstream.Conn
+	pinned *upstream.Conn // non-nil while MULTI or WATCH holds a connection
+	sub    *subConn       // non-nil in subscriber mode
+	wmu    sync.Mutex     // client writes: the subscriber reader writes too
 
 	// Transaction state (on the pinned connection).
 	inMulti       bool
@@ -70,7 +70,7 @@ type session struct {
 	slots []slot   // one per command of the batch, in order
 	local []byte   // local replies of the batch, back to back
 	out   []byte   // bytes for the client
-	b     *batch
+	b     *upstream.Batch
 
 	curName      string           // the command being handled, for metrics
 	curCmd       *rewrite.Command // and its table entry
@@ -121,7 +121,7 @@ func newSession(srv *Server, nc net.Conn) *session {
 		created: time.Now(),
 		db:      srv.cfg.Upstream.DB,
 		authed:  srv.cfg.ClientPassword == "",
-		b:       newBatch(),
+		b:       upstream.NewBatch(),
 	}
 	s.readIdleFn = s.readIdle
 	s.lastCmd.Store("NULL")
@@ -361,7 +361,7 @@ func (s *session) handleBuffered(ctx context.Context) {
 }
 
 // conn is where the session's commands go now.
-func (s *session) conn() *upConn {
+func (s *session) conn() *upstream.Conn {
 	if s.pinned != nil {
 		return s.pinned
 	}
@@ -433,29 +433,29 @@ func (s *session) flushBatch(ctx context.Context) error {
 			s.cacheScratch.since = res.cache.Stamp()
 			ticket, err = res.breaker.Allow()
 		}
-		s.b.limit = s.srv.cfg.ClientOutputHardLimit
+		s.b.Limit = s.srv.cfg.ClientOutputHardLimit
 		if err == nil {
-			err = s.conn().do(ctx, s.b, s.req, s.nreq)
+			err = s.conn().RoundTrip(ctx, s.b, s.req, s.nreq)
 			// A batch of reads only that timed out is sent again, after a
 			// short backoff: reads change nothing, so a copy that did reach
 			// Redis does no harm. Anything with a write is never resent.
-			for retry := 1; retry <= readRetries && isTimeout(err) && s.pinned == nil && s.onlyReads(); retry++ {
+			for retry := 1; retry <= readRetries && upstream.IsTimeout(err) && s.pinned == nil && s.onlyReads(); retry++ {
 				select {
 				case <-ctx.Done():
 				case <-time.After(time.Duration(retry) * 50 * time.Millisecond):
 				}
-				err = s.conn().do(ctx, s.b, s.req, s.nreq)
+				err = s.conn().RoundTrip(ctx, s.b, s.req, s.nreq)
 			}
 			if res != nil {
-				res.breaker.Done(ticket, !isConnectionFailure(err) && !isConnectionFailure(s.b.err))
+				res.breaker.Done(ticket, !upstream.IsConnectionFailure(err) && !upstream.IsConnectionFailure(s.b.Err))
 			}
 		} else {
-			s.b.reset(s.nreq) // breaker open: nothing was sent
+			s.b.Reset(s.nreq) // breaker open: nothing was sent
 		}
 		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-			s.b = newBatch() // the old one may still be written to
+			s.b = upstream.NewBatch() // the old one may still be written to
 		}
-		if failure := errors.Join(err, s.b.err); failure != nil && !errors.Is(err, fallback.ErrOpen) && ctx.Err() == nil {
+		if failure := errors.Join(err, s.b.Err); failure != nil && !errors.Is(err, fallback.ErrOpen) && ctx.Err() == nil {
 			s.srv.logUpstreamFailure(failure)
 			if m != nil {
 				m.UpstreamError(ctx, errorCause(failure))
@@ -465,11 +465,11 @@ func (s *session) flushBatch(ctx context.Context) error {
 			m.Upstream(ctx, time.Since(t0).Seconds())
 		}
 	}
-	if s.b.overflow {
+	if s.b.Overflow {
 		s.dropForOutput()
 		s.req, s.nreq = nil, 0
 		s.slots, s.local = s.slots[:0], nil
-		s.b = newBatch()
+		s.b = upstream.NewBatch()
 		return err
 	}
 	var seconds float64
@@ -492,7 +492,7 @@ func (s *session) flushBatch(ctx context.Context) error {
 		if !sl.upstream {
 			s.out = append(s.out, s.local[sl.from:sl.to]...)
 		} else {
-			reply := s.b.reply(next)
+			reply := s.b.Reply(next)
 			next++
 			if s.srv.cluster != nil && len(reply) > 0 && reply[0] == '-' && !sl.exec {
 				reply = s.redirect(ctx, reply, s.req[sl.from:sl.to])
@@ -501,9 +501,9 @@ func (s *session) flushBatch(ctx context.Context) error {
 			case reply == nil && errors.Is(err, fallback.ErrOpen):
 				s.fallbackReply(sl, fallback.ErrOpen.Error()) // nothing was sent
 			case reply == nil && res != nil:
-				s.fallbackReply(sl, upstreamErrorText(err, s.b.err))
+				s.fallbackReply(sl, upstreamErrorText(err, s.b.Err))
 			case reply == nil:
-				s.out = resp.AppendError(s.out, upstreamErrorText(err, s.b.err))
+				s.out = resp.AppendError(s.out, upstreamErrorText(err, s.b.Err))
 			case sl.script != nil:
 				s.scriptReply(ctx, sl, reply)
 			case sl.exec:
@@ -522,7 +522,7 @@ func (s *session) flushBatch(ctx context.Context) error {
 					}
 				}
 				if bytes.HasPrefix(reply, []byte("-OOM")) {
-					s.srv.logUpstreamFailure(errors.New(trimCRLF(reply[1:])))
+					s.srv.logUpstreamFailure(errors.New(strings.TrimRight(string(reply[1:]), "\r\n")))
 					if m != nil {
 						m.UpstreamError(ctx, "oom")
 					}
@@ -539,8 +539,8 @@ func (s *session) flushBatch(ctx context.Context) error {
 	s.req, s.nreq = s.req[:0], 0
 	s.slots, s.local = s.slots[:0], s.local[:0]
 	// Let a huge batch's memory go.
-	if cap(s.b.replies) > maxKeptBuffer || cap(s.b.ends) > maxKeptBuffer/8 {
-		s.b = newBatch()
+	if s.b.Oversized(maxKeptBuffer) {
+		s.b = upstream.NewBatch()
 	}
 	if cap(s.req) > maxKeptBuffer {
 		s.req = nil
@@ -598,20 +598,20 @@ func sanitize(s string) string {
 
 // selectGroup points the session at the connections for its db and protocol.
 func (s *session) selectGroup() {
-	s.useGroup(connKey{db: s.db, resp3: s.resp3})
+	s.useGroup(upstream.Key{DB: s.db, RESP3: s.resp3})
 }
 
 // useGroup moves the session to the group of key, holding it in use.
-func (s *session) useGroup(key connKey) {
-	if s.group != nil && s.group.key == key {
+func (s *session) useGroup(key upstream.Key) {
+	if s.group != nil && s.group.Key() == key {
 		return
 	}
-	g := s.srv.acquireGroup(key)
+	g := s.srv.pool.Acquire(key)
 	if s.group != nil {
-		s.srv.releaseGroup(s.group)
+		s.srv.pool.Release(s.group)
 	}
 	s.group = g
-	s.shared = g.sharedConn()
+	s.shared = g.Shared()
 }
 
 // pin gives the session a connection of its own (MULTI, WATCH).
@@ -619,7 +619,7 @@ func (s *session) pin() error {
 	if s.pinned != nil {
 		return nil
 	}
-	c, err := s.group.pin()
+	c, err := s.group.Pin()
 	if err != nil {
 		return err
 	}
@@ -632,7 +632,7 @@ func (s *session) unpin(clean bool) {
 	if s.pinned == nil {
 		return
 	}
-	s.group.unpin(s.pinned, clean)
+	s.group.Unpin(s.pinned, clean)
 	s.pinned = nil
 	s.inMulti, s.multiAbort, s.watching = false, false, false
 	s.multiKinds = s.multiKinds[:0]
@@ -646,7 +646,7 @@ func (s *session) cleanup() {
 	// must not reach the next user.
 	s.unpin(false)
 	if s.group != nil {
-		s.srv.releaseGroup(s.group)
+		s.srv.pool.Release(s.group)
 	}
 }
 
@@ -680,13 +680,4 @@ func (s *session) onlyReads() bool {
 		}
 	}
 	return true
-}
-
-// isTimeout reports whether upstream failed by not answering in time.
-func isTimeout(err error) bool {
-	if err == nil {
-		return false // before ne: errors.As would move it to the heap on every call
-	}
-	var ne net.Error
-	return errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
 	"github.com/keyfence/keyfence/telemetry"
+	"github.com/keyfence/keyfence/upstream"
 )
 
 // startKeyfence runs an in-process keyfence for tenant in front of srv.
@@ -27,7 +28,7 @@ func startKeyfence(t *testing.T, srv *redistest.Server, tenant string, mutate fu
 	cfg := proxy.Config{
 		Listen:   "127.0.0.1:0",
 		Tenant:   tenant,
-		Upstream: proxy.UpstreamConfig{Addr: srv.Addr()},
+		Upstream: upstream.Config{Addr: srv.Addr()},
 	}
 	if mutate != nil {
 		mutate(&cfg)
@@ -568,7 +569,7 @@ func TestDeadUpstreamErrorsSayWhatToCheck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := proxy.New(proxy.Config{Listen: "127.0.0.1:0", Tenant: "dead", Upstream: proxy.UpstreamConfig{Addr: fmt.Sprintf("127.0.0.1:%d", port)}})
+	p, err := proxy.New(proxy.Config{Listen: "127.0.0.1:0", Tenant: "dead", Upstream: upstream.Config{Addr: fmt.Sprintf("127.0.0.1:%d", port)}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
+	"github.com/keyfence/keyfence/upstream"
 )
 
 // SORT … BY/GET is run by keyfence itself: Redis refuses BY and GET to any
@@ -263,7 +264,7 @@ func compareSort(a, b *sortElem, o *sortOptions) int {
 // tenant's namespace: the first '*' is the element, and "->field" after it
 // reads a hash field. Missing keys, missing fields and wrong types give nil,
 // as in Redis.
-func (s *session) lookupPattern(ctx context.Context, conn *upConn, pattern []byte, elems [][]byte) ([][]byte, error) {
+func (s *session) lookupPattern(ctx context.Context, conn *upstream.Conn, pattern []byte, elems [][]byte) ([][]byte, error) {
 	out := make([][]byte, len(elems))
 	star := bytes.IndexByte(pattern, '*')
 	if star < 0 || len(elems) == 0 {
@@ -282,12 +283,12 @@ func (s *session) lookupPattern(ctx context.Context, conn *upConn, pattern []byt
 			req = resp.AppendCommand(req, []byte("GET"), key)
 		}
 	}
-	b := newBatch()
-	if err := conn.do(ctx, b, req, len(elems)); err != nil {
+	b := upstream.NewBatch()
+	if err := conn.RoundTrip(ctx, b, req, len(elems)); err != nil {
 		return nil, err
 	}
 	for i := range elems {
-		v, err := resp.Parse(b.reply(i))
+		v, err := resp.Parse(b.Reply(i))
 		if err == nil && (v.Type == '$' || v.Type == '+') && !v.Null {
 			out[i] = v.Str
 		}
@@ -298,7 +299,7 @@ func (s *session) lookupPattern(ctx context.Context, conn *upConn, pattern []byt
 // sortStore replaces dest with the result in one transaction and answers
 // the number of elements stored; an empty result deletes dest.
 func (s *session) sortStore(ctx context.Context, dest []byte, vals [][]byte) {
-	c, err := s.group.pin()
+	c, err := s.group.Pin()
 	if err != nil {
 		s.addLocalError(err.Error())
 		return
@@ -317,15 +318,15 @@ func (s *session) sortStore(ctx context.Context, dest []byte, vals [][]byte) {
 		n++
 	}
 	req = resp.AppendCommand(req, []byte("EXEC"))
-	b := newBatch()
+	b := upstream.NewBatch()
 	s.srv.pinnedCommands.Add(int64(n))
-	err = c.do(ctx, b, req, n)
-	s.group.unpin(c, err == nil)
+	err = c.RoundTrip(ctx, b, req, n)
+	s.group.Unpin(c, err == nil)
 	if err != nil {
 		s.addLocalError(upstreamErrorText(err))
 		return
 	}
-	if r := b.reply(n - 1); len(r) == 0 || r[0] != '*' {
+	if r := b.Reply(n - 1); len(r) == 0 || r[0] != '*' {
 		s.addLocal(r)
 		return
 	}

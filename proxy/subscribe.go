@@ -12,6 +12,7 @@ import (
 
 	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
+	"github.com/keyfence/keyfence/upstream"
 )
 
 // subscriberWriteTimeout cuts off a subscriber that does not read its
@@ -121,12 +122,12 @@ func (s *session) flushAndWrite(ctx context.Context) {
 }
 
 func (s *session) startSubscriber(ctx context.Context) error {
-	if err := s.group.reservePinned(); err != nil {
+	if err := s.group.Reserve(); err != nil {
 		return err
 	}
-	nc, err := dial(ctx, &s.srv.cfg.Upstream, s.group.key)
+	nc, err := upstream.Dial(ctx, &s.srv.cfg.Upstream, s.group.Key())
 	if err != nil {
-		s.group.releasePinned()
+		s.group.Unreserve()
 		return errors.New(upstreamErrorText(err))
 	}
 	s.sub = &subConn{nc: nc, synced: make(chan struct{}, 1), done: make(chan struct{}),
@@ -144,7 +145,7 @@ func (s *session) stopSubscriber() {
 	s.sub.nc.Close()
 	<-s.sub.done
 	s.srv.countPatterns(s.sub.patterns, -1)
-	s.group.releasePinned()
+	s.group.Unreserve()
 	s.sub = nil
 }
 
@@ -185,11 +186,11 @@ func (s *session) syncSubscriber(ctx context.Context) error {
 // readSubscribed forwards everything the subscribed connection receives.
 func (s *session) readSubscribed(c *subConn) {
 	defer close(c.done)
-	rd := replyReader{buf: make([]byte, 0, 16<<10)}
+	rd := upstream.NewReplyReader(16 << 10)
 	var out []byte
 	for {
 		out = out[:0]
-		err := rd.read(c.nc, func(reply []byte) error {
+		err := rd.Read(c.nc, func(reply []byte) error {
 			out = s.subscribedReply(c, out, reply)
 			return nil
 		})

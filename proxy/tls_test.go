@@ -251,7 +251,7 @@ func TestUpstreamTLS(t *testing.T) {
 func TestListenerTLS(t *testing.T) {
 	t.Parallel()
 	pki := newTestPKI(t)
-	up := upstream(t)
+	up := testRedis(t)
 	ctx := testCtx(t)
 	tenant := tenantFor(t)
 	clientTLS := func(withCert bool) func(*redis.Options) {
@@ -337,7 +337,7 @@ func TestTLSHandshakeDoesNotBlockAccept(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := startProxy(t, upstream(t), func(c *Config) { c.TLS = cfg })
+	addr := startProxy(t, testRedis(t), func(c *Config) { c.TLS = cfg })
 	silent, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)

@@ -19,6 +19,7 @@ import (
 	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
 	"github.com/keyfence/keyfence/telemetry"
+	"github.com/keyfence/keyfence/upstream"
 )
 
 // settings are the raw values of every flag; each flag's default comes from
@@ -137,7 +138,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*con
 	boolean(&s.redisTLSInsecure, "redis-tls-insecure-skip-verify", "REDIS_TLS_INSECURE_SKIP_VERIFY", false, "accept any upstream certificate (testing only)")
 	boolean(&s.assumeRestoreSanitized, "assume-restore-sanitized", "PROXY_ASSUME_RESTORE_SANITIZED", false, "let RESTORE through when keyfence may not read upstream's sanitize-dump-payload (CONFIG refused to its ACL user): set only if it is yes; an upstream that says no is never trusted")
 	str(&s.sentinels, "redis-sentinels", "REDIS_SENTINELS", "", "Sentinel mode: sentinels as host:port,host:port,...; the master they name is the upstream (REDIS_HOST and REDIS_PORT are ignored; TLS settings apply to the sentinels too)")
-	str(&s.sentinelMaster, "redis-sentinel-master", "REDIS_SENTINEL_MASTER", proxy.DefaultSentinelMaster, "name of the master the sentinels monitor")
+	str(&s.sentinelMaster, "redis-sentinel-master", "REDIS_SENTINEL_MASTER", upstream.DefaultSentinelMaster, "name of the master the sentinels monitor")
 	secret(&s.sentinelPassword, "redis-sentinel-password", "REDIS_SENTINEL_PASSWORD", "the password of the sentinels (their requirepass)")
 	str(&s.tlsCert, "tls-cert", "PROXY_TLS_CERT", "", "PEM certificate of the client listener; with --tls-key, clients must connect with TLS")
 	str(&s.tlsKey, "tls-key", "PROXY_TLS_KEY", "", "PEM key of --tls-cert")
@@ -330,7 +331,7 @@ func (s *settings) config() (*config, error) {
 	if err := level.UnmarshalText([]byte(s.logLevel)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", s.logLevel)
 	}
-	up := proxy.UpstreamConfig{
+	up := upstream.Config{
 		Addr:        net.JoinHostPort(s.redisHost, strconv.Itoa(s.redisPort)),
 		Username:    s.redisUsername,
 		Password:    s.redisPassword,
@@ -450,7 +451,7 @@ func (s *settings) config() (*config, error) {
 
 // upstreamTLS completes up.TLS (set by --redis-tls or rediss://) from the
 // --redis-tls-* settings, which are an error when TLS is off.
-func (s *settings) upstreamTLS(up *proxy.UpstreamConfig) error {
+func (s *settings) upstreamTLS(up *upstream.Config) error {
 	if (s.redisTLSCertFile == "") != (s.redisTLSKeyFile == "") {
 		return errors.New("--redis-tls-cert-file and --redis-tls-key-file go together: set both (REDIS_TLS_CERT_FILE, REDIS_TLS_KEY_FILE)")
 	}
@@ -481,7 +482,7 @@ func (s *settings) upstreamTLS(up *proxy.UpstreamConfig) error {
 }
 
 // sentinel sets up Sentinel mode when --redis-sentinels is given.
-func (s *settings) sentinel(up *proxy.UpstreamConfig) error {
+func (s *settings) sentinel(up *upstream.Config) error {
 	if s.sentinels == "" {
 		if s.sentinelPassword != "" {
 			return errors.New("--redis-sentinel-password given without --redis-sentinels")
@@ -505,7 +506,7 @@ func (s *settings) sentinel(up *proxy.UpstreamConfig) error {
 		}
 		addrs = append(addrs, a)
 	}
-	sen, err := proxy.NewSentinel(proxy.SentinelConfig{
+	sen, err := upstream.NewSentinel(upstream.SentinelConfig{
 		Addrs:    addrs,
 		Master:   s.sentinelMaster,
 		Password: s.sentinelPassword,
@@ -564,7 +565,7 @@ func checkHostPort(name, addr string) error {
 }
 
 // applyURL reads redis://[user:password@]host[:port][/db] and rediss://.
-func applyURL(up *proxy.UpstreamConfig, raw string) error {
+func applyURL(up *upstream.Config, raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return fmt.Errorf("REDIS_URL: %w", err)

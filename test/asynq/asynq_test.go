@@ -19,6 +19,7 @@ import (
 
 	"github.com/keyfence/keyfence/internal/redistest"
 	"github.com/keyfence/keyfence/proxy"
+	"github.com/keyfence/keyfence/upstream"
 )
 
 // Workload of each tenant. Both tenants use the same queue names and the
@@ -280,7 +281,7 @@ func startKeyfence(t *testing.T, srv *redistest.Server, tenant, user, password s
 	kf, err := proxy.New(proxy.Config{
 		Listen: "127.0.0.1:0",
 		Tenant: tenant,
-		Upstream: proxy.UpstreamConfig{
+		Upstream: upstream.Config{
 			Addr:     srv.Addr(),
 			Username: user,
 			Password: password,

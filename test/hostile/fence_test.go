@@ -20,6 +20,7 @@ import (
 
 	"github.com/keyfence/keyfence/internal/redistest"
 	"github.com/keyfence/keyfence/proxy"
+	"github.com/keyfence/keyfence/upstream"
 )
 
 const (
@@ -197,7 +198,7 @@ func (f *fence) startKeyfence(t testing.TB, k *keyfence) {
 	srv, err := proxy.New(proxy.Config{
 		Listen: "127.0.0.1:0",
 		Tenant: k.tenant,
-		Upstream: proxy.UpstreamConfig{
+		Upstream: upstream.Config{
 			Addr:     f.up.Addr(),
 			Username: k.user,
 			Password: k.pass,

@@ -19,6 +19,7 @@ import (
 
 	"github.com/keyfence/keyfence/internal/redistest"
 	"github.com/keyfence/keyfence/proxy"
+	"github.com/keyfence/keyfence/upstream"
 )
 
 // nodeTimeout bounds the whole `node --test` run; the tests themselves aim
@@ -107,7 +108,7 @@ func startTenant(t *testing.T, srv *redistest.Server, id string) string {
 	kf, err := proxy.New(proxy.Config{
 		Listen: "127.0.0.1:0",
 		Tenant: id,
-		Upstream: proxy.UpstreamConfig{
+		Upstream: upstream.Config{
 			Addr:     srv.Addr(),
 			Username: user,
 			Password: pass,

@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"bufio"
@@ -35,7 +35,7 @@ type SentinelConfig struct {
 }
 
 // Sentinel finds the current master for every upstream connection keyfence
-// opens (UpstreamConfig.Sentinel), so that a failover is followed without a
+// opens (Config.Sentinel), so that a failover is followed without a
 // restart: connections to a failed or demoted master break (Sentinel's
 // reconfiguration of an old master kills its clients), and the next dial asks
 // the sentinels again.
@@ -73,7 +73,7 @@ type Sentinel struct {
 	lastErr error     // why the last dial failed
 }
 
-// NewSentinel checks cfg and returns a resolver for UpstreamConfig.Sentinel.
+// NewSentinel checks cfg and returns a resolver for Config.Sentinel.
 func NewSentinel(cfg SentinelConfig) (*Sentinel, error) {
 	if len(cfg.Addrs) == 0 {
 		return nil, errors.New("sentinel: no sentinel addresses")
@@ -124,10 +124,10 @@ func reconnectDelay(attempt int) time.Duration {
 
 // dial opens an upstream connection to the current master; dial (upstream.go)
 // hands over to it when cfg.Sentinel is set. cfg is a copy, free to change.
-func (s *Sentinel) dial(ctx context.Context, cfg UpstreamConfig, key connKey) (net.Conn, error) {
+func (s *Sentinel) Dial(ctx context.Context, cfg Config, key Key) (net.Conn, error) {
 	round, err := s.admit()
 	if err != nil {
-		return nil, &upstreamError{err}
+		return nil, &Error{Err: err}
 	}
 	nc, addr, err := s.dialMaster(ctx, cfg, key)
 	if err != nil {
@@ -145,7 +145,7 @@ func (s *Sentinel) dial(ctx context.Context, cfg UpstreamConfig, key connKey) (n
 // leaves the backoff as it is; a success ends it, like any verified dial,
 // so the shared connections dial the new master at once when the breaker
 // closes.
-func (s *Sentinel) probe(ctx context.Context, cfg UpstreamConfig, key connKey) (net.Conn, error) {
+func (s *Sentinel) Probe(ctx context.Context, cfg Config, key Key) (net.Conn, error) {
 	nc, addr, err := s.dialMaster(ctx, cfg, key)
 	if err != nil {
 		return nil, err
@@ -156,19 +156,19 @@ func (s *Sentinel) probe(ctx context.Context, cfg UpstreamConfig, key connKey) (
 
 // dialMaster asks the sentinels for the master, dials it and checks that it
 // says it is the master. addr is the address tried, "" if none was given.
-func (s *Sentinel) dialMaster(ctx context.Context, cfg UpstreamConfig, key connKey) (nc net.Conn, addr string, err error) {
+func (s *Sentinel) dialMaster(ctx context.Context, cfg Config, key Key) (nc net.Conn, addr string, err error) {
 	addr, err = s.resolve(ctx, cfg.DialTimeout)
 	if err != nil {
-		return nil, "", &upstreamError{err}
+		return nil, "", &Error{Err: err}
 	}
 	cfg.Addr, cfg.Sentinel = addr, nil
-	nc, err = dial(ctx, &cfg, key)
+	nc, err = Dial(ctx, &cfg, key)
 	if err != nil {
 		return nil, addr, err
 	}
 	if err = checkMaster(ctx, nc, cfg.DialTimeout); err != nil {
 		nc.Close()
-		return nil, addr, &upstreamError{fmt.Errorf("master %s at %s: %w", s.master, addr, err)}
+		return nil, addr, &Error{Err: fmt.Errorf("master %s at %s: %w", s.master, addr, err)}
 	}
 	return nc, addr, nil
 }

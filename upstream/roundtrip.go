@@ -1,0 +1,38 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+)
+
+// RoundTripper sends one batch of requests (req holds n commands) and waits
+// until its n replies are in b or the connection failed, like net/http's
+// RoundTripper for one request. It never retries: a command may have
+// reached Redis. *Conn is one; the proxy applies the breaker and the retry
+// of timed-out reads around it.
+type RoundTripper interface {
+	RoundTrip(ctx context.Context, b *Batch, req []byte, n int) error
+}
+
+var _ RoundTripper = (*Conn)(nil)
+
+// IsConnectionFailure tells an upstream that is unreachable or went away
+// (what the breaker counts) from anything else.
+func IsConnectionFailure(err error) bool {
+	if err == nil {
+		return false // before ue: errors.As would move it to the heap on every call
+	}
+	var ue *Error
+	return errors.As(err, &ue)
+}
+
+// IsTimeout reports whether upstream failed by not answering in time.
+func IsTimeout(err error) bool {
+	if err == nil {
+		return false // before ne: errors.As would move it to the heap on every call
+	}
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
+}
