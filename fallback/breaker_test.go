@@ -1,11 +1,14 @@
 package fallback
 
 import (
+	"context"
 	"errors"
 	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/keyfence/keyfence/upstream"
 )
 
 // The breaker reads the real clock here, so the open timeout is made short
@@ -368,4 +371,47 @@ func allow(b *Breaker) (func(success bool), error) {
 		return nil, err
 	}
 	return func(success bool) { b.Done(t, success) }, nil
+}
+
+// stubTrip is a RoundTripper that fails or succeeds as told, counting calls.
+type stubTrip struct {
+	err   error
+	calls int
+}
+
+func (s *stubTrip) RoundTrip(_ context.Context, b *upstream.Batch, _ []byte, n int) error {
+	s.calls++
+	b.Reset(n)
+	return s.err
+}
+
+// Guard sends nothing while the breaker is open, and counts only connection
+// failures against it.
+func TestGuard(t *testing.T) {
+	cfg := Defaults()
+	cfg.FailureThreshold, cfg.OpenTimeout = 2, time.Hour
+	b, err := NewBreaker(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := &stubTrip{err: errors.New("WRONGTYPE is not a connection failure")}
+	g := &Guard{Next: next, Breaker: b}
+	ctx := context.Background()
+	for range 3 {
+		g.RoundTrip(ctx, upstream.NewBatch(), nil, 1)
+	}
+	if b.State() != Closed || next.calls != 3 {
+		t.Fatalf("after errors that are not connection failures: %v, %d calls", b.State(), next.calls)
+	}
+	next.err = &upstream.Error{Err: errors.New("connection refused")}
+	for range 2 {
+		g.RoundTrip(ctx, upstream.NewBatch(), nil, 1)
+	}
+	if b.State() != Open {
+		t.Fatalf("after 2 connection failures: %v", b.State())
+	}
+	calls := next.calls
+	if err := g.RoundTrip(ctx, upstream.NewBatch(), nil, 1); !errors.Is(err, ErrOpen) || next.calls != calls {
+		t.Fatalf("while open: %v, %d calls (was %d); want ErrOpen and nothing sent", err, next.calls, calls)
+	}
 }

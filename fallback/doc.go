@@ -2,8 +2,9 @@
 // circuit breaker that stops sending requests
 // to an upstream that keeps failing, and a bounded read cache that answers
 // cacheable reads while the breaker is open. It also holds the policy of what is cached and for how
-// long. It does no I/O and imports nothing else of keyfence: the proxy owns
-// the command table, the connections and the decision of what a failure is.
+// long, and Guard, the breaker as a wrapper around any upstream.RoundTripper.
+// It does no I/O of its own: the proxy owns the command table and the
+// connections.
 //
 // # Breaker
 //

@@ -44,11 +44,12 @@ type session struct {
 	lastAt  atomic.Int64 // unix nanos of the last command
 
 	// Upstream.
-	group  *upstream.Group
-	shared *upstream.Conn
-	pinned *upstream.Conn // non-nil while MULTI or WATCH holds a connection
-	sub    *subConn       // non-nil in subscriber mode
-	wmu    sync.Mutex     // client writes: the subscriber reader writes too
+	group    *upstream.Group
+	shared   *upstream.Conn
+	sharedRT upstream.RoundTripper // shared behind the breaker and read retries
+	pinned   *upstream.Conn        // non-nil while MULTI or WATCH holds a connection
+	sub      *subConn              // non-nil in subscriber mode
+	wmu      sync.Mutex            // client writes: the subscriber reader writes too
 
 	// Transaction state (on the pinned connection).
 	inMulti       bool
@@ -414,57 +415,7 @@ func (s *session) flushBatch(ctx context.Context) error {
 	if len(s.slots) == 0 {
 		return nil
 	}
-	var err error
-	m := s.srv.cfg.Metrics
-	res := s.srv.res
-	if s.pinned != nil {
-		res = nil // the breaker guards the shared connections
-	}
-	if s.nreq > 0 {
-		if s.pinned != nil {
-			s.srv.pinnedCommands.Add(int64(s.nreq))
-		}
-		var t0 time.Time
-		if m != nil {
-			t0 = time.Now()
-		}
-		var ticket fallback.Ticket
-		if res != nil {
-			s.cacheScratch.since = res.cache.Stamp()
-			ticket, err = res.breaker.Allow()
-		}
-		s.b.Limit = s.srv.cfg.ClientOutputHardLimit
-		if err == nil {
-			err = s.conn().RoundTrip(ctx, s.b, s.req, s.nreq)
-			// A batch of reads only that timed out is sent again, after a
-			// short backoff: reads change nothing, so a copy that did reach
-			// Redis does no harm. Anything with a write is never resent.
-			for retry := 1; retry <= readRetries && upstream.IsTimeout(err) && s.pinned == nil && s.onlyReads(); retry++ {
-				select {
-				case <-ctx.Done():
-				case <-time.After(time.Duration(retry) * 50 * time.Millisecond):
-				}
-				err = s.conn().RoundTrip(ctx, s.b, s.req, s.nreq)
-			}
-			if res != nil {
-				res.breaker.Done(ticket, !upstream.IsConnectionFailure(err) && !upstream.IsConnectionFailure(s.b.Err))
-			}
-		} else {
-			s.b.Reset(s.nreq) // breaker open: nothing was sent
-		}
-		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-			s.b = upstream.NewBatch() // the old one may still be written to
-		}
-		if failure := errors.Join(err, s.b.Err); failure != nil && !errors.Is(err, fallback.ErrOpen) && ctx.Err() == nil {
-			s.srv.logUpstreamFailure(failure)
-			if m != nil {
-				m.UpstreamError(ctx, errorCause(failure))
-			}
-		}
-		if m != nil {
-			m.Upstream(ctx, time.Since(t0).Seconds())
-		}
-	}
+	err := s.send(ctx)
 	if s.b.Overflow {
 		s.dropForOutput()
 		s.req, s.nreq = nil, 0
@@ -472,10 +423,72 @@ func (s *session) flushBatch(ctx context.Context) error {
 		s.b = upstream.NewBatch()
 		return err
 	}
+	s.stripReplies(ctx, err)
+	s.endBatch()
+	return err
+}
+
+// send sends the batch's upstream requests (if any) through the session's
+// transport and waits for their replies in s.b.
+func (s *session) send(ctx context.Context) error {
+	if s.nreq == 0 {
+		return nil
+	}
+	m := s.srv.cfg.Metrics
+	var t0 time.Time
+	if m != nil {
+		t0 = time.Now()
+	}
+	rt := s.transport()
+	if s.pinned != nil {
+		s.srv.pinnedCommands.Add(int64(s.nreq))
+	} else if res := s.srv.res; res != nil {
+		s.cacheScratch.since = res.cache.Stamp() // before anything is sent
+	}
+	s.b.Limit = s.srv.cfg.ClientOutputHardLimit
+	s.b.ReadOnly = s.pinned == nil && s.onlyReads()
+	err := rt.RoundTrip(ctx, s.b, s.req, s.nreq)
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		s.b = upstream.NewBatch() // the old one may still be written to
+	}
+	if failure := errors.Join(err, s.b.Err); failure != nil && !errors.Is(err, fallback.ErrOpen) && ctx.Err() == nil {
+		s.srv.logUpstreamFailure(failure)
+		if m != nil {
+			m.UpstreamError(ctx, errorCause(failure))
+		}
+	}
+	if m != nil {
+		m.Upstream(ctx, time.Since(t0).Seconds())
+	}
+	return err
+}
+
+// transport is what the batch goes through: the pinned connection as it
+// is, or the shared one behind the breaker, with timed-out reads retried
+// (see useGroup).
+func (s *session) transport() upstream.RoundTripper {
+	if s.pinned != nil {
+		return s.pinned
+	}
+	return s.sharedRT
+}
+
+// guarded says the batch went through the breaker, so that a missing reply
+// may be answered from the read cache.
+func (s *session) guarded() bool { return s.pinned == nil && s.srv.res != nil }
+
+// stripReplies appends every reply of the batch to s.out in the client's
+// order: local replies as they are, upstream ones stripped of the prefix,
+// a missing one as the upstream error (or from the read cache). err is
+// what send returned.
+func (s *session) stripReplies(ctx context.Context, err error) {
+	m := s.srv.cfg.Metrics
 	var seconds float64
 	if m != nil {
 		seconds = time.Since(s.readAt).Seconds()
 	}
+	res := s.srv.res
+	guarded := s.guarded()
 	next := 0
 	soft := s.srv.cfg.ClientOutputSoftLimit
 	for _, sl := range s.slots {
@@ -500,7 +513,7 @@ func (s *session) flushBatch(ctx context.Context) error {
 			switch {
 			case reply == nil && errors.Is(err, fallback.ErrOpen):
 				s.fallbackReply(sl, fallback.ErrOpen.Error()) // nothing was sent
-			case reply == nil && res != nil:
+			case reply == nil && guarded:
 				s.fallbackReply(sl, upstreamErrorText(err, s.b.Err))
 			case reply == nil:
 				s.out = resp.AppendError(s.out, upstreamErrorText(err, s.b.Err))
@@ -511,14 +524,12 @@ func (s *session) flushBatch(ctx context.Context) error {
 				s.multiKinds = s.multiKinds[:0]
 			default:
 				s.out = s.rw.AppendReply(s.out, reply, sl.kind)
-				if res != nil && res.cache != nil {
-					// Writes do not fill: the tracking connection's echo
-					// of keyfence's own write would make the entry stale
-					// a moment later (see fallback.Cache.StoreWrite).
-					if sl.ttls > 0 {
-						if ttl, ok := s.keyTTL(next, sl.ttls); ok {
-							s.fillFromReply(sl, reply, ttl)
-						}
+				// Writes do not fill: the tracking connection's echo of
+				// keyfence's own write would make the entry stale a moment
+				// later (see fallback.Cache.StoreWrite).
+				if guarded && res.cache != nil && sl.ttls > 0 {
+					if ttl, ok := s.keyTTL(next, sl.ttls); ok {
+						s.fillFromReply(sl, reply, ttl)
 					}
 				}
 				if bytes.HasPrefix(reply, []byte("-OOM")) {
@@ -536,9 +547,13 @@ func (s *session) flushBatch(ctx context.Context) error {
 	if m != nil {
 		m.Batch(ctx, seconds)
 	}
+}
+
+// endBatch empties the batch's buffers for the next one, letting a huge
+// batch's memory go.
+func (s *session) endBatch() {
 	s.req, s.nreq = s.req[:0], 0
 	s.slots, s.local = s.slots[:0], s.local[:0]
-	// Let a huge batch's memory go.
 	if s.b.Oversized(maxKeptBuffer) {
 		s.b = upstream.NewBatch()
 	}
@@ -551,7 +566,6 @@ func (s *session) flushBatch(ctx context.Context) error {
 	if cap(s.slots) > maxKeptBuffer/64 {
 		s.slots = nil
 	}
-	return err
 }
 
 // upstreamErrorText is the stable wording of a lost upstream reply.
@@ -612,6 +626,12 @@ func (s *session) useGroup(key upstream.Key) {
 	}
 	s.group = g
 	s.shared = g.Shared()
+	// The shared connection's transport: reads that time out are sent
+	// again, and the breaker guards it all.
+	s.sharedRT = &upstream.RetryReads{Next: s.shared, Retries: readRetries, Backoff: 50 * time.Millisecond}
+	if res := s.srv.res; res != nil {
+		s.sharedRT = &fallback.Guard{Next: s.sharedRT, Breaker: res.breaker}
+	}
 }
 
 // pin gives the session a connection of its own (MULTI, WATCH).

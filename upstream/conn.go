@@ -23,6 +23,10 @@ import (
 // Overflow, so the session can disconnect its client while every other
 // client's replies on the connection stay in step.
 type Batch struct {
+	// ReadOnly says every command of the batch is a read, which RetryReads
+	// may send again; set by the caller.
+	ReadOnly bool
+
 	want     int
 	Limit    int
 	Overflow bool // replies passed limit: they were dropped

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"time"
 )
 
 // RoundTripper sends one batch of requests (req holds n commands) and waits
@@ -35,4 +36,30 @@ func IsTimeout(err error) bool {
 	}
 	var ne net.Error
 	return errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
+}
+
+// RetryReads is a RoundTripper that sends a batch of reads only (b.ReadOnly)
+// again when it timed out, after a short backoff (retry × Backoff): reads
+// change nothing, so a copy that did reach Redis does no harm. A batch with
+// a write is never sent again.
+type RetryReads struct {
+	Next    RoundTripper
+	Retries int
+	Backoff time.Duration
+}
+
+// RoundTrip implements RoundTripper.
+func (r *RetryReads) RoundTrip(ctx context.Context, b *Batch, req []byte, n int) error {
+	err := r.Next.RoundTrip(ctx, b, req, n)
+	for retry := 1; retry <= r.Retries && b.ReadOnly && IsTimeout(err); retry++ {
+		t := time.NewTimer(time.Duration(retry) * r.Backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		err = r.Next.RoundTrip(ctx, b, req, n)
+	}
+	return err
 }
