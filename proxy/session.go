@@ -331,7 +331,9 @@ func (s *session) handleBuffered(ctx context.Context) {
 			s.more = s.rpos < len(s.rbuf)
 			return
 		}
-		args, n, need, err := resp.ParseCommand(s.rbuf[s.rpos:], s.args, s.srv.limits)
+		lim := s.srv.limits
+		lim.Unauthenticated = !s.authed // Redis's smaller header limits before AUTH
+		args, n, need, err := resp.ParseCommand(s.rbuf[s.rpos:], s.args, lim)
 		s.args = args
 		if err != nil {
 			s.addLocalError(err.Error())
