@@ -167,6 +167,17 @@ func (s *session) eval(ctx context.Context, cmd *rewrite.Command, args [][]byte)
 		}
 		s.addLocalError(msg)
 	}
+	// Redis's order (evalShaCommand, evalGenericCommand): a SHA that is not
+	// 40 characters long matches nothing; then numkeys is checked; only
+	// then is the script looked up or compiled.
+	if (cmd.Name == "evalsha" || cmd.Name == "evalsha_ro") && len(args[1]) != 40 {
+		fail(errNoScript)
+		return
+	}
+	if msg := numKeysError(args[2], len(args)-3); msg != "" {
+		fail(msg)
+		return
+	}
 	var e *scriptEntry
 	switch cmd.Name {
 	case "eval", "eval_ro":
@@ -227,6 +238,21 @@ func (s *session) eval(ctx context.Context, cmd *rewrite.Command, args [][]byte)
 	}
 	s.nreq++
 	s.slots = append(s.slots, slot{name: s.curName, upstream: true, script: e, from: from, to: len(s.req)})
+}
+
+// numKeysError is Redis's error for the numkeys argument of EVAL, EVALSHA
+// and FCALL, with rest arguments after it, or "" when it is valid.
+func numKeysError(arg []byte, rest int) string {
+	n, ok := resp.ParseRedisInt(arg)
+	switch {
+	case !ok:
+		return "ERR value is not an integer or out of range"
+	case n > int64(rest):
+		return "ERR Number of keys can't be greater than number of args"
+	case n < 0:
+		return "ERR Number of keys can't be negative"
+	}
+	return ""
 }
 
 // scriptReply appends the reply of a script run: a NOSCRIPT (upstream
