@@ -138,7 +138,9 @@ func (s *session) forwardRewritten(ctx context.Context, cmd *rewrite.Command, ar
 		}
 		s.watching = true
 	}
-	s.appendRewritten(cmd, args, cmd.Reply)
+	if s.appendRewritten(cmd, args, cmd.Reply) && cmd.Name == "publish" {
+		s.slots[len(s.slots)-1].adjust = s.srv.publishDelta(s.rw, args[1])
+	}
 }
 
 // appendRewritten adds the command, rewritten, to the batch, its reply to be

@@ -99,6 +99,7 @@ type slot struct {
 	kind     rewrite.ReplyKind
 	exec     bool         // EXEC: strip each element by multiKinds
 	script   *scriptEntry // EVAL*: heal NOSCRIPT, show the client's SHA
+	adjust   int64        // PUBLISH: added to upstream's count (Server.publishDelta)
 	from, to int          // local reply bytes, or a script's request bytes
 }
 
@@ -502,6 +503,7 @@ func (s *session) flushBatch(ctx context.Context) error {
 				s.out = s.rw.AppendExecReply(s.out, reply, s.multiKinds)
 				s.multiKinds = s.multiKinds[:0]
 			default:
+				reply = adjustCount(reply, sl.adjust)
 				s.out = s.rw.AppendReply(s.out, reply, sl.kind)
 				if res != nil && res.cache != nil {
 					if sl.ttls > 0 {

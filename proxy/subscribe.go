@@ -143,6 +143,9 @@ func (s *session) stopSubscriber() {
 	s.sub.nc.Close()
 	<-s.sub.done
 	s.srv.countPatterns(s.sub.patterns, -1)
+	for lit := range s.sub.active {
+		s.srv.countLiteral(lit, -1)
+	}
 	s.group.releasePinned()
 	s.sub = nil
 }
@@ -403,10 +406,13 @@ func (s *session) patternReply(c *subConn, out, kind []byte, elems [][]byte) []b
 			c.patterns = append(c.patterns[:i], c.patterns[i+1:]...)
 			s.srv.countPatterns([]string{string(op.client)}, -1)
 		}
-		if op.subscribe {
+		switch {
+		case op.subscribe && !c.active[op.literal]:
 			c.active[op.literal] = true
-		} else if op.literal != s.rw.NoopPattern() {
+			s.srv.countLiteral(op.literal, 1)
+		case !op.subscribe && op.literal != s.rw.NoopPattern() && c.active[op.literal]:
 			delete(c.active, op.literal)
+			s.srv.countLiteral(op.literal, -1)
 		}
 		n := c.clientCount(elems[2])
 		c.count.Store(n)
@@ -438,4 +444,17 @@ func (s *session) patternReply(c *subConn, out, kind []byte, elems [][]byte) []b
 		}
 	}
 	return out
+}
+
+// adjustCount adds delta to an integer reply (PUBLISH's count), never
+// below zero; any other reply is returned as it is.
+func adjustCount(reply []byte, delta int64) []byte {
+	if delta == 0 || len(reply) < 4 || reply[0] != ':' {
+		return reply
+	}
+	n, ok := resp.ParseInt(reply[1 : len(reply)-2])
+	if !ok {
+		return reply
+	}
+	return resp.AppendInt(nil, max(n+delta, 0))
 }
