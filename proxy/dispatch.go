@@ -22,6 +22,7 @@ func (s *session) handle(ctx context.Context, args [][]byte) {
 		s.curName = cmd.Name
 	}
 	if errMsg := s.check(cmd, args); errMsg != "" {
+		s.srv.stats.noteCommand(cmd, true)
 		if s.inMulti {
 			s.multiAbort = true // Redis: a queueing error aborts EXEC
 		}
@@ -29,9 +30,11 @@ func (s *session) handle(ctx context.Context, args [][]byte) {
 		return
 	}
 	if !s.authed && !allowedBeforeAuth(cmd.Name) {
+		s.srv.stats.noteCommand(cmd, true)
 		s.addLocalError("NOAUTH Authentication required.")
 		return
 	}
+	s.srv.stats.noteCommand(cmd, cmd.Policy == rewrite.PolicyDenied)
 	if s.inMulti {
 		s.queueInMulti(ctx, cmd, args)
 		return
@@ -200,7 +203,9 @@ func (s *session) runBlocking(ctx context.Context, cmd *rewrite.Command, args []
 	s.pinned = c
 	stopWatching := s.watchClient(c)
 	outMark := len(s.out)
+	s.srv.stats.blocked.Add(1) // INFO's blocked_clients
 	err = s.flushBatch(ctx)
+	s.srv.stats.blocked.Add(-1)
 	s.pinned = nil
 	clean := !stopWatching()
 	s.group.unpin(c, clean)

@@ -68,6 +68,13 @@ func (r *scriptRegistry) add(sc *rewrite.Script) (*scriptEntry, error) {
 	return e, nil
 }
 
+// count is how many scripts the tenant has (INFO's number_of_cached_scripts).
+func (r *scriptRegistry) count() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.bySHA)
+}
+
 func (r *scriptRegistry) flush() {
 	r.mu.Lock()
 	r.bySHA = make(map[string]*scriptEntry)

@@ -130,6 +130,7 @@ type Server struct {
 	started time.Time
 	nextID  atomic.Int64
 
+	stats          tenantStats  // the tenant's figures in INFO (info.go)
 	pinnedCommands atomic.Int64 // commands sent on pinned connections
 	outputDrops    atomic.Int64 // clients disconnected past the output hard limit
 	reqBuffered    atomic.Int64 // read buffer bytes reserved beyond the initial ones
@@ -250,6 +251,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			}
 		}
 	}()
+	go s.sampleStats(rctx)
 	if s.res != nil && s.res.cache != nil {
 		tctx, cancel := context.WithCancel(ctx)
 		defer cancel()
@@ -284,6 +286,7 @@ func (s *Server) accept(ctx context.Context, nc net.Conn) {
 	if s.closing || len(s.sessions) >= s.cfg.MaxClients {
 		s.mu.Unlock()
 		cancel()
+		s.stats.rejected.Add(1)
 		// Redis's own words, so clients treat it as they would Redis's. Off
 		// the accept loop and bounded: on TLS the write runs the handshake,
 		// which a silent client could stall.
@@ -295,6 +298,7 @@ func (s *Server) accept(ctx context.Context, nc net.Conn) {
 		return
 	}
 	s.sessions[sess] = struct{}{}
+	s.stats.connections.Add(1)
 	s.wg.Add(1)
 	s.mu.Unlock()
 	go func() {

@@ -162,6 +162,7 @@ func (s *session) serve(ctx context.Context) {
 				return
 			}
 		}
+		s.srv.stats.reads.Add(1)
 		if s.srv.cfg.Metrics != nil {
 			s.readAt = time.Now()
 		}
@@ -183,8 +184,10 @@ const maxKeptBuffer = 1 << 20
 func (s *session) writeOut() error {
 	if s.wErr == nil && len(s.out) > 0 {
 		s.wmu.Lock()
-		_, err := s.nc.Write(s.out)
+		n, err := s.nc.Write(s.out)
 		s.wmu.Unlock()
+		s.srv.stats.writes.Add(1)
+		s.srv.stats.netOut.Add(int64(n))
 		if err != nil {
 			s.wErr = err
 			s.quit = true
@@ -346,6 +349,7 @@ func (s *session) handleBuffered(ctx context.Context) {
 			return
 		}
 		s.rpos += n
+		s.srv.stats.netIn.Add(int64(n))
 		s.need = 0
 		if len(args) > 0 {
 			s.handle(ctx, args)
@@ -522,6 +526,7 @@ func (s *session) flushBatch(ctx context.Context) error {
 				}
 			}
 		}
+		s.srv.stats.noteReply(sl.name, s.out[mark:])
 		if m != nil {
 			m.Command(sl.name, len(s.out) == mark || s.out[mark] != '-')
 		}

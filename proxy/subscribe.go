@@ -198,9 +198,11 @@ func (s *session) readSubscribed(c *subConn) {
 		if len(out) > 0 {
 			s.wmu.Lock()
 			_ = s.nc.SetWriteDeadline(time.Now().Add(subscriberWriteTimeout))
-			_, werr := s.nc.Write(out)
+			n, werr := s.nc.Write(out)
 			_ = s.nc.SetWriteDeadline(time.Time{})
 			s.wmu.Unlock()
+			s.srv.stats.writes.Add(1)
+			s.srv.stats.netOut.Add(int64(n))
 			if werr != nil {
 				s.srv.log.Warn("subscriber too slow or gone: disconnecting it", "client", s.id, "err", werr)
 				s.nc.Close()
