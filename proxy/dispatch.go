@@ -15,6 +15,21 @@ import (
 // handle decides what happens to one command: refused, answered here,
 // forwarded on the shared connection, or run on a pinned one.
 func (s *session) handle(ctx context.Context, args [][]byte) {
+	// CLIENT REPLY, as Redis's flags work: OFF drops every reply; SKIP drops
+	// the next command's (the one after CLIENT REPLY SKIP itself).
+	skipping := s.replyMode == replySkip
+	s.mute = s.replyMode != replyOn
+	s.dispatch(ctx, args)
+	switch {
+	case s.replyMode == replySkipNext:
+		s.replyMode = replySkip
+	case skipping && s.replyMode == replySkip:
+		s.replyMode = replyOn
+	}
+}
+
+// dispatch is handle's decision for one command.
+func (s *session) dispatch(ctx context.Context, args [][]byte) {
 	cmd := rewrite.Lookup(args)
 	s.noteCommand(cmd, args)
 	s.curName, s.curCmd, s.reqMark = "unknown", cmd, len(s.req)
@@ -221,11 +236,11 @@ func (s *session) runBlocking(ctx context.Context, cmd *rewrite.Command, args []
 	}
 }
 
-// queueInMulti queues a command inside MULTI on the pinned connection.
-// Commands keyfence answers itself cannot be queued; like a queueing error in
-// Redis, they abort the transaction.
+// queueInMulti queues a command inside MULTI (see multi.go): forwarded
+// ones on the pinned connection, emulated ones for EXEC to run in place.
 func (s *session) queueInMulti(ctx context.Context, cmd *rewrite.Command, args [][]byte) {
-	if s.multiDeferred && cmd.Policy != rewrite.PolicyDenied && !inMultiControl(cmd.Name) {
+	if s.multiDeferred && !s.tx.emulated && cmd.Policy != rewrite.PolicyDenied && !inMultiControl(cmd.Name) &&
+		(cmd.Policy != rewrite.PolicyEmulated || forwardedInMulti(cmd.Name)) {
 		if err := s.startDeferredMulti(ctx, cmd, args); err != nil {
 			s.multiAbort = true
 			s.addLocalError(upstreamErrorText(err))
@@ -239,6 +254,7 @@ func (s *session) queueInMulti(ctx context.Context, cmd *rewrite.Command, args [
 	case "discard":
 		if s.multiDeferred {
 			s.inMulti, s.multiDeferred = false, false
+			s.resetTx()
 			s.addStatus("OK")
 			return
 		}
@@ -263,9 +279,15 @@ func (s *session) queueInMulti(ctx context.Context, cmd *rewrite.Command, args [
 	case "reset":
 		s.reset(ctx)
 		return
-	case "ping", "echo", "time":
+	case "select":
+		s.queueSelect(ctx, args)
+		return
+	case "ping", "echo", "time", "unwatch":
+		// Queued upstream, where they mean the same: their replies keep
+		// their place (UNWATCH inside MULTI does nothing, in Redis too).
+		mark := len(s.req)
 		s.forwardRaw(args, rewrite.ReplyRaw)
-		s.multiKinds = append(s.multiKinds, rewrite.ReplyRaw)
+		s.queuedUpstream(ctx, mark, queuedCmd{kind: rewrite.ReplyRaw}, nil, args)
 		return
 	case "eval", "evalsha", "eval_ro", "evalsha_ro":
 		s.eval(ctx, cmd, args)
@@ -277,8 +299,7 @@ func (s *session) queueInMulti(ctx context.Context, cmd *rewrite.Command, args [
 		s.addLocalError(deniedText(cmd))
 		return
 	case rewrite.PolicyEmulated:
-		s.multiAbort = true
-		s.addLocalError("ERR keyfence: '" + cmd.Name + "' cannot be queued inside MULTI through keyfence")
+		s.queueEmulated(cmd, args)
 		return
 	}
 	if isSubscribe(cmd.Name) {
@@ -291,20 +312,35 @@ func (s *session) queueInMulti(ctx context.Context, cmd *rewrite.Command, args [
 		s.addLocalError(msg)
 		return
 	}
+	mark := len(s.req)
 	if !s.appendRewritten(cmd, args, rewrite.ReplyRaw) { // +QUEUED
 		s.multiAbort = true
 		return
 	}
-	s.multiKinds = append(s.multiKinds, cmd.Reply)
+	q := queuedCmd{kind: cmd.Reply}
+	if cmd.Name == "publish" {
+		q.adjust = s.srv.publishDelta(s.rw, args[1])
+	}
+	s.queuedUpstream(ctx, mark, q, cmd, args)
+}
+
+// forwardedInMulti names the emulated commands that MULTI queues upstream
+// as they are (queueInMulti).
+func forwardedInMulti(name string) bool {
+	switch name {
+	case "ping", "echo", "unwatch", "eval", "evalsha", "eval_ro", "evalsha_ro":
+		return true
+	}
+	return false
 }
 
 func (s *session) multi(ctx context.Context, args [][]byte) {
 	s.flushBatch(ctx)
+	s.resetTx()
 	if s.srv.cluster != nil && s.pinned == nil {
 		// The master is not known until the first key: MULTI goes out
 		// with the first queued command (clusterCommand).
 		s.inMulti, s.multiDeferred, s.multiAbort = true, true, false
-		s.multiKinds = s.multiKinds[:0]
 		s.addStatus("OK")
 		return
 	}
@@ -315,31 +351,34 @@ func (s *session) multi(ctx context.Context, args [][]byte) {
 	s.forwardRaw(args, rewrite.ReplyRaw)
 	s.inMulti = true
 	s.multiAbort = false
-	s.multiKinds = s.multiKinds[:0]
 }
 
 func (s *session) exec(ctx context.Context) {
-	if s.multiDeferred { // nothing was queued upstream
-		s.inMulti, s.multiDeferred = false, false
-		if s.multiAbort {
-			s.addLocalError("EXECABORT Transaction discarded because of previous errors.")
-		} else {
-			s.addLocal(resp.AppendArrayHeader(nil, len(s.multiKinds)))
-		}
-		return
-	}
 	if s.multiAbort {
-		s.flushBatch(ctx)
-		s.discardQuietly(ctx)
+		if !s.multiDeferred {
+			s.flushBatch(ctx)
+			s.discardQuietly(ctx)
+		}
+		s.inMulti, s.multiDeferred = false, false
 		s.addLocalError("EXECABORT Transaction discarded because of previous errors.")
 		s.unpin(true)
+		s.resetTx()
+		return
+	}
+	if s.tx.emulated {
+		s.runExec(ctx)
+		return
+	}
+	if s.multiDeferred { // nothing was queued upstream: replies known here
+		s.inMulti, s.multiDeferred = false, false
+		s.addLocal(s.appendExecReply(nil, []byte("*0\r\n")))
+		s.resetTx()
 		return
 	}
 	s.req = resp.AppendCommand(s.req, []byte("EXEC"))
 	s.nreq++
-	s.slots = append(s.slots, slot{name: s.curName, upstream: true, exec: true})
-	s.flushBatch(ctx)
-	s.unpin(true)
+	s.slots = append(s.slots, slot{name: s.curName, upstream: true, exec: true, muted: s.mute})
+	s.endExec(ctx)
 }
 
 // discardQuietly ends the upstream transaction without a client-visible reply.

@@ -872,15 +872,16 @@ func TestMultiExec(t *testing.T) {
 			arr(bulk("z"), arr(arr(bulk("m"), bulk("1")))),
 		), "EXEC")
 	})
-	t.Run("KEYS is refused inside MULTI", func(t *testing.T) {
-		// KEYS runs as bounded SCAN steps outside the transaction; queued,
-		// it would be one call over every tenant's keys. Refused like any
-		// queueing error: EXEC aborts.
-		c := dialRaw(t, addr)
+	t.Run("KEYS inside MULTI answers in place", func(t *testing.T) {
+		// KEYS runs at EXEC as the same bounded SCAN steps as outside a
+		// transaction (never one call over every tenant's keys), after the
+		// commands queued before it, in its place in EXEC's reply.
+		c := dialRaw(t, startProxy(t, up, func(c *Config) { c.Tenant = "multikeys" }))
 		expect(t, c, "+OK\r\n", "MULTI")
 		expect(t, c, "+QUEUED\r\n", "SET", "mk", "1")
-		expect(t, c, "-ERR keyfence: 'keys' cannot be queued inside MULTI through keyfence\r\n", "KEYS", "*")
-		expect(t, c, "-EXECABORT Transaction discarded because of previous errors.\r\n", "EXEC")
+		expect(t, c, "+QUEUED\r\n", "KEYS", "*")
+		expect(t, c, "+QUEUED\r\n", "DEL", "mk")
+		expect(t, c, arr("+OK\r\n", arr(bulk("mk")), ":1\r\n"), "EXEC")
 		expect(t, c, "$-1\r\n", "GET", "mk")
 	})
 	t.Run("queueing error aborts like Redis", func(t *testing.T) {

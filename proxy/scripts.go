@@ -170,7 +170,9 @@ func (s *session) ensureLoaded(ctx context.Context, e *scriptEntry) error {
 func (s *session) eval(ctx context.Context, cmd *rewrite.Command, args [][]byte) {
 	fail := func(msg string) {
 		if s.inMulti {
-			s.multiAbort = true
+			// Redis queues the script and fails it at EXEC.
+			s.queueLocal(resp.AppendError(nil, msg))
+			return
 		}
 		s.addLocalError(msg)
 	}
@@ -240,11 +242,11 @@ func (s *session) eval(ctx context.Context, cmd *rewrite.Command, args [][]byte)
 	}
 	if s.inMulti {
 		s.forward(rewrite.ReplyRaw) // +QUEUED
-		s.multiKinds = append(s.multiKinds, rewrite.ReplyRaw)
+		s.queuedUpstream(ctx, from, queuedCmd{kind: rewrite.ReplyRaw, script: e}, cmd, args)
 		return
 	}
 	s.nreq++
-	s.slots = append(s.slots, slot{name: s.curName, upstream: true, script: e, from: from, to: len(s.req)})
+	s.slots = append(s.slots, slot{name: s.curName, upstream: true, script: e, muted: s.mute, from: from, to: len(s.req)})
 }
 
 // numKeysError is Redis's error for the numkeys argument of EVAL, EVALSHA
