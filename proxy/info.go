@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
 )
 
@@ -81,7 +82,7 @@ func (s *session) info(ctx context.Context, args [][]byte) {
 			s.addLocalError(upstreamErrorText(err))
 			return
 		}
-		upstream = parseInfo(string(v.Str))
+		upstream = parseInfo(infoText(v))
 	}
 	var b strings.Builder
 	for _, sec := range infoSections {
@@ -102,6 +103,15 @@ func (s *session) info(ctx context.Context, args [][]byte) {
 		}
 	}
 	s.addLocal(s.appendVerbatim(nil, b.String()))
+}
+
+// infoText is the text of an INFO reply: a RESP2 bulk, or a RESP3
+// verbatim string without its "txt:" format.
+func infoText(v resp.Value) string {
+	if v.Type == '=' && len(v.Str) >= 4 && v.Str[3] == ':' {
+		return string(v.Str[4:])
+	}
+	return string(v.Str)
 }
 
 type infoLine struct{ key, val string }

@@ -36,6 +36,16 @@ func infoSectionsOf(text string) (titles []string, fields map[string][]string) {
 // of it may show in the tenant's INFO.
 func TestInfoLikeRedis(t *testing.T) {
 	t.Parallel()
+	for _, resp3 := range []bool{false, true} {
+		name := "RESP2"
+		if resp3 {
+			name = "RESP3"
+		}
+		t.Run(name, func(t *testing.T) { testInfoLikeRedis(t, resp3) })
+	}
+}
+
+func testInfoLikeRedis(t *testing.T, resp3 bool) {
 	direct := redistest.StartT(t, redistest.Options{})
 	up := redistest.StartT(t, redistest.Options{})
 	addr := startProxy(t, up, func(c *Config) { c.Tenant = "info"; c.Upstream.DB = 9 })
@@ -46,6 +56,9 @@ func TestInfoLikeRedis(t *testing.T) {
 		var sc sideConns
 		for _, c := range []**rawConn{&sc.main, &sc.sub, &sc.psub, &sc.blocked} {
 			*c = dialRaw(t, addr)
+			if resp3 {
+				(*c).do(t, "HELLO", "3")
+			}
 			if selectDB {
 				(*c).do(t, "SELECT", "9")
 			}
@@ -93,10 +106,14 @@ func TestInfoLikeRedis(t *testing.T) {
 	info := func(c *rawConn, args ...string) string {
 		t.Helper()
 		v := mustRV(t, c.do(t, append([]string{"INFO"}, args...)...))
-		if v.typ != '$' {
-			t.Fatalf("INFO %q: %c reply", args, v.typ)
+		switch {
+		case !resp3 && v.typ == '$':
+			return v.str
+		case resp3 && v.typ == '=' && strings.HasPrefix(v.str, "txt:"):
+			return v.str[4:]
 		}
-		return v.str
+		t.Fatalf("INFO %q: %c reply %q", args, v.typ, v.str)
+		return ""
 	}
 	// Sections and fields, for every way of asking.
 	for _, args := range [][]string{nil, {"default"}, {"all"}, {"everything"}, {"server"}, {"CLIENTS", "memory"},
