@@ -193,7 +193,7 @@ func protocolAttempts() []attempt {
 // every attempt's setup).
 func checkInfoOwn(a *act, info string) {
 	a.t.Helper()
-	for _, bad := range []string{"db1:", "cmdstat_script|load", "cmdstat_xgroup|create"} {
+	for _, bad := range []string{"db1:", "cmdstat_script|load:", "cmdstat_xgroup|create:"} {
 		if strings.Contains(info, bad) {
 			a.t.Errorf("INFO shows %q, which only beta has", bad)
 		}
