@@ -100,7 +100,7 @@ func (s *session) queueEmulated(cmd *rewrite.Command, args [][]byte) {
 // array of every queued command's reply in order. Only the commands queued
 // in the first upstream MULTI are in upstream's reply.
 func (s *session) appendExecReply(dst, reply []byte) []byte {
-	elems, ok := execElements(reply)
+	elems, ok := rewrite.SplitExec(reply)
 	first := 0
 	for i := range s.tx.cmds {
 		if s.tx.cmds[i].inFirst() {
@@ -136,33 +136,6 @@ func (s *session) appendQueuedReply(dst []byte, q *queuedCmd, reply []byte) []by
 	return s.rw.AppendReply(dst, reply, q.kind)
 }
 
-// execElements splits an EXEC reply into its elements; ok is false for a
-// reply that is not an array (a null, an error).
-func execElements(reply []byte) ([][]byte, bool) {
-	if len(reply) < 4 || reply[0] != '*' || reply[1] == '-' {
-		return nil, false
-	}
-	i := 1
-	for i < len(reply) && reply[i] != '\r' {
-		i++
-	}
-	n, ok := resp.ParseInt(reply[1:i])
-	if !ok || i+2 > len(reply) {
-		return nil, false
-	}
-	pos := i + 2
-	elems := make([][]byte, 0, n)
-	for k := int64(0); k < n; k++ {
-		m, err := resp.ReplyLen(reply[pos:])
-		if err != nil || m == 0 {
-			return nil, false
-		}
-		elems = append(elems, reply[pos:pos+m])
-		pos += m
-	}
-	return elems, pos == len(reply)
-}
-
 // runExec answers EXEC of a transaction that holds emulated commands (see
 // the top of this file). It is called with the queued commands' +QUEUED
 // replies still in the batch.
@@ -181,7 +154,7 @@ func (s *session) runExec(ctx context.Context) {
 		}
 		reply := b.reply(0)
 		var ok bool
-		if first, ok = execElements(reply); !ok {
+		if first, ok = rewrite.SplitExec(reply); !ok {
 			// WATCH failed the transaction (or upstream refused it):
 			// nothing ran, and nothing keyfence queued runs either.
 			s.inMulti = false
@@ -293,7 +266,7 @@ func (s *session) runWaiting(ctx context.Context, cmds []queuedCmd) [][]byte {
 		return fail(err)
 	}
 	exec := b.reply(len(cmds) + 1)
-	elems, ok := execElements(exec)
+	elems, ok := rewrite.SplitExec(exec)
 	out := make([][]byte, len(cmds))
 	for i := range cmds {
 		switch {
