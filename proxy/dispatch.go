@@ -287,7 +287,7 @@ func (s *session) queueInMulti(ctx context.Context, cmd *rewrite.Command, args [
 		// their place (UNWATCH inside MULTI does nothing, in Redis too).
 		mark := len(s.req)
 		s.forwardRaw(args, rewrite.ReplyRaw)
-		s.queuedUpstream(ctx, mark, queuedCmd{kind: rewrite.ReplyRaw}, nil, args)
+		s.queuedUpstream(mark, queuedCmd{kind: rewrite.ReplyRaw}, nil, args)
 		return
 	case "eval", "evalsha", "eval_ro", "evalsha_ro":
 		s.eval(ctx, cmd, args)
@@ -321,7 +321,7 @@ func (s *session) queueInMulti(ctx context.Context, cmd *rewrite.Command, args [
 	if cmd.Name == "publish" {
 		q.adjust = s.srv.publishDelta(s.rw, args[1])
 	}
-	s.queuedUpstream(ctx, mark, q, cmd, args)
+	s.queuedUpstream(mark, q, cmd, args)
 }
 
 // forwardedInMulti names the emulated commands that MULTI queues upstream

@@ -63,7 +63,7 @@ func (s *session) resetTx() {
 // the batch from s.req[mark:] (with its +QUEUED slot). Behind an emulated
 // command it is taken back out of the batch to wait, and keyfence answers
 // +QUEUED itself.
-func (s *session) queuedUpstream(ctx context.Context, mark int, q queuedCmd, cmd *rewrite.Command, args [][]byte) {
+func (s *session) queuedUpstream(mark int, q queuedCmd, cmd *rewrite.Command, args [][]byte) {
 	if s.tx.emulated {
 		q.req = append([]byte(nil), s.req[mark:]...)
 		q.slot = -1
@@ -303,7 +303,7 @@ func (s *session) queueSelect(ctx context.Context, args [][]byte) {
 	n, err := strconv.Atoi(string(args[1]))
 	mark := len(s.req)
 	s.forwardRaw(args, rewrite.ReplyRaw)
-	s.queuedUpstream(ctx, mark, queuedCmd{kind: rewrite.ReplyRaw, selects: err == nil && n >= 0, db: n}, nil, args)
+	s.queuedUpstream(mark, queuedCmd{kind: rewrite.ReplyRaw, selects: err == nil && n >= 0, db: n}, nil, args)
 }
 
 // replyMode is CLIENT REPLY's state (Redis's CLIENT_REPLY_* flags).

@@ -242,7 +242,7 @@ func (s *session) eval(ctx context.Context, cmd *rewrite.Command, args [][]byte)
 	}
 	if s.inMulti {
 		s.forward(rewrite.ReplyRaw) // +QUEUED
-		s.queuedUpstream(ctx, from, queuedCmd{kind: rewrite.ReplyRaw, script: e}, cmd, args)
+		s.queuedUpstream(from, queuedCmd{kind: rewrite.ReplyRaw, script: e}, cmd, args)
 		return
 	}
 	s.nreq++
