@@ -43,7 +43,7 @@ var ownCommands = []struct{ name, why string }{
 	{"unlink", "FLUSHDB/FLUSHALL delete the tenant's keys found by SCAN"},
 	{"pttl", "RANDOMKEY and the read cache check a key's time to live"},
 	{"type", "SORT … BY/GET is run by keyfence, which reads the sorted key by its type"},
-	{"info", "INFO (keyspace, server, memory, persistence sections, filtered per tenant) and the Sentinel master check (INFO replication)"},
+	{"info", "INFO, every section built per tenant from upstream's (info.go), and the Sentinel master check (INFO replication)"},
 	{"command|info", "COMMAND and COMMAND INFO are answered from upstream's metadata of the allowed commands"},
 	{"command|docs", "COMMAND DOCS, as COMMAND INFO"},
 	{"command|list", "COMMAND LIST FILTERBY is filtered from upstream's answer"},

@@ -147,6 +147,21 @@ func TestClusterUpstream(t *testing.T) {
 		t.Fatalf("EVAL: %q", got)
 	}
 
+	// Emulated commands inside a transaction answer in place, on every
+	// master, whether a keyed command came first or not.
+	for _, c := range [][]string{{"MULTI"}, {"INCR", "{t}:n"}, {"DBSIZE"}, {"INCR", "{t}:n"}, {"SELECT", "0"}, {"SELECT", "1"}} {
+		a.do(c...)
+	}
+	if got := a.do("EXEC"); got != "*5\r\n:3\r\n:204\r\n:4\r\n+OK\r\n-ERR SELECT is not allowed in cluster mode\r\n" {
+		t.Fatalf("MULTI/EXEC with DBSIZE and SELECT: %q", got)
+	}
+	for _, c := range [][]string{{"MULTI"}, {"DBSIZE"}, {"INCR", "{t}:n"}, {"GET", "{t}:s"}} {
+		a.do(c...)
+	}
+	if got := a.do("EXEC"); got != "*3\r\n:204\r\n:5\r\n$1\r\nx\r\n" {
+		t.Fatalf("MULTI/EXEC that starts with DBSIZE: %q", got)
+	}
+
 	// Whole-keyspace commands visit every master and stay in the tenant.
 	const own = 200 + 2 + 2 // key0..199, {user1}:a/b, {t}:n, {t}:s
 	if got := a.do("DBSIZE"); got != fmt.Sprintf(":%d\r\n", own) {

@@ -16,6 +16,21 @@ import (
 // handle decides what happens to one command: refused, answered here,
 // forwarded on the shared connection, or run on a pinned one.
 func (s *session) handle(ctx context.Context, args [][]byte) {
+	// CLIENT REPLY, as Redis's flags work: OFF drops every reply; SKIP drops
+	// the next command's (the one after CLIENT REPLY SKIP itself).
+	skipping := s.replyMode == replySkip
+	s.mute = s.replyMode != replyOn
+	s.dispatch(ctx, args)
+	switch {
+	case s.replyMode == replySkipNext:
+		s.replyMode = replySkip
+	case skipping && s.replyMode == replySkip:
+		s.replyMode = replyOn
+	}
+}
+
+// dispatch is handle's decision for one command.
+func (s *session) dispatch(ctx context.Context, args [][]byte) {
 	cmd := rewrite.Lookup(args)
 	s.noteCommand(cmd, args)
 	s.curName, s.curCmd, s.reqMark = "unknown", cmd, len(s.req)
@@ -23,6 +38,7 @@ func (s *session) handle(ctx context.Context, args [][]byte) {
 		s.curName = cmd.Name
 	}
 	if errMsg := s.check(cmd, args); errMsg != "" {
+		s.srv.stats.noteCommand(cmd, true)
 		if s.inMulti {
 			s.multiAbort = true // Redis: a queueing error aborts EXEC
 		}
@@ -30,9 +46,11 @@ func (s *session) handle(ctx context.Context, args [][]byte) {
 		return
 	}
 	if !s.authed && !allowedBeforeAuth(cmd.Name) {
+		s.srv.stats.noteCommand(cmd, true)
 		s.addLocalError("NOAUTH Authentication required.")
 		return
 	}
+	s.srv.stats.noteCommand(cmd, cmd.Policy == rewrite.PolicyDenied)
 	if s.inMulti {
 		s.queueInMulti(ctx, cmd, args)
 		return
@@ -139,7 +157,9 @@ func (s *session) forwardRewritten(ctx context.Context, cmd *rewrite.Command, ar
 		}
 		s.watching = true
 	}
-	s.appendRewritten(cmd, args, cmd.Reply)
+	if s.appendRewritten(cmd, args, cmd.Reply) && cmd.Name == "publish" {
+		s.slots[len(s.slots)-1].adjust = s.srv.publishDelta(s.rw, args[1])
+	}
 }
 
 // appendRewritten adds the command, rewritten, to the batch, its reply to be
@@ -199,7 +219,9 @@ func (s *session) runBlocking(ctx context.Context, cmd *rewrite.Command, args []
 	s.pinned = c
 	stopWatching := s.watchClient(c)
 	outMark := len(s.out)
+	s.srv.stats.blocked.Add(1) // INFO's blocked_clients
 	err = s.flushBatch(ctx)
+	s.srv.stats.blocked.Add(-1)
 	s.pinned = nil
 	clean := !stopWatching()
 	s.group.Unpin(c, clean)
@@ -215,11 +237,11 @@ func (s *session) runBlocking(ctx context.Context, cmd *rewrite.Command, args []
 	}
 }
 
-// queueInMulti queues a command inside MULTI on the pinned connection.
-// Commands keyfence answers itself cannot be queued; like a queueing error in
-// Redis, they abort the transaction.
+// queueInMulti queues a command inside MULTI (see multi.go): forwarded
+// ones on the pinned connection, emulated ones for EXEC to run in place.
 func (s *session) queueInMulti(ctx context.Context, cmd *rewrite.Command, args [][]byte) {
-	if s.multiDeferred && cmd.Policy != rewrite.PolicyDenied && !inMultiControl(cmd.Name) {
+	if s.multiDeferred && !s.tx.emulated && cmd.Policy != rewrite.PolicyDenied && !inMultiControl(cmd.Name) &&
+		(cmd.Policy != rewrite.PolicyEmulated || forwardedInMulti(cmd.Name)) {
 		if err := s.startDeferredMulti(ctx, cmd, args); err != nil {
 			s.multiAbort = true
 			s.addLocalError(upstreamErrorText(err))
@@ -233,6 +255,7 @@ func (s *session) queueInMulti(ctx context.Context, cmd *rewrite.Command, args [
 	case "discard":
 		if s.multiDeferred {
 			s.inMulti, s.multiDeferred = false, false
+			s.resetTx()
 			s.addStatus("OK")
 			return
 		}
@@ -257,9 +280,15 @@ func (s *session) queueInMulti(ctx context.Context, cmd *rewrite.Command, args [
 	case "reset":
 		s.reset(ctx)
 		return
-	case "ping", "echo", "time":
+	case "select":
+		s.queueSelect(ctx, args)
+		return
+	case "ping", "echo", "time", "unwatch":
+		// Queued upstream, where they mean the same: their replies keep
+		// their place (UNWATCH inside MULTI does nothing, in Redis too).
+		mark := len(s.req)
 		s.forwardRaw(args, rewrite.ReplyRaw)
-		s.multiKinds = append(s.multiKinds, rewrite.ReplyRaw)
+		s.queuedUpstream(mark, queuedCmd{kind: rewrite.ReplyRaw}, nil, args)
 		return
 	case "eval", "evalsha", "eval_ro", "evalsha_ro":
 		s.eval(ctx, cmd, args)
@@ -271,8 +300,7 @@ func (s *session) queueInMulti(ctx context.Context, cmd *rewrite.Command, args [
 		s.addLocalError(deniedText(cmd))
 		return
 	case rewrite.PolicyEmulated:
-		s.multiAbort = true
-		s.addLocalError("ERR keyfence: '" + cmd.Name + "' cannot be queued inside MULTI through keyfence")
+		s.queueEmulated(cmd, args)
 		return
 	}
 	if isSubscribe(cmd.Name) {
@@ -285,20 +313,35 @@ func (s *session) queueInMulti(ctx context.Context, cmd *rewrite.Command, args [
 		s.addLocalError(msg)
 		return
 	}
+	mark := len(s.req)
 	if !s.appendRewritten(cmd, args, rewrite.ReplyRaw) { // +QUEUED
 		s.multiAbort = true
 		return
 	}
-	s.multiKinds = append(s.multiKinds, cmd.Reply)
+	q := queuedCmd{kind: cmd.Reply}
+	if cmd.Name == "publish" {
+		q.adjust = s.srv.publishDelta(s.rw, args[1])
+	}
+	s.queuedUpstream(mark, q, cmd, args)
+}
+
+// forwardedInMulti names the emulated commands that MULTI queues upstream
+// as they are (queueInMulti).
+func forwardedInMulti(name string) bool {
+	switch name {
+	case "ping", "echo", "unwatch", "eval", "evalsha", "eval_ro", "evalsha_ro":
+		return true
+	}
+	return false
 }
 
 func (s *session) multi(ctx context.Context, args [][]byte) {
 	s.flushBatch(ctx)
+	s.resetTx()
 	if s.srv.cluster != nil && s.pinned == nil {
 		// The master is not known until the first key: MULTI goes out
 		// with the first queued command (clusterCommand).
 		s.inMulti, s.multiDeferred, s.multiAbort = true, true, false
-		s.multiKinds = s.multiKinds[:0]
 		s.addStatus("OK")
 		return
 	}
@@ -309,31 +352,34 @@ func (s *session) multi(ctx context.Context, args [][]byte) {
 	s.forwardRaw(args, rewrite.ReplyRaw)
 	s.inMulti = true
 	s.multiAbort = false
-	s.multiKinds = s.multiKinds[:0]
 }
 
 func (s *session) exec(ctx context.Context) {
-	if s.multiDeferred { // nothing was queued upstream
-		s.inMulti, s.multiDeferred = false, false
-		if s.multiAbort {
-			s.addLocalError("EXECABORT Transaction discarded because of previous errors.")
-		} else {
-			s.addLocal(resp.AppendArrayHeader(nil, len(s.multiKinds)))
-		}
-		return
-	}
 	if s.multiAbort {
-		s.flushBatch(ctx)
-		s.discardQuietly(ctx)
+		if !s.multiDeferred {
+			s.flushBatch(ctx)
+			s.discardQuietly(ctx)
+		}
+		s.inMulti, s.multiDeferred = false, false
 		s.addLocalError("EXECABORT Transaction discarded because of previous errors.")
 		s.unpin(true)
+		s.resetTx()
+		return
+	}
+	if s.tx.emulated {
+		s.runExec(ctx)
+		return
+	}
+	if s.multiDeferred { // nothing was queued upstream: replies known here
+		s.inMulti, s.multiDeferred = false, false
+		s.addLocal(s.appendExecReply(nil, []byte("*0\r\n")))
+		s.resetTx()
 		return
 	}
 	s.req = resp.AppendCommand(s.req, []byte("EXEC"))
 	s.nreq++
-	s.slots = append(s.slots, slot{name: s.curName, upstream: true, exec: true})
-	s.flushBatch(ctx)
-	s.unpin(true)
+	s.slots = append(s.slots, slot{name: s.curName, upstream: true, exec: true, muted: s.mute})
+	s.endExec(ctx)
 }
 
 // discardQuietly ends the upstream transaction without a client-visible reply.

@@ -87,6 +87,10 @@ func (s *session) emulate(ctx context.Context, cmd *rewrite.Command, args [][]by
 		s.addLocal(s.appendVerbatim(nil, s.clientLine(true)+"\n"))
 	case "client|list":
 		s.clientList(args[2:])
+	case "client|reply":
+		if reply := s.clientReply(args[2]); reply != nil {
+			s.addLocal(reply)
+		}
 	case "client|help":
 		s.addLocal(appendStringArray(nil, clientHelp))
 	case "command", "command|info", "command|docs", "command|count", "command|list",
@@ -126,6 +130,8 @@ func (s *session) reset(ctx context.Context) {
 		s.unpin(false)
 	}
 	s.inMulti, s.multiDeferred = false, false
+	s.resetTx()
+	s.replyMode, s.mute = replyOn, false
 	s.infoMu.Lock()
 	s.name, s.db, s.resp3 = "", s.srv.cfg.Upstream.DB, false
 	s.infoMu.Unlock()
@@ -401,7 +407,7 @@ func (s *session) clientLine(self bool) string {
 	now := time.Now()
 	flags, multi := "N", -1
 	if self && s.inMulti {
-		flags, multi = "x", len(s.multiKinds)
+		flags, multi = "x", len(s.tx.cmds)
 	}
 	s.infoMu.Lock()
 	name, db, resp3, libName, libVer := s.name, s.db, s.resp3, s.libName, s.libVer
@@ -468,8 +474,8 @@ func (s *session) clientList(opts [][]byte) {
 
 var clientHelp = []string{
 	"CLIENT <subcommand> [<arg> [value] [opt] ...]. keyfence answers for this tenant:",
-	"ID, GETNAME, SETNAME <name>, SETINFO <LIB-NAME|LIB-VER> <value>, INFO, LIST [TYPE <type>] [ID <id> ...].",
-	"KILL, PAUSE, UNPAUSE, REPLY, TRACKING, CACHING, NO-EVICT and UNBLOCK are denied: they act on other tenants' connections.",
+	"ID, GETNAME, SETNAME <name>, SETINFO <LIB-NAME|LIB-VER> <value>, INFO, LIST [TYPE <type>] [ID <id> ...], REPLY ON|OFF|SKIP.",
+	"KILL, PAUSE, UNPAUSE, TRACKING, CACHING, NO-EVICT and UNBLOCK are denied: they act on other tenants' connections.",
 }
 
 func (s *session) functionStats() {

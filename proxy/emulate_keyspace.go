@@ -254,10 +254,10 @@ func (s *session) randomKeyOn(ctx context.Context, conn *upstream.Conn) ([]byte,
 	return nil, nil
 }
 
-// keyspaceLine counts the tenant's keys, their expiries and mean TTL, as
-// Redis's INFO keyspace line does.
-func (s *session) keyspaceLine(ctx context.Context) (string, error) {
-	conns, err := s.keyspaceConns(ctx, s.db)
+// keyspaceLine counts the tenant's keys in db, their expiries and mean
+// TTL, as Redis's INFO keyspace line does; "" when it has none there.
+func (s *session) keyspaceLine(ctx context.Context, db int) (string, error) {
+	conns, err := s.keyspaceConns(ctx, db)
 	keys, expires, ttlSum := 0, 0, int64(0)
 	for _, conn := range conns {
 		if err != nil {
@@ -272,7 +272,7 @@ func (s *session) keyspaceLine(ctx context.Context) (string, error) {
 	if expires > 0 {
 		avg = ttlSum / int64(expires)
 	}
-	return fmt.Sprintf("db%d:keys=%d,expires=%d,avg_ttl=%d", s.db, keys, expires, avg), nil
+	return fmt.Sprintf("db%d:keys=%d,expires=%d,avg_ttl=%d", db, keys, expires, avg), nil
 }
 
 // keyspaceCount adds up the tenant's keys on conn and their TTLs.
@@ -296,84 +296,6 @@ func (s *session) keyspaceCount(ctx context.Context, conn *upstream.Conn, keys, 
 		}
 		return nil
 	})
-}
-
-// infoFields are the upstream INFO fields a tenant may see: facts about the
-// server's software and configuration that clients check (BullMQ reads
-// redis_version and maxmemory_policy, ioredis reads loading), never figures
-// that reveal other tenants' data or activity.
-var infoFields = map[string][]string{
-	"server":      {"redis_version", "redis_mode", "os", "arch_bits", "uptime_in_seconds", "uptime_in_days"},
-	"memory":      {"maxmemory", "maxmemory_human", "maxmemory_policy"},
-	"persistence": {"loading"},
-}
-
-var infoOrder = []string{"server", "clients", "memory", "persistence", "keyspace", "keyfence"}
-
-// info answers INFO with the tenant's view (see infoFields).
-func (s *session) info(ctx context.Context, sections [][]byte) {
-	want := map[string]bool{}
-	if len(sections) == 0 {
-		sections = [][]byte{[]byte("default")}
-	}
-	for _, sec := range sections {
-		switch name := strings.ToLower(string(sec)); name {
-		case "default", "all", "everything":
-			for _, n := range infoOrder {
-				want[n] = true
-			}
-		default:
-			want[name] = true
-		}
-	}
-	upstream := map[string]string{}
-	if want["server"] || want["memory"] || want["persistence"] {
-		v, err := s.call(ctx, s.conn(), []byte("INFO"), []byte("server"), []byte("memory"), []byte("persistence"))
-		if err != nil {
-			s.addLocalError(upstreamErrorText(err))
-			return
-		}
-		for _, line := range strings.Split(string(v.Str), "\r\n") {
-			if k, val, ok := strings.Cut(line, ":"); ok {
-				upstream[k] = val
-			}
-		}
-	}
-	var b strings.Builder
-	for _, sec := range infoOrder {
-		if !want[sec] {
-			continue
-		}
-		if b.Len() > 0 {
-			b.WriteString("\r\n")
-		}
-		b.WriteString("# " + strings.ToUpper(sec[:1]) + sec[1:] + "\r\n")
-		switch sec {
-		case "clients":
-			fmt.Fprintf(&b, "connected_clients:%d\r\n", len(s.srv.sessionsSnapshot()))
-		case "keyspace":
-			line, err := s.keyspaceLine(ctx)
-			if err != nil {
-				s.addLocalError(upstreamErrorText(err))
-				return
-			}
-			if line != "" {
-				b.WriteString(line + "\r\n")
-			}
-		case "keyfence":
-			fmt.Fprintf(&b, "tenant:%s\r\nkey_prefix:%s\r\n", s.srv.cfg.Tenant, s.srv.prefix)
-			if st := s.srv.Stats(); st.Breaker != "" {
-				fmt.Fprintf(&b, "circuit_breaker:%s\r\nfallback_hits:%d\r\nfallback_misses:%d\r\n", st.Breaker, st.FallbackHits, st.FallbackMisses)
-			}
-		default:
-			for _, f := range infoFields[sec] {
-				if v, ok := upstream[f]; ok {
-					b.WriteString(f + ":" + v + "\r\n")
-				}
-			}
-		}
-	}
-	s.addLocal(s.appendVerbatim(nil, b.String()))
 }
 
 // command answers COMMAND and its subcommands over what keyfence allows:

@@ -69,6 +69,13 @@ func (r *scriptRegistry) add(sc *rewrite.Script) (*scriptEntry, error) {
 	return e, nil
 }
 
+// count is how many scripts the tenant has (INFO's number_of_cached_scripts).
+func (r *scriptRegistry) count() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.bySHA)
+}
+
 func (r *scriptRegistry) flush() {
 	r.mu.Lock()
 	r.bySHA = make(map[string]*scriptEntry)
@@ -164,9 +171,22 @@ func (s *session) ensureLoaded(ctx context.Context, e *scriptEntry) error {
 func (s *session) eval(ctx context.Context, cmd *rewrite.Command, args [][]byte) {
 	fail := func(msg string) {
 		if s.inMulti {
-			s.multiAbort = true
+			// Redis queues the script and fails it at EXEC.
+			s.queueLocal(resp.AppendError(nil, msg))
+			return
 		}
 		s.addLocalError(msg)
+	}
+	// Redis's order (evalShaCommand, evalGenericCommand): a SHA that is not
+	// 40 characters long matches nothing; then numkeys is checked; only
+	// then is the script looked up or compiled.
+	if (cmd.Name == "evalsha" || cmd.Name == "evalsha_ro") && len(args[1]) != 40 {
+		fail(errNoScript)
+		return
+	}
+	if msg := numKeysError(args[2], len(args)-3); msg != "" {
+		fail(msg)
+		return
 	}
 	var e *scriptEntry
 	switch cmd.Name {
@@ -223,11 +243,26 @@ func (s *session) eval(ctx context.Context, cmd *rewrite.Command, args [][]byte)
 	}
 	if s.inMulti {
 		s.forward(rewrite.ReplyRaw) // +QUEUED
-		s.multiKinds = append(s.multiKinds, rewrite.ReplyRaw)
+		s.queuedUpstream(from, queuedCmd{kind: rewrite.ReplyRaw, script: e}, cmd, args)
 		return
 	}
 	s.nreq++
-	s.slots = append(s.slots, slot{name: s.curName, upstream: true, script: e, from: from, to: len(s.req)})
+	s.slots = append(s.slots, slot{name: s.curName, upstream: true, script: e, muted: s.mute, from: from, to: len(s.req)})
+}
+
+// numKeysError is Redis's error for the numkeys argument of EVAL, EVALSHA
+// and FCALL, with rest arguments after it, or "" when it is valid.
+func numKeysError(arg []byte, rest int) string {
+	n, ok := resp.ParseRedisInt(arg)
+	switch {
+	case !ok:
+		return "ERR value is not an integer or out of range"
+	case n > int64(rest):
+		return "ERR Number of keys can't be greater than number of args"
+	case n < 0:
+		return "ERR Number of keys can't be negative"
+	}
+	return ""
 }
 
 // scriptReply appends the reply of a script run: a NOSCRIPT (upstream

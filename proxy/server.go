@@ -132,6 +132,7 @@ type Server struct {
 	started time.Time
 	nextID  atomic.Int64
 
+	stats          tenantStats  // the tenant's figures in INFO (info.go)
 	pinnedCommands atomic.Int64 // commands sent on pinned connections
 	outputDrops    atomic.Int64 // clients disconnected past the output hard limit
 	reqBuffered    atomic.Int64 // read buffer bytes reserved beyond the initial ones
@@ -147,6 +148,8 @@ type Server struct {
 
 	patternsMu sync.Mutex
 	patterns   map[string]int // the tenant's patterns subscribed, for PUBSUB NUMPAT
+	literals   map[string]int // upstream literal patterns (subConn.active) → connections holding one
+	literalRef atomic.Int64   // sum of literals: PUBLISH's count needs no lock while it is 0
 
 	mu       sync.Mutex
 	sessions map[*session]struct{}
@@ -250,6 +253,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			}
 		}
 	}()
+	go s.sampleStats(rctx)
 	if s.res != nil && s.res.cache != nil {
 		tctx, cancel := context.WithCancel(ctx)
 		defer cancel()
@@ -285,6 +289,7 @@ func (s *Server) accept(ctx context.Context, nc net.Conn) {
 	if s.closing || len(s.sessions) >= s.cfg.MaxClients {
 		s.mu.Unlock()
 		cancel()
+		s.stats.rejected.Add(1)
 		// Redis's own words, so clients treat it as they would Redis's. Off
 		// the accept loop and bounded: on TLS the write runs the handshake,
 		// which a silent client could stall.
@@ -296,6 +301,7 @@ func (s *Server) accept(ctx context.Context, nc net.Conn) {
 		return
 	}
 	s.sessions[sess] = struct{}{}
+	s.stats.connections.Add(1)
 	s.wg.Add(1)
 	s.mu.Unlock()
 	go func() {
@@ -418,6 +424,52 @@ func (s *Server) countPatterns(patterns []string, delta int) {
 			delete(s.patterns, p)
 		}
 	}
+}
+
+// countLiteral adds delta to the connections subscribed upstream to the
+// literal pattern lit.
+func (s *Server) countLiteral(lit string, delta int) {
+	s.patternsMu.Lock()
+	defer s.patternsMu.Unlock()
+	if s.literals == nil {
+		s.literals = map[string]int{}
+	}
+	if s.literals[lit] += delta; s.literals[lit] <= 0 {
+		delete(s.literals, lit)
+	}
+	s.literalRef.Add(int64(delta))
+}
+
+// publishDelta is what turns upstream's count of a PUBLISH to upCh (the
+// client's channel clientCh) into the count Redis would give the tenant.
+// Upstream counts each of keyfence's subscribed connections once per
+// literal pattern it holds that matches upCh; Redis would count each of the
+// tenant's own patterns that matches, per client, which is exactly the
+// pmessages keyfence fans out (patternReply). So: minus the literals, plus
+// the patterns. Only this keyfence's subscribers are known here: those of
+// another keyfence of the same tenant still count once per connection.
+func (s *Server) publishDelta(rw *rewrite.Rewriter, clientCh []byte) int64 {
+	if s.literalRef.Load() == 0 {
+		return 0
+	}
+	upCh := append(append([]byte(nil), rw.KeyPrefix()...), clientCh...) // as appendChannel sends it
+	s.patternsMu.Lock()
+	defer s.patternsMu.Unlock()
+	var d int64
+	for lit, n := range s.literals {
+		if rewrite.GlobMatch([]byte(lit), upCh) {
+			d -= int64(n)
+		}
+	}
+	if d == 0 {
+		return 0
+	}
+	for p, n := range s.patterns {
+		if rewrite.GlobMatch([]byte(rw.PatternLiteral([]byte(p))), upCh) && rewrite.GlobMatch([]byte(p), clientCh) {
+			d += int64(n)
+		}
+	}
+	return d
 }
 
 // numPatterns is PUBSUB NUMPAT for the tenant: its distinct patterns.

@@ -56,7 +56,12 @@ type session struct {
 	multiDeferred bool // cluster: MULTI not sent yet, waiting for a key
 	multiAbort    bool
 	watching      bool
-	multiKinds    []rewrite.ReplyKind
+	tx            txQueue // the queued commands (multi.go)
+
+	// CLIENT REPLY (multi.go): mute says the slots added now are the
+	// client's to miss; their replies are read and dropped.
+	replyMode replyMode
+	mute      bool
 
 	// Buffers reused from batch to batch: the hot path allocates nothing.
 	rbuf  []byte   // client bytes; rbuf[rpos:] not yet parsed
@@ -102,10 +107,12 @@ type slot struct {
 	upstream bool
 	readonly bool // a read that may be sent again after a timeout
 	hidden   bool // keyfence's own command (a deferred MULTI, a PTTL): no reply shown
+	muted    bool // CLIENT REPLY OFF/SKIP: the reply is read and dropped
 	ttls     int  // hidden PTTLs that follow this cacheable read, one per key
 	kind     rewrite.ReplyKind
-	exec     bool              // EXEC: strip each element by multiKinds
+	exec     bool              // EXEC: each element as the transaction's queue says
 	script   *scriptEntry      // EVAL*: heal NOSCRIPT, show the client's SHA
+	adjust   int64             // PUBLISH: added to upstream's count (Server.publishDelta)
 	mark     fallback.ReadMark // a cacheable read being filled: see askKeyTTLs
 	from, to int               // local reply bytes, or a script's request bytes
 }
@@ -170,6 +177,7 @@ func (s *session) serve(ctx context.Context) {
 				return
 			}
 		}
+		s.srv.stats.reads.Add(1)
 		if s.srv.cfg.Metrics != nil {
 			s.readAt = time.Now()
 		}
@@ -191,8 +199,10 @@ const maxKeptBuffer = 1 << 20
 func (s *session) writeOut() error {
 	if s.wErr == nil && len(s.out) > 0 {
 		s.wmu.Lock()
-		_, err := s.nc.Write(s.out)
+		n, err := s.nc.Write(s.out)
 		s.wmu.Unlock()
+		s.srv.stats.writes.Add(1)
+		s.srv.stats.netOut.Add(int64(n))
 		if err != nil {
 			s.wErr = err
 			s.quit = true
@@ -342,7 +352,9 @@ func (s *session) handleBuffered(ctx context.Context) {
 			s.more = s.rpos < len(s.rbuf)
 			return
 		}
-		args, n, need, err := resp.ParseCommand(s.rbuf[s.rpos:], s.args, s.srv.limits)
+		lim := s.srv.limits
+		lim.Unauthenticated = !s.authed // Redis's smaller header limits before AUTH
+		args, n, need, err := resp.ParseCommand(s.rbuf[s.rpos:], s.args, lim)
 		s.args = args
 		if err != nil {
 			s.addLocalError(err.Error())
@@ -354,6 +366,7 @@ func (s *session) handleBuffered(ctx context.Context) {
 			return
 		}
 		s.rpos += n
+		s.srv.stats.netIn.Add(int64(n))
 		s.need = 0
 		if len(args) > 0 {
 			s.handle(ctx, args)
@@ -373,7 +386,7 @@ func (s *session) conn() *upstream.Conn {
 func (s *session) forward(kind rewrite.ReplyKind) {
 	s.nreq++
 	readonly := s.curCmd != nil && s.curCmd.HasFlag(rewrite.FlagReadOnly) && !s.inMulti
-	s.slots = append(s.slots, slot{name: s.curName, upstream: true, kind: kind, readonly: readonly, from: s.reqMark, to: len(s.req)})
+	s.slots = append(s.slots, slot{name: s.curName, upstream: true, kind: kind, readonly: readonly, muted: s.mute, from: s.reqMark, to: len(s.req)})
 	if s.srv.res != nil && s.srv.res.cache != nil {
 		s.invalidateWrite(s.curCmd, s.args)
 		if s.pinned == nil && !s.inMulti {
@@ -393,19 +406,19 @@ func (s *session) forwardRaw(args [][]byte, kind rewrite.ReplyKind) {
 func (s *session) addLocal(reply []byte) {
 	from := len(s.local)
 	s.local = append(s.local, reply...)
-	s.slots = append(s.slots, slot{name: s.curName, from: from, to: len(s.local)})
+	s.slots = append(s.slots, slot{name: s.curName, muted: s.mute, from: from, to: len(s.local)})
 }
 
 func (s *session) addLocalError(msg string) {
 	from := len(s.local)
 	s.local = resp.AppendError(s.local, msg)
-	s.slots = append(s.slots, slot{name: s.curName, from: from, to: len(s.local)})
+	s.slots = append(s.slots, slot{name: s.curName, muted: s.mute, from: from, to: len(s.local)})
 }
 
 func (s *session) addStatus(msg string) {
 	from := len(s.local)
 	s.local = resp.AppendStatus(s.local, msg)
-	s.slots = append(s.slots, slot{name: s.curName, from: from, to: len(s.local)})
+	s.slots = append(s.slots, slot{name: s.curName, muted: s.mute, from: from, to: len(s.local)})
 }
 
 // flushBatch sends the batch upstream as one write, waits for its replies,
@@ -520,9 +533,9 @@ func (s *session) stripReplies(ctx context.Context, err error) {
 			case sl.script != nil:
 				s.scriptReply(ctx, sl, reply)
 			case sl.exec:
-				s.out = s.rw.AppendExecReply(s.out, reply, s.multiKinds)
-				s.multiKinds = s.multiKinds[:0]
+				s.out = s.appendExecReply(s.out, reply)
 			default:
+				reply = adjustCount(reply, sl.adjust)
 				s.out = s.rw.AppendReply(s.out, reply, sl.kind)
 				// Writes do not fill: the tracking connection's echo of
 				// keyfence's own write would make the entry stale a moment
@@ -540,8 +553,12 @@ func (s *session) stripReplies(ctx context.Context, err error) {
 				}
 			}
 		}
+		s.srv.stats.noteReply(sl.name, s.out[mark:])
 		if m != nil {
 			m.Command(sl.name, len(s.out) == mark || s.out[mark] != '-')
+		}
+		if sl.muted {
+			s.out = s.out[:mark]
 		}
 	}
 	if m != nil {
@@ -655,7 +672,7 @@ func (s *session) unpin(clean bool) {
 	s.group.Unpin(s.pinned, clean)
 	s.pinned = nil
 	s.inMulti, s.multiAbort, s.watching = false, false, false
-	s.multiKinds = s.multiKinds[:0]
+	s.resetTx()
 }
 
 func (s *session) cleanup() {

@@ -145,6 +145,9 @@ func (s *session) stopSubscriber() {
 	s.sub.nc.Close()
 	<-s.sub.done
 	s.srv.countPatterns(s.sub.patterns, -1)
+	for lit := range s.sub.active {
+		s.srv.countLiteral(lit, -1)
+	}
 	s.group.Unreserve()
 	s.sub = nil
 }
@@ -197,9 +200,11 @@ func (s *session) readSubscribed(c *subConn) {
 		if len(out) > 0 {
 			s.wmu.Lock()
 			_ = s.nc.SetWriteDeadline(time.Now().Add(subscriberWriteTimeout))
-			_, werr := s.nc.Write(out)
+			n, werr := s.nc.Write(out)
 			_ = s.nc.SetWriteDeadline(time.Time{})
 			s.wmu.Unlock()
+			s.srv.stats.writes.Add(1)
+			s.srv.stats.netOut.Add(int64(n))
 			if werr != nil {
 				s.srv.log.Warn("subscriber too slow or gone: disconnecting it", "client", s.id, "err", werr)
 				s.nc.Close()
@@ -407,10 +412,13 @@ func (s *session) patternReply(c *subConn, out, kind []byte, elems [][]byte) []b
 			c.patterns = append(c.patterns[:i], c.patterns[i+1:]...)
 			s.srv.countPatterns([]string{string(op.client)}, -1)
 		}
-		if op.subscribe {
+		switch {
+		case op.subscribe && !c.active[op.literal]:
 			c.active[op.literal] = true
-		} else if op.literal != s.rw.NoopPattern() {
+			s.srv.countLiteral(op.literal, 1)
+		case !op.subscribe && op.literal != s.rw.NoopPattern() && c.active[op.literal]:
 			delete(c.active, op.literal)
+			s.srv.countLiteral(op.literal, -1)
 		}
 		n := c.clientCount(elems[2])
 		c.count.Store(n)
@@ -442,4 +450,17 @@ func (s *session) patternReply(c *subConn, out, kind []byte, elems [][]byte) []b
 		}
 	}
 	return out
+}
+
+// adjustCount adds delta to an integer reply (PUBLISH's count), never
+// below zero; any other reply is returned as it is.
+func adjustCount(reply []byte, delta int64) []byte {
+	if delta == 0 || len(reply) < 4 || reply[0] != ':' {
+		return reply
+	}
+	n, ok := resp.ParseInt(reply[1 : len(reply)-2])
+	if !ok {
+		return reply
+	}
+	return resp.AppendInt(nil, max(n+delta, 0))
 }

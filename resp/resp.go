@@ -12,6 +12,10 @@ import (
 var (
 	ErrInvalidMultibulkLength = errors.New("ERR Protocol error: invalid multibulk length")
 	ErrInvalidBulkLength      = errors.New("ERR Protocol error: invalid bulk length")
+	ErrTooBigMultibulkCount   = errors.New("ERR Protocol error: too big mbulk count string")
+	ErrTooBigBulkCount        = errors.New("ERR Protocol error: too big bulk count string")
+	ErrUnauthMultibulkLength  = errors.New("ERR Protocol error: unauthenticated multibulk length")
+	ErrUnauthBulkLength       = errors.New("ERR Protocol error: unauthenticated bulk length")
 	ErrUnbalancedQuotes       = errors.New("ERR Protocol error: unbalanced quotes in request")
 	ErrTooBigInline           = errors.New("ERR Protocol error: too big inline request")
 	ErrRequestTooLarge        = errors.New("ERR Protocol error: request is larger than the proxy's --max-request-bytes")
@@ -30,6 +34,10 @@ func (e ExpectedDollarError) Error() string {
 type Limits struct {
 	MaxRequestBytes int // whole request, all arguments included
 	MaxArgs         int // arguments in one request
+	// Unauthenticated applies Redis's limits for a client that has yet to
+	// AUTH: at most unauthMaxArgs arguments of at most unauthMaxBulk bytes
+	// each, so that an anonymous peer cannot make the server buffer much.
+	Unauthenticated bool
 }
 
 // DefaultLimits match Redis's own protocol limits where they are sane for a
@@ -37,6 +45,19 @@ type Limits struct {
 var DefaultLimits = Limits{MaxRequestBytes: 64 << 20, MaxArgs: 1024 * 1024}
 
 const maxInline = 64 << 10 // Redis's PROTO_INLINE_MAX_SIZE
+
+// What Redis 7.0 accepts in a request header (networking.c,
+// processMultibulkBuffer): a count up to INT_MAX, a bulk length up to
+// proto-max-bulk-len (512 MB unless configured), and before AUTH at most
+// 10 arguments of 16 KiB. Past these Redis answers with its own protocol
+// error; keyfence's own, smaller limits (Limits) come after them, so an
+// announcement Redis would refuse gets Redis's words.
+const (
+	maxMultibulkCount = math.MaxInt32
+	maxBulkLength     = 512 << 20
+	unauthMaxArgs     = 10
+	unauthMaxBulk     = 16384
+)
 
 // ParseCommand parses one client request (RESP multibulk or inline) from the
 // front of buf. It returns the arguments as sub-slices of buf (appended to
@@ -56,15 +77,19 @@ func ParseCommand(buf []byte, args [][]byte, lim Limits) (out [][]byte, n, need 
 	line, pos, ok := ReadLine(buf, 1)
 	if !ok {
 		if len(buf) > maxInline {
-			return args, 0, 0, ErrInvalidMultibulkLength
+			return args, 0, 0, ErrTooBigMultibulkCount
 		}
 		return args, 0, len(buf) + 1, nil
 	}
-	count, ok := ParseInt(line)
-	if !ok || pos < 0 || count > int64(lim.MaxArgs) {
+	count, ok := ParseRedisInt(line)
+	switch {
+	case !ok || pos < 0 || count > maxMultibulkCount:
 		return args, 0, 0, ErrInvalidMultibulkLength
-	}
-	if count <= 0 {
+	case count > unauthMaxArgs && lim.Unauthenticated:
+		return args, 0, 0, ErrUnauthMultibulkLength
+	case count > int64(lim.MaxArgs):
+		return args, 0, 0, ErrInvalidMultibulkLength
+	case count <= 0:
 		return args, pos, 0, nil
 	}
 	for i := int64(0); i < count; i++ {
@@ -76,16 +101,18 @@ func ParseCommand(buf []byte, args [][]byte, lim Limits) (out [][]byte, n, need 
 		}
 		line, next, ok := ReadLine(buf, pos+1)
 		if !ok {
-			if len(buf)-pos > 32 {
-				return args, 0, 0, ErrInvalidBulkLength
+			if len(buf)-pos > maxInline {
+				return args, 0, 0, ErrTooBigBulkCount
 			}
 			return args, 0, len(buf) + 1, nil
 		}
-		size, ok := ParseInt(line)
-		if !ok || next < 0 || size < 0 {
+		size, ok := ParseRedisInt(line)
+		switch {
+		case !ok || next < 0 || size < 0 || size > maxBulkLength:
 			return args, 0, 0, ErrInvalidBulkLength
-		}
-		if next > lim.MaxRequestBytes || size > int64(lim.MaxRequestBytes-next) {
+		case size > unauthMaxBulk && lim.Unauthenticated:
+			return args, 0, 0, ErrUnauthBulkLength
+		case next > lim.MaxRequestBytes || size > int64(lim.MaxRequestBytes-next):
 			return args, 0, 0, ErrRequestTooLarge
 		}
 		end := next + int(size)
@@ -99,6 +126,44 @@ func ParseCommand(buf []byte, args [][]byte, lim Limits) (out [][]byte, n, need 
 		pos = end + 2
 	}
 	return args, pos, 0, nil
+}
+
+// ParseRedisInt parses an integer as Redis's string2ll does, which Redis
+// uses for request lengths and for integer arguments (numkeys, counts): at
+// most 20 characters, an optional '-', no leading zeros ("0" itself
+// aside), no '+' or blanks, within int64.
+func ParseRedisInt(b []byte) (int64, bool) {
+	if len(b) == 0 || len(b) > 20 {
+		return 0, false
+	}
+	if len(b) == 1 && b[0] == '0' {
+		return 0, true
+	}
+	neg := b[0] == '-'
+	if neg {
+		b = b[1:]
+	}
+	if len(b) == 0 || b[0] < '1' || b[0] > '9' {
+		return 0, false
+	}
+	var v uint64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		d := uint64(c - '0')
+		if v > (math.MaxUint64-d)/10 {
+			return 0, false
+		}
+		v = v*10 + d
+	}
+	switch {
+	case neg && v <= 1<<63:
+		return int64(-v), true // -(1<<63) wraps to MinInt64, as intended
+	case !neg && v <= math.MaxInt64:
+		return int64(v), true
+	}
+	return 0, false
 }
 
 // parseInline splits a telnet-style request the way Redis's sdssplitargs

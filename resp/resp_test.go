@@ -209,7 +209,11 @@ func TestParseCommandProtocolErrors(t *testing.T) {
 		{"empty count", "*\r\n", "ERR Protocol error: invalid multibulk length"},
 		{"count with a plus sign", "*+1\r\n", "ERR Protocol error: invalid multibulk length"},
 		{"bare CR after count", "*1\rX$4\r\nPING\r\n", "ERR Protocol error: invalid multibulk length"},
-		{"count line without end", "*" + strings.Repeat("1", maxInline+1), "ERR Protocol error: invalid multibulk length"},
+		{"count line without end", "*" + strings.Repeat("1", maxInline+1), "ERR Protocol error: too big mbulk count string"},
+		{"count with a leading zero", "*01\r\n$4\r\nPING\r\n", "ERR Protocol error: invalid multibulk length"},
+		{"count minus zero", "*-0\r\n", "ERR Protocol error: invalid multibulk length"},
+		{"count past INT_MAX", "*2147483648\r\n", "ERR Protocol error: invalid multibulk length"},
+		{"count of 21 characters", "*-00000000000000000001\r\n", "ERR Protocol error: invalid multibulk length"},
 		{"simple string instead of bulk", "*1\r\n+PING\r\n", "ERR Protocol error: expected '$', got '+'"},
 		{"integer instead of bulk", "*2\r\n$3\r\nGET\r\n:1\r\n", "ERR Protocol error: expected '$', got ':'"},
 		{"nested array", "*1\r\n*1\r\n$1\r\na\r\n", "ERR Protocol error: expected '$', got '*'"},
@@ -219,7 +223,11 @@ func TestParseCommandProtocolErrors(t *testing.T) {
 		{"negative bulk length", "*1\r\n$-1\r\n", "ERR Protocol error: invalid bulk length"},
 		{"bulk length overflow", "*1\r\n$9999999999999999999\r\n", "ERR Protocol error: invalid bulk length"},
 		{"bare CR after bulk length", "*1\r\n$4\rXPING\r\n", "ERR Protocol error: invalid bulk length"},
-		{"bulk length line without end", "*1\r\n$" + strings.Repeat("1", 40), "ERR Protocol error: invalid bulk length"},
+		{"bulk length line without end", "*1\r\n$" + strings.Repeat("1", maxInline+1), "ERR Protocol error: too big bulk count string"},
+		{"bulk length with a leading zero", "*1\r\n$04\r\nPING\r\n", "ERR Protocol error: invalid bulk length"},
+		{"bulk length minus zero", "*1\r\n$-0\r\n", "ERR Protocol error: invalid bulk length"},
+		{"bulk length past proto-max-bulk-len", "*1\r\n$536870913\r\n", "ERR Protocol error: invalid bulk length"},
+		{"bulk length with a blank", "*1\r\n$4 \r\nPING\r\n", "ERR Protocol error: invalid bulk length"},
 		{"bulk longer than its length", "*1\r\n$3\r\nPING\r\n", "ERR Protocol error: invalid bulk length"},
 		{"bulk not followed by CRLF", "*1\r\n$4\r\nPINGXY", "ERR Protocol error: invalid bulk length"},
 		{"too big inline", strings.Repeat("a", maxInline+1), "ERR Protocol error: too big inline request"},
@@ -272,7 +280,9 @@ func TestParseCommandLimits(t *testing.T) {
 		{"over MaxArgs", multibulk("DEL", "a", "b", "c"), ErrInvalidMultibulkLength},
 		{"over MaxArgs from the header alone", "*4\r\n", ErrInvalidMultibulkLength},
 		{"bulk over MaxRequestBytes from its header alone", "*1\r\n$41\r\n", ErrRequestTooLarge},
-		{"bulk far over MaxRequestBytes", "*1\r\n$1000000000\r\n", ErrRequestTooLarge},
+		{"bulk far over MaxRequestBytes", "*1\r\n$100000000\r\n", ErrRequestTooLarge},
+		// Past Redis's own proto-max-bulk-len, Redis's words come first.
+		{"bulk past what Redis accepts", "*1\r\n$1000000000\r\n", ErrInvalidBulkLength},
 		// *3\r\n$3\r\nSET\r\n$1\r\nk\r\n$NN\r\n is 25 bytes when NN >= 10:
 		// the arguments may reach byte 40, so the last value may take 15.
 		{"arguments end at MaxRequestBytes", multibulk("SET", "k", strings.Repeat("v", 15)), nil},
@@ -609,5 +619,67 @@ func TestAppendHelpers(t *testing.T) {
 	long := strings.Repeat("v", 1234)
 	if got := string(AppendBulk(nil, []byte(long))); got != "$"+strconv.Itoa(len(long))+"\r\n"+long+"\r\n" {
 		t.Errorf("AppendBulk of %d bytes: %.20q", len(long), got)
+	}
+}
+
+// TestParseCommandRedisLengths: the counts and lengths Redis 7.0 takes as
+// they are, however odd, parse the same way here (its string2ll).
+func TestParseCommandRedisLengths(t *testing.T) {
+	tests := []struct {
+		in   string
+		args []string
+	}{
+		{"*-9223372036854775808\r\n", nil}, // the smallest int64: an empty request
+		{"*-1\r\n", nil},
+		{"*0\r\n", nil},
+		{"*1\r\n$0\r\n\r\n", []string{""}},
+		{"*2147483647\r\n", nil}, // Redis waits for the arguments: incomplete
+	}
+	lim := Limits{MaxRequestBytes: 1 << 20, MaxArgs: math.MaxInt32}
+	for _, tt := range tests {
+		args, n, need, err := parse(tt.in, lim)
+		switch {
+		case err != nil:
+			t.Errorf("ParseCommand(%q): %v", tt.in, err)
+		case tt.in == "*2147483647\r\n":
+			if n != 0 || need <= len(tt.in) {
+				t.Errorf("ParseCommand(%q) = n=%d need=%d; want incomplete", tt.in, n, need)
+			}
+		case n != len(tt.in) || !sameArgs(args, tt.args):
+			t.Errorf("ParseCommand(%q) = %q, n=%d; want %q whole", tt.in, args, n, tt.args)
+		}
+	}
+}
+
+// TestParseCommandUnauthenticated: before AUTH Redis takes at most 10
+// arguments of at most 16 KiB, and says so in its own words.
+func TestParseCommandUnauthenticated(t *testing.T) {
+	lim := DefaultLimits
+	lim.Unauthenticated = true
+	tests := []struct {
+		in  string
+		err error
+	}{
+		{"*11\r\n", ErrUnauthMultibulkLength},
+		{"*10\r\n", nil},
+		{"*1\r\n$16385\r\n", ErrUnauthBulkLength},
+		{"*1\r\n$16384\r\n", nil},
+		{"*1\r\n$536870913\r\n", ErrInvalidBulkLength}, // out of range first
+		{"*2147483648\r\n", ErrInvalidMultibulkLength},
+	}
+	for _, tt := range tests {
+		_, n, need, err := parse(tt.in, lim)
+		if tt.err == nil {
+			if err != nil || n != 0 || need <= len(tt.in) {
+				t.Errorf("ParseCommand(%q) unauthenticated = n=%d need=%d err=%v; want incomplete", tt.in, n, need, err)
+			}
+			continue
+		}
+		if !errors.Is(err, tt.err) {
+			t.Errorf("ParseCommand(%q) unauthenticated: err=%v; want %v", tt.in, err, tt.err)
+		}
+		if _, _, _, err := parse(tt.in, DefaultLimits); errors.Is(err, ErrUnauthMultibulkLength) || errors.Is(err, ErrUnauthBulkLength) {
+			t.Errorf("ParseCommand(%q) authenticated: err=%v", tt.in, err)
+		}
 	}
 }

@@ -290,25 +290,47 @@ func (r *Rewriter) AppendExecReply(dst, reply []byte, kinds []ReplyKind) []byte 
 	if len(reply) == 0 || reply[0] != '*' {
 		return r.AppendReply(dst, reply, ReplyRaw)
 	}
-	count, body, ok := aggregateHeader(reply)
-	if !ok || count != len(kinds) {
+	elems, body, ok := splitExec(reply)
+	if !ok || len(elems) != len(kinds) {
 		return append(dst, reply...)
 	}
-	start := len(dst)
 	dst = append(dst, reply[:body]...)
+	for i, k := range kinds {
+		dst = r.AppendReply(dst, elems[i], k)
+	}
+	return dst
+}
+
+// SplitExec returns the elements of EXEC's array reply, each one whole
+// reply, or ok false for anything else: a null (WATCH failed the
+// transaction), an error, or bytes that are not exactly one array.
+func SplitExec(reply []byte) (elems [][]byte, ok bool) {
+	elems, _, ok = splitExec(reply)
+	return elems, ok
+}
+
+func splitExec(reply []byte) (elems [][]byte, body int, ok bool) {
+	if len(reply) == 0 || reply[0] != '*' {
+		return nil, 0, false
+	}
+	count, body, ok := aggregateHeader(reply)
+	if !ok || count < 0 || count > len(reply) { // each element takes 3 bytes at least
+		return nil, 0, false
+	}
+	elems = make([][]byte, 0, count)
 	pos := body
-	for _, k := range kinds {
+	for i := 0; i < count; i++ {
 		n, err := resp.ReplyLen(reply[pos:])
 		if err != nil || n == 0 {
-			return append(dst[:start], reply...)
+			return nil, 0, false
 		}
-		dst = r.AppendReply(dst, reply[pos:pos+n], k)
+		elems = append(elems, reply[pos:pos+n])
 		pos += n
 	}
 	if pos != len(reply) {
-		return append(dst[:start], reply...)
+		return nil, 0, false
 	}
-	return dst
+	return elems, body, true
 }
 
 func appendInt(dst []byte, n int) []byte { return strconv.AppendInt(dst, int64(n), 10) }

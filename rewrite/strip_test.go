@@ -534,3 +534,34 @@ func TestAppendPushTrailingBytes(t *testing.T) {
 		}
 	}
 }
+
+// TestSplitExec: the elements of an EXEC reply, or ok false for a reply
+// that is not exactly one array of whole replies.
+func TestSplitExec(t *testing.T) {
+	tests := []struct {
+		in   string
+		want []string // nil: not ok
+	}{
+		{arr("+OK\r\n", bulk("v"), arr(bulk("a"))), []string{"+OK\r\n", bulk("v"), arr(bulk("a"))}},
+		{arr(), []string{}},
+		{nullArray, nil},
+		{null3, nil},
+		{"-EXECABORT Transaction discarded because of previous errors.\r\n", nil},
+		{arr(bulk("k")) + "junk", nil},
+		{"*2\r\n" + bulk("a") + "$9\r\nab", nil},
+		{"*2\r\n" + bulk("a") + "?\r\n", nil},
+		{"*99999999\r\n", nil},
+	}
+	for _, tt := range tests {
+		got, ok := SplitExec([]byte(tt.in))
+		if ok != (tt.want != nil) || len(got) != len(tt.want) {
+			t.Errorf("SplitExec(%q) = %q, %v; want %q", tt.in, got, ok, tt.want)
+			continue
+		}
+		for i := range got {
+			if string(got[i]) != tt.want[i] {
+				t.Errorf("SplitExec(%q)[%d] = %q, want %q", tt.in, i, got[i], tt.want[i])
+			}
+		}
+	}
+}

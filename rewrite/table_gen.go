@@ -381,9 +381,8 @@ var commandTable = map[string]*Command{
 				Name:   "client|reply",
 				Arity:  3,
 				Flags:  FlagNoScript | FlagLoading | FlagStale,
-				Policy: PolicyDenied,
+				Policy: PolicyEmulated,
 				Reply:  ReplyRaw,
-				Why:    "CLIENT REPLY is denied: keyfence needs a reply to every command it forwards",
 			},
 			"setinfo": {
 				Name:   "client|setinfo",

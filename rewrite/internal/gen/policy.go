@@ -63,14 +63,13 @@ var deniedCommands = map[string]string{
 	"move":    "MOVE is denied: keys cannot be moved between databases through keyfence",
 	"swapdb":  "SWAPDB is denied: it swaps whole databases, with every tenant's keys",
 
-	// CLIENT subcommands that act on other connections or break the proxy's
-	// one-reply-per-command upstream pipeline.
+	// CLIENT subcommands that act on other connections, or need upstream
+	// state keyfence does not keep per client.
 	"client|kill":         "CLIENT KILL is denied: it can disconnect other tenants' clients",
 	"client|pause":        "CLIENT PAUSE is denied: it stops every tenant's clients",
 	"client|unpause":      "CLIENT UNPAUSE is denied: pausing the shared server is managed by its operators",
 	"client|unblock":      "CLIENT UNBLOCK is denied: it acts on other connections, possibly other tenants'",
 	"client|no-evict":     "CLIENT NO-EVICT is denied: client eviction of the shared server is managed by its operators",
-	"client|reply":        "CLIENT REPLY is denied: keyfence needs a reply to every command it forwards",
 	"client|tracking":     "CLIENT TRACKING is denied: client-side caching is not available through keyfence",
 	"client|caching":      "CLIENT CACHING is denied: client-side caching is not available through keyfence",
 	"client|getredir":     "CLIENT GETREDIR is denied: client-side caching is not available through keyfence",
@@ -94,6 +93,9 @@ var emulatedCommands = []string{
 	"auth", "hello", "ping", "echo", "quit", "reset", "select",
 	"client|setname", "client|getname", "client|id", "client|info",
 	"client|list", "client|setinfo", "client|help",
+	// keyfence reads every upstream reply and drops those the client
+	// asked not to get
+	"client|reply",
 	// the tenant's view of the keyspace and the server; KEYS, DBSIZE,
 	// RANDOMKEY and FLUSHDB/FLUSHALL walk it with SCAN in bounded steps, so
 	// that no single upstream call walks every tenant's keys
