@@ -318,7 +318,7 @@ func (s *session) startDeferredMulti(ctx context.Context, cmd *rewrite.Command, 
 	if err := s.pin(); err != nil {
 		return err
 	}
-	s.multiDeferred = false
+	s.txn = s.txn.sent()
 	s.req = resp.AppendCommand(s.req, []byte("MULTI"))
 	s.nreq++
 	s.slots = append(s.slots, slot{name: "multi", upstream: true, hidden: true})

@@ -39,8 +39,8 @@ func (s *session) dispatch(ctx context.Context, args [][]byte) {
 	}
 	if errMsg := s.check(cmd, args); errMsg != "" {
 		s.srv.stats.noteCommand(cmd, true)
-		if s.inMulti {
-			s.multiAbort = true // Redis: a queueing error aborts EXEC
+		if s.txn.inMulti() {
+			s.txn = s.txn.abort() // Redis: a queueing error aborts EXEC
 		}
 		s.addLocalError(errMsg)
 		return
@@ -51,7 +51,7 @@ func (s *session) dispatch(ctx context.Context, args [][]byte) {
 		return
 	}
 	s.srv.stats.noteCommand(cmd, cmd.Policy == rewrite.PolicyDenied)
-	if s.inMulti {
+	if s.txn.inMulti() {
 		s.queueInMulti(ctx, cmd, args)
 		return
 	}
@@ -155,7 +155,6 @@ func (s *session) forwardRewritten(ctx context.Context, cmd *rewrite.Command, ar
 			s.addLocalError(err.Error())
 			return
 		}
-		s.watching = true
 	}
 	if s.appendRewritten(cmd, args, cmd.Reply) && cmd.Name == "publish" {
 		s.slots[len(s.slots)-1].adjust = s.srv.publishDelta(s.rw, args[1])
@@ -240,10 +239,10 @@ func (s *session) runBlocking(ctx context.Context, cmd *rewrite.Command, args []
 // queueInMulti queues a command inside MULTI (see multi.go): forwarded
 // ones on the pinned connection, emulated ones for EXEC to run in place.
 func (s *session) queueInMulti(ctx context.Context, cmd *rewrite.Command, args [][]byte) {
-	if s.multiDeferred && !s.tx.emulated && cmd.Policy != rewrite.PolicyDenied && !inMultiControl(cmd.Name) &&
+	if s.txn.deferred() && !s.tx.emulated && cmd.Policy != rewrite.PolicyDenied && !inMultiControl(cmd.Name) &&
 		(cmd.Policy != rewrite.PolicyEmulated || forwardedInMulti(cmd.Name)) {
 		if err := s.startDeferredMulti(ctx, cmd, args); err != nil {
-			s.multiAbort = true
+			s.txn = s.txn.abort()
 			s.addLocalError(upstreamErrorText(err))
 			return
 		}
@@ -253,15 +252,15 @@ func (s *session) queueInMulti(ctx context.Context, cmd *rewrite.Command, args [
 		s.exec(ctx)
 		return
 	case "discard":
-		if s.multiDeferred {
-			s.inMulti, s.multiDeferred = false, false
+		if s.txn.deferred() {
+			s.txn = txNone
 			s.resetTx()
 			s.addStatus("OK")
 			return
 		}
 		s.forwardRaw(args, rewrite.ReplyRaw)
 		s.flushBatch(ctx)
-		s.inMulti = false
+		s.txn = txNone
 		s.unpin(true)
 		return
 	case "multi":
@@ -296,7 +295,7 @@ func (s *session) queueInMulti(ctx context.Context, cmd *rewrite.Command, args [
 	}
 	switch cmd.Policy {
 	case rewrite.PolicyDenied:
-		s.multiAbort = true
+		s.txn = s.txn.abort()
 		s.addLocalError(deniedText(cmd))
 		return
 	case rewrite.PolicyEmulated:
@@ -304,18 +303,18 @@ func (s *session) queueInMulti(ctx context.Context, cmd *rewrite.Command, args [
 		return
 	}
 	if isSubscribe(cmd.Name) {
-		s.multiAbort = true
+		s.txn = s.txn.abort()
 		s.addLocalError("ERR keyfence: '" + cmd.Name + "' cannot be queued inside MULTI through keyfence")
 		return
 	}
 	if msg := s.payloadRefusal(ctx, cmd); msg != "" {
-		s.multiAbort = true
+		s.txn = s.txn.abort()
 		s.addLocalError(msg)
 		return
 	}
 	mark := len(s.req)
 	if !s.appendRewritten(cmd, args, rewrite.ReplyRaw) { // +QUEUED
-		s.multiAbort = true
+		s.txn = s.txn.abort()
 		return
 	}
 	q := queuedCmd{kind: cmd.Reply}
@@ -341,7 +340,7 @@ func (s *session) multi(ctx context.Context, args [][]byte) {
 	if s.srv.cluster != nil && s.pinned == nil {
 		// The master is not known until the first key: MULTI goes out
 		// with the first queued command (clusterCommand).
-		s.inMulti, s.multiDeferred, s.multiAbort = true, true, false
+		s.txn = txDeferred
 		s.addStatus("OK")
 		return
 	}
@@ -350,17 +349,16 @@ func (s *session) multi(ctx context.Context, args [][]byte) {
 		return
 	}
 	s.forwardRaw(args, rewrite.ReplyRaw)
-	s.inMulti = true
-	s.multiAbort = false
+	s.txn = txQueuing
 }
 
 func (s *session) exec(ctx context.Context) {
-	if s.multiAbort {
-		if !s.multiDeferred {
+	if s.txn.aborted() {
+		if !s.txn.deferred() {
 			s.flushBatch(ctx)
 			s.discardQuietly(ctx)
 		}
-		s.inMulti, s.multiDeferred = false, false
+		s.txn = txNone
 		s.addLocalError("EXECABORT Transaction discarded because of previous errors.")
 		s.unpin(true)
 		s.resetTx()
@@ -370,8 +368,8 @@ func (s *session) exec(ctx context.Context) {
 		s.runExec(ctx)
 		return
 	}
-	if s.multiDeferred { // nothing was queued upstream: replies known here
-		s.inMulti, s.multiDeferred = false, false
+	if s.txn.deferred() { // nothing was queued upstream: replies known here
+		s.txn = txNone
 		s.addLocal(s.appendExecReply(nil, []byte("*0\r\n")))
 		s.resetTx()
 		return

@@ -124,12 +124,12 @@ func (s *session) emulate(ctx context.Context, cmd *rewrite.Command, args [][]by
 func (s *session) reset(ctx context.Context) {
 	s.flushBatch(ctx)
 	if s.pinned != nil {
-		if s.inMulti {
+		if s.txn.inMulti() {
 			s.discardQuietly(ctx)
 		}
 		s.unpin(false)
 	}
-	s.inMulti, s.multiDeferred = false, false
+	s.txn = txNone
 	s.resetTx()
 	s.replyMode, s.mute = replyOn, false
 	s.infoMu.Lock()
@@ -406,7 +406,7 @@ func (s *session) noteCommand(cmd *rewrite.Command, args [][]byte) {
 func (s *session) clientLine(self bool) string {
 	now := time.Now()
 	flags, multi := "N", -1
-	if self && s.inMulti {
+	if self && s.txn.inMulti() {
 		flags, multi = "x", len(s.tx.cmds)
 	}
 	s.infoMu.Lock()

@@ -144,11 +144,11 @@ func (s *session) runExec(ctx context.Context) {
 	mute := s.mute
 	s.flushBatch(ctx)
 	var first [][]byte
-	if !s.multiDeferred {
+	if !s.txn.deferred() {
 		b := upstream.NewBatch()
 		err := s.pinned.RoundTrip(ctx, b, resp.AppendCommand(nil, []byte("EXEC")), 1)
 		if err != nil {
-			s.inMulti = false
+			s.txn = txNone
 			s.addLocalError(upstreamErrorText(err))
 			s.unpin(false)
 			return
@@ -158,7 +158,7 @@ func (s *session) runExec(ctx context.Context) {
 		if first, ok = rewrite.SplitExec(reply); !ok {
 			// WATCH failed the transaction (or upstream refused it):
 			// nothing ran, and nothing keyfence queued runs either.
-			s.inMulti = false
+			s.txn = txNone
 			s.addLocal(s.rw.AppendReply(nil, reply, rewrite.ReplyRaw))
 			s.unpin(true)
 			return
@@ -166,7 +166,7 @@ func (s *session) runExec(ctx context.Context) {
 	}
 	// The emulated commands run outside the transaction, as commands of
 	// their own would.
-	s.inMulti, s.multiDeferred = false, false
+	s.txn = txNone
 	s.mute = false
 	out := resp.AppendArrayHeader(nil, len(s.tx.cmds))
 	next := 0

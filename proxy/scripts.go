@@ -170,7 +170,7 @@ func (s *session) ensureLoaded(ctx context.Context, e *scriptEntry) error {
 // sandboxed script with the keys prefixed and ARGV untouched.
 func (s *session) eval(ctx context.Context, cmd *rewrite.Command, args [][]byte) {
 	fail := func(msg string) {
-		if s.inMulti {
+		if s.txn.inMulti() {
 			// Redis queues the script and fails it at EXEC.
 			s.queueLocal(resp.AppendError(nil, msg))
 			return
@@ -241,7 +241,7 @@ func (s *session) eval(ctx context.Context, cmd *rewrite.Command, args [][]byte)
 	for _, a := range args[end:] {
 		s.req = resp.AppendBulk(s.req, a)
 	}
-	if s.inMulti {
+	if s.txn.inMulti() {
 		s.forward(rewrite.ReplyRaw) // +QUEUED
 		s.queuedUpstream(from, queuedCmd{kind: rewrite.ReplyRaw, script: e}, cmd, args)
 		return

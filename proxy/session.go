@@ -52,11 +52,8 @@ type session struct {
 	wmu      sync.Mutex            // client writes: the subscriber reader writes too
 
 	// Transaction state (on the pinned connection).
-	inMulti       bool
-	multiDeferred bool // cluster: MULTI not sent yet, waiting for a key
-	multiAbort    bool
-	watching      bool
-	tx            txQueue // the queued commands (multi.go)
+	txn txState // where the session is in MULTI … EXEC
+	tx  txQueue // the queued commands (multi.go)
 
 	// CLIENT REPLY (multi.go): mute says the slots added now are the
 	// client's to miss; their replies are read and dropped.
@@ -98,6 +95,44 @@ type session struct {
 	cancel  context.CancelFunc // ends the session's context: forced Shutdown
 	quit    bool               // QUIT or a fatal protocol error: stop after flushing
 	wErr    error              // the client cannot be written to any more
+}
+
+// txState is where a session is in a transaction. A WATCH outside MULTI
+// needs no state of its own: the pinned connection it holds is the state.
+type txState uint8
+
+const (
+	txNone            txState = iota // not in MULTI
+	txQueuing                        // MULTI sent upstream; commands are queued there
+	txDeferred                       // cluster: MULTI not sent yet, waiting for a key to pick the master
+	txAborted                        // a queueing error: EXEC answers EXECABORT
+	txAbortedDeferred                // the same before MULTI was sent upstream
+)
+
+func (t txState) inMulti() bool  { return t != txNone }
+func (t txState) deferred() bool { return t == txDeferred || t == txAbortedDeferred }
+func (t txState) aborted() bool  { return t == txAborted || t == txAbortedDeferred }
+
+// abort is the state after a queueing error: EXEC will be refused.
+func (t txState) abort() txState {
+	switch t {
+	case txQueuing:
+		return txAborted
+	case txDeferred:
+		return txAbortedDeferred
+	}
+	return t
+}
+
+// sent is the state once a deferred MULTI went upstream.
+func (t txState) sent() txState {
+	switch t {
+	case txDeferred:
+		return txQueuing
+	case txAbortedDeferred:
+		return txAborted
+	}
+	return t
 }
 
 // slot is where a command's reply comes from: the next upstream reply
@@ -385,11 +420,11 @@ func (s *session) conn() *upstream.Conn {
 // forward adds an upstream request (already in s.req) to the batch.
 func (s *session) forward(kind rewrite.ReplyKind) {
 	s.nreq++
-	readonly := s.curCmd != nil && s.curCmd.HasFlag(rewrite.FlagReadOnly) && !s.inMulti
+	readonly := s.curCmd != nil && s.curCmd.HasFlag(rewrite.FlagReadOnly) && !s.txn.inMulti()
 	s.slots = append(s.slots, slot{name: s.curName, upstream: true, kind: kind, readonly: readonly, muted: s.mute, from: s.reqMark, to: len(s.req)})
 	if s.srv.res != nil && s.srv.res.cache != nil {
 		s.invalidateWrite(s.curCmd, s.args)
-		if s.pinned == nil && !s.inMulti {
+		if s.pinned == nil && !s.txn.inMulti() {
 			s.askKeyTTLs(s.args)
 		}
 	}
@@ -671,7 +706,7 @@ func (s *session) unpin(clean bool) {
 	}
 	s.group.Unpin(s.pinned, clean)
 	s.pinned = nil
-	s.inMulti, s.multiAbort, s.watching = false, false, false
+	s.txn = txNone
 	s.resetTx()
 }
 

@@ -59,7 +59,7 @@ type subExpect struct {
 func (s *session) subscribed(ctx context.Context, cmd *rewrite.Command, args [][]byte) bool {
 	isSub := isSubscribe(cmd.Name)
 	if s.sub == nil {
-		if !isSub || s.inMulti || s.pinned != nil {
+		if !isSub || s.txn.inMulti() || s.pinned != nil {
 			return false
 		}
 		s.flushAndWrite(ctx)
