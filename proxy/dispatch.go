@@ -197,6 +197,7 @@ func (s *session) runBlocking(ctx context.Context, cmd *rewrite.Command, args []
 	s.pinned = c
 	stopWatching := s.watchClient(c)
 	outMark := len(s.out)
+	s.tel.Blocking() // waits by design: not in the latency histogram
 	err = s.flushBatch(ctx)
 	s.pinned = nil
 	clean := !stopWatching()

@@ -182,7 +182,7 @@ func (s *Sentinel) succeeded(addr string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if addr != s.current {
-		s.log.Info("upstream master", "addr", addr, "previous", s.current)
+		s.log.Info("upstream master", "event", followEvent(s.current), "addr", addr, "previous", s.current)
 		s.current = addr
 	}
 	s.attempt, s.retryAt, s.lastErr = 0, time.Time{}, nil

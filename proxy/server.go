@@ -196,7 +196,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Fallback != nil {
 		res, err := newResilience(*cfg.Fallback, prefix, cfg.FallbackCache, func(from, to fallback.State) {
-			srv.log.Warn("circuit breaker changed state", "from", from.String(), "to", to.String())
+			srv.log.Warn("circuit breaker changed state", "event", "breaker", "from", from.String(), "to", to.String())
 		})
 		if err != nil {
 			return nil, fmt.Errorf("fallback: %w", err)
@@ -279,6 +279,7 @@ func (s *Server) accept(ctx context.Context, nc net.Conn) {
 	sess.cancel = cancel // set before Shutdown can see the session
 	s.mu.Lock()
 	if s.closing || len(s.sessions) >= s.cfg.MaxClients {
+		s.cfg.Metrics.ClientRejected(rejectReason(s.closing))
 		s.mu.Unlock()
 		cancel()
 		// Redis's own words, so clients treat it as they would Redis's. Off
@@ -294,6 +295,7 @@ func (s *Server) accept(ctx context.Context, nc net.Conn) {
 	s.sessions[sess] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
+	s.cfg.Metrics.ClientAccepted()
 	go func() {
 		defer s.wg.Done()
 		defer cancel()

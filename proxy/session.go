@@ -16,6 +16,7 @@ import (
 
 	"github.com/keyfence/keyfence/fallback"
 	"github.com/keyfence/keyfence/rewrite"
+	"github.com/keyfence/keyfence/telemetry"
 )
 
 // session is one client connection and all of its state. One goroutine runs
@@ -79,7 +80,8 @@ type session struct {
 		req    []byte
 		keyIdx []int
 	}
-	readAt time.Time // when the batch's bytes were read, for latency
+	readAt time.Time        // when the batch's bytes were read, for latency
+	tel    *telemetry.Batch // records the batches; nil without metrics
 
 	closing atomic.Bool        // the server is draining: stop after this batch
 	cancel  context.CancelFunc // ends the session's context: forced Shutdown
@@ -114,6 +116,7 @@ func newSession(srv *Server, nc net.Conn) *session {
 		db:      srv.cfg.Upstream.DB,
 		authed:  srv.cfg.ClientPassword == "",
 		b:       newBatch(),
+		tel:     srv.cfg.Metrics.NewBatch(),
 	}
 	s.lastCmd.Store("NULL")
 	s.lastAt.Store(s.created.UnixNano())
@@ -446,12 +449,10 @@ func (s *session) flushBatch(ctx context.Context) error {
 		}
 		if failure := errors.Join(err, s.b.err); failure != nil && !errors.Is(err, fallback.ErrOpen) && ctx.Err() == nil {
 			s.srv.logUpstreamFailure(failure)
-			if m != nil {
-				m.UpstreamError(ctx, errorCause(failure))
-			}
+			s.tel.UpstreamError(ctx, errorCause(failure))
 		}
 		if m != nil {
-			m.Upstream(ctx, time.Since(t0).Seconds())
+			s.tel.Upstream(ctx, t0)
 		}
 	}
 	if s.b.overflow {
@@ -460,10 +461,6 @@ func (s *session) flushBatch(ctx context.Context) error {
 		s.slots, s.local = s.slots[:0], nil
 		s.b = newBatch()
 		return err
-	}
-	var seconds float64
-	if m != nil {
-		seconds = time.Since(s.readAt).Seconds()
 	}
 	next := 0
 	soft := s.srv.cfg.ClientOutputSoftLimit
@@ -511,19 +508,13 @@ func (s *session) flushBatch(ctx context.Context) error {
 				}
 				if bytes.HasPrefix(reply, []byte("-OOM")) {
 					s.srv.logUpstreamFailure(errors.New(trimCRLF(reply[1:])))
-					if m != nil {
-						m.UpstreamError(ctx, "oom")
-					}
+					s.tel.UpstreamError(ctx, "oom")
 				}
 			}
 		}
-		if m != nil {
-			m.Command(sl.name, len(s.out) == mark || s.out[mark] != '-')
-		}
+		s.tel.Command(sl.name, s.out[mark:])
 	}
-	if m != nil {
-		m.Batch(ctx, seconds)
-	}
+	s.tel.Done(ctx, s.readAt)
 	s.req, s.nreq = s.req[:0], 0
 	s.slots, s.local = s.slots[:0], s.local[:0]
 	// Let a huge batch's memory go.

@@ -27,6 +27,7 @@ type edge struct {
 	level    func() bool  // or, instead, whether the limit is reached now
 
 	last    int64
+	primed  bool // last holds a reading
 	active  bool
 	base    int64     // the count when it became active
 	started time.Time // when it became active
@@ -64,11 +65,8 @@ func (w *limitWatch) init(m *Metrics, g Gauges) {
 			on: "fallback serving: reads answered from the cache while upstream fails", off: "fallback no longer serving",
 			onEvent: "fallback_serving", offEvent: "fallback_stopped"})
 	}
-	for _, e := range w.edges {
-		if e.read != nil {
-			e.last = e.read()
-		}
-	}
+	// Nothing is read yet: the gauges may read a server that does not
+	// exist until NewMetrics has returned. The first tick takes the base.
 }
 
 // RunWatch logs the state changes of limits and of the fallback until ctx
@@ -94,6 +92,10 @@ func (w *limitWatch) tick(now time.Time) {
 			continue
 		}
 		v := e.read()
+		if !e.primed {
+			e.last, e.primed = v, true
+			continue
+		}
 		switch {
 		case v != e.last:
 			if !e.active {
