@@ -48,7 +48,7 @@ type Metrics struct {
 	rejected  [numRejectReasons]atomic.Int64
 	probe     probeState
 	limitRefs limitWatch
-	statusState
+	history   statusState // the status page's recent readings
 
 	tenant  attribute.KeyValue
 	tenOpts []metric.RecordOption
@@ -214,7 +214,7 @@ func (m *Metrics) instruments(meter metric.Meter, commands []string, g Gauges) e
 	if err != nil {
 		return err
 	}
-	add(observed{commandsCounter, func(o metric.Observer) {
+	add(observed{[]metric.Observable{commandsCounter}, func(o metric.Observer) {
 		for i := range m.counts {
 			if n := m.counts[i].Load(); n > 0 {
 				o.ObserveInt64(commandsCounter, n, m.obsOpts[i]...)
@@ -231,7 +231,7 @@ func (m *Metrics) instruments(meter metric.Meter, commands []string, g Gauges) e
 	for c := range classOpts {
 		classOpts[c] = metric.WithAttributeSet(attribute.NewSet(m.tenant, attribute.String("class", classNames[c])))
 	}
-	add(observed{classCounter, func(o metric.Observer) {
+	add(observed{[]metric.Observable{classCounter}, func(o metric.Observer) {
 		// Every class, zeros too: a rate over a series that appears
 		// with its first error would miss that error.
 		for c := range m.classes {
@@ -252,8 +252,8 @@ func (m *Metrics) instruments(meter metric.Meter, commands []string, g Gauges) e
 	for r := range rejOpts {
 		rejOpts[r] = metric.WithAttributeSet(attribute.NewSet(m.tenant, attribute.String("reason", rejectReasons[r])))
 	}
-	add(observed{acceptedCounter, func(o metric.Observer) { o.ObserveInt64(acceptedCounter, m.accepted.Load(), tenantOpt) }})
-	add(observed{rejectedCounter, func(o metric.Observer) {
+	add(observed{[]metric.Observable{acceptedCounter}, func(o metric.Observer) { o.ObserveInt64(acceptedCounter, m.accepted.Load(), tenantOpt) }})
+	add(observed{[]metric.Observable{rejectedCounter}, func(o metric.Observer) {
 		for r := range m.rejected {
 			o.ObserveInt64(rejectedCounter, m.rejected[r].Load(), rejOpts[r])
 		}
@@ -268,9 +268,9 @@ func (m *Metrics) instruments(meter metric.Meter, commands []string, g Gauges) e
 	return m.register(meter, list)
 }
 
-// observed is one observable instrument and how to observe it.
+// observed is observable instruments and how to observe them.
 type observed struct {
-	inst    metric.Observable
+	insts   []metric.Observable
 	observe func(metric.Observer)
 }
 
@@ -284,7 +284,7 @@ func (m *Metrics) gaugeInstruments(meter metric.Meter, g Gauges, tenantOpt metri
 		if err != nil {
 			return err
 		}
-		add(observed{inst, func(o metric.Observer) { o.ObserveInt64(inst, f(), tenantOpt) }})
+		add(observed{[]metric.Observable{inst}, func(o metric.Observer) { o.ObserveInt64(inst, f(), tenantOpt) }})
 		return nil
 	}
 	counter := func(name, unit, desc string, f func() int64) error {
@@ -295,7 +295,7 @@ func (m *Metrics) gaugeInstruments(meter metric.Meter, g Gauges, tenantOpt metri
 		if err != nil {
 			return err
 		}
-		add(observed{inst, func(o metric.Observer) { o.ObserveInt64(inst, f(), tenantOpt) }})
+		add(observed{[]metric.Observable{inst}, func(o metric.Observer) { o.ObserveInt64(inst, f(), tenantOpt) }})
 		return nil
 	}
 	for _, err := range []error{
@@ -325,7 +325,7 @@ func (m *Metrics) gaugeInstruments(meter metric.Meter, g Gauges, tenantOpt metri
 		pool := attribute.String("db.client.connection.pool.name", "pinned")
 		used := metric.WithAttributeSet(attribute.NewSet(m.tenant, pool, attribute.String("db.client.connection.state", "used")))
 		idle := metric.WithAttributeSet(attribute.NewSet(m.tenant, pool, attribute.String("db.client.connection.state", "idle")))
-		add(observed{count, func(o metric.Observer) {
+		add(observed{[]metric.Observable{count}, func(o metric.Observer) {
 			all, free := g.PinnedConns(), int64(0)
 			if g.PinnedIdle != nil {
 				free = min(g.PinnedIdle(), all)
@@ -341,7 +341,7 @@ func (m *Metrics) gaugeInstruments(meter metric.Meter, g Gauges, tenantOpt metri
 		}
 		hitOpt := metric.WithAttributeSet(attribute.NewSet(m.tenant, attribute.String("outcome", "hit")))
 		missOpt := metric.WithAttributeSet(attribute.NewSet(m.tenant, attribute.String("outcome", "miss")))
-		add(observed{reads, func(o metric.Observer) {
+		add(observed{[]metric.Observable{reads}, func(o metric.Observer) {
 			o.ObserveInt64(reads, g.FallbackHits(), hitOpt)
 			o.ObserveInt64(reads, g.FallbackMisses(), missOpt)
 		}})
@@ -359,14 +359,12 @@ func (m *Metrics) gaugeInstruments(meter metric.Meter, g Gauges, tenantOpt metri
 		if err != nil {
 			return err
 		}
-		add(observed{used, func(o metric.Observer) {
+		add(observed{[]metric.Observable{used, entries, evictions}, func(o metric.Observer) {
 			st := g.FallbackCache()
 			o.ObserveInt64(used, st.Bytes, tenantOpt)
 			o.ObserveInt64(entries, st.Entries, tenantOpt)
 			o.ObserveInt64(evictions, st.Evictions, tenantOpt)
 		}})
-		add(observed{entries, func(metric.Observer) {}})
-		add(observed{evictions, func(metric.Observer) {}})
 	}
 	return nil
 }
@@ -376,11 +374,9 @@ func (m *Metrics) register(meter metric.Meter, list []observed) error {
 	if len(list) == 0 {
 		return nil
 	}
-	insts := make([]metric.Observable, 0, len(list))
+	var insts []metric.Observable
 	for _, o := range list {
-		if o.inst != nil {
-			insts = append(insts, o.inst)
-		}
+		insts = append(insts, o.insts...)
 	}
 	_, err := meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		for _, ob := range list {

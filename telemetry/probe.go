@@ -73,7 +73,7 @@ func (p *probeState) instruments(meter metric.Meter, tenant attribute.KeyValue, 
 	tenantOpt := metric.WithAttributeSet(attribute.NewSet(tenant))
 	okOpt := metric.WithAttributeSet(attribute.NewSet(tenant, attribute.String("result", "success")))
 	failOpt := metric.WithAttributeSet(attribute.NewSet(tenant, attribute.String("result", "failure")))
-	add(observed{up, func(o metric.Observer) {
+	add(observed{[]metric.Observable{up, probes, used, limit, ratio}, func(o metric.Observer) {
 		if v := p.up.Load(); v >= 0 {
 			o.ObserveInt64(up, v, tenantOpt)
 		}
@@ -88,9 +88,6 @@ func (p *probeState) instruments(meter metric.Meter, tenant attribute.KeyValue, 
 			}
 		}
 	}})
-	for _, inst := range []metric.Observable{probes, used, limit, ratio} {
-		add(observed{inst: inst, observe: func(metric.Observer) {}})
-	}
 	return nil
 }
 

@@ -21,7 +21,8 @@ const (
 	AlertAvailability     = 0.999 // served share below it
 	AlertMemoryUtilRatio  = 0.8   // upstream used_memory / maxmemory above it
 	statusWindow          = 10 * time.Second
-	statusHistory         = 2 * time.Minute
+	statusHistory         = time.Minute
+	statusMaxSnaps        = 40 // however many pages poll, this many readings at most
 	statusMinSnapInterval = 500 * time.Millisecond
 )
 
@@ -207,7 +208,7 @@ type alertView struct {
 // Status reads the metrics now and compares them with a reading from about
 // statusWindow ago for rates, percentiles and the alert signals.
 func (m *Metrics) Status(ctx context.Context) (*Status, error) {
-	st := &m.statusState
+	st := &m.history
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	now := time.Now()
@@ -223,7 +224,7 @@ func (m *Metrics) Status(ctx context.Context) (*Status, error) {
 		st.snaps = append(st.snaps, s)
 	}
 	// Drop what is older than the history; keep the base of the window.
-	for len(st.snaps) > 2 && now.Sub(st.snaps[1].at) > statusHistory {
+	for len(st.snaps) > 2 && (now.Sub(st.snaps[1].at) > statusHistory || len(st.snaps) > statusMaxSnaps) {
 		st.snaps = st.snaps[1:]
 	}
 	var base *snapshot
