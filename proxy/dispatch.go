@@ -219,6 +219,7 @@ func (s *session) runBlocking(ctx context.Context, cmd *rewrite.Command, args []
 	stopWatching := s.watchClient(c)
 	outMark := len(s.out)
 	s.srv.stats.blocked.Add(1) // INFO's blocked_clients
+	s.tel.Blocking()           // waits by design: not in the latency histogram
 	err = s.flushBatch(ctx)
 	s.srv.stats.blocked.Add(-1)
 	s.pinned = nil

@@ -202,7 +202,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Fallback != nil {
 		res, err := newResilience(*cfg.Fallback, prefix, cfg.FallbackCache, func(from, to fallback.State) {
-			srv.log.Warn("circuit breaker changed state", "from", from.String(), "to", to.String())
+			srv.log.Warn("circuit breaker changed state", "event", "breaker", "from", from.String(), "to", to.String())
 		})
 		if err != nil {
 			return nil, fmt.Errorf("fallback: %w", err)
@@ -287,6 +287,7 @@ func (s *Server) accept(ctx context.Context, nc net.Conn) {
 	sess.cancel = cancel // set before Shutdown can see the session
 	s.mu.Lock()
 	if s.closing || len(s.sessions) >= s.cfg.MaxClients {
+		s.cfg.Metrics.ClientRejected(rejectReason(s.closing))
 		s.mu.Unlock()
 		cancel()
 		s.stats.rejected.Add(1)
@@ -304,6 +305,7 @@ func (s *Server) accept(ctx context.Context, nc net.Conn) {
 	s.stats.connections.Add(1)
 	s.wg.Add(1)
 	s.mu.Unlock()
+	s.cfg.Metrics.ClientAccepted()
 	go func() {
 		defer s.wg.Done()
 		defer cancel()

@@ -16,6 +16,7 @@ import (
 	"github.com/keyfence/keyfence/fallback"
 	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
+	"github.com/keyfence/keyfence/telemetry"
 	"github.com/keyfence/keyfence/upstream"
 )
 
@@ -85,7 +86,8 @@ type session struct {
 		key    []byte
 		keyIdx []int
 	}
-	readAt time.Time // when the batch's bytes were read, for latency
+	readAt time.Time        // when the batch's bytes were read, for latency
+	tel    *telemetry.Batch // records the batches; nil without metrics
 
 	readIdleFn func(fd uintptr) bool // s.readIdle, made once
 	idleN      int                   // bytes and error of readIdle's read
@@ -165,6 +167,7 @@ func newSession(srv *Server, nc net.Conn) *session {
 		db:      srv.cfg.Upstream.DB,
 		authed:  srv.cfg.ClientPassword == "",
 		b:       upstream.NewBatch(),
+		tel:     srv.cfg.Metrics.NewBatch(),
 	}
 	s.readIdleFn = s.readIdle
 	s.lastCmd.Store("NULL")
@@ -501,12 +504,10 @@ func (s *session) send(ctx context.Context) error {
 	}
 	if failure := errors.Join(err, s.b.Err); failure != nil && !errors.Is(err, fallback.ErrOpen) && ctx.Err() == nil {
 		s.srv.logUpstreamFailure(failure)
-		if m != nil {
-			m.UpstreamError(ctx, errorCause(failure))
-		}
+		s.tel.UpstreamError(ctx, errorCause(failure))
 	}
 	if m != nil {
-		m.Upstream(ctx, time.Since(t0).Seconds())
+		s.tel.Upstream(ctx, t0)
 	}
 	return err
 }
@@ -530,11 +531,6 @@ func (s *session) guarded() bool { return s.pinned == nil && s.srv.res != nil }
 // a missing one as the upstream error (or from the read cache). err is
 // what send returned.
 func (s *session) stripReplies(ctx context.Context, err error) {
-	m := s.srv.cfg.Metrics
-	var seconds float64
-	if m != nil {
-		seconds = time.Since(s.readAt).Seconds()
-	}
 	res := s.srv.res
 	guarded := s.guarded()
 	next := 0
@@ -582,23 +578,17 @@ func (s *session) stripReplies(ctx context.Context, err error) {
 				}
 				if bytes.HasPrefix(reply, []byte("-OOM")) {
 					s.srv.logUpstreamFailure(errors.New(strings.TrimRight(string(reply[1:]), "\r\n")))
-					if m != nil {
-						m.UpstreamError(ctx, "oom")
-					}
+					s.tel.UpstreamError(ctx, "oom")
 				}
 			}
 		}
 		s.srv.stats.noteReply(sl.name, s.out[mark:])
-		if m != nil {
-			m.Command(sl.name, len(s.out) == mark || s.out[mark] != '-')
-		}
+		s.tel.Command(sl.name, s.out[mark:])
 		if sl.muted {
 			s.out = s.out[:mark]
 		}
 	}
-	if m != nil {
-		m.Batch(ctx, seconds)
-	}
+	s.tel.Done(ctx, s.readAt)
 }
 
 // endBatch empties the batch's buffers for the next one, letting a huge

@@ -6,6 +6,10 @@
 #     ports, so the services Debian starts on install are stopped again.
 #   - the Node packages of test/node/ when it has a package.json (client
 #     compatibility tests with ioredis/BullMQ), plus node and npm for them.
+#   - promtool (Debian: prometheus), which checks and unit-tests the alert
+#     rules in deploy/prometheus; the Prometheus server the package starts
+#     is stopped again.
+#   - chromium, headless, which renders the status page in its test.
 # Run by `make test`; safe to run by hand.
 set -euo pipefail
 
@@ -36,12 +40,16 @@ command -v redis-sentinel >/dev/null 2>&1 || packages+=(redis-sentinel)
 command -v redis-cli >/dev/null 2>&1 || packages+=(redis-tools)
 # twemproxy: the benchmark harness's own tests start it next to Redis.
 command -v nutcracker >/dev/null 2>&1 || [[ -x /usr/sbin/nutcracker ]] || packages+=(nutcracker)
+# Operations: promtool for the alert rules, chromium for the status page.
+command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
+command -v chromium >/dev/null 2>&1 || packages+=(chromium)
 if [[ -f "$node_dir/package.json" ]]; then
 	command -v node >/dev/null 2>&1 || packages+=(nodejs)
 	command -v npm >/dev/null 2>&1 || packages+=(npm)
 fi
 
 installed_redis=false
+installed_prometheus=false
 if ((${#packages[@]} > 0)); then
 	if ! command -v apt-get >/dev/null 2>&1; then
 		log "missing: ${packages[*]}, and there is no apt-get here; install them with your package manager"
@@ -61,6 +69,7 @@ if ((${#packages[@]} > 0)); then
 	as_root apt-get install -y -qq --no-install-recommends "${packages[@]}"
 	for p in "${packages[@]}"; do
 		[[ $p == redis-* ]] && installed_redis=true
+		[[ $p == prometheus ]] && installed_prometheus=true
 	done
 fi
 
@@ -91,6 +100,10 @@ if $installed_redis; then
 	stop_service redis-server /run/redis/redis-server.pid
 	stop_service redis-sentinel /run/sentinel/redis-sentinel.pid
 fi
+if $installed_prometheus; then
+	log "stopping the prometheus service started by the install (only promtool is used)"
+	stop_service prometheus /run/prometheus/prometheus.pid
+fi
 
 # --- Node packages for client-compatibility tests ---------------------------
 if [[ -f "$node_dir/package.json" ]]; then
@@ -116,4 +129,4 @@ if [[ -f "$node_dir/package.json" ]]; then
 	fi
 fi
 
-log "ok: $(redis-server --version | cut -d' ' -f1-3)"
+log "ok: $(redis-server --version | cut -d' ' -f1-3); $(promtool --version 2>&1 | head -1 | cut -d' ' -f1-3); $(chromium --version 2>/dev/null | head -1)"

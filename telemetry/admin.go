@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	_ "embed"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,14 +16,32 @@ import (
 	"time"
 )
 
+// statusPage is the status page: one file of HTML, CSS and JavaScript, no
+// build step and nothing loaded from elsewhere. It polls /status.json.
+//
+//go:embed status.html
+var statusPage []byte
+
 // Admin is the admin HTTP server.
 type Admin struct {
 	srv *http.Server
 	ln  net.Listener
 }
 
+// Readiness is /readyz's answer.
+type Readiness struct {
+	Ready bool
+	// Reason is a short, fixed text: why keyfence is not ready ("draining",
+	// "upstream down and the read fallback is off"), or a note while it
+	// is ("upstream down, serving cached reads"). Anyone may read it.
+	Reason string
+	// Detail is the failure underneath; it names the upstream, so it is
+	// shown only to holders of the admin token (or when there is none).
+	Detail error
+}
+
 // ReadyFunc reports whether keyfence can serve clients now.
-type ReadyFunc func(ctx context.Context) error
+type ReadyFunc func(ctx context.Context) Readiness
 
 // AdminOptions are the admin endpoint's settings.
 type AdminOptions struct {
@@ -38,6 +58,8 @@ type AdminOptions struct {
 	// knows which flags hold secrets. net/http/pprof's own handler would
 	// print os.Args as they are.
 	Cmdline []string
+	// Status feeds the status page (/ and /status.json); nil: no page.
+	Status func(ctx context.Context) (*Status, error)
 }
 
 // NewAdmin binds addr and prepares the handlers.
@@ -63,18 +85,45 @@ func adminHandler(ready ReadyFunc, metrics http.Handler, opts AdminOptions) http
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
-		if err := ready(ctx); err != nil {
-			// The reason names the upstream and its failure: only for
-			// those who hold the token (or when there is none).
-			msg := "not ready"
-			if auth(r) {
-				msg += ": " + err.Error()
-			}
-			http.Error(w, msg, http.StatusServiceUnavailable)
-			return
+		rd := ready(ctx)
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		var b strings.Builder
+		if rd.Ready {
+			b.WriteString("ready")
+		} else {
+			b.WriteString("not ready")
+			w.WriteHeader(http.StatusServiceUnavailable)
 		}
-		_, _ = w.Write([]byte("ready\n"))
+		if rd.Reason != "" {
+			b.WriteString(": " + rd.Reason)
+		}
+		b.WriteString("\n")
+		if rd.Detail != nil && auth(r) {
+			b.WriteString("detail: " + oneLine(rd.Detail.Error()) + "\n")
+		}
+		_, _ = w.Write([]byte(b.String()))
 	})
+	if opts.Status != nil {
+		mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "text/html; charset=utf-8")
+			w.Header().Set("Cache-Control", "no-store")
+			// The page is all inline: nothing else may load or run.
+			w.Header().Set("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:")
+			w.Header().Set("X-Content-Type-Options", "nosniff")
+			_, _ = w.Write(statusPage)
+		})
+		mux.HandleFunc("GET /status.json", func(w http.ResponseWriter, r *http.Request) {
+			st, err := opts.Status(r.Context())
+			if err != nil {
+				http.Error(w, "status: "+err.Error(), http.StatusInternalServerError)
+				return
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Cache-Control", "no-store")
+			_ = json.NewEncoder(w).Encode(st)
+		})
+	}
 	if metrics != nil {
 		mux.Handle("GET /metrics", metrics)
 	}
@@ -97,8 +146,15 @@ func adminHandler(ready ReadyFunc, metrics http.Handler, opts AdminOptions) http
 		default:
 			if !auth(r) {
 				// Unknown paths too: without the token nobody learns
-				// which paths exist (whether pprof is on).
-				w.Header().Set("WWW-Authenticate", `Bearer realm="keyfence admin"`)
+				// which paths exist (whether pprof is on). The status
+				// page asks a browser for Basic credentials (any user
+				// name, the token as password): a browser cannot send
+				// a bearer token by itself.
+				if r.URL.Path == "/" {
+					w.Header().Set("WWW-Authenticate", `Basic realm="keyfence admin", charset="UTF-8"`)
+				} else {
+					w.Header().Set("WWW-Authenticate", `Bearer realm="keyfence admin"`)
+				}
 				http.Error(w, "unauthorized: send Authorization: Bearer <the admin token>", http.StatusUnauthorized)
 				return
 			}
@@ -108,24 +164,35 @@ func adminHandler(ready ReadyFunc, metrics http.Handler, opts AdminOptions) http
 }
 
 // tokenCheck returns a function that reports whether a request carries the
-// token; every request passes when token is empty. Both sides are hashed
-// before the constant-time comparison so that neither the token's content
-// nor its length shows in the time a refusal takes.
+// token, as "Authorization: Bearer <token>" or, for browsers, as the
+// password of HTTP Basic credentials; every request passes when token is
+// empty. Both sides are hashed before the constant-time comparison so that
+// neither the token's content nor its length shows in the time a refusal
+// takes.
 func tokenCheck(token string) func(*http.Request) bool {
 	if token == "" {
 		return func(*http.Request) bool { return true }
 	}
 	want := sha256.Sum256([]byte(token))
 	return func(r *http.Request) bool {
-		h := r.Header.Get("Authorization")
-		const scheme = "bearer "
-		if len(h) < len(scheme) || !strings.EqualFold(h[:len(scheme)], scheme) {
-			return false
+		var got string
+		if _, pw, ok := r.BasicAuth(); ok {
+			got = pw
+		} else {
+			h := r.Header.Get("Authorization")
+			const scheme = "bearer "
+			if len(h) < len(scheme) || !strings.EqualFold(h[:len(scheme)], scheme) {
+				return false
+			}
+			got = strings.TrimSpace(h[len(scheme):])
 		}
-		got := sha256.Sum256([]byte(strings.TrimSpace(h[len(scheme):])))
-		return subtle.ConstantTimeCompare(got[:], want[:]) == 1
+		sum := sha256.Sum256([]byte(got))
+		return subtle.ConstantTimeCompare(sum[:], want[:]) == 1
 	}
 }
+
+// oneLine keeps an error on one line of /readyz's body.
+func oneLine(s string) string { return strings.NewReplacer("\r", " ", "\n", " ").Replace(s) }
 
 // Addr returns the bound address.
 func (a *Admin) Addr() net.Addr { return a.ln.Addr() }

@@ -127,6 +127,19 @@ func (p *Pool) Pinned() int {
 	return n
 }
 
+// PinnedIdle is the number of pinned connections idle, ready for reuse.
+func (p *Pool) PinnedIdle() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, g := range p.groups {
+		g.mu.Lock()
+		n += len(g.idle)
+		g.mu.Unlock()
+	}
+	return n
+}
+
 // Close closes every connection; waiting batches fail.
 func (p *Pool) Close() {
 	p.mu.Lock()

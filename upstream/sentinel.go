@@ -207,7 +207,7 @@ func (s *Sentinel) succeeded(addr string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if addr != s.current {
-		s.log.Info("upstream master", "addr", addr, "previous", s.current)
+		s.log.Info("upstream master", "event", followEvent(s.current), "addr", addr, "previous", s.current)
 		s.current = addr
 	}
 	s.attempt, s.retryAt, s.lastErr = 0, time.Time{}, nil
@@ -335,4 +335,13 @@ func checkMaster(ctx context.Context, nc net.Conn, timeout time.Duration) error 
 		}
 	}
 	return errors.New("INFO replication has no role line")
+}
+
+// followEvent is the log event of a master keyfence moved to: the first
+// one found, or a failover followed.
+func followEvent(previous string) string {
+	if previous == "" {
+		return "master_found"
+	}
+	return "failover"
 }

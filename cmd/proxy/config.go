@@ -44,7 +44,8 @@ type settings struct {
 	redisCluster                                      string
 	breakerFailures, breakerProbes, fallbackMaxBytes  int
 	breakerOpenTimeout, fallbackTTL, upstreamTimeout  time.Duration
-	logLevel                                          string
+	logLevel, logFormat                               string
+	probeInterval                                     time.Duration
 	adminTokenFile                                    string
 	adminPprof                                        bool
 	// secret settings: read after parsing (see secretSetting)
@@ -60,6 +61,8 @@ type config struct {
 	adminOpts       telemetry.AdminOptions
 	shutdownTimeout time.Duration
 	logLevel        slog.Level
+	logFormat       string
+	probeInterval   time.Duration
 	// warnings are logged at start-up: settings that work but are unsafe.
 	warnings []string
 }
@@ -166,6 +169,8 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*con
 	dur(&s.dialTimeout, "dial-timeout", "PROXY_DIAL_TIMEOUT", 2*time.Second, "upstream connect timeout")
 	dur(&s.shutdownTimeout, "shutdown-timeout", "PROXY_SHUTDOWN_TIMEOUT", 10*time.Second, "how long SIGTERM waits for clients to finish")
 	str(&s.logLevel, "log-level", "PROXY_LOG_LEVEL", "info", "debug, info, warn or error")
+	str(&s.logFormat, "log-format", "PROXY_LOG_FORMAT", telemetry.LogText, "text (key=value) or json (one object a line)")
+	dur(&s.probeInterval, "upstream-probe-interval", "PROXY_UPSTREAM_PROBE_INTERVAL", telemetry.DefaultProbeInterval, "how often upstream is probed (PING, INFO memory) for the availability and memory metrics, 1s to 1m")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: keyfence --tenant ID [flags]\n\nkeyfence is a Redis proxy that keeps each tenant in its own key namespace.\nEvery flag can also be set by the environment variable named with it.\n\nFlags:")
 		fs.PrintDefaults()
@@ -331,6 +336,12 @@ func (s *settings) config() (*config, error) {
 	if err := level.UnmarshalText([]byte(s.logLevel)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", s.logLevel)
 	}
+	if s.logFormat != telemetry.LogText && s.logFormat != telemetry.LogJSON {
+		return nil, fmt.Errorf("--log-format %q: want text or json", s.logFormat)
+	}
+	if s.probeInterval < telemetry.MinProbeInterval || s.probeInterval > telemetry.MaxProbeInterval {
+		return nil, fmt.Errorf("--upstream-probe-interval %s: want %s to %s", s.probeInterval, telemetry.MinProbeInterval, telemetry.MaxProbeInterval)
+	}
 	up := upstream.Config{
 		Addr:        net.JoinHostPort(s.redisHost, strconv.Itoa(s.redisPort)),
 		Username:    s.redisUsername,
@@ -446,6 +457,8 @@ func (s *settings) config() (*config, error) {
 		adminOpts:       telemetry.AdminOptions{Token: s.adminToken, Pprof: s.adminPprof},
 		shutdownTimeout: s.shutdownTimeout,
 		logLevel:        level,
+		logFormat:       s.logFormat,
+		probeInterval:   s.probeInterval,
 	}, nil
 }
 

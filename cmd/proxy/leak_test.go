@@ -53,6 +53,7 @@ func (l *lockedBuffer) String() string {
 // Every secret keyfence is given — upstream password, client password,
 // admin token — by flag, environment or file, is absent from its log
 // (debug level), /metrics, /debug/pprof/cmdline, a goroutine dump, /readyz,
+// the status page and its /status.json,
 // and everything a client can read through it (INFO, CLIENT LIST, errors).
 func TestNoSecretLeaks(t *testing.T) {
 	const (
@@ -119,7 +120,7 @@ func TestNoSecretLeaks(t *testing.T) {
 			bad.Close()
 
 			admin := "http://" + addrs["admin listening"]
-			for _, path := range []string{"/metrics", "/debug/pprof/cmdline", "/debug/pprof/goroutine?debug=2", "/readyz", "/healthz", "/debug/pprof/"} {
+			for _, path := range []string{"/metrics", "/debug/pprof/cmdline", "/debug/pprof/goroutine?debug=2", "/readyz", "/healthz", "/debug/pprof/", "/", "/status.json"} {
 				for _, auth := range []bool{false, true} {
 					status, body := httpGet(t, ctx, admin+path, auth, token)
 					seen = append(seen, body)
