@@ -421,6 +421,9 @@ func (s *session) watchClient(c *upstream.Conn) (stop func() (gone bool)) {
 			}
 			if err != nil || len(extra) > s.srv.cfg.MaxRequestBytes {
 				gone = true
+				// Before the close: the command's failure is the client's
+				// doing, not upstream's (send neither logs nor counts it).
+				s.clientLeft.Store(true)
 				c.Close()
 				return
 			}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"regexp"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyfence/keyfence/upstream"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -1249,4 +1251,63 @@ func TestInlineCommands(t *testing.T) {
 		}
 	}
 	expect(t, c, "+PONG\r\n", "PING")
+}
+
+// TestDrainAnswersBlockedCommands: a SIGTERM (Serve's ctx cancelled) and
+// then Shutdown while one client waits in BLPOP q 2 and another in BLPOP w 0:
+// each gets its own reply — nil after its 2 s, and the element pushed during
+// the drain — not an upstream error, and Shutdown returns once both are
+// answered.
+func TestDrainAnswersBlockedCommands(t *testing.T) {
+	t.Parallel()
+	up := testRedis(t)
+	tenant := tenantFor(t)
+	srv, err := New(Config{Listen: "127.0.0.1:0", Tenant: tenant, Upstream: upstream.Config{Addr: up.Addr()}, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx) }()
+	addr := srv.Addr().String()
+
+	timed, forever := dialRaw(t, addr), dialRaw(t, addr)
+	timed.write(t, encode(nil, "BLPOP", "q", "2"))
+	forever.write(t, encode(nil, "BLPOP", "w", "0"))
+	if !waitFor(10*time.Second, func() bool {
+		list, _ := up.Client().ClientList(t.Context()).Result()
+		return strings.Count(list, "cmd=blpop") == 2
+	}) {
+		t.Fatal("the two BLPOPs did not block upstream")
+	}
+	start := time.Now()
+	cancel() // the signal: no more clients
+	if err := <-served; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	drained := make(chan error, 1)
+	go func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer scancel()
+		drained <- srv.Shutdown(sctx)
+	}()
+	if err := up.Client().RPush(t.Context(), "tenant:"+tenant+":w", "job").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got := string(forever.read(t)); got != "*2\r\n$1\r\nw\r\n$3\r\njob\r\n" {
+		t.Errorf("BLPOP w 0 during the drain: %q, want the element pushed", got)
+	}
+	if got := string(timed.read(t)); got != "*-1\r\n" {
+		t.Errorf("BLPOP q 2 during the drain: %q, want its own timeout's nil", got)
+	}
+	if waited := time.Since(start); waited < time.Second {
+		t.Errorf("BLPOP q 2 answered after %v: not its own timeout", waited)
+	}
+	if err := <-drained; err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
 }

@@ -229,7 +229,8 @@ func (s *Server) Listen() error {
 // Addr returns the listener's address.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
-// Serve accepts clients until ctx is done or Shutdown is called.
+// Serve accepts clients until ctx is done or Shutdown is called. Sessions
+// outlive ctx: call Shutdown to drain them.
 func (s *Server) Serve(ctx context.Context) error {
 	if s.ln == nil {
 		if err := s.Listen(); err != nil {
@@ -283,7 +284,10 @@ func (s *Server) accept(ctx context.Context, nc net.Conn) {
 		_ = tc.SetNoDelay(true)
 	}
 	sess := newSession(s, nc)
-	sctx, cancel := context.WithCancel(ctx)
+	// Not cancelled with Serve's ctx: a signal stops accepting, and
+	// Shutdown drains. A command in flight (a BLPOP q 2) gets its own reply
+	// within the drain timeout; only a forced Shutdown cancels it.
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	sess.cancel = cancel // set before Shutdown can see the session
 	s.mu.Lock()
 	if s.closing || len(s.sessions) >= s.cfg.MaxClients {

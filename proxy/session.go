@@ -93,10 +93,11 @@ type session struct {
 	idleN      int                   // bytes and error of readIdle's read
 	idleErr    error                 //
 
-	closing atomic.Bool        // the server is draining: stop after this batch
-	cancel  context.CancelFunc // ends the session's context: forced Shutdown
-	quit    bool               // QUIT or a fatal protocol error: stop after flushing
-	wErr    error              // the client cannot be written to any more
+	closing    atomic.Bool        // the server is draining: stop after this batch
+	clientLeft atomic.Bool        // the client closed while a command waited (watchClient)
+	cancel     context.CancelFunc // ends the session's context: forced Shutdown
+	quit       bool               // QUIT or a fatal protocol error: stop after flushing
+	wErr       error              // the client cannot be written to any more
 }
 
 // txState is where a session is in a transaction. A WATCH outside MULTI
@@ -502,7 +503,13 @@ func (s *session) send(ctx context.Context) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		s.b = upstream.NewBatch() // the old one may still be written to
 	}
-	if failure := errors.Join(err, s.b.Err); failure != nil && !errors.Is(err, fallback.ErrOpen) && ctx.Err() == nil {
+	switch failure := errors.Join(err, s.b.Err); {
+	case failure == nil || errors.Is(err, fallback.ErrOpen) || ctx.Err() != nil:
+	case s.clientLeft.Load():
+		// keyfence closed the pinned connection because the client went
+		// away (a BullMQ worker closing while blocked): Redis is fine.
+		s.srv.cfg.Metrics.ClientClosedWhileWaiting()
+	default:
 		s.srv.logUpstreamFailure(failure)
 		s.tel.UpstreamError(ctx, errorCause(failure))
 	}

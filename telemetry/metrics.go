@@ -45,6 +45,7 @@ type Metrics struct {
 
 	classes   [numClasses]atomic.Int64 // error replies by class
 	accepted  atomic.Int64             // client connections accepted
+	leftWait  atomic.Int64             // clients that closed while their command waited upstream
 	rejected  [numRejectReasons]atomic.Int64
 	probe     probeState
 	limitRefs limitWatch
@@ -253,6 +254,12 @@ func (m *Metrics) instruments(meter metric.Meter, commands []string, g Gauges) e
 		rejOpts[r] = metric.WithAttributeSet(attribute.NewSet(m.tenant, attribute.String("reason", rejectReasons[r])))
 	}
 	add(observed{[]metric.Observable{acceptedCounter}, func(o metric.Observer) { o.ObserveInt64(acceptedCounter, m.accepted.Load(), tenantOpt) }})
+	leftCounter, err := meter.Int64ObservableCounter("keyfence.client.closed_while_waiting", metric.WithUnit("{connection}"),
+		metric.WithDescription("Clients that closed their connection while a command of theirs waited upstream (a blocked BLPOP, a worker shutting down): not an upstream failure"))
+	if err != nil {
+		return err
+	}
+	add(observed{[]metric.Observable{leftCounter}, func(o metric.Observer) { o.ObserveInt64(leftCounter, m.leftWait.Load(), tenantOpt) }})
 	add(observed{[]metric.Observable{rejectedCounter}, func(o metric.Observer) {
 		for r := range m.rejected {
 			o.ObserveInt64(rejectedCounter, m.rejected[r].Load(), rejOpts[r])
@@ -427,6 +434,15 @@ func (m *Metrics) UpstreamError(ctx context.Context, cause string) {
 func (m *Metrics) ClientAccepted() {
 	if m != nil {
 		m.accepted.Add(1)
+	}
+}
+
+// ClientClosedWhileWaiting counts a client that went away while its command
+// waited upstream; keyfence closes the upstream connection it had pinned,
+// which is no upstream failure.
+func (m *Metrics) ClientClosedWhileWaiting() {
+	if m != nil {
+		m.leftWait.Add(1)
 	}
 }
 
