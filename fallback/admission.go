@@ -14,18 +14,17 @@ import (
 // not filled again. That keeps the fallback's cost on the data path to two
 // hashes and two atomic loads for most reads.
 //
-// It is a pair of fixed arrays indexed by hash: an epoch per key, bumped by
-// every invalidation of the key (and, for all keys, by InvalidateAll), and a
-// state per request: the epochs of its keys when it was last seen or filled.
+// It reads the cache's key slots (the clock value of each key's last
+// invalidation) and keeps a state per request, in a fixed array indexed by
+// hash: the slots of its keys when it was last seen or filled.
 // A collision only ever costs a fill that was not needed or one that is
 // skipped; it never decides what is served — Lookup checks entries exactly.
 type admission struct {
 	seed   maphash.Seed
-	keys   []atomic.Uint32
+	keys   []atomic.Uint64 // the cache's key slots
 	reqs   []atomic.Uint64
 	all    atomic.Uint32 // bumped by InvalidateAll
 	period time.Duration // a filled read is filled again after this long, so that entries do not run out
-	now    func() time.Time
 }
 
 // ReadMark identifies one cacheable read between WantRead and Filled.
@@ -39,13 +38,8 @@ const (
 	admFilled = 2
 )
 
-func newAdmission(slots int, period time.Duration, now func() time.Time) *admission {
-	n := 1
-	for n < slots {
-		n <<= 1
-	}
-	return &admission{seed: maphash.MakeSeed(), keys: make([]atomic.Uint32, n), reqs: make([]atomic.Uint64, n),
-		period: max(period, time.Second), now: now}
+func newAdmission(seed maphash.Seed, keys []atomic.Uint64, period time.Duration) *admission {
+	return &admission{seed: seed, keys: keys, reqs: make([]atomic.Uint64, len(keys)), period: max(period, time.Second)}
 }
 
 // keyHash hashes an upstream key name given as prefix and the client's key.
@@ -57,22 +51,17 @@ func (a *admission) keyHash(prefix string, key []byte) uint64 {
 	return h.Sum64()
 }
 
-func (a *admission) invalidate(key []byte) {
-	a.keys[a.keyHash("", key)&uint64(len(a.keys)-1)].Add(1)
-}
-
 // want reports whether the read of command with args (the client's, keys
 // without prefix) by namespace ns in db should be filled, and the mark to
-// give Filled when it was.
-func (a *admission) want(ns string, db int, command string, args [][]byte, keys [][]byte) (ReadMark, bool) {
+// give Filled when it was. now is the caller's clock reading (one per batch
+// will do: the clock only ages entries, in periods of seconds).
+func (a *admission) want(ns string, db int, command string, args [][]byte, keys [][]byte, now time.Time) (ReadMark, bool) {
 	var h maphash.Hash
 	h.SetSeed(a.seed)
 	h.WriteString(ns)
 	h.WriteByte(byte(db))
 	h.WriteByte(byte(db >> 8))
-	for i := 0; i < len(command); i++ {
-		h.WriteByte(command[i] | 0x20) // command names are letters and '|': fold the case
-	}
+	h.WriteString(command) // as the command table spells it: lower case
 	for _, arg := range args {
 		var n [4]byte
 		n[0], n[1], n[2], n[3] = byte(len(arg)), byte(len(arg)>>8), byte(len(arg)>>16), byte(len(arg)>>24)
@@ -80,9 +69,9 @@ func (a *admission) want(ns string, db int, command string, args [][]byte, keys 
 		h.Write(arg)
 	}
 	hr := h.Sum64()
-	epoch := a.all.Load()*0x9E3779B1 ^ uint32(a.now().UnixNano()/int64(a.period))*0x85EBCA6B
+	epoch := a.all.Load()*0x9E3779B1 ^ uint32(now.UnixNano()/int64(a.period))*0x85EBCA6B
 	for _, k := range keys {
-		epoch += a.keys[a.keyHash(ns, k)&uint64(len(a.keys)-1)].Load()
+		epoch += uint32(a.keys[a.keyHash(ns, k)&uint64(len(a.keys)-1)].Load())
 	}
 	tag := uint64(hr>>48) << 48
 	slot := uint32(hr & uint64(len(a.reqs)-1))

@@ -79,7 +79,7 @@ func NewCache(cfg Config) (*Cache, error) {
 	// entries it can hold, for 1/16 of its size in memory.
 	n := slotsFor(cfg.MaxBytes)
 	c.slots = make([]atomic.Uint64, n)
-	c.adm = newAdmission(n, cfg.TTL/2, func() time.Time { return c.now() })
+	c.adm = newAdmission(c.seed, c.slots, cfg.TTL/2)
 	return c, nil
 }
 
@@ -224,11 +224,12 @@ func (c *Cache) newEntry(ns string, db int, req []byte, keys [][]byte, reply []b
 
 // WantRead reports whether the reply to a cacheable read is worth filling
 // (see admission): not on the first sighting of the read, nor while an entry
-// filled for it is current. command and args are the client's (keys without
-// the prefix); ns is the tenant's prefix. Call it before sending the read,
-// so that a read not wanted costs nothing more, and give the mark to Filled
-// once the reply was stored.
-func (c *Cache) WantRead(ns string, db int, command string, args [][]byte) (ReadMark, bool) {
+// filled for it is current. command is the name as the command table spells
+// it (lower case) and args are the client's (keys without the prefix); ns is
+// the tenant's prefix; now is a recent clock reading (one per batch). Call
+// it before sending the read, so that a read not wanted costs nothing more,
+// and give the mark to Filled once the reply was stored.
+func (c *Cache) WantRead(ns string, db int, command string, args [][]byte, now time.Time) (ReadMark, bool) {
 	if c == nil {
 		return ReadMark{}, false
 	}
@@ -236,7 +237,7 @@ func (c *Cache) WantRead(ns string, db int, command string, args [][]byte) (Read
 	if len(keys) == 0 {
 		return ReadMark{}, false
 	}
-	return c.adm.want(ns, db, command, args, keys)
+	return c.adm.want(ns, db, command, args, keys, now)
 }
 
 // Filled records that the read marked m was stored.
@@ -282,8 +283,10 @@ func (c *Cache) fresh(since Stamp, keys [][]byte) bool {
 	return true
 }
 
+// slot is key's slot; the same hash as admission.keyHash's (maphash of the
+// same bytes, written in one piece or two, is the same).
 func (c *Cache) slot(key []byte) *atomic.Uint64 {
-	return &c.slots[maphash.Bytes(c.seed, key)&uint64(len(c.slots)-1)]
+	return &c.slots[c.adm.keyHash("", key)&uint64(len(c.slots)-1)]
 }
 
 // Invalidate makes every entry that depends on the Redis key stale, in every
@@ -293,16 +296,26 @@ func (c *Cache) Invalidate(key []byte) {
 	if c == nil {
 		return
 	}
-	c.adm.invalidate(key)
+	raise(c.slot(key), c.clock.Add(1))
+}
+
+// InvalidateKeys is Invalidate of each key, with one tick of the clock for
+// all of them: a batch's writes, or a tracking message's keys, cost one
+// atomic add on the shared clock rather than one each.
+func (c *Cache) InvalidateKeys(keys [][]byte) {
+	if c == nil || len(keys) == 0 {
+		return
+	}
 	n := c.clock.Add(1)
-	raise(c.slot(key), n)
+	for _, k := range keys {
+		raise(c.slot(k), n)
+	}
 }
 
 // invalidateAfter invalidates key and reports whether that invalidation was
 // the first of the key's slot after since (and no InvalidateAll came
 // after it); n is its clock value.
 func (c *Cache) invalidateAfter(key []byte, since Stamp) (n Stamp, first bool) {
-	c.adm.invalidate(key)
 	sl := c.slot(key)
 	for {
 		old := sl.Load()

@@ -492,6 +492,7 @@ func TestMaxBytesBound(t *testing.T) {
 func TestSharedKeySlots(t *testing.T) {
 	c, _ := newTestCache(t, 30*time.Second, 1<<20)
 	c.slots = make([]atomic.Uint64, 1) // every key in one slot
+	c.adm.keys = c.slots
 	x, y := "tenant:a:x", "tenant:a:y"
 	store(c, "a", 0, getReq(x), bs(x), bulk("x"), 0)
 	lookupOK(t, c, "a", 0, getReq(x), bulk("x"))
@@ -564,7 +565,7 @@ func ExampleCache() {
 func TestWantRead(t *testing.T) {
 	c, clock := newTestCache(t, 30*time.Second, 1<<20)
 	get := func(ns string, db int, key string) (ReadMark, bool) {
-		return c.WantRead(ns, db, "get", bs(key))
+		return c.WantRead(ns, db, "get", bs(key), c.now())
 	}
 	steps := []struct {
 		name   string
@@ -601,7 +602,7 @@ func TestWantRead(t *testing.T) {
 			c.Filled(mark)
 		}
 	}
-	if _, want := c.WantRead("tenant:a:", 0, "scan", bs("0")); want {
+	if _, want := c.WantRead("tenant:a:", 0, "scan", bs("0"), c.now()); want {
 		t.Error("WantRead admitted a read that is not cacheable")
 	}
 }

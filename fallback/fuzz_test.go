@@ -142,6 +142,7 @@ func runCacheModel(t *testing.T, ops []byte) (hits int) {
 	c, clk := newTestCache(t, ttl, 64<<10)
 	if len(ops) > 0 && ops[0]&0x80 != 0 {
 		c.slots = make([]atomic.Uint64, 4) // exercise keys sharing slots too
+		c.adm.keys = c.slots
 	}
 	m := &fuzzModel{truth: map[string]int{}, acked: map[string]int{}}
 	deadline := map[fuzzTarget]time.Time{} // the latest any accepted Store may live

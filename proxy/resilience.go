@@ -72,25 +72,70 @@ func (s *session) cacheRequest(sl slot) (req []byte, args [][]byte, ok bool) {
 	return s.cacheScratch.req, args, true
 }
 
-// invalidateWrite drops the cache entries of the keys a write is about to
-// change, whatever becomes of it: a write that failed after it was sent may
-// still have been applied. args are the client's, so the keys are found
-// without parsing the rewritten request again.
+// invalidateWrite notes the keys a write is about to change, for send to
+// invalidate before the batch goes upstream, whatever becomes of it: a
+// write that failed after it was sent may still have been applied. args are
+// the client's, so the keys are found without parsing the rewritten request
+// again; they are copied (with the prefix) into the batch's list.
 func (s *session) invalidateWrite(cmd *rewrite.Command, args [][]byte) {
-	r := s.srv.res
 	if cmd == nil || !cmd.HasFlag(rewrite.FlagWrite) {
 		return
 	}
-	idx, err := s.rw.Keys(cmd, args, s.cacheScratch.keyIdx[:0])
-	s.cacheScratch.keyIdx = idx
+	sc := &s.cacheScratch
+	idx, err := s.rw.Keys(cmd, args, sc.keyIdx[:0])
+	sc.keyIdx = idx
 	if err != nil {
-		r.cache.InvalidateAll() // cannot tell which keys: be safe
+		sc.invalidateAll = true // cannot tell which keys: be safe
 		return
 	}
 	for _, i := range idx {
-		s.cacheScratch.key = append(append(s.cacheScratch.key[:0], r.ns...), args[i]...)
-		r.cache.Invalidate(s.cacheScratch.key)
+		sc.written = append(append(sc.written, s.srv.res.ns...), args[i]...)
+		sc.writtenEnds = append(sc.writtenEnds, len(sc.written))
 	}
+}
+
+// invalidateWritten invalidates what invalidateWrite noted for the batch,
+// with one tick of the cache's clock, and forgets it.
+func (s *session) invalidateWritten() {
+	sc := &s.cacheScratch
+	cache := s.srv.res.cache
+	if sc.invalidateAll {
+		cache.InvalidateAll()
+	}
+	if len(sc.writtenEnds) > 0 {
+		keys := sc.writtenKeys[:0]
+		from := 0
+		for _, end := range sc.writtenEnds {
+			keys = append(keys, sc.written[from:end])
+			from = end
+		}
+		cache.InvalidateKeys(keys)
+		clear(keys)
+		sc.writtenKeys = keys[:0]
+	}
+	sc.written, sc.writtenEnds, sc.invalidateAll = sc.written[:0], sc.writtenEnds[:0], false
+	if cap(sc.written) > maxKeptBuffer {
+		sc.written = nil
+	}
+}
+
+// DefaultFallbackSample is how many cacheable reads there are for one that
+// the cache looks at (Config.FallbackSample): a read is a sighting for
+// admission (Cache.WantRead) with probability 1/4. A hot key is still seen
+// within a few reads; a one-off read, most often, not at all, and the other
+// reads cost the data path nothing. The cache serves outages: what matters
+// is that hot keys are in it.
+const DefaultFallbackSample = 4
+
+// sampleRead draws whether this read is one the cache looks at, from a
+// xorshift generator of the session's own.
+func (s *session) sampleRead() bool {
+	x := s.sampler
+	x ^= x << 13
+	x ^= x >> 17
+	x ^= x << 5
+	s.sampler = x
+	return x%uint32(s.srv.cfg.FallbackSample) == 0
 }
 
 // maxTTLKeys bounds the PTTLs sent beside one cacheable read.
@@ -106,10 +151,10 @@ const maxTTLKeys = 16
 func (s *session) askKeyTTLs(args [][]byte) {
 	i := len(s.slots) - 1
 	sl := s.slots[i]
-	if sl.name == "" || len(args) < 2 {
+	if sl.name == "" || len(args) < 2 || !s.sampleRead() {
 		return
 	}
-	mark, want := s.srv.res.cache.WantRead(s.srv.res.ns, s.db, sl.name, args[1:])
+	mark, want := s.srv.res.cache.WantRead(s.srv.res.ns, s.db, sl.name, args[1:], s.readAt)
 	if !want {
 		return
 	}
@@ -227,7 +272,7 @@ func (s *Server) trackOnce(ctx context.Context, connected func()) error {
 	}
 	rd := upstream.NewReplyReader(4 << 10)
 	confirmed := false
-	var elems [][]byte // SplitPush's scratch
+	var elems, keys [][]byte // SplitPush's and appendKeys's scratch
 	for {
 		err := rd.Read(nc, func(reply []byte) error {
 			if !confirmed {
@@ -243,9 +288,12 @@ func (s *Server) trackOnce(ctx context.Context, connected func()) error {
 			if !ok || string(kind) != "invalidate" || len(elems) != 2 {
 				return nil
 			}
-			if !invalidateKeys(s.res.cache, elems[1]) {
+			if keys, ok = appendKeys(keys[:0], elems[1]); ok {
+				s.res.cache.InvalidateKeys(keys)
+			} else {
 				s.res.cache.InvalidateAll() // FLUSHDB/FLUSHALL upstream, or a shape not understood
 			}
+			clear(keys)
 			return nil
 		})
 		if err != nil {
@@ -254,29 +302,29 @@ func (s *Server) trackOnce(ctx context.Context, connected func()) error {
 	}
 }
 
-// invalidateKeys invalidates each key of a tracking message's key array
-// without decoding it into values (one message per write comes back on the
-// tracking connection); false for a null array or one it cannot read.
-func invalidateKeys(cache *fallback.Cache, keys []byte) bool {
-	if len(keys) < 4 || keys[0] != '*' {
-		return false
+// appendKeys appends each key of a tracking message's key array to keys,
+// without decoding it into values (one message comes back per batch of
+// writes); false for a null array or one it cannot read.
+func appendKeys(keys [][]byte, arr []byte) ([][]byte, bool) {
+	if len(arr) < 4 || arr[0] != '*' {
+		return keys, false
 	}
-	line, pos, ok := resp.ReadLine(keys, 1)
+	line, pos, ok := resp.ReadLine(arr, 1)
 	n, nok := resp.ParseInt(line)
 	if !ok || pos < 0 || !nok || n < 0 {
-		return false
+		return keys, false
 	}
 	for range n {
-		m, err := resp.ReplyLen(keys[pos:])
+		m, err := resp.ReplyLen(arr[pos:])
 		if err != nil || m == 0 {
-			return false
+			return keys, false
 		}
-		key, ok := rewrite.BulkValue(keys[pos : pos+m])
+		key, ok := rewrite.BulkValue(arr[pos : pos+m])
 		if !ok {
-			return false
+			return keys, false
 		}
-		cache.Invalidate(key)
+		keys = append(keys, key)
 		pos += m
 	}
-	return pos == len(keys)
+	return keys, pos == len(arr)
 }

@@ -38,6 +38,7 @@ func startWithFaultsTimeout(t *testing.T, tenant string, timeout time.Duration) 
 		c.Upstream.Timeout = timeout
 		c.Fallback = &cfg
 		c.FallbackCache = true
+		c.FallbackSample = 1 // every read is a sighting: the test reads each key twice
 	})
 	return srv, fp, addr, kf
 }
@@ -77,10 +78,19 @@ func TestFallbackServesCachedReadsDuringOutage(t *testing.T) {
 	if err := srv.Client().HSet(context.Background(), "tenant:fb:user", "name", "grace").Err(); err != nil {
 		t.Fatal(err)
 	}
+	userReq := fallback.AppendRequest(nil, "HGETALL", [][]byte{[]byte("tenant:fb:user")})
 	waitFor(t, "tracking invalidation", 5*time.Second, func() bool {
-		return !strings.Contains(c.do("HGETALL", "user"), "ada")
+		_, hit := kf.Cached(0, userReq)
+		return !hit
 	})
-	c.do("HGETALL", "user") // cached again, now with grace
+	// Cached again, now with grace: two sightings after the change.
+	waitFor(t, "HGETALL cached again", 5*time.Second, func() bool {
+		if got := c.do("HGETALL", "user"); !strings.Contains(got, "grace") {
+			t.Fatalf("HGETALL after the change: %q", got)
+		}
+		cached, hit := kf.Cached(0, userReq)
+		return hit && strings.Contains(string(cached), "grace")
+	})
 
 	if got := c.do("GET", "short"); got != "$5\r\nlived\r\n" {
 		t.Fatal(got)

@@ -50,6 +50,7 @@ type Config struct {
 	Metrics               *telemetry.Metrics // nil: none recorded
 	Fallback              *fallback.Config   // circuit breaker (and read cache); nil: off
 	FallbackCache         bool               // with Fallback: serve cached reads while upstream fails
+	FallbackSample        int                // 1 in FallbackSample cacheable reads is looked at by the cache; default DefaultFallbackSample
 	TLS                   *tls.Config        // client listener TLS (ListenerTLSConfig); nil: plain TCP
 	// Scripts: a script running longer than ScriptTimeout, or growing
 	// upstream's Lua memory by more than ScriptMaxMemory bytes, is stopped
@@ -78,6 +79,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxRequestBytes <= 0 {
 		c.MaxRequestBytes = resp.DefaultLimits.MaxRequestBytes
+	}
+	if c.FallbackSample <= 0 {
+		c.FallbackSample = DefaultFallbackSample
 	}
 	if c.ClientOutputSoftLimit <= 0 {
 		c.ClientOutputSoftLimit = DefaultClientOutputSoftLimit

@@ -83,13 +83,19 @@ type session struct {
 		since  fallback.Stamp
 		args   [][]byte
 		req    []byte
-		key    []byte
 		keyIdx []int
+		// The keys the batch's writes change (prefixed, back to back),
+		// invalidated together before it is sent (invalidateWritten).
+		written       []byte
+		writtenEnds   []int
+		writtenKeys   [][]byte
+		invalidateAll bool
 	}
 	readAt time.Time        // when the batch's bytes were read, for latency
 	tel    *telemetry.Batch // records the batches; nil without metrics
 
 	readIdleFn func(fd uintptr) bool // s.readIdle, made once
+	sampler    uint32                // sampleRead's state
 	idleN      int                   // bytes and error of readIdle's read
 	idleErr    error                 //
 
@@ -171,6 +177,7 @@ func newSession(srv *Server, nc net.Conn) *session {
 		tel:     srv.cfg.Metrics.NewBatch(),
 	}
 	s.readIdleFn = s.readIdle
+	s.sampler = uint32(s.id)*2654435761 | 1 // xorshift needs a state that is not 0
 	s.lastCmd.Store("NULL")
 	s.lastAt.Store(s.created.UnixNano())
 	return s
@@ -217,9 +224,9 @@ func (s *session) serve(ctx context.Context) {
 			}
 		}
 		s.srv.stats.reads.Add(1)
-		if s.srv.cfg.Metrics != nil {
-			s.readAt = time.Now()
-		}
+		// One clock reading per batch: latency, and the read cache's
+		// admission, which ages entries in periods of seconds.
+		s.readAt = time.Now()
 		s.handleBuffered(ctx)
 		s.flushBatch(ctx)
 		if s.writeOut() != nil {
@@ -492,10 +499,12 @@ func (s *session) send(ctx context.Context) error {
 		t0 = time.Now()
 	}
 	rt := s.transport()
+	if res := s.srv.res; res != nil && res.cache != nil {
+		s.invalidateWritten() // before the stamp: the batch's own reads come after its writes
+		s.cacheScratch.since = res.cache.Stamp()
+	}
 	if s.pinned != nil {
 		s.srv.pinnedCommands.Add(int64(s.nreq))
-	} else if res := s.srv.res; res != nil {
-		s.cacheScratch.since = res.cache.Stamp() // before anything is sent
 	}
 	s.b.Limit = s.srv.cfg.ClientOutputHardLimit
 	s.b.ReadOnly = s.pinned == nil && s.onlyReads()

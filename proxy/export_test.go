@@ -1,0 +1,11 @@
+package proxy
+
+// Cached looks req (a fallback.AppendRequest of upstream names) up in the
+// server's read cache, for tests in package proxy_test that must know an
+// entry is there (or gone) before they cause an outage.
+func (s *Server) Cached(db int, req []byte) ([]byte, bool) {
+	if s.res == nil || s.res.cache == nil {
+		return nil, false
+	}
+	return s.res.cache.Lookup(s.prefix, db, req)
+}
