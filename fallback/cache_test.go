@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/keyfence/keyfence/resp"
 )
 
 type fakeClock struct {
@@ -53,7 +55,7 @@ func bs(ss ...string) [][]byte {
 
 func getReq(key string) []byte { return AppendRequest(nil, "GET", bs(key)) }
 
-func bulk(s string) []byte { return appendBulk(nil, []byte(s)) }
+func bulk(s string) []byte { return resp.AppendBulk(nil, []byte(s)) }
 
 // store is Store with a stamp taken now, as for a read that just came back.
 func store(c *Cache, ns string, db int, req []byte, keys [][]byte, reply []byte, keyTTL time.Duration) bool {

@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/keyfence/keyfence/resp"
 )
 
 // keysAt says where a cacheable read's keys are.
@@ -105,17 +107,9 @@ func AppendRequest(dst []byte, command string, args [][]byte) []byte {
 	}
 	dst = append(dst, '\r', '\n')
 	for _, a := range args {
-		dst = appendBulk(dst, a)
+		dst = resp.AppendBulk(dst, a)
 	}
 	return dst
-}
-
-func appendBulk(dst, b []byte) []byte {
-	dst = append(dst, '$')
-	dst = strconv.AppendInt(dst, int64(len(b)), 10)
-	dst = append(dst, '\r', '\n')
-	dst = append(dst, b...)
-	return append(dst, '\r', '\n')
 }
 
 // longTTL stands for "effectively forever" when a SET's expiry is too large
@@ -185,7 +179,7 @@ func FillFromWrite(command string, args [][]byte) (req, reply []byte, keyTTL tim
 		return nil, nil, 0, false
 	}
 	req = AppendRequest(make([]byte, 0, 24+len(key)), "GET", [][]byte{key})
-	reply = appendBulk(make([]byte, 0, 16+len(value)), value)
+	reply = resp.AppendBulk(make([]byte, 0, 16+len(value)), value)
 	return req, reply, keyTTL, true
 }
 
