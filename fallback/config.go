@@ -38,7 +38,7 @@ func Defaults() Config {
 	}
 }
 
-// minMaxBytes keeps the cache large enough for ristretto's bookkeeping and a
+// minMaxBytes keeps the cache large enough for its slot arrays and a
 // few entries to make sense.
 const minMaxBytes = 4 << 10
 

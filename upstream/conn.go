@@ -275,7 +275,10 @@ func (c *Conn) readLoop(nc net.Conn) {
 
 // ReplyReader reads an upstream connection into one buffer and hands out
 // each complete RESP reply in it, keeping a partial one for the next read.
-type ReplyReader struct{ buf []byte }
+type ReplyReader struct {
+	buf  []byte
+	calm int // reads left, with no big reply, before a grown buffer may shrink
+}
 
 // NewReplyReader returns a reader whose buffer starts at size bytes.
 func NewReplyReader(size int) ReplyReader { return ReplyReader{buf: make([]byte, 0, size)} }
@@ -308,9 +311,19 @@ func (r *ReplyReader) Read(nc net.Conn, each func(reply []byte) error) error {
 	if err == nil {
 		err = readErr // replies that came with the error were handed out first
 	}
-	// Keep the unparsed tail at the front; shrink after a big reply, so a
-	// connection that once carried one does not keep its size for good.
-	if cap(r.buf) > 1<<20 && len(r.buf)-pos <= 64<<10 {
+	// Keep the unparsed tail at the front. Shrink a grown buffer once big
+	// replies have stopped for a while, so that a connection that once
+	// carried one does not keep its size for good, while a stream of them
+	// (200 pipelined GETs of 2 MiB) does not grow it again from 64 KiB for
+	// every reply.
+	if cap(r.buf) > 1<<20 {
+		if pos > 64<<10 || len(r.buf)-pos > 64<<10 {
+			r.calm = 64
+		} else if r.calm > 0 {
+			r.calm--
+		}
+	}
+	if cap(r.buf) > 1<<20 && r.calm == 0 && len(r.buf)-pos <= 64<<10 {
 		nb := make([]byte, len(r.buf)-pos, 64<<10)
 		copy(nb, r.buf[pos:])
 		r.buf = nb
