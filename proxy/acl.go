@@ -27,7 +27,7 @@ var answeredOtherwise = map[string]string{
 // belongs here, or the least-privilege user of `keyfence acl` gets NOPERM;
 // TestACLUserRunsEverything runs the workload as that user to catch it.
 var ownCommands = []struct{ name, why string }{
-	// Connection set-up (upstream.go dial) and health.
+	// Connection set-up (upstream.Dial) and health.
 	{"hello", "RESP3 and AUTH on every new upstream connection"},
 	{"auth", "log in as the upstream user on RESP2 connections"},
 	{"select", "a client's SELECT n maps to a connection group on upstream database n"},

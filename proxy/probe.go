@@ -30,7 +30,7 @@ import (
 //
 // Sentinel's +switch-master announcement is not subscribed to: Sentinel
 // announces the switch only after the promoted replica reports role:master,
-// which is what the probe checks (INFO replication, sentinel.go), so the
+// which is what the probe checks (INFO replication, upstream/sentinel.go), so the
 // announcement would save at most one probe interval, for a connection per
 // server to a sentinel and its reconnection logic. A master that dies takes
 // its connections with it, and Sentinel's reconfiguration of a demoted one

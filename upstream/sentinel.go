@@ -122,7 +122,7 @@ func reconnectDelay(attempt int) time.Duration {
 	return min(time.Duration(attempt)*sentinelRetryStep, sentinelRetryMax)
 }
 
-// dial opens an upstream connection to the current master; dial (upstream.go)
+// Dial opens an upstream connection to the current master; Dial (dial.go)
 // hands over to it when cfg.Sentinel is set. cfg is a copy, free to change.
 func (s *Sentinel) Dial(ctx context.Context, cfg Config, key Key) (net.Conn, error) {
 	round, err := s.admit()

@@ -4,7 +4,7 @@
 // client's AsyncAutoPipeline upstream, with redis.NewRawCmd so that each
 // reply's raw bytes go back to the client without being decoded and
 // re-encoded. bench/cmd/compare runs it as the fourth target ("gorpx",
-// `make bench-gorpx`) so that keyfence's own data path (proxy/upstream.go:
+// `make bench-gorpx`) so that keyfence's own data path (package upstream:
 // multiplexed upstream connections with its own RESP reader and writer) is
 // measured side by side with the design the spec suggested starting from.
 //
