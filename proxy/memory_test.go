@@ -503,3 +503,58 @@ func TestDeepReplyDoesNotFailSharedConnection(t *testing.T) {
 		t.Logf("RESP%s: reply nested %d deep (%d bytes) identical to Redis's; 20 clients × 500 commands all answered", proto, depth, len(want))
 	}
 }
+
+// A tenant's MULTI cannot make keyfence grow without bound: the commands it
+// queues in keyfence (behind an emulated command, where they wait, or each
+// one's bookkeeping) are charged to the request buffer budget; past it the
+// command is refused in place and EXEC discards the transaction, as Redis
+// does when a queued command is refused for memory. Everything is given
+// back after EXEC, and other clients are served meanwhile.
+func TestTransactionQueueBounded(t *testing.T) {
+	const budget = 4 * mib
+	up := testRedis(t)
+	srv, addr := startProxyServer(t, up, func(c *Config) { c.MaxRequestBufferTotal = budget })
+	value := strings.Repeat("v", 64<<10)
+	for _, tc := range []struct {
+		name     string
+		first    []string // queued first
+		commands int
+		value    string
+	}{
+		{"waiting behind an emulated command", []string{"DBSIZE"}, 200, value},
+		{"many small commands", nil, 100_000, "v"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dialRaw(t, addr)
+			expect(t, c, "+OK\r\n", "MULTI")
+			if tc.first != nil {
+				expect(t, c, "+QUEUED\r\n", tc.first...)
+			}
+			var req []byte
+			for i := range tc.commands {
+				req = encode(req, "SET", "k"+strconv.Itoa(i%100), tc.value)
+			}
+			go c.writeE(req)
+			refused := 0
+			for range tc.commands {
+				switch r := string(c.read(t)); r {
+				case "+QUEUED\r\n":
+				case "-" + errTxTooLarge + "\r\n":
+					refused++
+				default:
+					t.Fatalf("reply while queueing: %q", r)
+				}
+			}
+			if refused == 0 {
+				t.Fatalf("%d queued commands past a %d-byte budget, none refused", tc.commands, budget)
+			}
+			expect(t, c, "-EXECABORT Transaction discarded because of previous errors.\r\n", "EXEC")
+			if !waitFor(10*time.Second, func() bool { return srv.Stats().RequestBufferBytes == 0 }) {
+				t.Fatalf("budget not given back after EXEC: %+v", srv.Stats())
+			}
+			other := dialRaw(t, addr)
+			expect(t, other, "+PONG\r\n", "PING")
+			t.Logf("%d of %d commands refused", refused, tc.commands)
+		})
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"strings"
+	"unsafe"
 
 	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
@@ -47,8 +48,9 @@ type queuedCmd struct {
 // txQueue is the transaction's queue (see above).
 type txQueue struct {
 	cmds     []queuedCmd
-	emulated bool // an emulated command is queued: forwarded ones wait
-	selected bool // a SELECT inside the transaction succeeded: to newDB
+	held     int64 // bytes of the queue reserved from the server's request budget
+	emulated bool  // an emulated command is queued: forwarded ones wait
+	selected bool  // a SELECT inside the transaction succeeded: to newDB
 	newDB    int
 }
 
@@ -56,8 +58,45 @@ func (q *queuedCmd) inFirst() bool { return q.local == nil && q.cmd == nil && q.
 
 // resetTx empties the queue for the next transaction.
 func (s *session) resetTx() {
+	clear(s.tx.cmds) // let the copies go
 	s.tx.cmds = s.tx.cmds[:0]
+	if cap(s.tx.cmds) > 1024 {
+		s.tx.cmds = nil
+	}
 	s.tx.emulated, s.tx.selected = false, false
+	if s.tx.held > 0 {
+		s.srv.reqBuffered.Add(-s.tx.held)
+		s.tx.held = 0
+	}
+}
+
+// queuedCmdSize is what one queued command costs keyfence beyond the bytes
+// it copies.
+const queuedCmdSize = int64(unsafe.Sizeof(queuedCmd{}))
+
+// errTxTooLarge refuses a command that would make the transaction's queue
+// pass the request buffer budget; the transaction is then discarded at
+// EXEC, as Redis discards one whose command was refused for memory.
+const errTxTooLarge = "ERR keyfence: transaction too large: its queued commands passed the request buffer budget (--max-request-buffer-total); EXEC will discard it"
+
+// txReserve takes n bytes for the queue from the request budget that bounds
+// what all clients may make keyfence hold: a tenant's MULTI cannot make
+// keyfence grow without bound. When it is spent, the caller refuses the
+// command with txRefuse.
+func (s *session) txReserve(n int64) bool {
+	if !s.srv.reserveReadBuffer(n) {
+		return false
+	}
+	s.tx.held += n
+	return true
+}
+
+// txRefuse answers a command the queue had no room for and aborts the
+// transaction.
+func (s *session) txRefuse() {
+	s.srv.budgetRefused.Add(1)
+	s.txn = s.txn.abort()
+	s.addLocalError(errTxTooLarge)
 }
 
 // queuedUpstream records a forwarded command whose request was appended to
@@ -65,6 +104,18 @@ func (s *session) resetTx() {
 // command it is taken back out of the batch to wait, and keyfence answers
 // +QUEUED itself.
 func (s *session) queuedUpstream(mark int, q queuedCmd, cmd *rewrite.Command, args [][]byte) {
+	cost := queuedCmdSize
+	if s.tx.emulated {
+		cost += int64(len(s.req) - mark)
+	}
+	if !s.txReserve(cost) {
+		// Taken back out of the batch: it is not queued anywhere.
+		s.req = s.req[:mark]
+		s.slots = s.slots[:len(s.slots)-1]
+		s.nreq--
+		s.txRefuse()
+		return
+	}
 	if s.tx.emulated {
 		q.req = append([]byte(nil), s.req[mark:]...)
 		q.slot = -1
@@ -81,12 +132,24 @@ func (s *session) queuedUpstream(mark int, q queuedCmd, cmd *rewrite.Command, ar
 
 // queueLocal queues a command whose reply at EXEC is known now.
 func (s *session) queueLocal(reply []byte) {
+	if !s.txReserve(queuedCmdSize + int64(len(reply))) {
+		s.txRefuse()
+		return
+	}
 	s.tx.cmds = append(s.tx.cmds, queuedCmd{local: reply})
 	s.addStatus("QUEUED")
 }
 
 // queueEmulated queues an emulated command, to run at EXEC in its place.
 func (s *session) queueEmulated(cmd *rewrite.Command, args [][]byte) {
+	cost := queuedCmdSize
+	for _, a := range args {
+		cost += int64(len(a)) + 24
+	}
+	if !s.txReserve(cost) {
+		s.txRefuse()
+		return
+	}
 	kept := make([][]byte, len(args)) // args point into the read buffer
 	for i, a := range args {
 		kept[i] = append([]byte(nil), a...)

@@ -723,6 +723,7 @@ func (s *session) cleanup() {
 	// A transaction or WATCH left open: the connection holds state that
 	// must not reach the next user.
 	s.unpin(false)
+	s.resetTx() // a deferred MULTI holds no connection, but may hold a queue
 	if s.group != nil {
 		s.srv.pool.Release(s.group)
 	}
