@@ -157,33 +157,6 @@ func (c *Cache) Store(since Stamp, ns string, db int, req []byte, keys [][]byte,
 	return true
 }
 
-// StoreWrite is the write-side counterpart of Store for a single-key write
-// that upstream acknowledged and whose result is known (see
-// [FillFromWrite]): it invalidates key, as every write must, and caches
-// reply as the answer to req, unless another invalidation of key happened
-// since the stamp taken before the write was sent. That other write or
-// tracking message may have been ordered after this write upstream, so the
-// value is not known to be current.
-func (c *Cache) StoreWrite(since Stamp, ns string, db int, key, req, reply []byte, keyTTL time.Duration) bool {
-	if c == nil {
-		return false
-	}
-	keys := [][]byte{key}
-	e, ttl, cost := c.newEntry(ns, db, req, keys, reply, keyTTL)
-	now := c.now()
-	// The write's own invalidation must directly follow since: if the key
-	// was invalidated in between (another write, or a tracking message that
-	// may stand for a write ordered after this one upstream), the value is
-	// not known to be current. invalidateAfter does both atomically.
-	n, fresh := c.invalidateAfter(key, since)
-	if e == nil || !fresh {
-		return false
-	}
-	e.since, e.deadline = n, now.Add(ttl)
-	c.es.set(c.hash(ns, db, req), e, cost, now)
-	return true
-}
-
 // newEntry copies the request, reply and keys into one allocation. It
 // returns nil for what must not be cached.
 func (c *Cache) newEntry(ns string, db int, req []byte, keys [][]byte, reply []byte, keyTTL time.Duration) (*entry, time.Duration, int64) {
@@ -309,20 +282,6 @@ func (c *Cache) InvalidateKeys(keys [][]byte) {
 	n := c.clock.Add(1)
 	for _, k := range keys {
 		raise(c.slot(k), n)
-	}
-}
-
-// invalidateAfter invalidates key and reports whether that invalidation was
-// the first of the key's slot after since (and no InvalidateAll came
-// after it); n is its clock value.
-func (c *Cache) invalidateAfter(key []byte, since Stamp) (n Stamp, first bool) {
-	sl := c.slot(key)
-	for {
-		old := sl.Load()
-		v := c.clock.Add(1)
-		if sl.CompareAndSwap(old, max(old, v)) {
-			return Stamp(v), old <= uint64(since) && c.floor.Load() <= uint64(since)
-		}
 	}
 }
 

@@ -268,59 +268,6 @@ func TestStaleReplyRefused(t *testing.T) {
 	}
 }
 
-func TestStoreWrite(t *testing.T) {
-	key := "tenant:a:k"
-	set := func(v string) (req, reply []byte, ttl time.Duration) {
-		req, reply, ttl, ok := FillFromWrite("SET", bs(key, v, "PX", "1500"))
-		if !ok {
-			t.Fatal("FillFromWrite refused SET PX")
-		}
-		return req, reply, ttl
-	}
-
-	t.Run("fills the GET entry", func(t *testing.T) {
-		c, clk := newTestCache(t, 30*time.Second, 1<<20)
-		store(c, "a", 0, getReq(key), bs(key), bulk("old"), 0)
-		since := c.Stamp()
-		req, reply, ttl := set("new")
-		if !c.StoreWrite(since, "a", 0, []byte(key), req, reply, ttl) {
-			t.Fatal("StoreWrite refused")
-		}
-		lookupOK(t, c, "a", 0, getReq(key), bulk("new"))
-		clk.Advance(1500 * time.Millisecond) // the key's own TTL bounds the entry
-		lookupMiss(t, c, "a", 0, getReq(key))
-	})
-
-	t.Run("invalidates what depended on the key", func(t *testing.T) {
-		c, _ := newTestCache(t, 30*time.Second, 1<<20)
-		mget := AppendRequest(nil, "MGET", bs(key, "tenant:a:j"))
-		store(c, "a", 0, mget, bs(key, "tenant:a:j"), []byte("*2\r\n$3\r\nold\r\n$-1\r\n"), 0)
-		req, reply, ttl := set("new")
-		c.StoreWrite(c.Stamp(), "a", 0, []byte(key), req, reply, ttl)
-		lookupMiss(t, c, "a", 0, mget)
-	})
-
-	t.Run("another write in flight: no fill, still invalidates", func(t *testing.T) {
-		c, _ := newTestCache(t, 30*time.Second, 1<<20)
-		store(c, "a", 0, getReq(key), bs(key), bulk("old"), 0)
-		since := c.Stamp()        // SET k new is sent
-		c.Invalidate([]byte(key)) // another write of k (maybe applied after ours) is acknowledged
-		req, reply, ttl := set("new")
-		if c.StoreWrite(since, "a", 0, []byte(key), req, reply, ttl) {
-			t.Fatal("StoreWrite filled despite a concurrent invalidation")
-		}
-		lookupMiss(t, c, "a", 0, getReq(key))
-	})
-
-	t.Run("a later write makes the fill stale", func(t *testing.T) {
-		c, _ := newTestCache(t, 30*time.Second, 1<<20)
-		req, reply, ttl := set("new")
-		c.StoreWrite(c.Stamp(), "a", 0, []byte(key), req, reply, ttl)
-		c.Invalidate([]byte(key))
-		lookupMiss(t, c, "a", 0, getReq(key))
-	})
-}
-
 // Tenant isolation: the same request bytes in two namespaces are two
 // entries, and a lookup never returns another namespace's entry, not even
 // one planted under its own hash (a simulated hash collision).
@@ -386,7 +333,6 @@ func TestConcurrentStoreInvalidate(t *testing.T) {
 		go func() {
 			defer writers.Done()
 			for i := range n {
-				since := c.Stamp()
 				v := truth.Add(1) // applied upstream
 				if (i+w)%3 == 0 {
 					runtime.Gosched()
@@ -394,8 +340,7 @@ func TestConcurrentStoreInvalidate(t *testing.T) {
 				if i%2 == 0 {
 					c.Invalidate(key)
 				} else {
-					r, rep, ttl, _ := FillFromWrite("SET", [][]byte{key, []byte(strconv.FormatInt(v, 10))})
-					c.StoreWrite(since, "a", 0, key, r, rep, ttl)
+					c.InvalidateKeys([][]byte{key})
 				}
 				ack(v)
 			}
@@ -505,16 +450,11 @@ func TestSharedKeySlots(t *testing.T) {
 	if c.Store(since, "a", 0, getReq(x), bs(x), bulk("x"), 0) {
 		t.Fatal("Store accepted a reply read before an invalidation of its slot")
 	}
-	req, reply, ttl, _ := FillFromWrite("SET", bs(x, "x1"))
-	since = c.Stamp()
-	c.Invalidate([]byte(y))
-	if c.StoreWrite(since, "a", 0, []byte(x), req, reply, ttl) {
-		t.Fatal("StoreWrite filled after another invalidation of its slot")
-	}
-	if !c.StoreWrite(c.Stamp(), "a", 0, []byte(x), req, reply, ttl) {
-		t.Fatal("StoreWrite refused with no invalidation in between")
-	}
-	lookupOK(t, c, "a", 0, req, bulk("x1"))
+	// InvalidateKeys of another key in the slot does the same.
+	store(c, "a", 0, getReq(x), bs(x), bulk("x1"), 0)
+	lookupOK(t, c, "a", 0, getReq(x), bulk("x1"))
+	c.InvalidateKeys(bs(y))
+	lookupMiss(t, c, "a", 0, getReq(x))
 
 	for maxBytes, want := range map[int64]int{4 << 10: 1 << 12, 64 << 20: 1 << 18, 8 << 30: 1 << 22} {
 		if got := slotsFor(maxBytes); got != want {
@@ -528,7 +468,7 @@ func TestNilCacheIsDisabled(t *testing.T) {
 	if c.Store(c.Stamp(), "a", 0, getReq("k"), bs("k"), bulk("v"), 0) {
 		t.Fatal("nil cache stored")
 	}
-	c.StoreWrite(0, "a", 0, []byte("k"), getReq("k"), bulk("v"), 0)
+	c.InvalidateKeys(bs("k"))
 	c.Invalidate([]byte("k"))
 	c.InvalidateAll()
 	if _, ok := c.Lookup("a", 0, getReq("k")); ok {

@@ -1,9 +1,7 @@
 package fallback
 
 import (
-	"bytes"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/keyfence/keyfence/resp"
@@ -115,95 +113,3 @@ func AppendRequest(dst []byte, command string, args [][]byte) []byte {
 // longTTL stands for "effectively forever" when a SET's expiry is too large
 // to matter: the entry's life is min(Config.TTL, keyTTL) anyway.
 const longTTL = 100 * 365 * 24 * time.Hour
-
-// FillFromWrite turns a write that upstream acknowledged with +OK into the
-// entry it makes known: SET key value [NX|XX] [EX s|PX ms], SETEX and PSETEX
-// become the reply to GET key. args are the arguments after the command
-// name. req is the GET in [AppendRequest] form, reply the bulk string,
-// keyTTL the key's TTL (0 when it has none). The key is args[0].
-//
-// ok is false for every other write and for the SET forms whose result is
-// not fully known from the request: GET (the reply is the old value, not
-// +OK), KEEPTTL (the remaining TTL is unknown, and the entry must not
-// outlive the key), EXAT/PXAT (absolute times would need upstream's clock),
-// and anything Redis would reject. The proxy must only call it for a +OK
-// reply: a SET NX that did not set answers nil.
-func FillFromWrite(command string, args [][]byte) (req, reply []byte, keyTTL time.Duration, ok bool) {
-	var key, value []byte
-	switch {
-	case strings.EqualFold(command, "SET"):
-		if len(args) < 2 {
-			return nil, nil, 0, false
-		}
-		key, value = args[0], args[1]
-		var cond, expiry bool
-		for i := 2; i < len(args); i++ {
-			switch opt := args[i]; {
-			case bytes.EqualFold(opt, []byte("NX")), bytes.EqualFold(opt, []byte("XX")):
-				if cond {
-					return nil, nil, 0, false
-				}
-				cond = true
-			case bytes.EqualFold(opt, []byte("EX")), bytes.EqualFold(opt, []byte("PX")):
-				if expiry || i+1 >= len(args) {
-					return nil, nil, 0, false
-				}
-				unit := time.Second
-				if args[i][0]|0x20 == 'p' {
-					unit = time.Millisecond
-				}
-				ttl, valid := parseTTL(args[i+1], unit)
-				if !valid {
-					return nil, nil, 0, false
-				}
-				expiry, keyTTL = true, ttl
-				i++
-			default: // GET, KEEPTTL, EXAT, PXAT, or a syntax error
-				return nil, nil, 0, false
-			}
-		}
-	case strings.EqualFold(command, "SETEX"), strings.EqualFold(command, "PSETEX"):
-		if len(args) != 3 {
-			return nil, nil, 0, false
-		}
-		unit := time.Second
-		if command[0]|0x20 == 'p' {
-			unit = time.Millisecond
-		}
-		ttl, valid := parseTTL(args[1], unit)
-		if !valid {
-			return nil, nil, 0, false
-		}
-		key, value, keyTTL = args[0], args[2], ttl
-	default:
-		return nil, nil, 0, false
-	}
-	req = AppendRequest(make([]byte, 0, 24+len(key)), "GET", [][]byte{key})
-	reply = resp.AppendBulk(make([]byte, 0, 16+len(value)), value)
-	return req, reply, keyTTL, true
-}
-
-// parseTTL parses a positive decimal expiry as Redis does (no sign, no
-// spaces); Redis rejects zero and negative ones.
-func parseTTL(b []byte, unit time.Duration) (time.Duration, bool) {
-	if len(b) == 0 || len(b) > 19 {
-		return 0, false
-	}
-	var n int64
-	for _, c := range b {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		n = n*10 + int64(c-'0')
-		if n < 0 { // overflowed int64: Redis rejects it too
-			return 0, false
-		}
-	}
-	if n <= 0 {
-		return 0, false
-	}
-	if n > int64(longTTL/unit) {
-		return longTTL, true
-	}
-	return time.Duration(n) * unit, true
-}

@@ -49,13 +49,11 @@
 //   - before sending a batch: since := cache.Stamp()
 //   - on its reply: cache.Store(since, ns, db, req, KeysOf(cmd, args), reply, keyTTL),
 //     then cache.Filled(mark)
-//   - after every write, whatever its outcome (a write that failed after it
-//     was sent may still have been applied): cache.Invalidate(key) for each
-//     key written, or, for a SET acknowledged with +OK, cache.StoreWrite with
-//     the request and reply from [FillFromWrite] and a stamp taken before the
-//     SET was sent
-//   - for each key in a CLIENT TRACKING (BCAST) invalidation message:
-//     cache.Invalidate(key); for a message with a null key list (FLUSHALL,
+//   - before sending a batch's writes, whatever becomes of them (a write that
+//     failed after it was sent may still have been applied):
+//     cache.InvalidateKeys(the keys written); writes never fill
+//   - for the keys of a CLIENT TRACKING (BCAST) invalidation message:
+//     cache.InvalidateKeys(keys); for a message with a null key list (FLUSHALL,
 //     FLUSHDB upstream) and whenever the tracking connection is
 //     re-established (messages may have been lost): cache.InvalidateAll()
 //   - while the breaker is open, or when a read failed on a connection
@@ -64,21 +62,19 @@
 // Invalidation is by upstream key name alone, without namespace or db:
 // upstream names already carry the tenant prefix, and tracking messages
 // carry neither the tenant nor the db. A write to key k in db 0 therefore
-// also invalidates k in db 3, which costs a miss and nothing else. Tracking
-// should be enabled with NOLOOP (or the invalidations of keyfence's own
-// writes arriving later will kill the entries StoreWrite just filled: still
-// correct, just useless).
+// also invalidates k in db 3, which costs a miss and nothing else.
 //
 // The reply bytes are opaque: a proxy that stores replies in both RESP2 and
 // RESP3 forms must make the protocol part of the namespace (for example
 // "tenant:acme:|3"), which is safe because invalidation does not use it.
 // Request bytes are compared exactly; [AppendRequest] gives the canonical form
-// (upper-case command name) that [FillFromWrite] also produces, so that a
-// client's "get k" and a SET's fill meet on the same entry.
+// (upper-case command name), so that a client's "get k" and "GET k" meet on
+// the same entry.
 //
 // Caveats that follow from the design: a TTL or PTTL reply is as of the
-// moment it was cached (at most --fallback-ttl old); for reads the proxy
-// usually does not know the key's own TTL, so --fallback-ttl is the bound.
+// moment it was cached (at most --fallback-ttl old); an entry lives at most
+// --fallback-ttl, and never past its keys' TTLs, which the proxy asks upstream
+// (PTTL) beside every read it fills.
 //
 // # Errors
 //

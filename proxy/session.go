@@ -586,7 +586,7 @@ func (s *session) stripReplies(ctx context.Context, err error) {
 				s.out = s.rw.AppendReply(s.out, reply, sl.kind)
 				// Writes do not fill: the tracking connection's echo of
 				// keyfence's own write would make the entry stale a moment
-				// later (see fallback.Cache.StoreWrite).
+				// later.
 				if guarded && res.cache != nil && sl.ttls > 0 {
 					if ttl, ok := s.keyTTL(next, sl.ttls); ok {
 						s.fillFromReply(sl, reply, ttl)
