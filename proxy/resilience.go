@@ -306,25 +306,14 @@ func (s *Server) trackOnce(ctx context.Context, connected func()) error {
 // without decoding it into values (one message comes back per batch of
 // writes); false for a null array or one it cannot read.
 func appendKeys(keys [][]byte, arr []byte) ([][]byte, bool) {
-	if len(arr) < 4 || arr[0] != '*' {
+	keys, ok := rewrite.AppendElems(keys, arr)
+	if !ok {
 		return keys, false
 	}
-	line, pos, ok := resp.ReadLine(arr, 1)
-	n, nok := resp.ParseInt(line)
-	if !ok || pos < 0 || !nok || n < 0 {
-		return keys, false
-	}
-	for range n {
-		m, err := resp.ReplyLen(arr[pos:])
-		if err != nil || m == 0 {
+	for i, e := range keys {
+		if keys[i], ok = rewrite.BulkValue(e); !ok {
 			return keys, false
 		}
-		key, ok := rewrite.BulkValue(arr[pos : pos+m])
-		if !ok {
-			return keys, false
-		}
-		keys = append(keys, key)
-		pos += m
 	}
-	return keys, pos == len(arr)
+	return keys, true
 }

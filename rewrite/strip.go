@@ -310,27 +310,45 @@ func SplitExec(reply []byte) (elems [][]byte, ok bool) {
 }
 
 func splitExec(reply []byte) (elems [][]byte, body int, ok bool) {
-	if len(reply) == 0 || reply[0] != '*' {
+	if elems, body, ok = appendElems(nil, reply); !ok {
 		return nil, 0, false
+	}
+	return elems, body, true
+}
+
+// AppendElems appends the elements of one whole array reply to dst, each
+// one whole reply, or returns ok false for anything else (a null, an error,
+// bytes that are not exactly one array). A caller that keeps dst allocates
+// nothing.
+func AppendElems(dst [][]byte, reply []byte) ([][]byte, bool) {
+	elems, _, ok := appendElems(dst, reply)
+	return elems, ok
+}
+
+func appendElems(dst [][]byte, reply []byte) (elems [][]byte, body int, ok bool) {
+	if len(reply) == 0 || reply[0] != '*' {
+		return dst, 0, false
 	}
 	count, body, ok := aggregateHeader(reply)
 	if !ok || count < 0 || count > len(reply) { // each element takes 3 bytes at least
-		return nil, 0, false
+		return dst, 0, false
 	}
-	elems = make([][]byte, 0, count)
+	if dst == nil {
+		dst = make([][]byte, 0, count)
+	}
 	pos := body
 	for i := 0; i < count; i++ {
 		n, err := resp.ReplyLen(reply[pos:])
 		if err != nil || n == 0 {
-			return nil, 0, false
+			return dst, 0, false
 		}
-		elems = append(elems, reply[pos:pos+n])
+		dst = append(dst, reply[pos:pos+n])
 		pos += n
 	}
 	if pos != len(reply) {
-		return nil, 0, false
+		return dst, 0, false
 	}
-	return elems, body, true
+	return dst, body, true
 }
 
 func appendInt(dst []byte, n int) []byte { return strconv.AppendInt(dst, int64(n), 10) }
