@@ -70,15 +70,22 @@ func TestFallbackServesCachedReadsDuringOutage(t *testing.T) {
 	if got := c.do("GET", "once"); got != "$9\r\nread once\r\n" {
 		t.Fatal(got)
 	}
-	if got := c.do("HGETALL", "user"); !strings.Contains(got, "ada") {
-		t.Fatal(got)
-	}
+	// The HGETALL must be cached with ada before the change below, or the
+	// wait for its invalidation would pass at once and the invalidation
+	// could land after the refill (a miss in the outage, not a stale hit).
+	userReq := fallback.AppendRequest(nil, "HGETALL", [][]byte{[]byte("tenant:fb:user")})
+	waitFor(t, "HGETALL cached", 5*time.Second, func() bool {
+		if got := c.do("HGETALL", "user"); !strings.Contains(got, "ada") {
+			t.Fatalf("HGETALL: %q", got)
+		}
+		cached, hit := kf.Cached(0, userReq)
+		return hit && strings.Contains(string(cached), "ada")
+	})
 	// Another client changes the hash behind keyfence's back: tracking must
 	// drop the cached HGETALL, or the outage would serve a stale value.
 	if err := srv.Client().HSet(context.Background(), "tenant:fb:user", "name", "grace").Err(); err != nil {
 		t.Fatal(err)
 	}
-	userReq := fallback.AppendRequest(nil, "HGETALL", [][]byte{[]byte("tenant:fb:user")})
 	waitFor(t, "tracking invalidation", 5*time.Second, func() bool {
 		_, hit := kf.Cached(0, userReq)
 		return !hit
