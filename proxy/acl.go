@@ -1,10 +1,10 @@
 package proxy
 
 import (
-	"fmt"
 	"sort"
 	"strings"
 
+	"github.com/keyfence/keyfence/proxy/tenants"
 	"github.com/keyfence/keyfence/rewrite"
 )
 
@@ -132,15 +132,7 @@ func ACLRules(prefix, passwordSHA256 string) []string {
 }
 
 // ValidACLUserName reports whether name can be a Redis ACL user name printed
-// on a redis-cli line: no blanks, control characters or quotes.
-func ValidACLUserName(name string) error {
-	if name == "" {
-		return fmt.Errorf("user name: empty")
-	}
-	for _, r := range name {
-		if r <= ' ' || r == 0x7f || r == '"' || r == '\'' {
-			return fmt.Errorf("user name %q: blanks, control characters and quotes are not allowed", name)
-		}
-	}
-	return nil
-}
+// on a redis-cli line: no blanks, control characters or quotes. The rule
+// lives in tenants, which checks the upstream users of the tenants file and
+// cannot import proxy.
+func ValidACLUserName(name string) error { return tenants.ValidUserName(name) }
