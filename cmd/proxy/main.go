@@ -20,16 +20,25 @@ import (
 )
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "acl" {
-		err := runACL(os.Args[2:], lookupEnv, os.Stdout, os.Stderr)
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(0)
+	if len(os.Args) > 1 {
+		var sub func() error
+		switch os.Args[1] {
+		case "acl":
+			sub = func() error { return runACL(os.Args[2:], lookupEnv, os.Stdout, os.Stderr) }
+		case "hash-password":
+			sub = func() error { return runHashPassword(os.Args[2:], os.Stdin, os.Stdout, os.Stderr) }
 		}
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "keyfence: "+err.Error())
-			os.Exit(2)
+		if sub != nil {
+			err := sub()
+			if errors.Is(err, flag.ErrHelp) {
+				os.Exit(0)
+			}
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "keyfence: "+err.Error())
+				os.Exit(2)
+			}
+			return
 		}
-		return
 	}
 	cfg, err := parseConfig(os.Args[1:], lookupEnv, os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
