@@ -50,6 +50,16 @@ func (s *session) dispatch(ctx context.Context, args [][]byte) {
 		s.addLocalError("NOAUTH Authentication required.")
 		return
 	}
+	if q := s.srv.quota; q != nil {
+		if lim := q.limiter.Load(); lim != nil && !s.withinQuota(ctx, lim, q.wait) {
+			s.srv.stats.noteCommand(cmd, true)
+			if s.txn.inMulti() {
+				s.txn = s.txn.abort()
+			}
+			s.addLocalError(errOverQuota)
+			return
+		}
+	}
 	s.srv.stats.noteCommand(cmd, cmd.Policy == rewrite.PolicyDenied)
 	if s.txn.inMulti() {
 		s.queueInMulti(ctx, cmd, args)
@@ -267,6 +277,14 @@ func (s *session) queueInMulti(ctx context.Context, cmd *rewrite.Command, args [
 	case "multi":
 		s.addLocalError("ERR MULTI calls can not be nested")
 		return
+	case "auth", "hello":
+		if s.srv.gw != nil {
+			// Run in EXEC, it would switch tenants in the middle of
+			// the transaction's replies.
+			s.txn = s.txn.abort()
+			s.addLocalError("ERR keyfence: " + strings.ToUpper(cmd.Name) + " inside MULTI is not supported in gateway mode")
+			return
+		}
 	case "watch":
 		s.addLocalError("ERR WATCH inside MULTI is not allowed")
 		return

@@ -46,7 +46,7 @@ func (s *session) emulateMore(ctx context.Context, cmd *rewrite.Command, args []
 	case "reset":
 		s.reset(ctx)
 	case "auth":
-		s.auth(args[1:])
+		s.auth(ctx, args[1:])
 	case "hello":
 		s.hello(ctx, args)
 	case "select":
@@ -147,15 +147,22 @@ func (s *session) reset(ctx context.Context) {
 	s.infoMu.Lock()
 	s.name, s.db, s.resp3 = "", s.srv.cfg.Upstream.DB, false
 	s.infoMu.Unlock()
-	s.authed = s.srv.cfg.ClientPassword == ""
+	s.authed = s.srv.gw == nil && s.srv.cfg.ClientPassword == ""
+	if g := s.srv.gw; g != nil && s.srv != g.lobby && !s.moveTo(ctx, g.lobby) {
+		// Gateway mode: RESET logs out, as it does in a Redis whose
+		// default user needs a password. Only a draining gateway's
+		// lobby refuses the session; it ends with this reply.
+		s.quit = true
+	}
 	s.selectGroup()
 	s.addStatus("RESET")
 }
 
 // auth behaves like Redis with requirepass set to --client-password, or like
-// a Redis whose default user has no password.
-func (s *session) auth(creds [][]byte) {
-	if ok, msg := s.checkAuth(creds); !ok {
+// a Redis whose default user has no password; in gateway mode, like a Redis
+// with one user per tenant (login).
+func (s *session) auth(ctx context.Context, creds [][]byte) {
+	if ok, msg := s.login(ctx, creds); !ok {
 		s.addLocalError(msg)
 		return
 	}
@@ -204,7 +211,7 @@ func (s *session) hello(ctx context.Context, args [][]byte) {
 	for i := 2; i < len(args); i++ {
 		switch {
 		case strings.EqualFold(string(args[i]), "auth") && i+2 < len(args):
-			if ok, msg := s.checkAuth(args[i+1 : i+3]); !ok {
+			if ok, msg := s.login(ctx, args[i+1:i+3]); !ok {
 				s.addLocalError(msg)
 				return
 			}

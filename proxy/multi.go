@@ -65,7 +65,7 @@ func (s *session) resetTx() {
 	}
 	s.tx.emulated, s.tx.selected = false, false
 	if s.tx.held > 0 {
-		s.srv.reqBuffered.Add(-s.tx.held)
+		s.srv.hub.reqBuffered.Add(-s.tx.held)
 		s.tx.held = 0
 	}
 }

@@ -94,3 +94,43 @@ func rejectReason(closing bool) int {
 	}
 	return telemetry.RejectMaxClients
 }
+
+// Gauges are the server's figures as the metrics read them.
+func (s *Server) Gauges() telemetry.Gauges {
+	maxPinned, maxScripts, budget := int64(s.cfg.MaxPinned), int64(s.cfg.MaxScripts), s.cfg.MaxRequestBufferTotal
+	g := telemetry.Gauges{
+		Sessions:                func() int64 { return int64(s.Stats().Sessions) },
+		PinnedConns:             func() int64 { return int64(s.Stats().PinnedConns) },
+		PinnedIdle:              func() int64 { return int64(s.PinnedIdle()) },
+		PinnedMax:               func() int64 { return maxPinned },
+		OutputDisconnects:       func() int64 { return s.Stats().ClientOutputDisconnects },
+		RequestBufferRejections: func() int64 { return s.Stats().RequestBufferRefused },
+		RequestBufferBytes:      func() int64 { return s.Stats().RequestBufferBytes },
+		RequestBufferLimit:      func() int64 { return budget },
+		ScriptsLoaded:           func() int64 { return int64(s.ScriptsLoaded()) },
+		ScriptsMax:              func() int64 { return maxScripts },
+	}
+	if s.res != nil { // the breaker is on
+		g.Breaker = func() int64 { return breakerLevel(s.res.breaker.State().String()) }
+		g.FallbackHits = func() int64 { return s.fallbackHits.Load() }
+		g.FallbackMisses = func() int64 { return s.fallbackMisses.Load() }
+		if s.res.cache != nil {
+			g.FallbackCache = func() telemetry.CacheStats {
+				st, _ := s.FallbackCacheStats()
+				return st
+			}
+		}
+	}
+	return g
+}
+
+// breakerLevel maps the breaker's state to the gauge's numbers.
+func breakerLevel(state string) int64 {
+	switch state {
+	case "half-open":
+		return 1
+	case "open":
+		return 2
+	}
+	return 0
+}

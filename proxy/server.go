@@ -134,12 +134,13 @@ type Server struct {
 
 	ln      net.Listener
 	started time.Time
-	nextID  atomic.Int64
+	hub     *hub      // what this Server shares with the others of the process
+	gw      *Gateway  // nil in sidecar mode
+	quota   *quota    // the tenant's limits in gateway mode; nil: none
 
 	stats          tenantStats  // the tenant's figures in INFO (info.go)
 	pinnedCommands atomic.Int64 // commands sent on pinned connections
 	outputDrops    atomic.Int64 // clients disconnected past the output hard limit
-	reqBuffered    atomic.Int64 // read buffer bytes reserved beyond the initial ones
 	budgetRefused  atomic.Int64 // clients refused for the request buffer budget
 	res            *resilience  // nil when Config.Fallback is nil
 	cluster        *clusterMap  // nil unless upstream is a Redis Cluster
@@ -167,8 +168,20 @@ type Server struct {
 	wg                         sync.WaitGroup
 }
 
+// hub is what every Server of one process shares: in gateway mode the
+// lobby's and every tenant's, in sidecar mode the one Server's alone.
+type hub struct {
+	nextID      atomic.Int64 // client ids, unique in the process as Redis's are in a server
+	reqBuffered atomic.Int64 // read buffer bytes reserved beyond the initial ones, against --max-request-buffer-total
+	clients     atomic.Int64 // client connections, against --max-clients
+}
+
 // New validates cfg and returns a server that is not yet listening.
 func New(cfg Config) (*Server, error) {
+	return newServer(cfg, &hub{})
+}
+
+func newServer(cfg Config, h *hub) (*Server, error) {
 	cfg.setDefaults()
 	prefix, err := rewrite.Prefix(cfg.KeyFormat, cfg.Tenant)
 	if err != nil {
@@ -188,6 +201,7 @@ func New(cfg Config) (*Server, error) {
 		scriptBudget: []byte(strconv.FormatInt(max(cfg.ScriptTimeout.Milliseconds(), 1), 10)),
 		scriptMemory: []byte(strconv.FormatInt(max(cfg.ScriptMaxMemory>>10, 1), 10)),
 		started:      time.Now(),
+		hub:          h,
 		readBufs: sync.Pool{New: func() any {
 			b := make([]byte, 0, initialReadBuffer)
 			return &b
@@ -244,30 +258,43 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.log.Info("keyfence listening", "addr", s.ln.Addr().String(), "upstream", s.cfg.Upstream.Addr, "prefix", s.prefix)
 	stop := context.AfterFunc(ctx, func() { s.ln.Close() })
 	defer stop()
-	rctx, stopReaping := context.WithCancel(ctx)
-	defer stopReaping()
+	defer s.background(ctx)()
+	return s.acceptLoop(ctx, s.ln, s.accept)
+}
+
+// background starts the tenant's work beside its sessions: reaping idle
+// connection groups, sampling INFO's figures, the read cache's tracking
+// connection and the breaker's recovery probe. The returned func stops it.
+func (s *Server) background(ctx context.Context) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
 	go func() {
 		t := time.NewTicker(idleGroupReap)
 		defer t.Stop()
 		for {
 			select {
-			case <-rctx.Done():
+			case <-ctx.Done():
 				return
 			case <-t.C:
 				s.reapIdleGroups()
 			}
 		}
 	}()
-	go s.sampleStats(rctx)
+	go s.sampleStats(ctx)
 	if s.res != nil && s.res.cache != nil {
-		tctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		go s.track(tctx)
+		go s.track(ctx)
 	}
-	defer s.startRecovery(ctx)() // the breaker's recovery probe (probe.go)
+	stopRecovery := s.startRecovery(ctx) // the breaker's recovery probe (probe.go)
+	return func() {
+		cancel()
+		stopRecovery()
+	}
+}
+
+// acceptLoop hands every client ln accepts to accept until ln is closed.
+func (s *Server) acceptLoop(ctx context.Context, ln net.Listener, accept func(context.Context, net.Conn)) error {
 	var delay time.Duration
 	for {
-		nc, err := s.ln.Accept()
+		nc, err := ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
 				return nil
@@ -279,7 +306,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			continue
 		}
 		delay = 0
-		s.accept(ctx, nc)
+		accept(ctx, nc)
 	}
 }
 
@@ -294,7 +321,7 @@ func (s *Server) accept(ctx context.Context, nc net.Conn) {
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	sess.cancel = cancel // set before Shutdown can see the session
 	s.mu.Lock()
-	if s.closing || len(s.sessions) >= s.cfg.MaxClients {
+	if s.closing || s.hub.clients.Load() >= int64(s.cfg.MaxClients) {
 		s.cfg.Metrics.ClientRejected(rejectReason(s.closing))
 		s.mu.Unlock()
 		cancel()
@@ -310,18 +337,25 @@ func (s *Server) accept(ctx context.Context, nc net.Conn) {
 		return
 	}
 	s.sessions[sess] = struct{}{}
+	s.hub.clients.Add(1)
 	s.stats.connections.Add(1)
 	s.wg.Add(1)
 	s.mu.Unlock()
 	s.cfg.Metrics.ClientAccepted()
 	go func() {
 		defer s.wg.Done()
+		defer s.hub.clients.Add(-1)
 		defer cancel()
 		sess.serve(sctx)
-		s.mu.Lock()
-		delete(s.sessions, sess)
-		s.mu.Unlock()
+		sess.srv.leave(sess) // sess.srv: in gateway mode, the tenant it ended in
 	}()
+}
+
+// leave forgets a session that ended or moved to another tenant.
+func (s *Server) leave(sess *session) {
+	s.mu.Lock()
+	delete(s.sessions, sess)
+	s.mu.Unlock()
 }
 
 // Shutdown stops accepting, lets sessions finish the batch they are in, and
@@ -403,7 +437,7 @@ func (s *Server) Stats() Stats {
 	defer s.mu.Unlock()
 	st := Stats{Sessions: len(s.sessions), PinnedCommands: s.pinnedCommands.Load(),
 		FallbackHits: s.fallbackHits.Load(), FallbackMisses: s.fallbackMisses.Load(),
-		ClientOutputDisconnects: s.outputDrops.Load(), RequestBufferBytes: s.reqBuffered.Load(),
+		ClientOutputDisconnects: s.outputDrops.Load(), RequestBufferBytes: s.hub.reqBuffered.Load(),
 		RequestBufferRefused: s.budgetRefused.Load(), ConnGroups: s.pool.Len(), PinnedConns: s.pool.Pinned()}
 	if s.res != nil {
 		st.Breaker = s.res.breaker.State().String()

@@ -168,11 +168,11 @@ func newSession(srv *Server, nc net.Conn) *session {
 		srv:     srv,
 		nc:      nc,
 		raw:     syscallConn(nc),
-		id:      srv.nextID.Add(1),
+		id:      srv.hub.nextID.Add(1),
 		rw:      rewrite.NewRewriter(srv.prefix),
 		created: time.Now(),
 		db:      srv.cfg.Upstream.DB,
-		authed:  srv.cfg.ClientPassword == "",
+		authed:  srv.gw == nil && srv.cfg.ClientPassword == "", // a gateway's lobby never is
 		b:       upstream.NewBatch(),
 		tel:     srv.cfg.Metrics.NewBatch(),
 	}
@@ -280,11 +280,11 @@ var errRequestBudget = errors.New("ERR keyfence: request buffer budget exhausted
 // clients may have buffered, or reports that it is spent.
 func (s *Server) reserveReadBuffer(n int64) bool {
 	for {
-		used := s.reqBuffered.Load()
+		used := s.hub.reqBuffered.Load()
 		if used+n > s.cfg.MaxRequestBufferTotal {
 			return false
 		}
-		if s.reqBuffered.CompareAndSwap(used, used+n) {
+		if s.hub.reqBuffered.CompareAndSwap(used, used+n) {
 			return true
 		}
 	}
@@ -293,7 +293,7 @@ func (s *Server) reserveReadBuffer(n int64) bool {
 // releaseReadBuffer returns what the session's read buffer held of the budget.
 func (s *session) releaseReadBuffer() {
 	if s.held > 0 {
-		s.srv.reqBuffered.Add(-s.held)
+		s.srv.hub.reqBuffered.Add(-s.held)
 		s.held = 0
 	}
 }

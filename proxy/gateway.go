@@ -1,0 +1,505 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/keyfence/keyfence/proxy/tenants"
+	"github.com/keyfence/keyfence/telemetry"
+)
+
+// GatewayConfig configures gateway mode: one listener for many tenants,
+// each client's tenant chosen by AUTH <tenant> <password> (or HELLO … AUTH).
+type GatewayConfig struct {
+	// Server is the configuration of every tenant's Server but its Tenant
+	// (and, for a tenant that names one, its upstream user), and of the
+	// listener. Its Upstream user is the gateway's own: tenants without one
+	// of their own run as it, and /readyz and the memory probe use it.
+	Server  Config
+	Tenants *tenants.File
+	// Metrics makes a tenant's metrics when the tenant first
+	// authenticates; nil: none recorded. The returned close func is called
+	// when the tenant is removed by a reload.
+	Metrics func(tenant string, g telemetry.Gauges) (m *telemetry.Metrics, close func(), err error)
+	// QuotaWait is how long a command over its tenant's max_ops_per_second
+	// waits for its turn before it is refused; default DefaultQuotaWait.
+	QuotaWait time.Duration
+	// AuthConcurrency bounds the password verifications running at once
+	// (argon2id costs memory); 0: GOMAXPROCS.
+	AuthConcurrency int
+}
+
+// DefaultQuotaWait: a client over its tenant's ops/s quota is slowed down to
+// it, not failed, as long as its command would wait less than this.
+const DefaultQuotaWait = time.Second
+
+// Gateway serves many tenants on one listener. A client starts in the lobby,
+// where only AUTH, HELLO, QUIT and RESET are answered, and moves into its
+// tenant's Server once AUTH succeeds: from then on it is a session of that
+// tenant exactly as in sidecar mode, with the tenant's namespace, upstream
+// connections, scripts, read cache, metrics and quotas, and nothing else.
+// Tenant Servers start at their tenant's first AUTH.
+type Gateway struct {
+	cfg     GatewayConfig
+	hub     *hub
+	lobby   *Server
+	checker *tenants.Checker
+	fails   authFailures
+	log     *slog.Logger
+	// decoy is verified for a tenant that does not exist, so that a wrong
+	// tenant takes as long to refuse as a wrong password.
+	decoy string
+
+	authFailed atomic.Int64 // AUTHs refused
+	lastLog    atomic.Int64 // unix nanos of the last refused AUTH logged
+	unlogged   atomic.Int64 // refused AUTHs not logged since
+
+	mu      sync.Mutex
+	file    *tenants.File
+	tenants map[string]*gatewayTenant
+	ctx     context.Context // Serve's: the tenants' background work runs under it
+	closing bool
+}
+
+// gatewayTenant is a tenant that has authenticated at least once.
+type gatewayTenant struct {
+	spec tenants.Tenant // as loaded; guarded by Gateway.mu
+	srv  *Server
+	stop func() // ends the tenant's background work
+	// closeMetrics unregisters the tenant's metrics; nil without metrics.
+	closeMetrics func()
+}
+
+// quota is a tenant's limits in gateway mode, changed in place on reload.
+type quota struct {
+	maxConns atomic.Int64                // 0: unlimited
+	limiter  atomic.Pointer[rate.Limiter] // nil: unlimited ops/s
+	wait     time.Duration
+}
+
+func (q *quota) set(l tenants.Limits) {
+	q.maxConns.Store(int64(l.MaxConnections))
+	if l.MaxOpsPerSecond <= 0 {
+		q.limiter.Store(nil)
+		return
+	}
+	if lim := q.limiter.Load(); lim != nil {
+		lim.SetLimit(rate.Limit(l.MaxOpsPerSecond))
+		lim.SetBurst(l.Burst)
+		return
+	}
+	q.limiter.Store(rate.NewLimiter(rate.Limit(l.MaxOpsPerSecond), l.Burst))
+}
+
+// NewGateway validates cfg and returns a gateway that is not yet listening.
+func NewGateway(cfg GatewayConfig) (*Gateway, error) {
+	if cfg.Tenants == nil || len(cfg.Tenants.Tenants) == 0 {
+		return nil, errors.New("gateway: no tenants")
+	}
+	if cfg.QuotaWait <= 0 {
+		cfg.QuotaWait = DefaultQuotaWait
+	}
+	cfg.Server.setDefaults()
+	decoy, err := tenants.HashPassword([]byte("keyfence decoy password"))
+	if err != nil {
+		return nil, err
+	}
+	g := &Gateway{
+		cfg:     cfg,
+		hub:     &hub{},
+		checker: tenants.NewChecker(cfg.AuthConcurrency),
+		log:     cfg.Server.Logger.With("mode", "gateway"),
+		decoy:   decoy,
+		file:    cfg.Tenants,
+		tenants: map[string]*gatewayTenant{},
+	}
+	// The lobby holds clients until they authenticate. It has a tenant's
+	// shape (a prefix, the gateway's upstream for /readyz) but its
+	// sessions are never authenticated, so nothing of theirs is forwarded.
+	lobby := cfg.Server
+	lobby.Tenant = lobbyTenant
+	lobby.Fallback, lobby.FallbackCache, lobby.Metrics = nil, false, nil
+	g.lobby, err = newServer(lobby, g.hub)
+	if err != nil {
+		return nil, err
+	}
+	g.lobby.gw = g
+	g.lobby.log = g.log
+	// Fail at start-up, not at a tenant's first AUTH, on a configuration
+	// that no tenant's Server would accept.
+	for _, t := range cfg.Tenants.Tenants {
+		if _, err := newServer(g.tenantConfig(t), g.hub); err != nil {
+			return nil, fmt.Errorf("gateway: tenant %q: %w", t.ID, err)
+		}
+	}
+	return g, nil
+}
+
+// lobbyTenant names the lobby in logs; it is never a namespace anything is
+// sent to.
+const lobbyTenant = "-"
+
+// tenantConfig is the Server configuration of tenant t.
+func (g *Gateway) tenantConfig(t tenants.Tenant) Config {
+	c := g.cfg.Server
+	c.Tenant = t.ID
+	c.ClientPassword = ""
+	c.Metrics = nil
+	if t.UpstreamUser != "" {
+		c.Upstream.Username, c.Upstream.Password = t.UpstreamUser, t.UpstreamPassword
+	}
+	return c
+}
+
+// Listen binds the client listener; Addr is valid afterwards.
+func (g *Gateway) Listen() error { return g.lobby.Listen() }
+
+// Addr returns the listener's address.
+func (g *Gateway) Addr() net.Addr { return g.lobby.Addr() }
+
+// Serve accepts clients until ctx is done or Shutdown is called. Sessions
+// outlive ctx: call Shutdown to drain them.
+func (g *Gateway) Serve(ctx context.Context) error {
+	if g.lobby.ln == nil {
+		if err := g.Listen(); err != nil {
+			return err
+		}
+	}
+	g.mu.Lock()
+	g.ctx = ctx
+	g.mu.Unlock()
+	g.log.Info("keyfence gateway listening", "addr", g.Addr().String(), "upstream", g.cfg.Server.Upstream.Addr,
+		"tenants", len(g.cfg.Tenants.Tenants))
+	stop := context.AfterFunc(ctx, func() { g.lobby.ln.Close() })
+	defer stop()
+	return g.lobby.acceptLoop(ctx, g.lobby.ln, g.lobby.accept)
+}
+
+// errAuthFailed is Redis's reply to a wrong user or password, word for word.
+const errAuthFailed = "WRONGPASS invalid username-password pair or user is disabled."
+
+// errTenantFull is Redis's reply past maxclients: the tenant's
+// max_connections is that tenant's maxclients.
+const errTenantFull = "ERR max number of clients reached"
+
+// authenticate checks a tenant's password and returns its Server, started
+// if it was not. A refusal is slowed down when the client's address keeps
+// failing, counted, and logged at most once a second.
+func (g *Gateway) authenticate(ctx context.Context, addr net.Addr, user string, password []byte) (*Server, error) {
+	g.mu.Lock()
+	spec, ok := g.file.Lookup(user)
+	var hash string
+	if ok {
+		hash = spec.PasswordHash
+	}
+	g.mu.Unlock()
+	if !ok {
+		hash = g.decoy
+	}
+	good, err := g.checker.Check(ctx, hash, password)
+	if err != nil {
+		return nil, err
+	}
+	if !good || !ok {
+		g.refused(ctx, addr, user, ok)
+		return nil, errors.New(errAuthFailed)
+	}
+	// A success does not clear the address's failures: a tenant guessing
+	// another's password could otherwise reset its slowdown with its own.
+	return g.start(user)
+}
+
+// refused accounts for a failed AUTH and holds its reply as long as the
+// address has earned.
+func (g *Gateway) refused(ctx context.Context, addr net.Addr, user string, known bool) {
+	g.authFailed.Add(1)
+	delay := g.fails.note(addr, time.Now())
+	now := time.Now().UnixNano()
+	if last := g.lastLog.Load(); now-last >= int64(time.Second) && g.lastLog.CompareAndSwap(last, now) {
+		reason := "wrong password"
+		if !known {
+			reason = "unknown tenant"
+			user = "" // not a tenant: whatever the client sent stays out of the log
+		}
+		g.log.Warn("AUTH refused", "reason", reason, "tenant", user, "addr", addrString(addr),
+			"slowed_by", delay, "refused_unlogged", g.unlogged.Swap(0))
+	} else {
+		g.unlogged.Add(1)
+	}
+	if delay > 0 {
+		t := time.NewTimer(delay)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+	}
+}
+
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
+}
+
+// start returns tenant id's Server, starting it at its first AUTH.
+func (g *Gateway) start(id string) (*Server, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closing {
+		return nil, errors.New("ERR keyfence: the gateway is shutting down")
+	}
+	if t, ok := g.tenants[id]; ok {
+		return t.srv, nil
+	}
+	spec, ok := g.file.Lookup(id)
+	if !ok { // removed by a reload since the password was checked
+		return nil, errors.New(errAuthFailed)
+	}
+	srv, err := newServer(g.tenantConfig(*spec), g.hub)
+	if err != nil {
+		return nil, fmt.Errorf("ERR keyfence: tenant %s cannot start: %w", id, err)
+	}
+	srv.gw = g
+	srv.quota = &quota{wait: g.cfg.QuotaWait}
+	srv.quota.set(spec.Limits)
+	t := &gatewayTenant{spec: *spec, srv: srv}
+	if g.cfg.Metrics != nil {
+		m, closeMetrics, err := g.cfg.Metrics(id, srv.Gauges())
+		if err != nil {
+			return nil, fmt.Errorf("ERR keyfence: tenant %s metrics: %w", id, err)
+		}
+		srv.cfg.Metrics, t.closeMetrics = m, closeMetrics
+	}
+	ctx := g.ctx
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	t.stop = srv.background(ctx)
+	g.tenants[id] = t
+	srv.log.Info("tenant started", "upstream_user", spec.UpstreamUser)
+	return srv, nil
+}
+
+// Reload applies a new tenants file: removed tenants' clients are
+// disconnected, and so are those of a tenant whose upstream user changed
+// (their upstream connections run as the old one); changed passwords apply
+// to the next AUTH, changed limits at once. Nobody else is disconnected.
+func (g *Gateway) Reload(file *tenants.File) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.file = file
+	var removed []string
+	for id, t := range g.tenants {
+		spec, ok := file.Lookup(id)
+		switch {
+		case !ok:
+			removed = append(removed, id)
+			delete(g.tenants, id)
+			go g.retire(t, "removed from the tenants file")
+		case spec.UpstreamUser != t.spec.UpstreamUser || spec.UpstreamPassword != t.spec.UpstreamPassword:
+			delete(g.tenants, id)
+			go g.retire(t, "its upstream user changed")
+		default:
+			t.spec = *spec
+			t.srv.quota.set(spec.Limits)
+		}
+	}
+	g.log.Info("tenants file reloaded", "tenants", len(file.Tenants), "running", len(g.tenants), "removed_running", len(removed))
+}
+
+// retire disconnects a tenant's clients and stops its Server.
+func (g *Gateway) retire(t *gatewayTenant, why string) {
+	srv := t.srv
+	srv.mu.Lock()
+	srv.closing = true
+	n := len(srv.sessions)
+	for sess := range srv.sessions {
+		sess.cancel()
+		sess.nc.Close()
+	}
+	srv.mu.Unlock()
+	srv.log.Info("tenant stopped: its clients are disconnected", "why", why, "clients", n)
+	// The sessions end on their own goroutines; the connections they
+	// hold go back to the pool before it closes.
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if srv.Stats().Sessions == 0 {
+			break
+		}
+	}
+	t.stop()
+	srv.pool.Close()
+	if t.closeMetrics != nil {
+		t.closeMetrics()
+	}
+}
+
+// Shutdown stops accepting, lets every session finish the batch it is in,
+// and closes them; it returns when all are gone or ctx is done.
+func (g *Gateway) Shutdown(ctx context.Context) error {
+	g.mu.Lock()
+	g.closing = true
+	running := make([]*gatewayTenant, 0, len(g.tenants))
+	for _, t := range g.tenants {
+		running = append(running, t)
+	}
+	g.mu.Unlock()
+	servers := []*Server{g.lobby}
+	for _, t := range running {
+		servers = append(servers, t.srv)
+	}
+	for _, srv := range servers {
+		srv.mu.Lock()
+		srv.closing = true
+		for sess := range srv.sessions {
+			sess.closeWhenIdle()
+		}
+		srv.mu.Unlock()
+	}
+	if g.lobby.ln != nil {
+		g.lobby.ln.Close()
+	}
+	// Every session was accepted by the lobby: its wait group counts them all.
+	done := make(chan struct{})
+	go func() { g.lobby.wg.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+		for _, srv := range servers {
+			srv.mu.Lock()
+			for sess := range srv.sessions {
+				sess.cancel()
+				sess.nc.Close()
+			}
+			srv.mu.Unlock()
+		}
+		<-done
+	}
+	for _, t := range running {
+		t.stop()
+		t.srv.pool.Close()
+		if t.closeMetrics != nil {
+			t.closeMetrics()
+		}
+	}
+	g.lobby.pool.Close()
+	return err
+}
+
+// GatewayStats are the gateway's counters, for tests and telemetry.
+type GatewayStats struct {
+	Clients    int64 // client connections, every tenant's and the lobby's
+	Lobby      int   // connections not authenticated yet
+	Tenants    int   // tenants started (authenticated at least once, not removed)
+	AuthFailed int64 // AUTHs refused
+}
+
+// Stats returns the gateway's counters.
+func (g *Gateway) Stats() GatewayStats {
+	g.mu.Lock()
+	n := len(g.tenants)
+	g.mu.Unlock()
+	return GatewayStats{Clients: g.hub.clients.Load(), Lobby: g.lobby.Stats().Sessions, Tenants: n, AuthFailed: g.authFailed.Load()}
+}
+
+// Tenant returns tenant id's Server once it has started, for tests and
+// telemetry.
+func (g *Gateway) Tenant(id string) (*Server, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	t, ok := g.tenants[id]
+	if !ok {
+		return nil, false
+	}
+	return t.srv, true
+}
+
+// Ping checks that upstream answers the gateway's own user, for /readyz.
+func (g *Gateway) Ping(ctx context.Context) error { return g.lobby.Ping(ctx) }
+
+// ProbeUpstream reads upstream's memory as the gateway's own user.
+func (g *Gateway) ProbeUpstream(ctx context.Context) (telemetry.UpstreamMemory, error) {
+	return g.lobby.ProbeUpstream(ctx)
+}
+
+// authFailures remembers recent AUTH failures per client address, so that
+// guessing passwords from one address gets slower and slower while the
+// applications at other addresses are not slowed at all.
+type authFailures struct {
+	mu     sync.Mutex
+	byAddr map[string]*failureRun
+}
+
+type failureRun struct {
+	n    int
+	last time.Time
+}
+
+// Failures from one address: the first authFreeFailures within
+// authFailureWindow are answered at once, then each waits twice as long as
+// the one before, from authFirstDelay up to authMaxDelay. At most
+// authMaxAddrs addresses are remembered.
+const (
+	authFreeFailures  = 3
+	authFailureWindow = time.Minute
+	authFirstDelay    = 100 * time.Millisecond
+	authMaxDelay      = 5 * time.Second
+	authMaxAddrs      = 10000
+)
+
+func failureKey(addr net.Addr) string {
+	if ta, ok := addr.(*net.TCPAddr); ok {
+		return ta.IP.String()
+	}
+	return addrString(addr)
+}
+
+// note records a failure from addr at now and returns how long its reply
+// waits.
+func (f *authFailures) note(addr net.Addr, now time.Time) time.Duration {
+	key := failureKey(addr)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.byAddr == nil {
+		f.byAddr = map[string]*failureRun{}
+	}
+	r := f.byAddr[key]
+	if r == nil || now.Sub(r.last) > authFailureWindow {
+		if r == nil && len(f.byAddr) >= authMaxAddrs {
+			f.prune(now)
+		}
+		r = &failureRun{}
+		f.byAddr[key] = r
+	}
+	r.n++
+	r.last = now
+	if r.n <= authFreeFailures {
+		return 0
+	}
+	d := authFirstDelay << min(r.n-authFreeFailures-1, 10)
+	return min(d, authMaxDelay)
+}
+
+// prune forgets addresses whose last failure is out of the window, or
+// every address when all are recent (many addresses failing at once).
+func (f *authFailures) prune(now time.Time) {
+	for k, r := range f.byAddr {
+		if now.Sub(r.last) > authFailureWindow {
+			delete(f.byAddr, k)
+		}
+	}
+	if len(f.byAddr) >= authMaxAddrs {
+		clear(f.byAddr)
+	}
+}
