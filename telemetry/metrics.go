@@ -284,6 +284,11 @@ func (m *Metrics) ClientRejected(reason int) {
 // Tenant is the tenant attribute of m's series: its id, or OverflowTenant.
 func (m *Metrics) Tenant() string { return m.tenantID }
 
+// Logger is where m logs its state changes: from Provider.Tenant, the
+// provider's logger with tenant=<id>, for the caller's own lines about the
+// tenant too.
+func (m *Metrics) Logger() *slog.Logger { return m.log }
+
 // Close takes the tenant's series away: its callback is unregistered and
 // its histograms are no longer produced, once every holder has closed it
 // (see Provider.Tenant; the overflow *Metrics is shared by every tenant past

@@ -153,32 +153,28 @@ func (p *Provider) snapshot(ctx context.Context) (snapshot, error) {
 // tenantPoint adds a datapoint to its tenant's figures. Every tenant
 // observes keyfence.client.errors, zeros too, so every live one is listed.
 func (p *Provider) tenantPoint(s *snapshot, name string, attrs attribute.Set, v float64) {
-	var f *tenantFigures
-	get := func() *tenantFigures {
-		t, ok := attrs.Value("tenant")
-		if !ok {
-			return nil
-		}
-		if f = s.tenants[t.AsString()]; f == nil {
-			f = &tenantFigures{}
-			s.tenants[t.AsString()] = f
-		}
-		return f
+	switch name {
+	case "keyfence.commands", "keyfence.client.connections", "keyfence.client.errors":
+	default:
+		return
+	}
+	t, ok := attrs.Value("tenant")
+	if !ok {
+		return // the process's
+	}
+	f := s.tenants[t.AsString()]
+	if f == nil {
+		f = &tenantFigures{}
+		s.tenants[t.AsString()] = f
 	}
 	switch name {
 	case "keyfence.commands":
-		if f = get(); f != nil {
-			f.commands += v
-			if o, _ := attrs.Value("outcome"); o.AsString() == "error" {
-				f.errors += v
-			}
+		f.commands += v
+		if o, _ := attrs.Value("outcome"); o.AsString() == "error" {
+			f.errors += v
 		}
 	case "keyfence.client.connections":
-		if f = get(); f != nil {
-			f.clients += v
-		}
-	case "keyfence.client.errors":
-		get()
+		f.clients += v
 	}
 }
 
