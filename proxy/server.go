@@ -323,6 +323,7 @@ func (s *Server) accept(ctx context.Context, nc net.Conn) {
 	s.mu.Lock()
 	if s.closing || s.hub.clients.Load() >= int64(s.cfg.MaxClients) {
 		s.cfg.Metrics.ClientRejected(rejectReason(s.closing))
+		s.gatewayTelemetry().ClientRejected(rejectReason(s.closing))
 		s.mu.Unlock()
 		cancel()
 		s.stats.rejected.Add(1)
@@ -342,6 +343,7 @@ func (s *Server) accept(ctx context.Context, nc net.Conn) {
 	s.wg.Add(1)
 	s.mu.Unlock()
 	s.cfg.Metrics.ClientAccepted()
+	s.gatewayTelemetry().ClientAccepted()
 	go func() {
 		defer s.wg.Done()
 		defer s.hub.clients.Add(-1)
@@ -350,6 +352,19 @@ func (s *Server) accept(ctx context.Context, nc net.Conn) {
 		sess.srv.leave(sess) // sess.srv: in gateway mode, the tenant it ended in
 	}()
 }
+
+// gatewayTelemetry is the gateway's telemetry, which counts the lobby's
+// connections; nil (recording nothing) in sidecar mode.
+func (s *Server) gatewayTelemetry() *telemetry.Provider {
+	if s.gw == nil {
+		return nil
+	}
+	return s.gw.cfg.Telemetry
+}
+
+// UseMetrics sets Config.Metrics; call it before Serve. It lets the
+// metrics be made after the server, with its Gauges.
+func (s *Server) UseMetrics(m *telemetry.Metrics) { s.cfg.Metrics = m }
 
 // leave forgets a session that ended or moved to another tenant.
 func (s *Server) leave(sess *session) {
