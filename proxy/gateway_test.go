@@ -16,6 +16,7 @@ import (
 
 	"github.com/keyfence/keyfence/internal/redistest"
 	"github.com/keyfence/keyfence/proxy/tenants"
+	"github.com/keyfence/keyfence/telemetry"
 	"github.com/keyfence/keyfence/upstream"
 )
 
@@ -444,5 +445,18 @@ func TestGatewayUpstreamUsers(t *testing.T) {
 	}
 	if !strings.Contains(list, "user="+user+" ") {
 		t.Errorf("no upstream connection runs as %s:\n%s", user, list)
+	}
+}
+
+// The tenants file refuses the tenant id the metrics use for the tenants
+// past their cap, whatever telemetry calls it.
+func TestTenantsFileRefusesOverflowID(t *testing.T) {
+	h, err := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = tenants.Parse([]byte("tenants:\n- id: "+telemetry.OverflowTenant+"\n  password_hash: '"+string(h)+"'\n"), nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "reserved") {
+		t.Errorf("tenant id %q: %v, want refused as reserved", telemetry.OverflowTenant, err)
 	}
 }
