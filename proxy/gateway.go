@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,7 +34,9 @@ type GatewayConfig struct {
 	// waits for its turn before it is refused; default DefaultQuotaWait.
 	QuotaWait time.Duration
 	// AuthConcurrency bounds the password verifications running at once
-	// (argon2id costs memory); 0: GOMAXPROCS.
+	// (argon2id costs memory and CPU); 0: half of GOMAXPROCS, at least one,
+	// so that a flood of AUTHs leaves the other half to the tenants'
+	// traffic.
 	AuthConcurrency int
 }
 
@@ -111,6 +114,9 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 	}
 	if cfg.QuotaWait <= 0 {
 		cfg.QuotaWait = DefaultQuotaWait
+	}
+	if cfg.AuthConcurrency <= 0 {
+		cfg.AuthConcurrency = max(1, runtime.GOMAXPROCS(0)/2)
 	}
 	cfg.Server.setDefaults()
 	decoy, err := tenants.HashPassword([]byte("keyfence decoy password"))

@@ -134,9 +134,10 @@ type Server struct {
 
 	ln      net.Listener
 	started time.Time
-	hub     *hub     // what this Server shares with the others of the process
-	gw      *Gateway // nil in sidecar mode
-	quota   *quota   // the tenant's limits in gateway mode; nil: none
+	nextID  atomic.Int64 // client ids: per tenant, so that a tenant cannot count others' connections by them
+	hub     *hub         // what this Server shares with the others of the process
+	gw      *Gateway     // nil in sidecar mode
+	quota   *quota       // the tenant's limits in gateway mode; nil: none
 
 	stats          tenantStats  // the tenant's figures in INFO (info.go)
 	pinnedCommands atomic.Int64 // commands sent on pinned connections
@@ -171,7 +172,6 @@ type Server struct {
 // hub is what every Server of one process shares: in gateway mode the
 // lobby's and every tenant's, in sidecar mode the one Server's alone.
 type hub struct {
-	nextID      atomic.Int64 // client ids, unique in the process as Redis's are in a server
 	reqBuffered atomic.Int64 // read buffer bytes reserved beyond the initial ones, against --max-request-buffer-total
 	clients     atomic.Int64 // client connections, against --max-clients
 }
