@@ -740,12 +740,12 @@ func TestCommandEmulation(t *testing.T) {
 	for _, nm := range names {
 		set[nm] = true
 	}
-	for _, nm := range []string{"get", "set", "blpop", "xreadgroup", "keys", "flushall"} {
+	for _, nm := range []string{"get", "set", "blpop", "xreadgroup", "keys", "flushall", "fcall", "function"} {
 		if !set[nm] {
 			t.Errorf("COMMAND LIST lacks %s", nm)
 		}
 	}
-	for _, nm := range []string{"config", "migrate", "move", "swapdb", "fcall", "monitor", "debug", "shutdown"} {
+	for _, nm := range []string{"config", "migrate", "move", "swapdb", "monitor", "debug", "shutdown"} {
 		if set[nm] {
 			t.Errorf("COMMAND LIST shows denied %s", nm)
 		}
