@@ -119,6 +119,11 @@ func (s *session) fnCall(ctx context.Context, fn string, args ...[]byte) (resp.V
 	req := append([][]byte{[]byte(fn), []byte("1"), []byte(s.srv.fnStore), s.rw.KeyPrefix()}, args...)
 	for attempt := 0; ; attempt++ {
 		v, err := s.sandboxCall(ctx, conn, req...)
+		if err == nil && v.Type == '-' && bytes.HasPrefix(v.Str, []byte("OOM allow-oom flag is not set")) {
+			// fload is deny-oom as FUNCTION LOAD and RESTORE are: Redis
+			// refuses those with its command-level wording.
+			v.Str = []byte("OOM command not allowed when used memory > 'maxmemory'.")
+		}
 		if err != nil || v.Type != '-' || string(v.Str) != rewrite.FunctionsNotLoaded || attempt == 3 {
 			return v, err
 		}
@@ -625,8 +630,43 @@ func (s *session) healFcall(ctx context.Context, reply, req *[]byte, name string
 			*reply = resp.AppendError(nil, "ERR Function not found")
 			return false
 		}
-		*req = withRunFunction(*req, s.srv.sandbox.FunctionRun(fn.flags))
+		*req, _ = withRunFunction(*req, s.srv.sandbox.FunctionRun(fn.flags))
 		return true
+	case flagRefusal(*reply):
+		// Redis refused the run function by its flags before the sandbox
+		// could check them: they may be stale (another keyfence replaced
+		// the library). Only flags that changed run it again.
+		if _, v, err := s.listFunctions(ctx, false); err != nil || v.Type == '-' {
+			return false
+		}
+		fn, ok := s.srv.functions.get([]byte(name))
+		if !ok {
+			*reply = resp.AppendError(nil, "ERR Function not found")
+			return false
+		}
+		var changed bool
+		*req, changed = withRunFunction(*req, s.srv.sandbox.FunctionRun(fn.flags))
+		return changed
+	}
+	return false
+}
+
+// flagRefusals are the errors Redis 7.0 gives a script for its flags
+// before it runs (scriptPrepareForRun).
+var flagRefusals = []string{
+	"-ERR Can not execute a script with write flag using *_ro command.",
+	"-OOM allow-oom flag is not set on the script",
+	"-READONLY Can not run script with write flag on readonly replica",
+	"-ERR Can not run script on cluster, 'no-cluster' flag is set.",
+	"-MISCONF ",
+	"-NOREPLICAS ",
+}
+
+func flagRefusal(reply []byte) bool {
+	for _, p := range flagRefusals {
+		if bytes.HasPrefix(reply, []byte(p)) {
+			return true
+		}
 	}
 	return false
 }
@@ -660,14 +700,15 @@ func (s *session) fixFcallError(reply []byte, name string) []byte {
 	return s.srv.sandbox.FixFunctionError(reply, name)
 }
 
-// withRunFunction returns the FCALL request req calling fn instead.
-func withRunFunction(req []byte, fn string) []byte {
+// withRunFunction returns the FCALL request req calling fn instead, and
+// whether that is another function.
+func withRunFunction(req []byte, fn string) ([]byte, bool) {
 	args, _, _, err := resp.ParseCommand(req, nil, resp.Limits{MaxRequestBytes: len(req) + 1, MaxArgs: 1 << 30})
-	if err != nil || len(args) < 2 {
-		return req
+	if err != nil || len(args) < 2 || string(args[1]) == fn {
+		return req, false
 	}
 	args[1] = []byte(fn)
-	return resp.AppendCommand(nil, args...)
+	return resp.AppendCommand(nil, args...), true
 }
 
 // asciiLower is b lower-cased as C's tolower does: ASCII letters only.

@@ -30,14 +30,20 @@ const (
 // the given codes. Codes are stored uncompressed (Redis compresses those
 // longer than 20 bytes that LZF shrinks; its RESTORE reads either).
 func AppendFunctionDump(dst []byte, codes [][]byte) []byte {
-	start := len(dst)
+	var body []byte
 	for _, c := range codes {
-		dst = append(dst, rdbOpcodeFunction2)
-		dst = appendRDBLen(dst, uint64(len(c)))
-		dst = append(dst, c...)
+		body = append(body, rdbOpcodeFunction2)
+		body = appendRDBLen(body, uint64(len(c)))
+		body = append(body, c...)
 	}
-	dst = binary.LittleEndian.AppendUint16(dst, rdbVersion)
-	return binary.LittleEndian.AppendUint64(dst, crc64Jones(0, dst[start:]))
+	return append(dst, SealFunctionDump(body)...)
+}
+
+// SealFunctionDump appends the footer to a payload's records: the RDB
+// version and the CRC-64 of the records and the version.
+func SealFunctionDump(body []byte) []byte {
+	body = binary.LittleEndian.AppendUint16(body, rdbVersion)
+	return binary.LittleEndian.AppendUint64(body, crc64Jones(0, body))
 }
 
 // appendRDBLen is Redis's rdbSaveLen.
