@@ -118,15 +118,14 @@ func ACLRules(prefix, passwordSHA256 string) []string {
 		rules = append(rules, "on", "#"+passwordSHA256)
 	}
 	rules = append(rules,
-		"resetkeys", "~"+glob,
+		// The tenant's keys, and its function store (rewrite.FunctionStoreKey),
+		// which the sandbox reads and writes.
+		"resetkeys", "~"+glob, "~"+rewrite.GlobEscape(rewrite.FunctionStoreKey(prefix)),
 		"resetchannels", "&"+glob,
 		// The literal patterns keyfence PSUBSCRIBEs for keyspace and
 		// keyevent notifications (rewrite.PatternLiteral): Redis compares
 		// PSUBSCRIBE patterns with channel rules literally.
 		"&__keyspace@*__:"+glob, "&__keyevent@*__:*",
-		// The tenant's function store (rewrite.FunctionStoreKey), which
-		// the sandbox reads and writes.
-		"~"+rewrite.GlobEscape(rewrite.FunctionStoreKey(prefix)),
 		"-@all")
 	for _, c := range ACLCommands() {
 		rules = append(rules, "+"+c)
