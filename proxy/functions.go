@@ -227,6 +227,9 @@ func (s *session) listFunctions(ctx context.Context, withCode bool) ([]tenantLib
 
 // function answers the FUNCTION subcommands.
 func (s *session) function(ctx context.Context, cmd *rewrite.Command, args [][]byte) {
+	// The commands before it in the client's pipeline run first: a
+	// pipelined FCALL must not meet the FUNCTION DELETE sent after it.
+	s.flushBatch(ctx)
 	switch cmd.Name {
 	case "function|load":
 		s.functionLoad(ctx, args)
@@ -511,6 +514,7 @@ func (s *session) fcall(ctx context.Context, cmd *rewrite.Command, args [][]byte
 	fn, ok := s.srv.functions.get(args[1])
 	if !ok {
 		// Another keyfence of the tenant may have loaded it.
+		s.flushBatch(ctx)
 		if _, v, err := s.listFunctions(ctx, false); err != nil {
 			fail(upstreamErrorText(err))
 			return
@@ -572,7 +576,7 @@ func (s *session) appendFcall(dst []byte, ro bool, flags int, args [][]byte, num
 	dst = resp.AppendBulk(dst, s.rw.KeyPrefix())
 	dst = resp.AppendBulk(dst, []byte(s.srv.fnStore))
 	dst = resp.AppendBulk(dst, strconv.AppendInt(nil, int64(s.srv.cfg.Upstream.DB), 10))
-	dst = resp.AppendBulk(dst, strconv.AppendInt(nil, int64(s.db), 10))
+	dst = resp.AppendBulk(dst, strconv.AppendInt(nil, int64(s.runDB()), 10))
 	dst = resp.AppendBulk(dst, args[1])
 	dst = resp.AppendBulk(dst, s.srv.scriptBudget)
 	dst = resp.AppendBulk(dst, s.srv.scriptMemory)
@@ -580,6 +584,19 @@ func (s *session) appendFcall(dst []byte, ro bool, flags int, args [][]byte, num
 		dst = resp.AppendBulk(dst, a)
 	}
 	return dst
+}
+
+// runDB is the database a command added now runs in upstream: the
+// session's, or inside MULTI the last one a queued SELECT moves to.
+func (s *session) runDB() int {
+	if s.txn.inMulti() {
+		for i := len(s.tx.cmds) - 1; i >= 0; i-- {
+			if s.tx.cmds[i].selects {
+				return s.tx.cmds[i].db
+			}
+		}
+	}
+	return s.db
 }
 
 // isErrorLine says whether reply is the error reply msg.

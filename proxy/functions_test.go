@@ -315,3 +315,39 @@ func TestFunctionsLimits(t *testing.T) {
 		t.Errorf("the store holds %d fields, want 4", n)
 	}
 }
+
+// TestFunctionsAcrossDatabases: functions, like Redis's, belong to no
+// database; their keys are those of the database the FCALL runs in, a
+// SELECT queued in MULTI included.
+func TestFunctionsAcrossDatabases(t *testing.T) {
+	t.Parallel()
+	up := redistest.StartT(t, redistest.Options{})
+	a := startFnTenant(t, up, "dbs", nil)
+	a.want("+OK\r\n", "SELECT", "3")
+	a.want("$2\r\nkv\r\n", "FUNCTION", "LOAD", fnLib("kv", "redis.register_function('put', function(keys, args) return redis.call('SET', keys[1], args[1]) end)"))
+	a.want("+OK\r\n", "FCALL", "put", "1", "k", "in3")
+	a.want("+OK\r\n", "SELECT", "0")
+	a.wantPrefix("*1\r\n", "FUNCTION", "LIST")
+	a.want("+OK\r\n", "FCALL", "put", "1", "k", "in0")
+	a.want("+OK\r\n", "MULTI")
+	a.want("+QUEUED\r\n", "SELECT", "4")
+	a.want("+QUEUED\r\n", "FCALL", "put", "1", "k", "in4")
+	a.want("*2\r\n+OK\r\n+OK\r\n", "EXEC")
+	a.want("+OK\r\n", "FCALL", "put", "1", "k2", "in4")
+	ctx := context.Background()
+	for db, want := range map[int]string{0: "in0", 3: "in3", 4: "in4"} {
+		c := directDB(t, up, db)
+		if got := c.Get(ctx, "tenant:dbs:k").Val(); got != want {
+			t.Errorf("db %d: tenant:dbs:k = %q, want %q", db, got, want)
+		}
+	}
+	if got := directDB(t, up, 4).Get(ctx, "tenant:dbs:k2").Val(); got != "in4" {
+		t.Errorf("after EXEC the session is in db 4: tenant:dbs:k2 = %q", got)
+	}
+	if n := directDB(t, up, 3).Exists(ctx, rewrite.FunctionStoreKey("tenant:dbs:")).Val(); n != 0 {
+		t.Errorf("the store is in db 3, where the library was loaded; it belongs in the base database")
+	}
+	if n := directDB(t, up, 0).Exists(ctx, rewrite.FunctionStoreKey("tenant:dbs:")).Val(); n != 1 {
+		t.Errorf("the store is not in the base database")
+	}
+}

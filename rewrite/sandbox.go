@@ -51,13 +51,25 @@ const MaxChunkBytes = 64 << 20
 // libraries are let go and loaded again from their store when next used.
 const MaxFunctionChunkBytes = 64 << 20
 
+// MaxFunctionHeapBytes bounds upstream's Lua heap as the sandbox sees it
+// after running a tenant's function or loading a library: past it, the
+// registries of every tenant's libraries are let go (sandbox.lua boundHeap).
+// It leaves room for the compiled scripts and libraries (MaxChunkBytes,
+// MaxFunctionChunkBytes) and for what they hold.
+const MaxFunctionHeapBytes = 512 << 20
+
 // NewSandbox builds the library from the command table.
-func NewSandbox() *Sandbox {
+func NewSandbox() *Sandbox { return newSandbox(MaxFunctionHeapBytes) }
+
+// newSandbox builds the library with a bound on Lua's heap of its own (a
+// test's lower one).
+func newSandbox(heapBytes int) *Sandbox {
 	code := sandboxTemplate
 	code = strings.Replace(code, "__SPECS__", luaSpecs(), 1)
 	code = strings.Replace(code, "__SAFE__", luaSafeGlobals(), 1)
 	code = strings.Replace(code, "__MAXBYTES__", strconv.Itoa(MaxChunkBytes), 1)
 	code = strings.Replace(code, "__MAXFNBYTES__", strconv.Itoa(MaxFunctionChunkBytes), 1)
+	code = strings.Replace(code, "__FNHEAPKIB__", strconv.Itoa(heapBytes>>10), 1)
 	code = strings.Replace(code, "__NOTLOADED__", luaQuote(FunctionsNotLoaded), 1)
 	code = strings.Replace(code, "__FNMISSING__", luaQuote(FunctionMissing), 1)
 	code = strings.Replace(code, "__FNCHANGED__", luaQuote(FunctionChanged), 1)

@@ -666,6 +666,23 @@ local function addLib(T, inst)
 	tenBytes = tenBytes + inst.size
 end
 
+-- boundHeap keeps Lua's heap under FN_HEAP_KIB. A library's top-level
+-- locals live as long as it does, and a function may grow them at every
+-- call, as in Redis; on a shared server that would let one tenant fill
+-- upstream's memory a call at a time. Past the bound, after a full
+-- collection, every tenant's registry goes (the code stays in the stores and
+-- is loaded again when next used, as after a restart), and what the
+-- libraries held with it.
+local FN_HEAP_KIB = __FNHEAPKIB__
+
+local function boundHeap()
+	if gcount("count") <= FN_HEAP_KIB then return end
+	gcount("collect")
+	if gcount("count") <= FN_HEAP_KIB then return end
+	TEN, tenBytes = {}, 0
+	gcount("collect")
+end
+
 -- loadErrorText is what Redis makes of an error a library's top-level code
 -- raised (luaExtractErrorInformation).
 local function loadErrorText(e)
@@ -707,6 +724,7 @@ local function instantiate(name, code, chunk)
 	if not ok then return nil, "ERR Error registering functions: " .. loadErrorText(e) end
 	if #inst.fns == 0 then return nil, "ERR No functions registered" end
 	mt.__index = PF
+	boundHeap()
 	return inst
 end
 
@@ -948,7 +966,10 @@ local function frun(mask, keys, args)
 	for i = 1, #keys do k[i] = sub(keys[i], plen + 1) end
 	local a = {}
 	for i = 8, #args do a[i - 7] = args[i] end
-	return fr.cb(k, a)
+	local r = fr.cb(k, a)
+	fr, T = nil, nil -- for boundHeap to let the library go
+	boundHeap()
+	return r
 end
 
 -- One run function per combination of script flags (#!lua flags=…): Redis
