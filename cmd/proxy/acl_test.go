@@ -187,7 +187,7 @@ func TestACLTenantsFile(t *testing.T) {
 		wantLines []string // prefixes of the stdout lines, in order
 	}{
 		{name: "by flag", args: []string{"--tenants-file", file},
-			wantLines: []string{"ACL SETUSER kf-acme reset on " + hash("acme-upstream-pw") + " resetkeys ~tenant:acme:* resetchannels &tenant:acme:* ",
+			wantLines: []string{"ACL SETUSER kf-acme reset on " + hash("acme-upstream-pw") + " resetkeys ~tenant:acme:* ~{keyfence}:functions:tenant:acme: resetchannels &tenant:acme:* ",
 				"ACL SETUSER kf-beta reset on " + hash("beta-upstream-pw") + " resetkeys ~tenant:beta:* "}},
 		{name: "by env, key format", args: []string{"--key-format", "app/{tenant}/"}, env: map[string]string{"PROXY_TENANTS_FILE": file},
 			wantLines: []string{"ACL SETUSER kf-acme reset on " + hash("acme-upstream-pw") + " resetkeys ~app/acme/* ", "ACL SETUSER kf-beta reset on "}},
