@@ -47,12 +47,19 @@ func Lookup(args [][]byte) *Command {
 // without a known subcommand when Lookup returns it).
 func (c *Command) IsContainer() bool { return c.Subcommands != nil }
 
-func lookupName(m map[string]*Command, name []byte) *Command {
+// LookupName returns the table entry of a top-level command named in any
+// case ("get", "GET"), or nil. It does not allocate.
+func LookupName(name string) *Command {
+	return lookupName(commandTable, name)
+}
+
+func lookupName[S string | []byte](m map[string]*Command, name S) *Command {
 	var lower [32]byte
 	if len(name) > len(lower) {
 		return nil
 	}
-	for i, c := range name {
+	for i := 0; i < len(name); i++ {
+		c := name[i]
 		if c >= 'A' && c <= 'Z' {
 			c += 'a' - 'A'
 		}

@@ -985,6 +985,15 @@ func TestLookup(t *testing.T) {
 	if allocs := testing.AllocsPerRun(100, func() { Lookup(args) }); allocs != 0 {
 		t.Errorf("Lookup allocates %.0f times", allocs)
 	}
+	if c := LookupName("hGetAll"); c == nil || c.Name != "hgetall" {
+		t.Errorf("LookupName(hGetAll) = %v", c)
+	}
+	if c := LookupName("nosuchcommandwhosenameislongerthanthirtytwo"); c != nil {
+		t.Errorf("LookupName of a long unknown name = %v", c)
+	}
+	if allocs := testing.AllocsPerRun(100, func() { LookupName("ZREVRANGEBYSCORE") }); allocs != 0 {
+		t.Errorf("LookupName allocates %.0f times", allocs)
+	}
 }
 
 func TestArityOK(t *testing.T) {

@@ -60,7 +60,7 @@ type CmdFlag uint16
 const (
 	FlagWrite CmdFlag = 1 << iota
 	FlagReadOnly
-	FlagBlocking // has the "blocking" flag or the @blocking ACL category
+	FlagBlocking // has the "blocking" flag, the @blocking ACL category, or is in policy.go's blockingCommands
 	FlagNoScript
 	FlagPubSub
 	FlagMovableKeys
@@ -70,6 +70,10 @@ const (
 	FlagStale
 	FlagNoMulti
 	FlagDenyOOM
+	// FlagNoAuth ("no_auth") commands run before the client has logged in:
+	// Redis 7.0's processCommand refuses every other command with NOAUTH
+	// while authentication is required, and so does keyfence.
+	FlagNoAuth
 )
 
 // Key-spec flags copied from COMMAND INFO.
@@ -138,7 +142,69 @@ type Command struct {
 	// LoadsPayload marks a command that loads a DUMP payload (RESTORE): it
 	// is forwarded only to an upstream that sanitizes payloads.
 	LoadsPayload bool
+
+	// Cache says whether the fallback's read cache may keep the reply, and
+	// where the keys it depends on are.
+	Cache CacheKeys
+	// Script says whether a script may call the command through the sandbox.
+	Script ScriptUse
+	// Route says which master of a Redis Cluster the command goes to.
+	Route ClusterRoute
 }
+
+// CacheKeys says whether a read's reply may be kept by the fallback's read
+// cache (package fallback) and served while upstream is down, and which of
+// its arguments are the keys the reply depends on. The positions are the
+// command's key-spec positions; the generator checks that they are one of
+// these two shapes.
+type CacheKeys uint8
+
+const (
+	CacheNever    CacheKeys = iota // not cacheable
+	CacheFirstKey                  // the first argument is the one key (GET key, HGET key field)
+	CacheEveryKey                  // every argument is a key (MGET key [key ...])
+)
+
+// ScriptUse says whether a script may call a command through the Lua
+// sandbox (sandbox.go).
+type ScriptUse uint8
+
+const (
+	// ScriptDenied commands are refused inside scripts.
+	ScriptDenied ScriptUse = iota
+	// ScriptKeyed commands act only on the keys (or channels) the sandbox
+	// finds by their key-specs and prefixes.
+	ScriptKeyed
+	// ScriptHarmless commands are keyless and show nothing of any tenant
+	// (PING, ECHO, TIME).
+	ScriptHarmless
+)
+
+// ClusterRoute says which master of a Redis Cluster a command is sent to
+// (proxy/cluster.go). Emulated commands that walk the keyspace (KEYS,
+// DBSIZE, FLUSHDB, RANDOMKEY) visit every master inside their emulation.
+type ClusterRoute uint8
+
+const (
+	// RouteAnyMaster: keyless, it goes wherever the batch goes.
+	RouteAnyMaster ClusterRoute = iota
+	// RouteKeySlot: the master of its first key's slot (any master when
+	// it names no key).
+	RouteKeySlot
+	// RouteShardChannel: the master of its shard channel's slot (sharded
+	// pub/sub: SPUBLISH, SSUBSCRIBE, SUNSUBSCRIBE).
+	RouteShardChannel
+	// RoutePubSubNode: the one master that carries all of the tenant's
+	// pub/sub, so that PUBLISH's receiver count and PUBSUB's answers are
+	// whole (Redis counts receivers on its own node only).
+	RoutePubSubNode
+	// RouteAllMasters: every master, one after the other (SCAN, whose
+	// cursor names the master).
+	RouteAllMasters
+)
 
 // HasFlag reports whether the command carries flag f.
 func (c *Command) HasFlag(f CmdFlag) bool { return c.Flags&f != 0 }
+
+// Cacheable reports whether the fallback's read cache may keep the reply.
+func (c *Command) Cacheable() bool { return c.Cache != CacheNever }

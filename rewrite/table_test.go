@@ -21,6 +21,7 @@ type capturedCommand struct {
 	Name     string
 	Arity    int
 	Flags    []string
+	ACLCats  []string
 	KeySpecs int
 }
 
@@ -56,7 +57,7 @@ func loadCapturedCommands(t *testing.T) map[string]capturedCommand {
 		}
 		var c capturedCommand
 		var specs, subs []json.RawMessage
-		for i, to := range map[int]any{0: &c.Name, 1: &c.Arity, 2: &c.Flags, 8: &specs, 9: &subs} {
+		for i, to := range map[int]any{0: &c.Name, 1: &c.Arity, 2: &c.Flags, 6: &c.ACLCats, 8: &specs, 9: &subs} {
 			if err := json.Unmarshal(fields[i], to); err != nil {
 				t.Fatalf("COMMAND INFO entry %.40s, field %d: %v", raw, i, err)
 			}
@@ -83,6 +84,7 @@ func loadCapturedCommands(t *testing.T) map[string]capturedCommand {
 			Name     string            `json:"name"`
 			Arity    int               `json:"arity"`
 			Flags    []string          `json:"flags"`
+			ACLCats  []string          `json:"acl_categories"`
 			KeySpecs []json.RawMessage `json:"key_specs"`
 		} `json:"commands"`
 	}
@@ -90,7 +92,7 @@ func loadCapturedCommands(t *testing.T) map[string]capturedCommand {
 		t.Fatal(err)
 	}
 	for _, e := range extra.Commands {
-		out[e.Name] = capturedCommand{Name: e.Name, Arity: e.Arity, Flags: e.Flags, KeySpecs: len(e.KeySpecs)}
+		out[e.Name] = capturedCommand{Name: e.Name, Arity: e.Arity, Flags: e.Flags, ACLCats: e.ACLCats, KeySpecs: len(e.KeySpecs)}
 	}
 	return out
 }
@@ -170,6 +172,12 @@ type policyRules struct {
 	lists   map[Policy][]string // allowed policies → exact names
 	replies map[string]string   // name → ReplyKind constant name
 	payload []string            // commands that load a DUMP payload
+
+	cacheable      []string          // cacheableReads
+	blocking       []string          // blockingCommands
+	scriptKeyed    []string          // scriptKeyedCommands
+	scriptHarmless []string          // scriptHarmlessCommands
+	routes         map[string]string // clusterRoutes: name → ClusterRoute constant name
 }
 
 func readPolicyRules(t *testing.T) policyRules {
@@ -239,6 +247,12 @@ func readPolicyRules(t *testing.T) policyRules {
 		},
 		replies: stringMap("replyKinds"),
 		payload: stringList("payloadCommands"),
+
+		cacheable:      stringList("cacheableReads"),
+		blocking:       stringList("blockingCommands"),
+		scriptKeyed:    stringList("scriptKeyedCommands"),
+		scriptHarmless: stringList("scriptHarmlessCommands"),
+		routes:         stringMap("clusterRoutes"),
 	}
 }
 
@@ -311,6 +325,123 @@ func TestPolicyFollowsRules(t *testing.T) {
 		}
 	}
 	t.Logf("policies: %v", count)
+}
+
+// TestFactsFollowRules re-derives every per-command fact of the table from
+// policy.go's lists and the captured COMMAND INFO, as the comments in
+// policy.go state the rules, independently of the generator.
+func TestFactsFollowRules(t *testing.T) {
+	rules := readPolicyRules(t)
+	routes := map[string]ClusterRoute{
+		"RouteAnyMaster": RouteAnyMaster, "RouteKeySlot": RouteKeySlot, "RouteShardChannel": RouteShardChannel,
+		"RoutePubSubNode": RoutePubSubNode, "RouteAllMasters": RouteAllMasters,
+	}
+	for name, c := range loadCapturedCommands(t) {
+		e := tableEntry(name)
+		if e == nil {
+			continue // reported by TestTableCoversCapture
+		}
+		blocking := c.hasFlag("blocking") || slices.Contains(c.ACLCats, "@blocking") || slices.Contains(rules.blocking, name)
+		if e.HasFlag(FlagBlocking) != blocking {
+			t.Errorf("%s: FlagBlocking %v, rules say %v", name, e.HasFlag(FlagBlocking), blocking)
+		}
+		if e.HasFlag(FlagNoAuth) != c.hasFlag("no_auth") {
+			t.Errorf("%s: FlagNoAuth %v, COMMAND INFO flags %v", name, e.HasFlag(FlagNoAuth), c.Flags)
+		}
+
+		if want := slices.Contains(rules.cacheable, name); e.Cacheable() != want {
+			t.Errorf("%s: Cacheable %v, cacheableReads says %v", name, e.Cacheable(), want)
+		}
+		if e.Cacheable() {
+			// The positions are the key-spec's: one range from argument 1.
+			want := CacheFirstKey
+			if e.KeySpecs[0].FindKeys.LastKey == -1 {
+				want = CacheEveryKey
+			}
+			if len(e.KeySpecs) != 1 || e.KeySpecs[0].BeginSearch != (BeginSearch{Index: 1}) || e.Cache != want {
+				t.Errorf("%s: Cache %d does not match its key-specs %+v", name, e.Cache, e.KeySpecs)
+			}
+			if e.Policy != PolicyKeyed || !e.HasFlag(FlagReadOnly) || e.HasFlag(FlagBlocking) {
+				t.Errorf("%s: cacheable, but not a keyed read that does not block", name)
+			}
+		}
+
+		wantScript := ScriptDenied
+		switch {
+		case slices.Contains(rules.scriptHarmless, name):
+			wantScript = ScriptHarmless
+		case slices.Contains(rules.scriptKeyed, name),
+			e.Policy == PolicyKeyed && !c.hasFlag("noscript") && !slices.Contains(rules.payload, name):
+			wantScript = ScriptKeyed
+		}
+		if e.Script != wantScript {
+			t.Errorf("%s: Script %d, rules say %d", name, e.Script, wantScript)
+		}
+
+		wantRoute := RouteAnyMaster
+		switch e.Policy {
+		case PolicyKeyed:
+			wantRoute = RouteKeySlot
+		case PolicyPattern, PolicyChannel:
+			wantRoute = RoutePubSubNode
+		}
+		if r, ok := rules.routes[name]; ok {
+			if wantRoute, ok = routes[r]; !ok {
+				t.Errorf("%s: policy.go cluster route %q is unknown", name, r)
+			}
+		}
+		if e.Route != wantRoute {
+			t.Errorf("%s: Route %d, rules say %d", name, e.Route, wantRoute)
+		}
+	}
+}
+
+// TestFactsIntendedSets pins the sets the rules produce to the hand lists
+// they replaced (proxy allowedBeforeAuth, sandbox luaAllowed/luaHarmless,
+// proxy cluster routing, proxy blocks), so that an edit of policy.go that
+// changes one shows here. fallback/commands_test.go pins the cacheable reads.
+func TestFactsIntendedSets(t *testing.T) {
+	with := func(keep func(*Command) bool) []string {
+		var names []string
+		for _, e := range allTableEntries() {
+			if keep(e) {
+				names = append(names, e.Name)
+			}
+		}
+		return names
+	}
+	tests := []struct {
+		fact string
+		got  []string
+		want []string
+	}{
+		{"FlagNoAuth (proxy allowedBeforeAuth)", with(func(e *Command) bool { return e.HasFlag(FlagNoAuth) }),
+			[]string{"auth", "hello", "quit", "reset"}},
+		{"ScriptHarmless (sandbox luaHarmless)", with(func(e *Command) bool { return e.Script == ScriptHarmless }),
+			[]string{"echo", "ping", "time"}},
+		{"ScriptKeyed beyond keyed commands (sandbox luaAllowed)",
+			with(func(e *Command) bool { return e.Script == ScriptKeyed && e.Policy != PolicyKeyed }),
+			[]string{"publish", "sort", "sort_ro", "spublish"}},
+		{"keyed commands refused in scripts",
+			with(func(e *Command) bool { return e.Policy == PolicyKeyed && e.Script == ScriptDenied }),
+			[]string{"blmove", "blpop", "brpop", "brpoplpush", "bzpopmax", "bzpopmin", // Redis's noscript
+				"restore", // loads a payload
+				"wait", "watch"}},
+		{"RouteAllMasters", with(func(e *Command) bool { return e.Route == RouteAllMasters }), []string{"scan"}},
+		{"RouteShardChannel", with(func(e *Command) bool { return e.Route == RouteShardChannel }),
+			[]string{"spublish", "ssubscribe", "sunsubscribe"}},
+		{"RouteKeySlot beyond keyed commands",
+			with(func(e *Command) bool { return e.Route == RouteKeySlot && e.Policy != PolicyKeyed }),
+			[]string{"eval", "eval_ro", "evalsha", "evalsha_ro", "sort", "sort_ro"}},
+		{"FlagBlocking", with(func(e *Command) bool { return e.HasFlag(FlagBlocking) }),
+			[]string{"blmove", "blmpop", "blpop", "brpop", "brpoplpush", "bzmpop", "bzpopmax", "bzpopmin",
+				"wait", "xread", "xreadgroup"}},
+	}
+	for _, tt := range tests {
+		if !slices.Equal(tt.got, tt.want) {
+			t.Errorf("%s: the table has %q, want %q", tt.fact, tt.got, tt.want)
+		}
+	}
 }
 
 func TestWhyOnlyOnDenied(t *testing.T) {

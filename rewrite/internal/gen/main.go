@@ -290,6 +290,11 @@ func writeEntry(b *bytes.Buffer, key string, c *command) error {
 	if err != nil {
 		errs = append(errs, err)
 	}
+	payload := slices.Contains(payloadCommands, c.Name)
+	f, err := factsOf(c, d, payload)
+	if err != nil {
+		errs = append(errs, err)
+	}
 
 	fmt.Fprintf(b, "%s: {\n", strconv.Quote(key))
 	fmt.Fprintf(b, "Name: %s,\n", strconv.Quote(c.Name))
@@ -313,12 +318,15 @@ func writeEntry(b *bytes.Buffer, key string, c *command) error {
 	if d.Why != "" {
 		fmt.Fprintf(b, "Why: %s,\n", strconv.Quote(d.Why))
 	}
-	if slices.Contains(payloadCommands, c.Name) {
+	if payload {
 		if d.Policy != "PolicyKeyed" {
 			fail("payloadCommands names it, but its policy is %s: only a forwarded keyed command needs the check", d.Policy)
 		}
 		fmt.Fprintf(b, "LoadsPayload: true,\n")
 	}
+	fmt.Fprintf(b, "Cache: %s,\n", f.Cache)
+	fmt.Fprintf(b, "Script: %s,\n", f.Script)
+	fmt.Fprintf(b, "Route: %s,\n", f.Route)
 	if len(c.Subcommands) > 0 {
 		fmt.Fprintf(b, "Subcommands: map[string]*Command{\n")
 		for _, sub := range c.Subcommands {
@@ -363,6 +371,11 @@ func checkRulesUsed(names []string) []error {
 		{"channelCommands", channelCommands},
 		{"keyedCommands", keyedCommands},
 		{"replyKinds", sortedKeys(replyKinds)},
+		{"cacheableReads", cacheableReads},
+		{"blockingCommands", blockingCommands},
+		{"scriptKeyedCommands", scriptKeyedCommands},
+		{"scriptHarmlessCommands", scriptHarmlessCommands},
+		{"clusterRoutes", sortedKeys(clusterRoutes)},
 	}
 	for _, l := range lists {
 		seen := map[string]bool{}
@@ -402,12 +415,12 @@ var commandFlags = []struct{ redis, goName string }{
 	{"stale", "FlagStale"},
 	{"no_multi", "FlagNoMulti"},
 	{"denyoom", "FlagDenyOOM"},
+	{"no_auth", "FlagNoAuth"},
 }
 
 // ignoredFlags are COMMAND INFO flags the proxy has no use for. Any flag in
 // neither list stops the generator, so a new flag gets looked at.
 var ignoredFlags = map[string]bool{
-	"no_auth":           true, // the proxy authenticates clients itself
 	"allow_busy":        true,
 	"skip_monitor":      true,
 	"skip_slowlog":      true,
@@ -430,6 +443,9 @@ func flagsExpr(c *command) (string, error) {
 		if cat == "@blocking" {
 			have["blocking"] = true
 		}
+	}
+	if slices.Contains(blockingCommands, c.Name) {
+		have["blocking"] = true
 	}
 	var errs []error
 	known := map[string]bool{}

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -220,6 +222,77 @@ var replyKinds = map[string]string{
 // libraries' code out of its payload and never forwards it).
 var payloadCommands = []string{"restore"}
 
+// The per-command facts below are carried by the table next to the policy,
+// so that the proxy keeps no lists of command names of its own.
+
+// cacheableReads are the reads whose reply the fallback's read cache may
+// keep and serve while upstream is down (Command.Cache): their reply depends
+// only on their arguments and on the data of their keys. Random
+// (SRANDMEMBER), blocking, time-moving (OBJECT IDLETIME) and key-scanning
+// (SCAN, KEYS) reads are left out: a cached reply would be wrong or its keys
+// unknown. TTL and PTTL are in because operators asked for them; their
+// cached value is as of fill time. Each must be a keyed read-only command
+// that does not block, whose keys are its first argument or all of its
+// arguments (the generator checks its key-spec).
+var cacheableReads = []string{
+	// strings
+	"get", "getrange", "substr", "strlen", "getbit", "bitcount", "bitpos", "mget",
+	// hashes
+	"hget", "hmget", "hgetall", "hexists", "hlen", "hkeys", "hvals", "hstrlen",
+	// lists
+	"lrange", "lindex", "llen", "lpos",
+	// sets
+	"smembers", "sismember", "smismember", "scard", "sinter", "sunion", "sdiff",
+	// sorted sets
+	"zrange", "zrevrange", "zrangebyscore", "zrevrangebyscore", "zrangebylex",
+	"zrevrangebylex", "zscore", "zmscore", "zcard", "zcount", "zlexcount", "zrank",
+	"zrevrank",
+	// keyspace
+	"exists", "type", "ttl", "pttl",
+}
+
+// blockingCommands wait on the server although Redis 7.0 flags them neither
+// "blocking" nor @blocking: they get FlagBlocking, so that the proxy runs
+// them on a connection of their own and never stalls a shared one.
+var blockingCommands = []string{
+	"wait", // waits up to its timeout for replicas to acknowledge
+}
+
+// Scripts may call every keyed command that Redis allows in scripts
+// (no "noscript" flag) and that loads no DUMP payload: the sandbox prefixes
+// the keys it finds by their key-specs (Command.Script). These lists add the
+// others a script may call.
+
+// scriptKeyedCommands are not keyed commands, yet every effect they have is
+// on named keys or channels, which the sandbox prefixes: SORT's BY/GET/STORE
+// patterns, PUBLISH's channel.
+var scriptKeyedCommands = []string{"sort", "sort_ro", "publish", "spublish"}
+
+// scriptHarmlessCommands are keyless commands a script may call: they show
+// nothing of any tenant.
+var scriptHarmlessCommands = []string{"ping", "echo", "time"}
+
+// clusterRoutes are the exceptions to a command's default route in a Redis
+// Cluster (Command.Route): a keyed command goes to the master of its first
+// key's slot, a pattern or channel command to the one node that carries the
+// tenant's pub/sub, and any other to whichever master the batch goes to.
+var clusterRoutes = map[string]string{
+	// Their keys are found by key-spec like a keyed command's.
+	"sort":    "RouteKeySlot",
+	"sort_ro": "RouteKeySlot",
+	// Scripts run where their first key lives.
+	"eval":       "RouteKeySlot",
+	"evalsha":    "RouteKeySlot",
+	"eval_ro":    "RouteKeySlot",
+	"evalsha_ro": "RouteKeySlot",
+	// Sharded pub/sub lives on the master of the channel's slot.
+	"spublish":     "RouteShardChannel",
+	"ssubscribe":   "RouteShardChannel",
+	"sunsubscribe": "RouteShardChannel",
+	// SCAN walks the masters one after the other.
+	"scan": "RouteAllMasters",
+}
+
 // adminReason is the reason given for a command that no list above names
 // but that Redis flags "admin": such a command acts on the whole server.
 func adminReason(name string) string {
@@ -288,4 +361,131 @@ func decide(name string, admin bool) (decision, error) {
 // displayName is how a command is named to clients: "MEMORY USAGE".
 func displayName(name string) string {
 	return strings.ToUpper(strings.ReplaceAll(name, "|", " "))
+}
+
+// facts are the per-command facts of one table entry beyond its policy, as
+// Go expressions for the generated table.
+type facts struct {
+	Cache    string // rewrite.CacheKeys constant
+	Script   string // rewrite.ScriptUse constant
+	Route    string // rewrite.ClusterRoute constant
+	Blocking bool   // named by blockingCommands
+}
+
+// factsOf applies the lists above to one command, given its policy, its
+// COMMAND INFO flags and key-specs, and whether it loads a payload. It is an
+// error for a list to name a command the fact cannot hold for.
+func factsOf(c *command, d decision, payload bool) (facts, error) {
+	var errs []error
+	fail := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf(c.Name+": "+format, args...))
+	}
+	has := map[string]bool{}
+	for _, f := range c.Flags {
+		has[f] = true
+	}
+	for _, cat := range c.ACLCategories {
+		if cat == "@blocking" {
+			has["blocking"] = true
+		}
+	}
+	f := facts{Cache: "CacheNever", Script: "ScriptDenied", Route: "RouteAnyMaster"}
+
+	// Before AUTH keyfence knows no tenant: a command Redis runs then
+	// (FlagNoAuth) must be answered by keyfence itself, or refused.
+	if has["no_auth"] && d.Policy != "PolicyEmulated" && d.Policy != "PolicyDenied" {
+		fail("Redis runs it before AUTH (no_auth), but its policy %s forwards it before keyfence knows the tenant: emulate or deny it", d.Policy)
+	}
+
+	if slices.Contains(blockingCommands, c.Name) {
+		if has["blocking"] {
+			fail("blockingCommands names it, but Redis already flags it blocking: remove it from the list")
+		}
+		f.Blocking = true
+	}
+
+	if slices.Contains(cacheableReads, c.Name) {
+		keys, err := cacheKeysOf(c)
+		switch {
+		case d.Policy != "PolicyKeyed":
+			fail("cacheableReads names it, but its policy is %s: only a forwarded keyed read can be cached", d.Policy)
+		case !has["readonly"] || has["write"]:
+			fail("cacheableReads names it, but it is not a read-only command")
+		case has["blocking"] || f.Blocking:
+			fail("cacheableReads names it, but it blocks")
+		case err != nil:
+			fail("cacheableReads names it, but %v", err)
+		}
+		f.Cache = keys
+	}
+
+	harmless := slices.Contains(scriptHarmlessCommands, c.Name)
+	keyed := slices.Contains(scriptKeyedCommands, c.Name)
+	switch {
+	case harmless && keyed:
+		fail("both scriptKeyedCommands and scriptHarmlessCommands name it: keep one")
+	case harmless && (len(c.KeySpecs) > 0 || d.Policy == "PolicyDenied" || has["noscript"]):
+		fail("scriptHarmlessCommands names it, but it has keys, is denied or is not allowed in scripts by Redis")
+	case harmless:
+		f.Script = "ScriptHarmless"
+	case keyed && (d.Policy != "PolicyPattern" && d.Policy != "PolicyChannel" || has["noscript"]):
+		fail("scriptKeyedCommands names it, but it is %s or not allowed in scripts by Redis: a keyed command needs no entry", d.Policy)
+	case keyed, d.Policy == "PolicyKeyed" && !has["noscript"] && !payload:
+		f.Script = "ScriptKeyed"
+	}
+
+	switch d.Policy {
+	case "PolicyKeyed":
+		f.Route = "RouteKeySlot"
+	case "PolicyPattern", "PolicyChannel":
+		f.Route = "RoutePubSubNode"
+	}
+	if r, ok := clusterRoutes[c.Name]; ok {
+		switch {
+		case !validRoutes[r]:
+			fail("cluster route %q in policy.go is not a rewrite.ClusterRoute", r)
+		case r == f.Route:
+			fail("clusterRoutes gives it %s, its route by default: remove the entry", r)
+		case d.Policy == "PolicyDenied":
+			fail("clusterRoutes names it, but it is denied")
+		}
+		f.Route = r
+	}
+	return f, errors.Join(errs...)
+}
+
+// cacheKeysOf says where a cacheable read's keys are, from its one key-spec:
+// the first argument (range 0) or all of them (range -1).
+func cacheKeysOf(c *command) (string, error) {
+	bad := fmt.Errorf("its keys are neither its first argument nor all of them (key-specs %d): the fallback cannot find them", len(c.KeySpecs))
+	if len(c.KeySpecs) != 1 {
+		return "", bad
+	}
+	ks := c.KeySpecs[0]
+	if ks.BeginSearch.Type != "index" || ks.FindKeys.Type != "range" {
+		return "", bad
+	}
+	begin, err := specFields(ks.BeginSearch.Spec, "index")
+	if err != nil {
+		return "", err
+	}
+	find, err := specFields(ks.FindKeys.Spec, "lastkey", "keystep", "limit")
+	if err != nil {
+		return "", err
+	}
+	if begin["index"] != 1 || find["keystep"] != 1 || find["limit"] != 0 {
+		return "", bad
+	}
+	switch find["lastkey"] {
+	case 0:
+		return "CacheFirstKey", nil
+	case -1:
+		return "CacheEveryKey", nil
+	}
+	return "", bad
+}
+
+var validRoutes = map[string]bool{
+	"RouteAnyMaster": true, "RouteKeySlot": true, "RouteShardChannel": true,
+	"RoutePubSubNode": true, "RouteAllMasters": true,
 }
