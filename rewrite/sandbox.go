@@ -215,21 +215,6 @@ func ScriptSHA(script []byte) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// luaAllowed says whether a script may call cmd through the sandbox: the
-// commands whose every effect is on named keys or channels, which the
-// sandbox prefixes. Everything keyless reaches beyond the tenant.
-func luaAllowed(cmd *Command) bool {
-	switch cmd.Name {
-	case "sort", "sort_ro", "publish", "spublish":
-		return true
-	}
-	return cmd.Policy == PolicyKeyed && !cmd.HasFlag(FlagNoScript)
-}
-
-// luaHarmless are keyless commands a script may call: they show nothing of
-// any tenant.
-var luaHarmless = map[string]bool{"ping": true, "echo": true, "time": true}
-
 // luaSpecs writes the sandbox's command table: for each Redis command, its
 // arity and either where its keys are or why a script may not run it.
 func luaSpecs() string {
@@ -274,7 +259,7 @@ func luaRefusal(cmd *Command) string {
 		// Outside scripts keyfence lets RESTORE through only where
 		// upstream sanitizes payloads; a script's RESTORE it cannot vet.
 		return "ERR keyfence: command '" + cmd.Name + "' is not allowed inside scripts: a crafted DUMP payload can crash a Redis that does not sanitize it; run it outside the script"
-	case luaAllowed(cmd), luaHarmless[cmd.Name]:
+	case cmd.Script != ScriptDenied: // the table's decision (policy.go)
 		return ""
 	}
 	return "ERR keyfence: command '" + strings.ReplaceAll(cmd.Name, "|", " ") +
@@ -297,7 +282,7 @@ func writeLuaSpec(b *strings.Builder, cmd *Command) {
 		// shard channel is a key-spec of its own).
 		b.WriteString("{1, 1, 0, 1, 0, 1, 0}, ")
 	}
-	if luaAllowed(cmd) {
+	if cmd.Script == ScriptKeyed {
 		for _, sp := range cmd.KeySpecs {
 			if sp.BeginSearch.Unknown || sp.FindKeys.Unknown {
 				continue // SORT's BY/GET/STORE: handled by markSort
