@@ -5,65 +5,28 @@ import (
 	"time"
 
 	"github.com/keyfence/keyfence/resp"
+	"github.com/keyfence/keyfence/rewrite"
 )
 
-// keysAt says where a cacheable read's keys are.
-type keysAt uint8
+// Which reads are cacheable, and where their keys are, is carried by the
+// command table (rewrite.Command.Cache, decided in rewrite's
+// internal/gen/policy.go cacheableReads): fallback reads it from there, so
+// that the list of cacheable reads is reviewed once, next to every other
+// per-command fact. fallback depends on rewrite, never the other way round.
 
-const (
-	firstArg keysAt = iota + 1 // GET key ...
-	allArgs                    // MGET key [key ...]
-)
-
-// cacheable lists the reads whose reply depends only on their arguments and
-// on the data of their keys, so that a reply can stand in for upstream.
-// Random (SRANDMEMBER), blocking, time-moving (OBJECT IDLETIME) and
-// key-scanning (SCAN, KEYS) reads are left out: a cached reply would be wrong
-// or its keys unknown. TTL and PTTL are in because operators asked for them;
-// their cached value is as of fill time.
-var cacheable = map[string]keysAt{
-	// strings
-	"GET": firstArg, "GETRANGE": firstArg, "SUBSTR": firstArg, "STRLEN": firstArg,
-	"GETBIT": firstArg, "BITCOUNT": firstArg, "BITPOS": firstArg,
-	"MGET": allArgs,
-	// hashes
-	"HGET": firstArg, "HMGET": firstArg, "HGETALL": firstArg, "HEXISTS": firstArg,
-	"HLEN": firstArg, "HKEYS": firstArg, "HVALS": firstArg, "HSTRLEN": firstArg,
-	// lists
-	"LRANGE": firstArg, "LINDEX": firstArg, "LLEN": firstArg, "LPOS": firstArg,
-	// sets
-	"SMEMBERS": firstArg, "SISMEMBER": firstArg, "SMISMEMBER": firstArg, "SCARD": firstArg,
-	"SINTER": allArgs, "SUNION": allArgs, "SDIFF": allArgs,
-	// sorted sets
-	"ZRANGE": firstArg, "ZREVRANGE": firstArg, "ZRANGEBYSCORE": firstArg, "ZREVRANGEBYSCORE": firstArg,
-	"ZRANGEBYLEX": firstArg, "ZREVRANGEBYLEX": firstArg, "ZSCORE": firstArg, "ZMSCORE": firstArg,
-	"ZCARD": firstArg, "ZCOUNT": firstArg, "ZLEXCOUNT": firstArg, "ZRANK": firstArg, "ZREVRANK": firstArg,
-	// keyspace
-	"EXISTS": allArgs, "TYPE": firstArg, "TTL": firstArg, "PTTL": firstArg,
-}
-
-// policyOf looks command up in any case without allocating: the proxy
-// names commands in lower case, the table is in upper case, and this runs
-// once per command on the data path.
-func policyOf(command string) keysAt {
-	var buf [24]byte
-	if len(command) > len(buf) {
-		return 0
+// cacheKeys looks command up in any case without allocating: this runs once
+// per command on the data path.
+func cacheKeys(command string) rewrite.CacheKeys {
+	if c := rewrite.LookupName(command); c != nil {
+		return c.Cache
 	}
-	for i := 0; i < len(command); i++ {
-		c := command[i]
-		if c >= 'a' && c <= 'z' {
-			c -= 'a' - 'A'
-		}
-		buf[i] = c
-	}
-	return cacheable[string(buf[:len(command)])] // no allocation: the compiler converts in place for a lookup
+	return rewrite.CacheNever
 }
 
 // Cacheable reports whether the reply to command (any case) may be cached
 // and served while upstream is down.
 func Cacheable(command string) bool {
-	return policyOf(command) != 0
+	return cacheKeys(command) != rewrite.CacheNever
 }
 
 // KeysOf returns the keys a cacheable read depends on; args are the
@@ -72,12 +35,12 @@ func Cacheable(command string) bool {
 // refuses to cache with no keys, because such an entry could never be
 // invalidated. The result aliases args.
 func KeysOf(command string, args [][]byte) [][]byte {
-	switch policyOf(command) {
-	case firstArg:
+	switch cacheKeys(command) {
+	case rewrite.CacheFirstKey:
 		if len(args) >= 1 {
 			return args[:1]
 		}
-	case allArgs:
+	case rewrite.CacheEveryKey:
 		if len(args) >= 1 {
 			return args
 		}

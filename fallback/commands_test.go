@@ -1,7 +1,10 @@
 package fallback
 
 import (
+	"strings"
 	"testing"
+
+	"github.com/keyfence/keyfence/rewrite"
 )
 
 func TestCacheable(t *testing.T) {
@@ -61,4 +64,49 @@ func TestAppendRequest(t *testing.T) {
 	if string(got) != want {
 		t.Fatalf("AppendRequest = %q, want %q", got, want)
 	}
+}
+
+// TestCacheableIsTheTable pins the table's cacheable reads to the hand list
+// fallback kept before the table carried them (upper case, as it was), key
+// positions included: firstArg 1, allArgs 2.
+func TestCacheableIsTheTable(t *testing.T) {
+	const firstArg, allArgs = 1, 2
+	old := map[string]int{
+		"GET": firstArg, "GETRANGE": firstArg, "SUBSTR": firstArg, "STRLEN": firstArg,
+		"GETBIT": firstArg, "BITCOUNT": firstArg, "BITPOS": firstArg,
+		"MGET": allArgs,
+		"HGET": firstArg, "HMGET": firstArg, "HGETALL": firstArg, "HEXISTS": firstArg,
+		"HLEN": firstArg, "HKEYS": firstArg, "HVALS": firstArg, "HSTRLEN": firstArg,
+		"LRANGE": firstArg, "LINDEX": firstArg, "LLEN": firstArg, "LPOS": firstArg,
+		"SMEMBERS": firstArg, "SISMEMBER": firstArg, "SMISMEMBER": firstArg, "SCARD": firstArg,
+		"SINTER": allArgs, "SUNION": allArgs, "SDIFF": allArgs,
+		"ZRANGE": firstArg, "ZREVRANGE": firstArg, "ZRANGEBYSCORE": firstArg, "ZREVRANGEBYSCORE": firstArg,
+		"ZRANGEBYLEX": firstArg, "ZREVRANGEBYLEX": firstArg, "ZSCORE": firstArg, "ZMSCORE": firstArg,
+		"ZCARD": firstArg, "ZCOUNT": firstArg, "ZLEXCOUNT": firstArg, "ZRANK": firstArg, "ZREVRANK": firstArg,
+		"EXISTS": allArgs, "TYPE": firstArg, "TTL": firstArg, "PTTL": firstArg,
+	}
+	want := map[int]rewrite.CacheKeys{firstArg: rewrite.CacheFirstKey, allArgs: rewrite.CacheEveryKey}
+	for _, name := range rewrite.CommandNames() {
+		c := rewrite.Lookup(commandArgs(name))
+		if c == nil || c.Name != name {
+			t.Fatalf("%s: not found in the table", name)
+		}
+		if c.Cache != want[old[strings.ToUpper(name)]] {
+			t.Errorf("%s: the table's Cache is %d, the old list had %d", name, c.Cache, old[strings.ToUpper(name)])
+		}
+	}
+	for name := range old {
+		if !Cacheable(name) {
+			t.Errorf("%s: in the old list, not cacheable now", name)
+		}
+	}
+}
+
+// commandArgs turns "object|encoding" into the arguments OBJECT ENCODING.
+func commandArgs(name string) [][]byte {
+	var args [][]byte
+	for _, w := range strings.Split(name, "|") {
+		args = append(args, []byte(w))
+	}
+	return args
 }
