@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -281,25 +280,27 @@ func (s *session) clusterCommand(ctx context.Context, cmd *rewrite.Command, args
 		}
 		s.addStatus("OK")
 		return true
-	case "scan":
+	}
+	// Where a command goes is the table's decision (Command.Route, from
+	// rewrite/internal/gen/policy.go); RouteAnyMaster leaves slot -1.
+	slot := -1
+	switch cmd.Route {
+	case rewrite.RouteAllMasters: // SCAN: its cursor names the master
 		s.flushBatch(ctx)
 		s.clusterScan(ctx, cmd, args)
 		return true
-	}
-	slot := -1
-	switch {
-	case cmd.Name == "spublish" || cmd.Name == "ssubscribe" || cmd.Name == "sunsubscribe":
+	case rewrite.RouteShardChannel:
 		// Sharded pub/sub lives on the master of the channel's slot.
 		if len(args) > 1 {
 			s.cacheScratch.req = append(append(s.cacheScratch.req[:0], s.rw.KeyPrefix()...), args[1]...)
 			slot = keySlot(s.cacheScratch.req)
 		}
-	case cmd.Policy == rewrite.PolicyChannel || cmd.Policy == rewrite.PolicyPattern && cmd.Name != "sort" && cmd.Name != "sort_ro":
+	case rewrite.RoutePubSubNode:
 		// Redis propagates PUBLISH to every node but counts receivers on
 		// its own node only: one node for all of the tenant's pub/sub
 		// keeps PUBLISH's count and PUBSUB's answers whole.
 		slot = 0
-	case cmd.Policy == rewrite.PolicyKeyed || cmd.Name == "sort" || cmd.Name == "sort_ro" || strings.HasPrefix(cmd.Name, "eval"):
+	case rewrite.RouteKeySlot:
 		slot = s.commandSlot(cmd, args)
 	}
 	if err := s.route(ctx, slot); err != nil {

@@ -45,7 +45,7 @@ func (s *session) dispatch(ctx context.Context, args [][]byte) {
 		s.addLocalError(errMsg)
 		return
 	}
-	if !s.authed && !allowedBeforeAuth(cmd.Name) {
+	if !s.authed && !cmd.HasFlag(rewrite.FlagNoAuth) {
 		s.srv.stats.noteCommand(cmd, true)
 		s.addLocalError("NOAUTH Authentication required.")
 		return
@@ -130,14 +130,6 @@ func deniedText(cmd *rewrite.Command) string {
 	return "ERR command '" + cmd.Name + "' is not allowed through keyfence: " + why
 }
 
-func allowedBeforeAuth(name string) bool {
-	switch name {
-	case "auth", "hello", "quit", "reset":
-		return true
-	}
-	return false
-}
-
 // forwardRewritten rewrites a keyed, pattern or channel command into the
 // tenant's namespace and adds it to the batch, or runs it on a pinned
 // connection when it would hold a shared one hostage.
@@ -187,9 +179,13 @@ func (s *session) appendRewritten(cmd *rewrite.Command, args [][]byte, kind rewr
 	return true
 }
 
-// blocks reports whether the command may wait on the server: those go to a
-// pinned connection so they never stall the clients sharing one.
+// blocks reports whether the command may wait on the server (the table's
+// FlagBlocking): those go to a pinned connection so they never stall the
+// clients sharing one. XREAD and XREADGROUP wait only with a BLOCK option.
 func blocks(cmd *rewrite.Command, args [][]byte) bool {
+	if !cmd.HasFlag(rewrite.FlagBlocking) {
+		return false
+	}
 	switch cmd.Name {
 	case "xread", "xreadgroup":
 		for _, a := range args[1:] {
@@ -201,10 +197,8 @@ func blocks(cmd *rewrite.Command, args [][]byte) bool {
 			}
 		}
 		return false
-	case "wait":
-		return true
 	}
-	return cmd.HasFlag(rewrite.FlagBlocking)
+	return true
 }
 
 // runBlocking runs one blocking command on a connection of its own, while
