@@ -45,6 +45,26 @@ func newTestCache(tb testing.TB, ttl time.Duration, maxBytes int64) (*Cache, *fa
 	return c, clk
 }
 
+// apartCache is a test cache in which keys fall in distinct key slots. Keys
+// that share a slot invalidate each other's entries by design (a miss,
+// never a stale hit), and the slots hash with a random seed: a test of
+// exactly which entries an invalidation reaches needs keys apart.
+func apartCache(tb testing.TB, keys ...string) *Cache {
+	tb.Helper()
+	for range 100 {
+		c, _ := newTestCache(tb, 30*time.Second, 1<<20)
+		seen := map[*atomic.Uint64]bool{}
+		for _, k := range keys {
+			seen[c.slot([]byte(k))] = true
+		}
+		if len(seen) == len(keys) {
+			return c
+		}
+	}
+	tb.Fatal("no cache in 100 with the keys in distinct slots")
+	return nil
+}
+
 func bs(ss ...string) [][]byte {
 	out := make([][]byte, len(ss))
 	for i, s := range ss {
@@ -190,7 +210,7 @@ func TestInvalidateExact(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, _ := newTestCache(t, 30*time.Second, 1<<20)
+			c := apartCache(t, a, b, z, "tenant:a:other", "tenant:b:a", "tenant:a:")
 			for name, req := range reqs {
 				store(c, "a", 0, req, keys[name], bulk(name), 0)
 			}
