@@ -167,8 +167,20 @@ func (g *Gateway) tenantConfig(t tenants.Tenant) Config {
 	if t.UpstreamUser != "" {
 		c.Upstream.Username, c.Upstream.Password = t.UpstreamUser, t.UpstreamPassword
 	}
+	if c.Fallback != nil {
+		// Each tenant's read cache is its own (nothing cached crosses),
+		// and --fallback-max-bytes is the gateway's: an even share each,
+		// so that a hundred tenants do not hold a hundred full caches.
+		fb := *c.Fallback
+		fb.MaxBytes = max(fb.MaxBytes/int64(max(len(g.file.Tenants), 1)), minTenantCacheBytes)
+		c.Fallback = &fb
+	}
 	return c
 }
+
+// minTenantCacheBytes is the least read cache a gateway's tenant gets,
+// however many tenants share --fallback-max-bytes.
+const minTenantCacheBytes = 256 << 10
 
 // Listen binds the client listener; Addr is valid afterwards.
 func (g *Gateway) Listen() error { return g.lobby.Listen() }

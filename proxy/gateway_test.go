@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/keyfence/keyfence/fallback"
 	"github.com/keyfence/keyfence/internal/redistest"
 	"github.com/keyfence/keyfence/proxy/tenants"
 	"github.com/keyfence/keyfence/telemetry"
@@ -481,5 +482,29 @@ func TestGatewayClientIDsPerTenant(t *testing.T) {
 	b2 := dialRaw(t, addr)
 	if got := string(b2.do(t, "HELLO", "2", "AUTH", "gwi-b", "b")); !strings.Contains(got, "$2\r\nid\r\n:2\r\n") {
 		t.Errorf("HELLO AUTH of b's second connection: %q, want id 2", got)
+	}
+}
+
+// --fallback-max-bytes is the gateway's: each tenant's own read cache gets
+// an even share of it.
+func TestGatewayTenantsShareTheCacheBudget(t *testing.T) {
+	up := testRedis(t)
+	fb := fallback.Defaults()
+	fb.MaxBytes = 64 << 20
+	g, addr := startGateway(t, up, tenantsFile(t, []gwTenant{{id: "gwc-a", password: "a"}, {id: "gwc-b", password: "b"},
+		{id: "gwc-c", password: "c"}, {id: "gwc-d", password: "d"}}, nil), func(c *GatewayConfig) {
+		c.Server.Fallback, c.Server.FallbackCache = &fb, true
+	})
+	c := dialRaw(t, addr)
+	c.do(t, "AUTH", "gwc-a", "a")
+	srv, ok := g.Tenant("gwc-a")
+	if !ok {
+		t.Fatal("tenant not started")
+	}
+	if got := srv.cfg.Fallback.MaxBytes; got != 16<<20 {
+		t.Errorf("a tenant's cache bound: %d, want 16 MiB (64 MiB over 4 tenants)", got)
+	}
+	if srv.res == nil || srv.res.cache == nil {
+		t.Fatal("the tenant has no read cache")
 	}
 }
