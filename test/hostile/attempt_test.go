@@ -43,6 +43,10 @@ func (at attempt) measuresMemory() bool { return at.memory || at.category == cat
 
 func corpus() []attempt {
 	var all []attempt
+	// The gateway category comes first: the gateway modes, which alone
+	// run it, then reach their memory-measuring attempts (which run one at
+	// a time across modes) after the sidecar modes are done with theirs.
+	all = append(all, gatewayAttempts()...)
 	all = append(all, luaAttempts()...)
 	all = append(all, functionAttempts()...)
 	all = append(all, keyAttempts()...)
