@@ -214,8 +214,9 @@ const errAuthFailed = "WRONGPASS invalid username-password pair or user is disab
 const errTenantFull = "ERR max number of clients reached"
 
 // authenticate checks a tenant's password and returns its Server, started
-// if it was not. A refusal is slowed down when the client's address keeps
-// failing, counted, and logged at most once a second.
+// if it was not. A refusal is counted and logged at most once a second; it
+// is a refusal error, which says how long the session holds its reply
+// (holdRefusal) when the client's address keeps failing.
 func (g *Gateway) authenticate(ctx context.Context, addr net.Addr, user string, password []byte) (*Server, error) {
 	g.mu.Lock()
 	spec, ok := g.file.Lookup(user)
@@ -232,17 +233,21 @@ func (g *Gateway) authenticate(ctx context.Context, addr net.Addr, user string, 
 		return nil, err
 	}
 	if !good || !ok {
-		g.refused(ctx, addr, user, ok)
-		return nil, errors.New(errAuthFailed)
+		return nil, refusal{delay: g.refused(addr, user, ok)}
 	}
 	// A success does not clear the address's failures: a tenant guessing
 	// another's password could otherwise reset its slowdown with its own.
 	return g.start(user)
 }
 
-// refused accounts for a failed AUTH and holds its reply as long as the
-// address has earned.
-func (g *Gateway) refused(ctx context.Context, addr net.Addr, user string, known bool) {
+// refusal is a refused AUTH: Redis's error, whose reply waits delay.
+type refusal struct{ delay time.Duration }
+
+func (refusal) Error() string { return errAuthFailed }
+
+// refused accounts for a failed AUTH and returns how long its reply waits:
+// as long as the address has earned.
+func (g *Gateway) refused(addr net.Addr, user string, known bool) time.Duration {
 	g.authFailed.Add(1)
 	if known {
 		g.cfg.Telemetry.AuthFailed(telemetry.AuthWrongPassword)
@@ -262,14 +267,7 @@ func (g *Gateway) refused(ctx context.Context, addr net.Addr, user string, known
 	} else {
 		g.unlogged.Add(1)
 	}
-	if delay > 0 {
-		t := time.NewTimer(delay)
-		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-		}
-	}
+	return delay
 }
 
 func addrString(a net.Addr) string {

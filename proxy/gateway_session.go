@@ -33,6 +33,9 @@ func (s *session) login(ctx context.Context, creds [][]byte) (bool, string) {
 	}
 	to, err := g.authenticate(ctx, s.nc.RemoteAddr(), user, password)
 	if err != nil {
+		if r, ok := err.(refusal); ok && r.delay > 0 {
+			s.holdRefusal(ctx, r.delay)
+		}
 		return false, err.Error()
 	}
 	if to == s.srv { // AUTH again as the same tenant: nothing changes
@@ -47,6 +50,25 @@ func (s *session) login(ctx context.Context, creds [][]byte) (bool, string) {
 		return false, errTenantFull
 	}
 	return true, ""
+}
+
+// holdRefusal holds a refused AUTH's reply for d. What is due to the client
+// goes out first, the replies to its earlier failures included: a client
+// that has gone away is noticed there (the write fails) and the session
+// ends, instead of verifying and holding, for nobody, every AUTH left in
+// the pipeline it sent before leaving (the next one's verification at
+// most: the first write to a closed peer may still succeed).
+func (s *session) holdRefusal(ctx context.Context, d time.Duration) {
+	s.flushAndWrite(ctx)
+	if s.wErr != nil {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
 }
 
 // moveTo makes the session one of to's, another tenant's Server or the

@@ -330,6 +330,43 @@ func TestGatewayOpsQuota(t *testing.T) {
 	}
 }
 
+// A client that pipelines failing AUTHs and leaves does not keep the
+// gateway verifying and holding them for nobody: its session notices the
+// closed connection at the next slowed refusal and ends (found by the
+// hostile suite's gateway/auth-failure-flood, where 20 such sessions stayed
+// in the lobby for over 30 s and their AUTHs kept being verified).
+func TestGatewayDepartedClientsAUTHsEnd(t *testing.T) {
+	up := testRedis(t)
+	file := tenantsFile(t, []gwTenant{{id: "gwd-a", password: "a"}}, nil)
+	g, addr := startGateway(t, up, file, nil)
+	c := dialRaw(t, addr)
+	for range authFreeFailures { // the address's free failures, answered at once
+		if got := string(c.do(t, "AUTH", "gwd-a", "wrong")); got != wrongPass {
+			t.Fatalf("AUTH: %q", got)
+		}
+	}
+	c.nc.Close()
+	const n = 20 // slowed by 0.1 s, 0.2 s, … 5 s: over a minute if all were held
+	var req []byte
+	for range n {
+		req = append(req, encode(nil, "AUTH", "gwd-a", "wrong")...)
+	}
+	d := dialRaw(t, addr)
+	d.write(t, req)
+	d.nc.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for g.Stats().Lobby > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	st := g.Stats()
+	if st.Lobby > 0 {
+		t.Errorf("the lobby still holds %d sessions 10 s after their clients left", st.Lobby)
+	}
+	if st.AuthFailed > authFreeFailures+3 {
+		t.Errorf("%d AUTHs refused: the gateway went on verifying AUTHs of a client that had left", st.AuthFailed)
+	}
+}
+
 // Failed AUTHs from one address are answered at once at first, then later
 // and later, up to a bound; the run ends with the window.
 func TestAuthFailuresSlowDown(t *testing.T) {

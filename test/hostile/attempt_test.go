@@ -17,10 +17,13 @@ const (
 	catProtocol  = "protocol"
 	catResources = "resources"
 	catFunctions = "functions"
+	// catGateway attacks the gateway itself: its lobby, AUTH and tenant
+	// switching. It runs in the gateway modes only (TestHostileTenant).
+	catGateway = "gateway"
 )
 
 func categories() []string {
-	return []string{catLua, catKeys, catPubSub, catProtocol, catResources, catFunctions}
+	return []string{catLua, catKeys, catPubSub, catProtocol, catResources, catFunctions, catGateway}
 }
 
 // attempt is one escape attempt by acme. run does whatever acme does and
@@ -30,10 +33,20 @@ type attempt struct {
 	name     string
 	category string
 	run      func(a *act)
+	// memory: the attempt measures this process's memory (heapInUse), so
+	// it runs alone among such attempts of every mode. Every resource
+	// attempt does.
+	memory bool
 }
+
+func (at attempt) measuresMemory() bool { return at.memory || at.category == catResources }
 
 func corpus() []attempt {
 	var all []attempt
+	// The gateway category comes first: the gateway modes, which alone
+	// run it, then reach their memory-measuring attempts (which run one at
+	// a time across modes) after the sidecar modes are done with theirs.
+	all = append(all, gatewayAttempts()...)
 	all = append(all, luaAttempts()...)
 	all = append(all, functionAttempts()...)
 	all = append(all, keyAttempts()...)
@@ -51,11 +64,11 @@ type act struct {
 	main  *rawConn
 }
 
-// conn opens a new connection to acme's keyfence; everything it reads is
-// scanned for leaks.
+// conn opens a new connection to acme's keyfence, authenticated as acme in
+// the gateway modes; everything it reads is scanned for leaks.
 func (a *act) conn() *rawConn {
 	a.t.Helper()
-	c, err := dialRaw(a.f.acme.addr)
+	c, err := a.f.dial(a.f.acme)
 	if err != nil {
 		a.t.Fatalf("acme: %v", err)
 	}

@@ -291,7 +291,7 @@ func runawayRun(a *act, cmd []string) {
 		a.t.Fatalf("send runaway script: %v", err)
 	}
 	time.Sleep(200 * time.Millisecond)
-	got, err := rawGet(a.f.beta.addr, "str")
+	got, err := a.f.rawGet(a.f.beta, "str")
 	latency := time.Since(start)
 	a.t.Logf("beta's GET during acme's runaway script: %s after %v", got, latency.Round(time.Millisecond))
 	if want := a.f.canaryValue(0, "str"); err != nil || got.v.str != want {

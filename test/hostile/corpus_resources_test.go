@@ -37,7 +37,7 @@ func heapInUse() uint64 {
 func (a *act) betaServed(when string) {
 	a.t.Helper()
 	start := time.Now()
-	got, err := rawGet(a.f.beta.addr, "str")
+	got, err := a.f.rawGet(a.f.beta, "str")
 	if want := a.f.canaryValue(0, "str"); err != nil || got.v.str != want {
 		a.t.Errorf("beta's GET %s must succeed: got %s, %v (after %v)", when, got, err, time.Since(start).Round(time.Millisecond))
 	}
@@ -47,7 +47,7 @@ func (a *act) betaServed(when string) {
 // attacker's other clients must not suffer from one bad connection either.
 func (a *act) acmeServed(when string) {
 	a.t.Helper()
-	if got, err := rawGet(a.f.acme.addr, acmeOwnKey); err != nil || got.v.str != acmeOwnValue {
+	if got, err := a.f.rawGet(a.f.acme, acmeOwnKey); err != nil || got.v.str != acmeOwnValue {
 		a.t.Errorf("acme's other client's GET %s must succeed: got %s, %v", when, got, err)
 	}
 }
@@ -107,7 +107,7 @@ func resourceAttempts() []attempt {
 		{name: "many-connections", category: catResources, run: func(a *act) {
 			conns := make([]*rawConn, 0, 300)
 			for range 300 {
-				c, err := dialRaw(a.f.acme.addr)
+				c, err := a.f.dial(a.f.acme)
 				if err != nil {
 					a.t.Logf("acme's connection %d refused: %v", len(conns), err)
 					break
@@ -181,7 +181,7 @@ func resourceAttempts() []attempt {
 			var conns []*rawConn
 			chunk := strings.Repeat("p", 1<<20)
 			for range 40 {
-				c, err := dialRaw(a.f.acme.addr)
+				c, err := a.f.dial(a.f.acme)
 				if err != nil {
 					break
 				}
@@ -289,7 +289,7 @@ func resourceAttempts() []attempt {
 		{name: "blocked-connections", category: catResources, run: func(a *act) {
 			var conns []*rawConn
 			for i := range 300 {
-				c, err := dialRaw(a.f.acme.addr)
+				c, err := a.f.dial(a.f.acme)
 				if err != nil {
 					break
 				}

@@ -9,9 +9,14 @@
 // received nothing from acme, that nothing acme read names beta or carries
 // beta's data, and that Redis and both keyfences keep serving.
 //
-// The corpus runs twice: with keyfence logged in upstream as the unrestricted
+// The corpus runs in several modes (fence_test.go's modes), all at once:
+// with a sidecar keyfence per tenant logged in upstream as the unrestricted
 // default user (keyfence alone holds the fence) and as per-tenant ACL users
-// (defence in depth). Every attempt is its own subtest, named
-// "<category>/<name>", whose failure says what leaked. Add every new attack
-// found to the corpus: it only grows.
+// (defence in depth); and with acme and beta as two tenants of one gateway
+// keyfence, the only boundary between them, where every connection of
+// either authenticates as its tenant first and the gateway category
+// attacks the lobby, AUTH and tenant switching (with per-tenant upstream
+// users too, for the gateway and key categories). Every attempt is its own
+// subtest, named "<category>/<name>", whose failure says what leaked. Add
+// every new attack found to the corpus: it only grows.
 package hostile

@@ -17,9 +17,11 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/keyfence/keyfence/internal/redistest"
 	"github.com/keyfence/keyfence/proxy"
+	"github.com/keyfence/keyfence/proxy/tenants"
 	"github.com/keyfence/keyfence/rewrite"
 	"github.com/keyfence/keyfence/upstream"
 )
@@ -66,31 +68,85 @@ func canaryKeys(secret string) []string {
 	return []string{"str", "hash", "list", "set", "zset", "stream", "ttl", "hidden-" + secret}
 }
 
-// mode is one way keyfence logs in upstream.
+// mode is one way of deploying keyfence in front of the upstream.
 type mode struct {
 	name     string
 	aclUsers bool // per-tenant ACL users instead of the unrestricted default user
+	// gateway: acme and beta are two tenants of one gateway keyfence
+	// (proxy.Gateway), which is then the only boundary between them;
+	// otherwise each has a sidecar keyfence (proxy.Server) of its own.
+	gateway bool
+	// categories limits the mode to these categories of the corpus; nil:
+	// all of them.
+	categories []string
+}
+
+// runs reports whether the mode runs at, and why not. The gateway category
+// attacks the gateway's lobby, AUTH and tenant switching, which a sidecar
+// keyfence does not have: it runs in the gateway modes only.
+func (m mode) runs(at attempt) (bool, string) {
+	if at.category == catGateway && !m.gateway {
+		return false, "the gateway category runs in the gateway modes only"
+	}
+	if m.categories != nil && !slices.Contains(m.categories, at.category) {
+		return false, "mode " + m.name + " runs the categories " + strings.Join(m.categories, ", ") + " only"
+	}
+	return true, ""
+}
+
+// modes are the deployments the corpus runs against.
+func modes() []mode {
+	return []mode{
+		{name: "default-user"},
+		{name: "acl-users", aclUsers: true},
+		{name: "gateway", gateway: true},
+		// The gateway with per-tenant upstream users from the tenants
+		// file: the gateway's own attempts (switching tenants on one
+		// connection, each with its own upstream user and connections)
+		// and the key attempts, whose misses the users would turn into
+		// NOPERM. Every other category runs against per-tenant users in
+		// acl-users and against the gateway in gateway; running it a
+		// fourth time would add a third to the suite's time for little.
+		{name: "gateway-acl-users", gateway: true, aclUsers: true, categories: []string{catGateway, catKeys}},
+	}
 }
 
 func TestHostileTenant(t *testing.T) {
 	attempts := corpus()
 	checkCorpus(t, attempts)
-	// Resource attempts measure this process's memory, which both modes'
+	// Resource attempts measure this process's memory, which every mode's
 	// keyfences share; one at a time keeps the figures meaningful.
 	var resources sync.Mutex
-	for _, m := range []mode{{name: "default-user"}, {name: "acl-users", aclUsers: true}} {
-		t.Run(m.name, func(t *testing.T) {
-			t.Parallel()
-			f := newFence(t, m)
-			for _, at := range attempts {
-				t.Run(at.category+"/"+at.name, func(t *testing.T) {
-					if at.category == catResources {
-						resources.Lock()
-						defer resources.Unlock()
+	// Every mode runs at once, each on its own goroutine rather than as a
+	// t.Parallel subtest: -parallel defaults to GOMAXPROCS, which on two
+	// cores would run the modes in waves of two, while a mode keeps a core
+	// only about half busy (it mostly waits for Redis and keyfence).
+	var modesRunning sync.WaitGroup
+	defer modesRunning.Wait()
+	for _, m := range modes() {
+		modesRunning.Go(func() {
+			t.Run(m.name, func(t *testing.T) {
+				f := newFence(t, m)
+				n, left := 0, map[string]int{}
+				for _, at := range attempts {
+					if ok, why := m.runs(at); !ok {
+						left[why]++
+						continue
 					}
-					f.run(t, at)
-				})
-			}
+					n++
+					t.Run(at.category+"/"+at.name, func(t *testing.T) {
+						if at.measuresMemory() {
+							resources.Lock()
+							defer resources.Unlock()
+						}
+						f.run(t, at)
+					})
+				}
+				t.Logf("mode %s: %d attempts", m.name, n)
+				for _, why := range sortedKeys(left) {
+					t.Logf("mode %s: %d attempts not run: %s", m.name, left[why], why)
+				}
+			})
 		})
 	}
 }
@@ -112,12 +168,24 @@ func checkCorpus(t *testing.T, attempts []attempt) {
 	t.Logf("hostile corpus: %d attempts", len(attempts))
 }
 
-// keyfence is one in-process keyfence of one tenant.
+// keyfence is one tenant's keyfence: in the sidecar modes an in-process
+// keyfence of its own, in the gateway modes the tenant's side of the one
+// gateway (fence.gw), which addr and logs then are.
 type keyfence struct {
-	tenant string
-	user   string // upstream ACL user; "" for the default user
-	pass   string
-	srv    *proxy.Server
+	tenant   string
+	user     string // upstream ACL user; "" for the default user
+	pass     string
+	password string // the tenant's password at the gateway; "" in the sidecar modes
+	srv      *proxy.Server
+	addr     string
+	cancel   context.CancelFunc
+	served   chan error
+	logs     *lockedBuffer
+}
+
+// gatewayProc is the in-process gateway keyfence of the gateway modes.
+type gatewayProc struct {
+	g      *proxy.Gateway
 	addr   string
 	cancel context.CancelFunc
 	served chan error
@@ -130,6 +198,10 @@ type fence struct {
 	mode   mode
 	up     *redistest.Server
 	secret string
+	gw     *gatewayProc // the gateway modes' one keyfence; nil otherwise
+	// nextIP numbers the loopback addresses acme's lobby connections come
+	// from (lobbyConnFrom).
+	nextIP int
 
 	dbMu  sync.Mutex
 	admin map[int]*redis.Client // default user, per upstream db
@@ -175,6 +247,16 @@ func newFence(t *testing.T, m mode) *fence {
 		f.beta.user, f.beta.pass = "kf-"+betaID, "pw-b-"+f.secret
 		f.addUsers(t)
 	}
+	if m.gateway {
+		// beta's password carries the secret: acme reading it anywhere
+		// is a leak the scan finds. acme's does not.
+		var ab [8]byte
+		_, _ = rand.Read(ab[:])
+		f.acme.password = "gw-a-" + hex.EncodeToString(ab[:])
+		f.beta.password = "gw-b-" + f.secret
+		f.gw = &gatewayProc{logs: &lockedBuffer{}}
+		f.acme.logs, f.beta.logs = f.gw.logs, f.gw.logs
+	}
 	f.startKeyfence(t, f.acme)
 	f.startKeyfence(t, f.beta)
 	t.Cleanup(func() {
@@ -196,6 +278,10 @@ func (f *fence) addUsers(t testing.TB) {
 
 func (f *fence) startKeyfence(t testing.TB, k *keyfence) {
 	t.Helper()
+	if f.gw != nil {
+		f.startGateway(t)
+		return
+	}
 	srv, err := proxy.New(proxy.Config{
 		Listen: "127.0.0.1:0",
 		Tenant: k.tenant,
@@ -221,6 +307,10 @@ func (f *fence) startKeyfence(t testing.TB, k *keyfence) {
 
 func (f *fence) stopKeyfence(t testing.TB, k *keyfence) {
 	t.Helper()
+	if f.gw != nil {
+		f.stopGateway(t)
+		return
+	}
 	if k.srv == nil {
 		return
 	}
@@ -238,13 +328,119 @@ func (f *fence) stopKeyfence(t testing.TB, k *keyfence) {
 	k.srv = nil
 }
 
+// restartKeyfence restarts k's keyfence: in the gateway modes the gateway,
+// both tenants' keyfence.
 func (f *fence) restartKeyfence(t testing.TB, k *keyfence) {
 	t.Helper()
 	f.stopKeyfence(t, k)
 	f.startKeyfence(t, k)
-	if k == f.beta {
+	if k == f.beta || f.gw != nil {
 		f.closeBetaClients()
 	}
+}
+
+// tenantsFile is the gateway's tenants file: acme and beta, with their
+// upstream users in the acl-users mode. Passwords are hashed with bcrypt's
+// least cost: the suite attacks the gateway, not the hash's strength.
+func (f *fence) tenantsFile(t testing.TB) *tenants.File {
+	t.Helper()
+	var b strings.Builder
+	env := map[string]string{}
+	b.WriteString("tenants:\n")
+	for _, k := range []*keyfence{f.acme, f.beta} {
+		h, err := bcrypt.GenerateFromPassword([]byte(k.password), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "  - id: %s\n    password_hash: %q\n", k.tenant, h)
+		if k.user != "" {
+			v := "KF_UPSTREAM_PASSWORD_" + strings.ToUpper(k.tenant)
+			env[v] = k.pass
+			fmt.Fprintf(&b, "    upstream:\n      user: %s\n      password_env: %s\n", k.user, v)
+		}
+	}
+	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+	file, err := tenants.Parse([]byte(b.String()), lookup, func(string) ([]byte, error) { return nil, errors.New("no files here") })
+	if err != nil {
+		t.Fatalf("tenants file: %v", err)
+	}
+	return file
+}
+
+// startGateway starts the gateway keyfence of both tenants, unless it runs.
+func (f *fence) startGateway(t testing.TB) {
+	t.Helper()
+	gw := f.gw
+	if gw.g != nil {
+		return
+	}
+	g, err := proxy.NewGateway(proxy.GatewayConfig{
+		Server: proxy.Config{
+			Listen:   "127.0.0.1:0",
+			Upstream: upstream.Config{Addr: f.up.Addr()},
+			Logger:   slog.New(slog.NewTextHandler(gw.logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		},
+		Tenants: f.tenantsFile(t),
+	})
+	if err != nil {
+		t.Fatalf("proxy.NewGateway: %v", err)
+	}
+	if err := g.Listen(); err != nil {
+		t.Fatalf("gateway Listen: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	gw.g, gw.addr, gw.cancel = g, g.Addr().String(), cancel
+	f.acme.addr, f.beta.addr = gw.addr, gw.addr
+	gw.served = make(chan error, 1)
+	served := gw.served
+	go func() { served <- g.Serve(ctx) }()
+}
+
+func (f *fence) stopGateway(t testing.TB) {
+	t.Helper()
+	gw := f.gw
+	if gw.g == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := gw.g.Shutdown(ctx); err != nil {
+		t.Logf("gateway Shutdown: %v", err)
+	}
+	gw.cancel()
+	select {
+	case <-gw.served:
+	case <-time.After(5 * time.Second):
+		t.Errorf("gateway: Serve did not return after Shutdown")
+	}
+	gw.g = nil
+}
+
+// dial opens a raw connection to k's keyfence as k's tenant: in the
+// gateway modes it authenticates as the tenant first, as every client of a
+// gateway does.
+func (f *fence) dial(k *keyfence) (*rawConn, error) {
+	c, err := dialRaw(k.addr)
+	if err != nil {
+		return nil, err
+	}
+	if k.password == "" {
+		return c, nil
+	}
+	if r := c.do("AUTH", k.tenant, k.password); r.err != nil || r.v.typ != '+' || r.v.str != "OK" {
+		_ = c.Close()
+		return nil, fmt.Errorf("AUTH as %s at the gateway %s: %s", k.tenant, k.addr, r)
+	}
+	return c, nil
+}
+
+// tenantUser is the username k's clients give: the tenant at a gateway,
+// none at a sidecar.
+func (k *keyfence) tenantUser() string {
+	if k.password == "" {
+		return ""
+	}
+	return k.tenant
 }
 
 func (f *fence) closeBetaClients() {
@@ -279,6 +475,9 @@ func (f *fence) betaClient(db int) *redis.Client {
 	}
 	c := redis.NewClient(&redis.Options{
 		Addr: f.beta.addr, DB: db, DisableIdentity: true,
+		// In the gateway modes beta's app picks its tenant as the issue
+		// says apps do: the client's username/password options.
+		Username: f.beta.tenantUser(), Password: f.beta.password,
 		ReadTimeout: opTimeout, WriteTimeout: opTimeout, MaxRetries: -1,
 	})
 	f.betaDB[db] = c
@@ -412,7 +611,7 @@ func (f *fence) writeCanary(ctx context.Context, db int) error {
 // subscribeBeta opens beta's subscriber: a channel, a pattern and a
 // keyevent channel, all through beta's keyfence.
 func (f *fence) subscribeBeta() (*rawConn, error) {
-	c, err := dialRaw(f.beta.addr)
+	c, err := f.dial(f.beta)
 	if err != nil {
 		return nil, err
 	}
@@ -487,7 +686,7 @@ func (f *fence) blockBeta(ctx context.Context) (*rawConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := dialRaw(f.beta.addr)
+	c, err := f.dial(f.beta)
 	if err != nil {
 		return nil, err
 	}
@@ -729,19 +928,20 @@ func (f *fence) checkServing(t *testing.T) (restarted bool) {
 	}
 
 	start := time.Now()
-	got, err := rawGet(f.beta.addr, "str")
+	got, err := f.rawGet(f.beta, "str")
 	want := f.canaryValue(0, "str")
 	if err != nil || got.isErr() || (!restarted && got.v.str != want) {
 		t.Errorf("beta's keyfence no longer serves a normal GET after the attempt: got %s, %v; want %q (after %v)",
 			got, err, want, time.Since(start).Round(time.Millisecond))
 	}
-	if got, err := rawGet(f.acme.addr, acmeOwnKey); err != nil || got.isErr() {
+	if got, err := f.rawGet(f.acme, acmeOwnKey); err != nil || got.isErr() {
 		t.Errorf("acme's keyfence no longer serves a normal GET after the attempt: got %s, %v", got, err)
 	}
 	// A keyfence that lost its way is replaced so that the next attempt
 	// starts from a working fence; the finding has been reported above.
+	// In the gateway modes one restart serves both tenants.
 	for _, k := range []*keyfence{f.acme, f.beta} {
-		if r, err := rawGet(k.addr, "str"); err != nil || r.isErr() {
+		if r, err := f.rawGet(k, "str"); err != nil || r.isErr() {
 			t.Logf("restarting keyfence %s for the next attempt", k.tenant)
 			f.restartKeyfence(t, k)
 		}
@@ -749,8 +949,9 @@ func (f *fence) checkServing(t *testing.T) (restarted bool) {
 	return restarted
 }
 
-func rawGet(addr, key string) (reply, error) {
-	c, err := dialRaw(addr)
+// rawGet runs one GET as k's tenant on a new connection.
+func (f *fence) rawGet(k *keyfence, key string) (reply, error) {
+	c, err := f.dial(k)
 	if err != nil {
 		return reply{}, err
 	}
@@ -982,10 +1183,13 @@ func (f *fence) cleanup(t *testing.T, w *watch) {
 
 func (f *fence) showLogs(t *testing.T, w *watch) {
 	t.Helper()
-	for _, x := range []struct {
+	for i, x := range []struct {
 		k    *keyfence
 		from int
 	}{{f.acme, w.acmeLog}, {f.beta, w.betaLog}} {
+		if i > 0 && x.k.logs == f.acme.logs {
+			break // the gateway's one log, shown once
+		}
 		if s := x.k.logs.From(x.from, 2<<10); s != "" {
 			t.Logf("keyfence %s logged during the attempt:\n%s", x.k.tenant, s)
 		}

@@ -35,10 +35,17 @@ type rawConn struct {
 	got  bytes.Buffer
 }
 
-func dialRaw(addr string) (*rawConn, error) {
-	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
+func dialRaw(addr string) (*rawConn, error) { return dialRawFrom(addr, "") }
+
+// dialRawFrom dials addr from the local IP address from ("": any).
+func dialRawFrom(addr, from string) (*rawConn, error) {
+	d := net.Dialer{Timeout: 5 * time.Second}
+	if from != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(from)}
+	}
+	nc, err := d.Dial("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", addr, err)
+		return nil, fmt.Errorf("dial %s from %q: %w", addr, from, err)
 	}
 	c := &rawConn{nc: nc}
 	c.br = bufio.NewReaderSize(teeReader{c}, 64<<10)
