@@ -80,7 +80,7 @@ type gatewayTenant struct {
 
 // quota is a tenant's limits in gateway mode, changed in place on reload.
 type quota struct {
-	maxConns atomic.Int64                // 0: unlimited
+	maxConns atomic.Int64                 // 0: unlimited
 	limiter  atomic.Pointer[rate.Limiter] // nil: unlimited ops/s
 	wait     time.Duration
 }

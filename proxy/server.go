@@ -134,9 +134,9 @@ type Server struct {
 
 	ln      net.Listener
 	started time.Time
-	hub     *hub      // what this Server shares with the others of the process
-	gw      *Gateway  // nil in sidecar mode
-	quota   *quota    // the tenant's limits in gateway mode; nil: none
+	hub     *hub     // what this Server shares with the others of the process
+	gw      *Gateway // nil in sidecar mode
+	quota   *quota   // the tenant's limits in gateway mode; nil: none
 
 	stats          tenantStats  // the tenant's figures in INFO (info.go)
 	pinnedCommands atomic.Int64 // commands sent on pinned connections
