@@ -33,7 +33,9 @@ import (
 //	db 7   TestBlockedClientDisconnectReleasesUpstream
 //	db 9   TestDifferential, direct connection (the app's own key names)
 //	db 10  TestDifferential, through keyfence (tenant "diff")
+//	db 11  TestGatewayRedisCLI (tenants acme and beta)
 //	db 12  TestMultiExec, direct comparison
+//	db 13  TestGatewayManyTenants (100 tenants)
 //	db 15  TestMultiExec, stripped replies (SCAN over a whole database)
 //
 // Tests that read server-wide counters (INFO commandstats) are not parallel:
