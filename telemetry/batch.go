@@ -56,12 +56,12 @@ func (b *Batch) Blocking() {
 
 // Upstream records the batch's upstream round trip, which began at start
 // and ends now.
-func (b *Batch) Upstream(ctx context.Context, start time.Time) {
+func (b *Batch) Upstream(_ context.Context, start time.Time) {
 	if b == nil {
 		return
 	}
 	now := time.Now()
-	b.m.Upstream(ctx, now.Sub(start).Seconds())
+	b.m.upstream.record(now.Sub(start))
 	if b.upCount == 0 {
 		b.upStart = start
 	}
@@ -118,7 +118,7 @@ func (b *Batch) Done(ctx context.Context, readAt time.Time) {
 	}
 	if b.commands > 0 || b.upCount > 0 {
 		if !b.blocking {
-			b.m.Batch(ctx, time.Since(readAt).Seconds())
+			b.m.duration.record(time.Since(readAt))
 		}
 		if b.m.tracer != nil { // tracing off costs this one check
 			b.span(ctx, readAt)

@@ -2,62 +2,70 @@ package telemetry
 
 import (
 	"context"
-	"fmt"
+	"errors"
 	"log/slog"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel/attribute"
-	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	"go.opentelemetry.io/otel/metric"
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/resource"
 	"go.opentelemetry.io/otel/trace"
 )
 
-// Metrics records keyfence's OpenTelemetry metrics and serves them in the
-// Prometheus format; with WithReader they also go to OTLP. The per-command
-// cost (Batch.Command) is a map lookup and an atomic add; latencies are
-// recorded once per batch. Counters that change on the data path are plain
-// atomics handed to OpenTelemetry only when metrics are collected, so that
-// recording never allocates and never takes a lock.
+// Metrics records one tenant's metrics: its series carry tenant=<id>. A
+// sidecar gets its own with NewMetrics; a gateway one per tenant from
+// Provider.Tenant. The per-command cost (Batch.Command) is a map lookup and
+// an atomic add; latencies are recorded once per batch, into atomics too.
+// Everything is handed to OpenTelemetry only when metrics are collected, so
+// that recording never allocates and never takes a lock.
 type Metrics struct {
-	provider *sdkmetric.MeterProvider
-	registry *prometheus.Registry
-	status   *sdkmetric.ManualReader // what the status page reads
-	tracer   trace.Tracer            // nil: tracing is off
+	p        *Provider
+	owner    bool         // made by NewMetrics: Shutdown stops p
+	tracer   trace.Tracer // nil: tracing is off
 	log      *slog.Logger
 	tenantID string
+	attrs    attribute.Set // tenant=<id>
 	started  time.Time
 
-	duration metric.Float64Histogram
-	upstream metric.Float64Histogram
-	errors   metric.Int64Counter
-
-	// Commands are counted one pair per command name.
-	index   map[string]int // command name → position in names; read-only
-	names   []string       // the last one is "other"
-	counts  []atomic.Int64 // 2*i: ok, 2*i+1: error
-	obsOpts [][]metric.ObserveOption
+	// Commands are counted one pair per command name of the provider's
+	// table.
+	index  map[string]int // shared, read-only
+	names  []string       // shared, read-only; the last one is "other"
+	counts []atomic.Int64 // 2*i: ok, 2*i+1: error
 
 	classes   [numClasses]atomic.Int64 // error replies by class
 	accepted  atomic.Int64             // client connections accepted
 	leftWait  atomic.Int64             // clients that closed while their command waited upstream
 	rejected  [numRejectReasons]atomic.Int64
-	probe     probeState
+	upErrs    [len(errorCauses)]atomic.Int64
+	duration  histogram // client-seen latency of a batch
+	upstream  histogram // upstream round trip of a batch
 	limitRefs limitWatch
-	history   statusState // the status page's recent readings
 
-	tenant  attribute.KeyValue
-	tenOpts []metric.RecordOption
-	errOpts map[string][]metric.AddOption
+	// The collection side.
+	reg     metric.Registration // the callback observing this tenant
+	refs    int                 // holders (Provider.mu)
+	obsMu   sync.Mutex          // guards obsOpts: readers collect concurrently
+	obsOpts []metric.ObserveOption
 }
 
 // Gauges are read when metrics are collected, never on the hot path. Every
 // field may be nil: its metric is then not exported.
+//
+// A sidecar passes them all to NewMetrics. A gateway reports each once, at
+// the level where the resource lives: per tenant (Provider.Tenant) what a
+// tenant has of its own — Sessions (its authenticated connections),
+// ScriptsLoaded, and OutputDisconnects or FallbackHits/Misses if it counts
+// them per tenant; per process (WithProcessGauges) what all tenants share —
+// PinnedConns/PinnedIdle/PinnedMax (one pool), Breaker and FallbackCache
+// (one upstream, one cache), RequestBufferBytes/Limit/Rejections (one
+// budget, spent before AUTH too), ScriptsMax, and Sessions for the
+// connections that have not authenticated yet, so that the sum over all
+// series is every connection. The status page sums the counts and takes the
+// largest of the levels and limits (breaker state, scripts loaded, the
+// bounds).
 type Gauges struct {
 	Sessions    func() int64
 	PinnedConns func() int64 // pinned upstream connections handed out or idle
@@ -89,7 +97,16 @@ type CacheStats struct {
 }
 
 // Upstream error causes counted by UpstreamError.
-var errorCauses = []string{"connection_refused", "timeout", "noauth", "oom", "connection_lost", "other"}
+var errorCauses = [...]string{"connection_refused", "timeout", "noauth", "oom", "connection_lost", "other"}
+
+// errorCause is the position of each cause in errorCauses.
+var errorCause = func() map[string]int {
+	m := map[string]int{}
+	for i, c := range errorCauses {
+		m[c] = i
+	}
+	return m
+}()
 
 // Reasons a client connection is refused, for keyfence.client.connections.rejected.
 const (
@@ -102,296 +119,106 @@ var rejectReasons = [numRejectReasons]string{"max_clients", "draining"}
 
 // latencyBuckets are the bounds of both latency histograms, in seconds. 2 s
 // is one of them so that the latency alert's threshold is exact.
-var latencyBuckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10}
+var latencyBuckets = [...]float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10}
 
-// Option configures NewMetrics.
-type Option func(*options)
-
-type options struct {
-	readers  []sdkmetric.Reader
-	resource *resource.Resource
-	tracer   trace.TracerProvider
-	log      *slog.Logger
-}
-
-// WithReader adds a metric reader, e.g. OTLP's periodic one (see OTLP).
-func WithReader(r sdkmetric.Reader) Option {
-	return func(o *options) {
-		if r != nil {
-			o.readers = append(o.readers, r)
-		}
-	}
-}
-
-// WithResource sets the resource every metric and span is reported with.
-func WithResource(r *resource.Resource) Option { return func(o *options) { o.resource = r } }
-
-// WithTracerProvider turns tracing on: one span per batch (see Batch).
-// A nil provider leaves it off.
-func WithTracerProvider(tp trace.TracerProvider) Option { return func(o *options) { o.tracer = tp } }
-
-// WithLogger is where state changes are logged (upstream down and up,
-// limits hit, the fallback serving); the default is slog.Default().
-func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
-
-// scopeName is the instrumentation scope of every metric and span.
-const scopeName = "github.com/keyfence/keyfence"
-
-// NewMetrics sets up the instruments for tenant; commands lists every
-// command name the proxy may record (others are recorded as "other"), so
-// that the command label takes values from a bounded set only.
+// NewMetrics sets up the telemetry of a sidecar: a Provider of its own
+// with tenant as its one tenant, whose process series (the upstream probe)
+// carry tenant too. commands lists every command name the proxy may record
+// (others are recorded as "other"), so that the command label takes values
+// from a bounded set only. The logger of WithLogger is used as it is.
 func NewMetrics(tenant string, commands []string, gauges Gauges, opts ...Option) (*Metrics, error) {
-	var o options
-	for _, opt := range opts {
-		opt(&o)
+	if tenant == "" {
+		return nil, errors.New("tenant id is empty")
 	}
-	if o.log == nil {
-		o.log = slog.Default()
-	}
-	reg := prometheus.NewRegistry()
-	exp, err := otelprom.New(otelprom.WithRegisterer(reg))
+	p, err := newProvider(commands, tenant, opts)
 	if err != nil {
-		return nil, fmt.Errorf("prometheus exporter: %w", err)
-	}
-	status := sdkmetric.NewManualReader()
-	popts := []sdkmetric.Option{sdkmetric.WithReader(exp), sdkmetric.WithReader(status)}
-	for _, r := range o.readers {
-		popts = append(popts, sdkmetric.WithReader(r))
-	}
-	if o.resource != nil {
-		popts = append(popts, sdkmetric.WithResource(o.resource))
-	}
-	provider := sdkmetric.NewMeterProvider(popts...)
-	m := &Metrics{provider: provider, registry: reg, status: status, log: o.log, tenantID: tenant, started: time.Now(),
-		tenant: attribute.String("tenant", tenant), index: map[string]int{}}
-	if o.tracer != nil {
-		m.tracer = o.tracer.Tracer(scopeName)
-	}
-	if err := m.instruments(provider.Meter(scopeName), commands, gauges); err != nil {
-		_ = provider.Shutdown(context.Background())
 		return nil, err
 	}
-	m.limitRefs.init(m, gauges)
+	m, err := p.tenant(tenant, gauges, p.log)
+	if err != nil {
+		_ = p.provider.Shutdown(context.Background())
+		return nil, err
+	}
+	m.owner = true
 	return m, nil
 }
 
-// instruments creates every instrument and the callbacks of the observed ones.
-func (m *Metrics) instruments(meter metric.Meter, commands []string, g Gauges) error {
-	m.names = append(append([]string(nil), commands...), "other")
+// newTenant sets up the series of one tenant and registers the callback
+// that observes them.
+func (p *Provider) newTenant(id string, g Gauges, log *slog.Logger) (*Metrics, error) {
+	m := &Metrics{p: p, tracer: p.tracer, log: log, tenantID: id, attrs: attribute.NewSet(attribute.String("tenant", id)),
+		started: time.Now(), index: p.index, names: p.names}
 	m.counts = make([]atomic.Int64, 2*len(m.names))
-	for i, name := range m.names {
-		m.index[name] = i
-		for _, outcome := range []string{"ok", "error"} {
-			m.obsOpts = append(m.obsOpts, []metric.ObserveOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("command", name), m.tenant, attribute.String("outcome", outcome)))})
-		}
-	}
-	var err error
-	if m.duration, err = meter.Float64Histogram("keyfence.command.duration", metric.WithUnit("s"),
-		metric.WithDescription("Client-seen latency of a batch: from reading the requests to writing the replies; blocking commands (BLPOP, XREAD BLOCK, WAIT…), which wait by design, are left out"),
-		metric.WithExplicitBucketBoundaries(latencyBuckets...)); err != nil {
-		return err
-	}
-	if m.upstream, err = meter.Float64Histogram("keyfence.upstream.duration", metric.WithUnit("s"),
-		metric.WithDescription("Upstream round trip of one batch"),
-		metric.WithExplicitBucketBoundaries(latencyBuckets...)); err != nil {
-		return err
-	}
-	if m.errors, err = meter.Int64Counter("keyfence.upstream.errors", metric.WithUnit("{error}"), metric.WithDescription("Upstream failures, by cause")); err != nil {
-		return err
-	}
-	m.tenOpts = []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(m.tenant))}
-	m.errOpts = map[string][]metric.AddOption{}
-	for _, c := range errorCauses {
-		m.errOpts[c] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(m.tenant, attribute.String("cause", c)))}
-	}
-
-	// Everything else is observed: counters kept in atomics here or in the
-	// proxy, and gauges read from it, all in one callback.
-	var list []observed
-	add := func(o observed) { list = append(list, o) }
-	tenantOpt := metric.WithAttributeSet(attribute.NewSet(m.tenant))
-
-	commandsCounter, err := meter.Int64ObservableCounter("keyfence.commands", metric.WithUnit("{command}"), metric.WithDescription("Commands handled, by command, tenant and outcome (error: the reply was an error)"))
+	m.obsOpts = make([]metric.ObserveOption, len(m.counts))
+	reg, err := register(p.meter, m.observers(p.inst, g))
 	if err != nil {
-		return err
+		return nil, err
 	}
-	add(observed{[]metric.Observable{commandsCounter}, func(o metric.Observer) {
-		for i := range m.counts {
-			if n := m.counts[i].Load(); n > 0 {
-				o.ObserveInt64(commandsCounter, n, m.obsOpts[i]...)
-			}
-		}
-	}})
+	m.reg = reg
+	m.limitRefs.init(log, &m.rejected, &m.classes[classLIMIT], g)
+	return m, nil
+}
 
-	classCounter, err := meter.Int64ObservableCounter("keyfence.client.errors", metric.WithUnit("{error}"),
-		metric.WithDescription("Error replies clients got, by class: the Redis error prefix (ERR, WRONGTYPE, NOPERM, OOM…), UNAVAILABLE when upstream did not answer, LIMIT for keyfence's own capacity limits"))
-	if err != nil {
-		return err
-	}
+// observers are the tenant's series: counters kept in atomics here and
+// gauges read through g.
+func (m *Metrics) observers(in *instruments, g Gauges) []observed {
+	tenantOpt := metric.WithAttributeSet(m.attrs)
+	tenantKV := attribute.String("tenant", m.tenantID)
 	var classOpts [numClasses]metric.ObserveOption
 	for c := range classOpts {
-		classOpts[c] = metric.WithAttributeSet(attribute.NewSet(m.tenant, attribute.String("class", classNames[c])))
-	}
-	add(observed{[]metric.Observable{classCounter}, func(o metric.Observer) {
-		// Every class, zeros too: a rate over a series that appears
-		// with its first error would miss that error.
-		for c := range m.classes {
-			o.ObserveInt64(classCounter, m.classes[c].Load(), classOpts[c])
-		}
-	}})
-
-	acceptedCounter, err := meter.Int64ObservableCounter("keyfence.client.connections.accepted", metric.WithUnit("{connection}"), metric.WithDescription("Client connections accepted"))
-	if err != nil {
-		return err
-	}
-	rejectedCounter, err := meter.Int64ObservableCounter("keyfence.client.connections.rejected", metric.WithUnit("{connection}"),
-		metric.WithDescription("Client connections refused, by reason: max_clients (--max-clients) or draining"))
-	if err != nil {
-		return err
+		classOpts[c] = withAttrs(m.attrs, attribute.String("class", classNames[c]))
 	}
 	var rejOpts [numRejectReasons]metric.ObserveOption
 	for r := range rejOpts {
-		rejOpts[r] = metric.WithAttributeSet(attribute.NewSet(m.tenant, attribute.String("reason", rejectReasons[r])))
+		rejOpts[r] = withAttrs(m.attrs, attribute.String("reason", rejectReasons[r]))
 	}
-	add(observed{[]metric.Observable{acceptedCounter}, func(o metric.Observer) { o.ObserveInt64(acceptedCounter, m.accepted.Load(), tenantOpt) }})
-	leftCounter, err := meter.Int64ObservableCounter("keyfence.client.closed_while_waiting", metric.WithUnit("{connection}"),
-		metric.WithDescription("Clients that closed their connection while a command of theirs waited upstream (a blocked BLPOP, a worker shutting down): not an upstream failure"))
-	if err != nil {
-		return err
+	var errOpts [len(errorCauses)]metric.ObserveOption
+	for c := range errOpts {
+		errOpts[c] = withAttrs(m.attrs, attribute.String("cause", errorCauses[c]))
 	}
-	add(observed{[]metric.Observable{leftCounter}, func(o metric.Observer) { o.ObserveInt64(leftCounter, m.leftWait.Load(), tenantOpt) }})
-	add(observed{[]metric.Observable{rejectedCounter}, func(o metric.Observer) {
-		for r := range m.rejected {
-			o.ObserveInt64(rejectedCounter, m.rejected[r].Load(), rejOpts[r])
-		}
-	}})
-
-	if err := m.probe.instruments(meter, m.tenant, add); err != nil {
-		return err
-	}
-	if err := m.gaugeInstruments(meter, g, tenantOpt, add); err != nil {
-		return err
-	}
-	return m.register(meter, list)
-}
-
-// observed is observable instruments and how to observe them.
-type observed struct {
-	insts   []metric.Observable
-	observe func(metric.Observer)
-}
-
-// gaugeInstruments adds the instruments read from g.
-func (m *Metrics) gaugeInstruments(meter metric.Meter, g Gauges, tenantOpt metric.ObserveOption, add func(observed)) error {
-	gauge := func(name, unit, desc string, f func() int64) error {
-		if f == nil {
-			return nil
-		}
-		inst, err := meter.Int64ObservableGauge(name, metric.WithUnit(unit), metric.WithDescription(desc))
-		if err != nil {
-			return err
-		}
-		add(observed{[]metric.Observable{inst}, func(o metric.Observer) { o.ObserveInt64(inst, f(), tenantOpt) }})
-		return nil
-	}
-	counter := func(name, unit, desc string, f func() int64) error {
-		if f == nil {
-			return nil
-		}
-		inst, err := meter.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
-		if err != nil {
-			return err
-		}
-		add(observed{[]metric.Observable{inst}, func(o metric.Observer) { o.ObserveInt64(inst, f(), tenantOpt) }})
-		return nil
-	}
-	for _, err := range []error{
-		gauge("keyfence.client.connections", "{connection}", "Client connections now", g.Sessions),
-		gauge("keyfence.breaker.state", "", "Circuit breaker state: 0 closed, 1 half-open, 2 open", g.Breaker),
-		counter("keyfence.client.output_disconnects", "{connection}", "Clients disconnected because their unread replies passed --client-output-hard-limit", g.OutputDisconnects),
-		counter("keyfence.request_buffer.rejections", "{connection}", "Clients refused because the request buffer budget (--max-request-buffer-total) was spent", g.RequestBufferRejections),
-		gauge("keyfence.request_buffer.used", "By", "Request buffer bytes reserved from --max-request-buffer-total now", g.RequestBufferBytes),
-		gauge("keyfence.request_buffer.limit", "By", "The request buffer budget, --max-request-buffer-total", g.RequestBufferLimit),
-		gauge("keyfence.scripts.loaded", "{script}", "Distinct Lua scripts the tenant has loaded", g.ScriptsLoaded),
-		gauge("keyfence.scripts.limit", "{script}", "Distinct scripts a tenant may load, --max-scripts", g.ScriptsMax),
-		gauge("db.client.connection.max", "{connection}", "Pinned upstream connections one pool may hold, --max-pinned", g.PinnedMax),
-	} {
-		if err != nil {
-			return err
-		}
-	}
-	if g.PinnedConns != nil {
-		// The OpenTelemetry database-client convention: connections of a
-		// pool by state. keyfence's pool is the pinned connections
-		// (transactions, blocking commands, subscribers).
-		count, err := meter.Int64ObservableUpDownCounter("db.client.connection.count", metric.WithUnit("{connection}"),
-			metric.WithDescription("Pinned upstream connections (MULTI, WATCH, blocking commands, subscribers), used or idle in the pool"))
-		if err != nil {
-			return err
-		}
-		pool := attribute.String("db.client.connection.pool.name", "pinned")
-		used := metric.WithAttributeSet(attribute.NewSet(m.tenant, pool, attribute.String("db.client.connection.state", "used")))
-		idle := metric.WithAttributeSet(attribute.NewSet(m.tenant, pool, attribute.String("db.client.connection.state", "idle")))
-		add(observed{[]metric.Observable{count}, func(o metric.Observer) {
-			all, free := g.PinnedConns(), int64(0)
-			if g.PinnedIdle != nil {
-				free = min(g.PinnedIdle(), all)
+	list := []observed{
+		{[]metric.Observable{in.commands}, func(o metric.Observer) {
+			// A command's attribute set is made the first time it is
+			// seen: every pair for every tenant would be hundreds of
+			// sets each, most never used.
+			m.obsMu.Lock()
+			defer m.obsMu.Unlock()
+			for i := range m.counts {
+				if n := m.counts[i].Load(); n > 0 {
+					if m.obsOpts[i] == nil {
+						outcome := "ok"
+						if i%2 == 1 {
+							outcome = "error"
+						}
+						m.obsOpts[i] = metric.WithAttributeSet(attribute.NewSet(attribute.String("command", m.names[i/2]), tenantKV, attribute.String("outcome", outcome)))
+					}
+					o.ObserveInt64(in.commands, n, m.obsOpts[i])
+				}
 			}
-			o.ObserveInt64(count, all-free, used)
-			o.ObserveInt64(count, free, idle)
-		}})
+		}},
+		{[]metric.Observable{in.classes}, func(o metric.Observer) {
+			// Every class, zeros too: a rate over a series that appears
+			// with its first error would miss that error.
+			for c := range m.classes {
+				o.ObserveInt64(in.classes, m.classes[c].Load(), classOpts[c])
+			}
+		}},
+		{[]metric.Observable{in.accepted}, func(o metric.Observer) { o.ObserveInt64(in.accepted, m.accepted.Load(), tenantOpt) }},
+		{[]metric.Observable{in.leftWait}, func(o metric.Observer) { o.ObserveInt64(in.leftWait, m.leftWait.Load(), tenantOpt) }},
+		{[]metric.Observable{in.rejected}, func(o metric.Observer) {
+			for r := range m.rejected {
+				o.ObserveInt64(in.rejected, m.rejected[r].Load(), rejOpts[r])
+			}
+		}},
+		{[]metric.Observable{in.upErrors}, func(o metric.Observer) {
+			for c := range m.upErrs {
+				if n := m.upErrs[c].Load(); n > 0 { // a cause appears with its first failure
+					o.ObserveInt64(in.upErrors, n, errOpts[c])
+				}
+			}
+		}},
 	}
-	if g.FallbackHits != nil && g.FallbackMisses != nil {
-		reads, err := meter.Int64ObservableCounter("keyfence.fallback.reads", metric.WithUnit("{read}"), metric.WithDescription("Reads during upstream failures, answered from the cache (hit) or not (miss)"))
-		if err != nil {
-			return err
-		}
-		hitOpt := metric.WithAttributeSet(attribute.NewSet(m.tenant, attribute.String("outcome", "hit")))
-		missOpt := metric.WithAttributeSet(attribute.NewSet(m.tenant, attribute.String("outcome", "miss")))
-		add(observed{[]metric.Observable{reads}, func(o metric.Observer) {
-			o.ObserveInt64(reads, g.FallbackHits(), hitOpt)
-			o.ObserveInt64(reads, g.FallbackMisses(), missOpt)
-		}})
-	}
-	if g.FallbackCache != nil {
-		used, err := meter.Int64ObservableGauge("keyfence.fallback.cache.used", metric.WithUnit("By"), metric.WithDescription("Bytes the read cache holds (bounded by --fallback-max-bytes)"))
-		if err != nil {
-			return err
-		}
-		entries, err := meter.Int64ObservableGauge("keyfence.fallback.cache.entries", metric.WithUnit("{entry}"), metric.WithDescription("Entries the read cache holds"))
-		if err != nil {
-			return err
-		}
-		evictions, err := meter.Int64ObservableCounter("keyfence.fallback.cache.evictions", metric.WithUnit("{entry}"), metric.WithDescription("Entries the read cache dropped for room or on expiry"))
-		if err != nil {
-			return err
-		}
-		add(observed{[]metric.Observable{used, entries, evictions}, func(o metric.Observer) {
-			st := g.FallbackCache()
-			o.ObserveInt64(used, st.Bytes, tenantOpt)
-			o.ObserveInt64(entries, st.Entries, tenantOpt)
-			o.ObserveInt64(evictions, st.Evictions, tenantOpt)
-		}})
-	}
-	return nil
-}
-
-// register registers one callback observing every instrument in list.
-func (m *Metrics) register(meter metric.Meter, list []observed) error {
-	if len(list) == 0 {
-		return nil
-	}
-	var insts []metric.Observable
-	for _, o := range list {
-		insts = append(insts, o.insts...)
-	}
-	_, err := meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
-		for _, ob := range list {
-			ob.observe(o)
-		}
-		return nil
-	}, insts...)
-	return err
+	return append(list, in.gaugeObservers(g, m.attrs)...)
 }
 
 // Command counts one command by name and outcome.
@@ -411,22 +238,22 @@ func (m *Metrics) Command(name string, ok bool) {
 // reading the request bytes to writing the replies. Sessions record through
 // their own *Batch (NewBatch), which also leaves blocking commands out and
 // makes the batch's span.
-func (m *Metrics) Batch(ctx context.Context, seconds float64) {
-	m.duration.Record(ctx, seconds, m.tenOpts...)
+func (m *Metrics) Batch(_ context.Context, seconds float64) {
+	m.duration.record(time.Duration(seconds * 1e9))
 }
 
 // Upstream records one batch's upstream round trip.
-func (m *Metrics) Upstream(ctx context.Context, seconds float64) {
-	m.upstream.Record(ctx, seconds, m.tenOpts...)
+func (m *Metrics) Upstream(_ context.Context, seconds float64) {
+	m.upstream.record(time.Duration(seconds * 1e9))
 }
 
 // UpstreamError counts an upstream failure by cause (see errorCauses).
-func (m *Metrics) UpstreamError(ctx context.Context, cause string) {
-	opts, ok := m.errOpts[cause]
+func (m *Metrics) UpstreamError(_ context.Context, cause string) {
+	i, ok := errorCause[cause]
 	if !ok {
-		opts = m.errOpts["other"]
+		i = len(errorCauses) - 1 // other
 	}
-	m.errors.Add(ctx, 1, opts...)
+	m.upErrs[i].Add(1)
 }
 
 // ClientAccepted counts a client connection keyfence took on. A nil
@@ -454,10 +281,35 @@ func (m *Metrics) ClientRejected(reason int) {
 	}
 }
 
-// Handler serves /metrics.
-func (m *Metrics) Handler() http.Handler {
-	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{})
+// Tenant is the tenant attribute of m's series: its id, or OverflowTenant.
+func (m *Metrics) Tenant() string { return m.tenantID }
+
+// Logger is where m logs its state changes: from Provider.Tenant, the
+// provider's logger with tenant=<id>, for the caller's own lines about the
+// tenant too.
+func (m *Metrics) Logger() *slog.Logger { return m.log }
+
+// Close takes the tenant's series away: its callback is unregistered and
+// its histograms are no longer produced, once every holder has closed it
+// (see Provider.Tenant; the overflow *Metrics is shared by every tenant past
+// the cap). Recording into a closed *Metrics is harmless and goes nowhere.
+// A nil *Metrics does nothing.
+func (m *Metrics) Close() {
+	if m != nil {
+		m.p.release(m)
+	}
 }
 
-// Shutdown flushes (to OTLP, when it is on) and stops the meter provider.
-func (m *Metrics) Shutdown(ctx context.Context) error { return m.provider.Shutdown(ctx) }
+// Handler serves /metrics: every tenant of m's provider.
+func (m *Metrics) Handler() http.Handler { return m.p.Handler() }
+
+// Shutdown flushes (to OTLP, when it is on) and stops the meter provider
+// of a *Metrics from NewMetrics; one from Provider.Tenant is closed instead,
+// its provider left to its owner.
+func (m *Metrics) Shutdown(ctx context.Context) error {
+	if !m.owner {
+		m.Close()
+		return nil
+	}
+	return m.p.Shutdown(ctx)
+}

@@ -103,7 +103,11 @@ func NewOTLP(ctx context.Context, getenv func(string) string) (*OTLP, error) {
 			if err != nil {
 				return nil, fmt.Errorf("OTLP metric exporter: %w", err)
 			}
-			o.Reader = sdkmetric.NewPeriodicReader(mexp) // reads OTEL_METRIC_EXPORT_INTERVAL
+			// The reader reads OTEL_METRIC_EXPORT_INTERVAL; the latency
+			// histograms come from its producer once WithReader has bound
+			// it to a provider.
+			hists := &lateProducer{}
+			o.Reader = &otlpReader{PeriodicReader: sdkmetric.NewPeriodicReader(mexp, sdkmetric.WithProducer(hists)), hists: hists}
 		}
 	case "none":
 	default:
@@ -149,8 +153,15 @@ func NewOTLP(ctx context.Context, getenv func(string) string) (*OTLP, error) {
 	return o, nil
 }
 
+// otlpReader is the OTLP metric reader, with the producer of keyfence's
+// latency histograms (histogram.go), which WithReader recognises and binds.
+type otlpReader struct {
+	*sdkmetric.PeriodicReader
+	hists *lateProducer
+}
+
 // Shutdown flushes and stops the tracer provider (the metric reader stops
-// with Metrics.Shutdown).
+// with Provider.Shutdown or Metrics.Shutdown).
 func (o *OTLP) Shutdown(ctx context.Context) error {
 	if o == nil || o.Tracer == nil {
 		return nil

@@ -46,61 +46,39 @@ type probeState struct {
 	since   time.Time // when up last changed
 }
 
-func (p *probeState) instruments(meter metric.Meter, tenant attribute.KeyValue, add func(observed)) error {
-	p.up.Store(-1)
-	up, err := meter.Int64ObservableGauge("keyfence.upstream.up", metric.WithDescription("1 when the last probe of upstream (PING) succeeded, 0 when it failed"))
-	if err != nil {
-		return err
-	}
-	probes, err := meter.Int64ObservableCounter("keyfence.upstream.probes", metric.WithUnit("{probe}"),
-		metric.WithDescription("Probes of upstream (PING every --upstream-probe-interval), by result: success or failure"))
-	if err != nil {
-		return err
-	}
-	used, err := meter.Int64ObservableGauge("keyfence.upstream.memory.used", metric.WithUnit("By"), metric.WithDescription("Upstream's used_memory (INFO memory), polled every --upstream-probe-interval"))
-	if err != nil {
-		return err
-	}
-	limit, err := meter.Int64ObservableGauge("keyfence.upstream.memory.limit", metric.WithUnit("By"), metric.WithDescription("Upstream's maxmemory; 0: no limit"))
-	if err != nil {
-		return err
-	}
-	ratio, err := meter.Float64ObservableGauge("keyfence.upstream.memory.utilization", metric.WithUnit("1"),
-		metric.WithDescription("used_memory / maxmemory of upstream; absent when maxmemory is 0"))
-	if err != nil {
-		return err
-	}
-	tenantOpt := metric.WithAttributeSet(attribute.NewSet(tenant))
-	okOpt := metric.WithAttributeSet(attribute.NewSet(tenant, attribute.String("result", "success")))
-	failOpt := metric.WithAttributeSet(attribute.NewSet(tenant, attribute.String("result", "failure")))
-	add(observed{[]metric.Observable{up, probes, used, limit, ratio}, func(o metric.Observer) {
+// observers observe the prober's figures with attrs.
+func (p *probeState) observers(in *instruments, attrs attribute.Set) []observed {
+	opt := metric.WithAttributeSet(attrs)
+	okOpt := withAttrs(attrs, attribute.String("result", "success"))
+	failOpt := withAttrs(attrs, attribute.String("result", "failure"))
+	return []observed{{[]metric.Observable{in.up, in.probes, in.memUsed, in.memLimit, in.memRatio}, func(o metric.Observer) {
 		if v := p.up.Load(); v >= 0 {
-			o.ObserveInt64(up, v, tenantOpt)
+			o.ObserveInt64(in.up, v, opt)
 		}
-		o.ObserveInt64(probes, p.ok.Load(), okOpt)
-		o.ObserveInt64(probes, p.fail.Load(), failOpt)
+		o.ObserveInt64(in.probes, p.ok.Load(), okOpt)
+		o.ObserveInt64(in.probes, p.fail.Load(), failOpt)
 		if p.memKnown.Load() {
 			u, m := p.used.Load(), p.max.Load()
-			o.ObserveInt64(used, u, tenantOpt)
-			o.ObserveInt64(limit, m, tenantOpt)
+			o.ObserveInt64(in.memUsed, u, opt)
+			o.ObserveInt64(in.memLimit, m, opt)
 			if m > 0 {
-				o.ObserveFloat64(ratio, float64(u)/float64(m), tenantOpt)
+				o.ObserveFloat64(in.memRatio, float64(u)/float64(m), opt)
 			}
 		}
-	}})
-	return nil
+	}}}
 }
 
 // RunProber probes upstream every interval until ctx is done: the result
 // feeds keyfence.upstream.up, keyfence.upstream.probes and the memory
 // gauges, and each change between up and down is logged once (never each
-// probe). The first probe runs at once.
-func (m *Metrics) RunProber(ctx context.Context, interval time.Duration, probe ProbeFunc) {
+// probe). The first probe runs at once. Upstream is the process's: its
+// series carry no tenant in gateway mode.
+func (p *Provider) RunProber(ctx context.Context, interval time.Duration, probe ProbeFunc) {
 	interval = min(max(interval, MinProbeInterval), MaxProbeInterval)
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		m.probeOnce(ctx, probe)
+		p.probeOnce(ctx, probe)
 		select {
 		case <-ctx.Done():
 			return
@@ -109,43 +87,50 @@ func (m *Metrics) RunProber(ctx context.Context, interval time.Duration, probe P
 	}
 }
 
-func (m *Metrics) probeOnce(ctx context.Context, probe ProbeFunc) {
+// RunProber of a sidecar: its provider's (see Provider.RunProber).
+func (m *Metrics) RunProber(ctx context.Context, interval time.Duration, probe ProbeFunc) {
+	m.p.RunProber(ctx, interval, probe)
+}
+
+func (m *Metrics) probeOnce(ctx context.Context, probe ProbeFunc) { m.p.probeOnce(ctx, probe) }
+
+func (p *Provider) probeOnce(ctx context.Context, probe ProbeFunc) {
 	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	mem, err := probe(pctx)
 	cancel()
 	if ctx.Err() != nil {
 		return // shutting down: not a verdict on upstream
 	}
-	p := &m.probe
+	st := &p.probe
 	now := time.Now()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	was := p.up.Load()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	was := st.up.Load()
 	if err != nil {
-		p.fail.Add(1)
-		p.up.Store(0)
-		p.lastErr = err.Error()
+		st.fail.Add(1)
+		st.up.Store(0)
+		st.lastErr = err.Error()
 		if was != 0 {
-			p.since = now
-			m.log.Warn("upstream down: probe failed", "event", "upstream_down", "err", err,
+			st.since = now
+			p.log.Warn("upstream down: probe failed", "event", "upstream_down", "err", err,
 				"check", "is Redis running and reachable from keyfence? /readyz and the status page say more")
 		}
 		return
 	}
-	p.ok.Add(1)
-	p.up.Store(1)
+	st.ok.Add(1)
+	st.up.Store(1)
 	if mem.Known {
-		p.used.Store(mem.Used)
-		p.max.Store(mem.Max)
-		p.memKnown.Store(true)
+		st.used.Store(mem.Used)
+		st.max.Store(mem.Max)
+		st.memKnown.Store(true)
 	}
 	if was != 1 {
 		attrs := []any{"event", "upstream_up"}
 		if was == 0 {
-			attrs = append(attrs, "down_for", now.Sub(p.since).Round(time.Millisecond).String())
+			attrs = append(attrs, "down_for", now.Sub(st.since).Round(time.Millisecond).String())
 		}
-		p.since = now
-		m.log.Info("upstream up: probe succeeded", attrs...)
+		st.since = now
+		p.log.Info("upstream up: probe succeeded", attrs...)
 	}
 }
 
@@ -158,21 +143,21 @@ type upstreamView struct {
 	Failures int64  `json:"probe_failures"`
 }
 
-func (m *Metrics) upstreamView() upstreamView {
-	p := &m.probe
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	v := upstreamView{Probes: p.ok.Load() + p.fail.Load(), Failures: p.fail.Load()}
-	switch p.up.Load() {
+func (p *Provider) upstreamView() upstreamView {
+	st := &p.probe
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	v := upstreamView{Probes: st.ok.Load() + st.fail.Load(), Failures: st.fail.Load()}
+	switch st.up.Load() {
 	case 1:
 		t := true
 		v.Up = &t
 	case 0:
 		f := false
-		v.Up, v.LastErr = &f, p.lastErr
+		v.Up, v.LastErr = &f, st.lastErr
 	}
-	if !p.since.IsZero() {
-		v.Since = p.since.UTC().Format(time.RFC3339)
+	if !st.since.IsZero() {
+		v.Since = st.since.UTC().Format(time.RFC3339)
 	}
 	return v
 }

@@ -30,9 +30,16 @@ const (
 // "name" and by "name|attr=value" for the attributes the page groups by,
 // histograms by name with their datapoints added up.
 type snapshot struct {
-	at     time.Time
-	values map[string]float64
-	hists  map[string]hist
+	at      time.Time
+	values  map[string]float64
+	hists   map[string]hist
+	tenants map[string]*tenantFigures // by tenant attribute
+}
+
+// tenantFigures are one tenant's figures in a snapshot, for the tenants
+// table of a gateway's page.
+type tenantFigures struct {
+	commands, errors, clients float64
 }
 
 type hist struct {
@@ -57,14 +64,37 @@ var groupBy = map[string]string{
 	"keyfence.client.connections.rejected": "reason",
 }
 
-func (m *Metrics) snapshot(ctx context.Context) (snapshot, error) {
+// largest are the gauges whose series are levels or bounds rather than
+// counts: across tenants and the process the page shows the largest (the
+// worst breaker, the tenant with the most scripts), not the sum. With one
+// series, as in a sidecar, it is the same.
+var largest = map[string]bool{
+	"keyfence.breaker.state":        true,
+	"keyfence.scripts.loaded":       true,
+	"keyfence.scripts.limit":        true,
+	"db.client.connection.max":      true,
+	"keyfence.request_buffer.limit": true,
+}
+
+func (m *Metrics) snapshot(ctx context.Context) (snapshot, error) { return m.p.snapshot(ctx) }
+
+func (p *Provider) snapshot(ctx context.Context) (snapshot, error) {
 	var rm metricdata.ResourceMetrics
-	if err := m.status.Collect(ctx, &rm); err != nil {
+	if err := p.status.Collect(ctx, &rm); err != nil {
 		return snapshot{}, err
 	}
-	s := snapshot{at: time.Now(), values: map[string]float64{}, hists: map[string]hist{}}
+	s := snapshot{at: time.Now(), values: map[string]float64{}, hists: map[string]hist{}, tenants: map[string]*tenantFigures{}}
 	point := func(name string, attrs attribute.Set, v float64) {
-		s.values[name] += v
+		if largest[name] {
+			if was, ok := s.values[name]; !ok || v > was {
+				s.values[name] = v
+			}
+		} else {
+			s.values[name] += v
+		}
+		if p.sidecar == "" {
+			p.tenantPoint(&s, name, attrs, v)
+		}
 		if key, ok := groupBy[name]; ok {
 			if a, ok := attrs.Value(attribute.Key(key)); ok {
 				s.values[name+"|"+key+"="+a.Emit()] += v
@@ -120,9 +150,40 @@ func (m *Metrics) snapshot(ctx context.Context) (snapshot, error) {
 	return s, nil
 }
 
+// tenantPoint adds a datapoint to its tenant's figures. Every tenant
+// observes keyfence.client.errors, zeros too, so every live one is listed.
+func (p *Provider) tenantPoint(s *snapshot, name string, attrs attribute.Set, v float64) {
+	switch name {
+	case "keyfence.commands", "keyfence.client.connections", "keyfence.client.errors":
+	default:
+		return
+	}
+	t, ok := attrs.Value("tenant")
+	if !ok {
+		return // the process's
+	}
+	f := s.tenants[t.AsString()]
+	if f == nil {
+		f = &tenantFigures{}
+		s.tenants[t.AsString()] = f
+	}
+	switch name {
+	case "keyfence.commands":
+		f.commands += v
+		if o, _ := attrs.Value("outcome"); o.AsString() == "error" {
+			f.errors += v
+		}
+	case "keyfence.client.connections":
+		f.clients += v
+	}
+}
+
 // Status is what the status page shows: /status.json.
 type Status struct {
+	// Tenant is a sidecar's tenant; "" in gateway mode, whose page lists
+	// its tenants in Tenants instead.
 	Tenant        string             `json:"tenant"`
+	Tenants       *tenantsView       `json:"tenants,omitempty"`
 	Uptime        float64            `json:"uptime_seconds"`
 	Window        float64            `json:"window_seconds"` // 0: no rates yet (the first look)
 	Upstream      upstreamView       `json:"upstream"`
@@ -141,6 +202,26 @@ type Status struct {
 	Limits        limitsView         `json:"limits"`
 	GeneratedAtMs int64              `json:"generated_at_ms"`
 }
+
+// tenantsView is a gateway's tenants: the busiest first, at most
+// statusMaxTenants of them, and how many more there are.
+type tenantsView struct {
+	Count      int          `json:"count"`      // tenants with series of their own
+	Max        int          `json:"max"`        // the cap (WithMaxTenants)
+	Overflowed int64        `json:"overflowed"` // tenants past it, under _overflow
+	Top        []tenantRate `json:"top"`
+	More       int          `json:"more"` // listed tenants not in Top
+}
+
+type tenantRate struct {
+	Tenant   string  `json:"tenant"`
+	Clients  float64 `json:"clients"`
+	Commands float64 `json:"commands_per_second"`
+	Errors   float64 `json:"errors_per_second"` // error replies
+}
+
+// statusMaxTenants bounds the tenants the page lists.
+const statusMaxTenants = 50
 
 type latencyView struct {
 	Client   quantiles `json:"client"`
@@ -206,9 +287,11 @@ type alertView struct {
 }
 
 // Status reads the metrics now and compares them with a reading from about
-// statusWindow ago for rates, percentiles and the alert signals.
-func (m *Metrics) Status(ctx context.Context) (*Status, error) {
-	st := &m.history
+// statusWindow ago for rates, percentiles and the alert signals: the
+// provider's, all tenants and the process together, and a gateway's
+// tenants one by one.
+func (p *Provider) Status(ctx context.Context) (*Status, error) {
+	st := &p.history
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	now := time.Now()
@@ -216,7 +299,7 @@ func (m *Metrics) Status(ctx context.Context) (*Status, error) {
 	if n := len(st.snaps); n > 0 && now.Sub(st.snaps[n-1].at) < statusMinSnapInterval {
 		cur = st.snaps[n-1]
 	} else {
-		s, err := m.snapshot(ctx)
+		s, err := p.snapshot(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -236,13 +319,23 @@ func (m *Metrics) Status(ctx context.Context) (*Status, error) {
 			}
 		}
 	}
-	return m.buildStatus(cur, base), nil
+	return p.buildStatus(cur, base), nil
 }
 
+// Status of a sidecar: its provider's (see Provider.Status).
+func (m *Metrics) Status(ctx context.Context) (*Status, error) { return m.p.Status(ctx) }
+
 func (m *Metrics) buildStatus(cur snapshot, base *snapshot) *Status {
+	return m.p.buildStatus(cur, base)
+}
+
+func (p *Provider) buildStatus(cur snapshot, base *snapshot) *Status {
 	v := cur.values
-	out := &Status{Tenant: m.tenantID, Uptime: time.Since(m.started).Seconds(), Upstream: m.upstreamView(),
+	out := &Status{Tenant: p.sidecar, Uptime: time.Since(p.started).Seconds(), Upstream: p.upstreamView(),
 		ErrorClasses: map[string]float64{}, GeneratedAtMs: cur.at.UnixMilli()}
+	if p.sidecar == "" {
+		out.Tenants = p.tenantsView(cur, base)
+	}
 	_, hasBreaker := v["keyfence.breaker.state"]
 	out.Breaker = "off"
 	if hasBreaker {
@@ -323,6 +416,40 @@ func (m *Metrics) buildStatus(cur snapshot, base *snapshot) *Status {
 		out.TopCommands = []commandRate{}
 	}
 	out.Alerts = alerts(out)
+	return out
+}
+
+// tenantsView lists the tenants of cur, the busiest first: commands/s over
+// the window (none before there is one), then clients, then the id.
+func (p *Provider) tenantsView(cur snapshot, base *snapshot) *tenantsView {
+	out := &tenantsView{Count: int(p.count.Load()), Max: p.maxTenants, Overflowed: p.overflowed.Load(), Top: []tenantRate{}}
+	for id, f := range cur.tenants {
+		r := tenantRate{Tenant: id, Clients: f.clients}
+		if base != nil {
+			secs := cur.at.Sub(base.at).Seconds()
+			var was tenantFigures
+			if b := base.tenants[id]; b != nil {
+				was = *b
+			}
+			r.Commands = math.Max(f.commands-was.commands, 0) / secs
+			r.Errors = math.Max(f.errors-was.errors, 0) / secs
+		}
+		out.Top = append(out.Top, r)
+	}
+	sort.Slice(out.Top, func(i, j int) bool {
+		a, b := out.Top[i], out.Top[j]
+		if a.Commands != b.Commands {
+			return a.Commands > b.Commands
+		}
+		if a.Clients != b.Clients {
+			return a.Clients > b.Clients
+		}
+		return a.Tenant < b.Tenant
+	})
+	if len(out.Top) > statusMaxTenants {
+		out.More = len(out.Top) - statusMaxTenants
+		out.Top = out.Top[:statusMaxTenants]
+	}
 	return out
 }
 

@@ -3,6 +3,7 @@ package telemetry
 import (
 	"context"
 	"log/slog"
+	"sync/atomic"
 	"time"
 )
 
@@ -41,8 +42,11 @@ const watchQuiet = 30 * time.Second
 // watchTick is how often the watched counters are read.
 const watchTick = time.Second
 
-func (w *limitWatch) init(m *Metrics, g Gauges) {
-	w.log = m.log
+// init watches the counters of one tenant, or of the process: rejected
+// are its refused connections, limitReplies its commands refused for a
+// capacity limit (nil for the process, which runs no command), g its gauges.
+func (w *limitWatch) init(log *slog.Logger, rejected *[numRejectReasons]atomic.Int64, limitReplies *atomic.Int64, g Gauges) {
+	w.log = log
 	limit := func(name, setting, what string, read func() int64) {
 		if read == nil {
 			return
@@ -50,10 +54,12 @@ func (w *limitWatch) init(m *Metrics, g Gauges) {
 		w.edges = append(w.edges, &edge{name: name, setting: setting, read: read,
 			on: "limit hit: " + what, off: "limit no longer hit: " + what, onEvent: "limit_hit", offEvent: "limit_cleared"})
 	}
-	limit("max_clients", "--max-clients", "client connections refused", func() int64 { return m.rejected[RejectMaxClients].Load() })
+	limit("max_clients", "--max-clients", "client connections refused", rejected[RejectMaxClients].Load)
 	limit("request_buffer", "--max-request-buffer-total", "clients refused, the request buffer budget is spent", g.RequestBufferRejections)
 	limit("output_buffer", "--client-output-hard-limit", "clients disconnected for unread replies", g.OutputDisconnects)
-	limit("capacity", "--max-pinned", "commands refused for want of a pinned connection or request buffer", func() int64 { return m.classes[classLIMIT].Load() })
+	if limitReplies != nil {
+		limit("capacity", "--max-pinned", "commands refused for want of a pinned connection or request buffer", limitReplies.Load)
+	}
 	if g.ScriptsLoaded != nil && g.ScriptsMax != nil {
 		w.edges = append(w.edges, &edge{name: "max_scripts", setting: "--max-scripts",
 			level: func() bool { return g.ScriptsLoaded() >= g.ScriptsMax() },
@@ -66,11 +72,13 @@ func (w *limitWatch) init(m *Metrics, g Gauges) {
 			onEvent: "fallback_serving", offEvent: "fallback_stopped"})
 	}
 	// Nothing is read yet: the gauges may read a server that does not
-	// exist until NewMetrics has returned. The first tick takes the base.
+	// exist until the tenant's *Metrics has been returned. The first tick
+	// takes the base.
 }
 
-// RunWatch logs the state changes of limits and of the fallback until ctx
-// is done.
+// RunWatch logs the state changes of m's limits and of its fallback until
+// ctx is done: a sidecar's. A gateway runs Provider.RunWatch instead, which
+// watches every tenant.
 func (m *Metrics) RunWatch(ctx context.Context) {
 	t := time.NewTicker(watchTick)
 	defer t.Stop()

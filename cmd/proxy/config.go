@@ -16,6 +16,7 @@ import (
 
 	"github.com/keyfence/keyfence/fallback"
 	"github.com/keyfence/keyfence/proxy"
+	"github.com/keyfence/keyfence/proxy/tenants"
 	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
 	"github.com/keyfence/keyfence/telemetry"
@@ -26,6 +27,8 @@ import (
 // its environment variable when that is set.
 type settings struct {
 	tenant, listen, admin, keyFormat                  string
+	tenantsFile                                       string
+	tenants                                           *tenants.File // read from tenantsFile by parseConfig
 	redisHost, redisUsername, redisPassword, redisURL string
 	redisPort, redisDB                                int
 	redisTLS                                          bool
@@ -56,7 +59,11 @@ type settings struct {
 
 // config is what main needs to run.
 type config struct {
-	proxy           proxy.Config
+	proxy proxy.Config
+	// Gateway mode: tenantsFile is set, tenants is the file as checked at
+	// start-up and proxy.Tenant is empty. Sidecar mode: both are empty.
+	tenantsFile     string
+	tenants         *tenants.File
 	admin           string
 	adminOpts       telemetry.AdminOptions
 	shutdownTimeout time.Duration
@@ -121,7 +128,8 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*con
 		fs.StringVar(&sc.flagFile, name+"-file", "", "file holding "+usage+"; one trailing newline is ignored (env "+env+"_FILE)")
 		secrets = append(secrets, sc)
 	}
-	str(&s.tenant, "tenant", "TENANT_ID", "", "tenant id, [A-Za-z0-9_-]{1,64}; every client belongs to it (required)")
+	str(&s.tenant, "tenant", "TENANT_ID", "", "sidecar mode: tenant id, [A-Za-z0-9_-]{1,64}; every client belongs to it (this or --tenants-file is required)")
+	str(&s.tenantsFile, "tenants-file", "PROXY_TENANTS_FILE", "", "gateway mode: YAML file of the tenants (ids, password hashes, upstream users, quotas); each client picks its tenant with AUTH <tenant> <password>")
 	str(&s.listen, "listen", "PROXY_LISTEN", "127.0.0.1:6380", "address clients connect to")
 	str(&s.admin, "admin", "PROXY_ADMIN", "127.0.0.1:9121", "admin HTTP address (/healthz, /readyz, /metrics, /debug/pprof); empty: off; an address other than loopback needs an admin token")
 	str(&s.adminTokenFile, "admin-token-file", "PROXY_ADMIN_TOKEN_FILE", "", "file holding the bearer token every admin path but /healthz and /readyz requires (or env PROXY_ADMIN_TOKEN; no flag takes the token itself)")
@@ -172,7 +180,15 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*con
 	str(&s.logFormat, "log-format", "PROXY_LOG_FORMAT", telemetry.LogText, "text (key=value) or json (one object a line)")
 	dur(&s.probeInterval, "upstream-probe-interval", "PROXY_UPSTREAM_PROBE_INTERVAL", telemetry.DefaultProbeInterval, "how often upstream is probed (PING, INFO memory) for the availability and memory metrics, 1s to 1m")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "Usage: keyfence --tenant ID [flags]\n\nkeyfence is a Redis proxy that keeps each tenant in its own key namespace.\nEvery flag can also be set by the environment variable named with it.\n\nFlags:")
+		fmt.Fprintln(fs.Output(), `Usage: keyfence --tenant ID [flags]            (sidecar: one tenant)
+       keyfence --tenants-file PATH [flags]   (gateway: clients AUTH <tenant> <password>)
+       keyfence acl --help                    (the upstream ACL user of a tenant)
+       keyfence hash-password < password      (a password_hash for the tenants file)
+
+keyfence is a Redis proxy that keeps each tenant in its own key namespace.
+Every flag can also be set by the environment variable named with it.
+
+Flags:`)
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -206,6 +222,9 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*con
 		return nil, err
 	}
 	s.adminToken = token
+	if s.tenants, err = loadTenants(s.tenant, s.tenantsFile, s.keyFormat, s.clientPassword, getenv); err != nil {
+		return nil, err
+	}
 	if !s.breaker && !given["fallback"] && getenv("PROXY_FALLBACK") == "" {
 		// The fallback is on by default and needs the breaker: turning the
 		// breaker off turns it off too, unless it was asked for.
@@ -309,15 +328,40 @@ func urlHasPassword(raw string) bool {
 	return u.User != nil
 }
 
-func (s *settings) config() (*config, error) {
-	if s.tenant == "" {
-		return nil, errors.New("no tenant: set --tenant or TENANT_ID")
+// loadTenants reads and checks the tenants file in gateway mode (nil in
+// sidecar mode), so that a bad file stops start-up with its one line.
+func loadTenants(tenant, path, keyFormat, clientPassword string, getenv func(string) string) (*tenants.File, error) {
+	switch {
+	case path == "":
+		return nil, nil
+	case tenant != "":
+		return nil, errors.New("--tenant (TENANT_ID) and --tenants-file (PROXY_TENANTS_FILE): set one; --tenant serves one tenant, --tenants-file many")
+	case clientPassword != "":
+		return nil, errors.New("--client-password and --tenants-file (PROXY_TENANTS_FILE): in gateway mode each tenant's password_hash is its password")
 	}
-	if !rewrite.ValidTenantID(s.tenant) {
-		return nil, fmt.Errorf("tenant id %q: must match [A-Za-z0-9_-]{1,64}", s.tenant)
-	}
-	if _, err := rewrite.Prefix(s.keyFormat, s.tenant); err != nil {
+	f, err := tenants.Load(path, envLookup(getenv))
+	if err != nil {
 		return nil, err
+	}
+	for _, t := range f.Tenants {
+		if _, err := rewrite.Prefix(keyFormat, t.ID); err != nil {
+			return nil, err
+		}
+	}
+	return f, nil
+}
+
+func (s *settings) config() (*config, error) {
+	if s.tenants == nil {
+		if s.tenant == "" {
+			return nil, errors.New("no tenant: set --tenant or TENANT_ID (one tenant), or --tenants-file or PROXY_TENANTS_FILE (gateway)")
+		}
+		if !rewrite.ValidTenantID(s.tenant) {
+			return nil, fmt.Errorf("tenant id %q: must match [A-Za-z0-9_-]{1,64}", s.tenant)
+		}
+		if _, err := rewrite.Prefix(s.keyFormat, s.tenant); err != nil {
+			return nil, err
+		}
 	}
 	if err := checkHostPort("--listen", s.listen); err != nil {
 		return nil, err
@@ -453,6 +497,8 @@ func (s *settings) config() (*config, error) {
 			Fallback:              fb,
 			FallbackCache:         s.fallback,
 		},
+		tenantsFile:     s.tenantsFile,
+		tenants:         s.tenants,
 		admin:           s.admin,
 		adminOpts:       telemetry.AdminOptions{Token: s.adminToken, Pprof: s.adminPprof},
 		shutdownTimeout: s.shutdownTimeout,

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/keyfence/keyfence/proxy"
+	"github.com/keyfence/keyfence/proxy/tenants"
 	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
 )
@@ -450,6 +451,7 @@ func TestHelpListsEverySetting(t *testing.T) {
 		"-tls-cert", "PROXY_TLS_CERT", "-tls-key", "PROXY_TLS_KEY", "-tls-client-ca", "PROXY_TLS_CLIENT_CA",
 		"-redis-sentinels", "REDIS_SENTINELS", "-redis-sentinel-master", "REDIS_SENTINEL_MASTER", `(default "mymaster")`,
 		"-redis-sentinel-password", "REDIS_SENTINEL_PASSWORD",
+		"-tenants-file", "PROXY_TENANTS_FILE", "keyfence hash-password", "keyfence acl",
 		"-listen", `(default "127.0.0.1:6380")`, "-admin", `(default "127.0.0.1:9121")`,
 		"-client-output-soft-limit", "PROXY_CLIENT_OUTPUT_SOFT_LIMIT", "(default 33554432)",
 		"-client-output-hard-limit", "PROXY_CLIENT_OUTPUT_HARD_LIMIT", "(default 268435456)",
@@ -458,5 +460,101 @@ func TestHelpListsEverySetting(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("--help does not mention %q", want)
 		}
+	}
+}
+
+func TestParseConfigTenantsFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	hash, err := tenants.HashPassword([]byte("client-pw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := write("tenants.yaml", `defaults: {max_connections: 10}
+tenants:
+  - id: acme
+    password_hash: "`+hash+`"
+    upstream: {user: kf-acme, password_env: ACME_REDIS_PASSWORD}
+  - id: beta
+    password_hash: "`+hash+`"
+`)
+	plaintext := write("plain.yaml", "tenants:\n  - id: acme\n    password_hash: client-pw\n")
+	unknownField := write("typo.yaml", "tenants:\n  - id: acme\n    password_hash: \""+hash+"\"\n    limits: {max_conections: 5}\n")
+	env := map[string]string{"ACME_REDIS_PASSWORD": "acme-upstream-pw"}
+
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		wantErr string // the whole error, or its start when it ends in "…"
+	}{
+		{name: "by flag", args: []string{"--tenants-file", good}},
+		{name: "by env", env: map[string]string{"PROXY_TENANTS_FILE": good}},
+		{name: "with --tenant", args: []string{"--tenants-file", good, "--tenant", "acme"},
+			wantErr: "--tenant (TENANT_ID) and --tenants-file (PROXY_TENANTS_FILE): set one; --tenant serves one tenant, --tenants-file many"},
+		{name: "with TENANT_ID", args: []string{"--tenants-file", good}, env: map[string]string{"TENANT_ID": "acme"},
+			wantErr: "--tenant (TENANT_ID) and --tenants-file (PROXY_TENANTS_FILE): set one…"},
+		{name: "with --client-password", args: []string{"--tenants-file", good}, env: map[string]string{"PROXY_CLIENT_PASSWORD": "x"},
+			wantErr: "--client-password and --tenants-file (PROXY_TENANTS_FILE): in gateway mode each tenant's password_hash is its password"},
+		{name: "plaintext password", args: []string{"--tenants-file", plaintext},
+			wantErr: `tenants file: tenant "acme": password_hash: not an argon2id or bcrypt hash (a plaintext password is refused; make one with keyfence hash-password)`},
+		{name: "misspelt field", args: []string{"--tenants-file", unknownField},
+			wantErr: `tenants file: tenant "acme": limits.max_conections: unknown field (line 4); known here: max_connections, max_ops_per_second, burst`},
+		{name: "upstream password unset", args: []string{"--tenants-file", good}, env: map[string]string{"ACME_REDIS_PASSWORD": ""},
+			wantErr: `tenants file: tenant "acme": upstream.password_env: ACME_REDIS_PASSWORD is not set`},
+		{name: "missing file", args: []string{"--tenants-file", filepath.Join(dir, "missing.yaml")},
+			wantErr: "tenants file: open " + filepath.Join(dir, "missing.yaml") + ": no such file or directory"},
+		{name: "bad key format", args: []string{"--tenants-file", good, "--key-format", "t{tenant}x"}, wantErr: `key format "t{tenant}x": {tenant} must be followed by a separator…`},
+		{name: "neither", wantErr: "no tenant: set --tenant or TENANT_ID (one tenant), or --tenants-file or PROXY_TENANTS_FILE (gateway)"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := map[string]string{}
+			for k, v := range env {
+				e[k] = v
+			}
+			for k, v := range tc.env {
+				e[k] = v
+			}
+			cfg, err := parseConfig(tc.args, func(k string) string { return e[k] }, &bytes.Buffer{})
+			if tc.wantErr != "" {
+				if err == nil {
+					t.Fatalf("no error, want %q", tc.wantErr)
+				}
+				want, prefix := strings.CutSuffix(tc.wantErr, "…")
+				if msg := err.Error(); (prefix && !strings.HasPrefix(msg, want)) || (!prefix && msg != want) {
+					t.Fatalf("error\n  %s\nwant\n  %s", msg, tc.wantErr)
+				}
+				if strings.ContainsAny(err.Error(), "\r\n") || strings.Contains(err.Error(), "client-pw") {
+					t.Fatalf("error %q spans lines or quotes the password", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.tenantsFile != good || cfg.tenants == nil || cfg.proxy.Tenant != "" {
+				t.Fatalf("tenantsFile %q, tenants %v, proxy.Tenant %q", cfg.tenantsFile, cfg.tenants, cfg.proxy.Tenant)
+			}
+			acme, ok := cfg.tenants.Lookup("acme")
+			if !ok || acme.UpstreamUser != "kf-acme" || acme.UpstreamPassword != "acme-upstream-pw" || acme.Limits.MaxConnections != 10 {
+				t.Fatalf("acme: %v, %v", acme, ok)
+			}
+			if _, ok := cfg.tenants.Lookup("beta"); !ok || len(cfg.tenants.Tenants) != 2 {
+				t.Fatal("beta missing")
+			}
+		})
+	}
+
+	// Sidecar mode is as it was: no tenants file.
+	cfg, err := parseConfig([]string{"--tenant", "acme"}, func(string) string { return "" }, &bytes.Buffer{})
+	if err != nil || cfg.tenants != nil || cfg.tenantsFile != "" {
+		t.Fatalf("sidecar: %v, tenants %v", err, cfg.tenants)
 	}
 }

@@ -112,20 +112,27 @@ func Parse(data []byte, lookupEnv func(string) (string, bool), readFile func(str
 }
 
 func parse(data []byte, lookupEnv func(string) (string, bool), readFile func(string) ([]byte, error)) (*File, error) {
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	var root yaml.Node
-	if err := dec.Decode(&root); err != nil && !errors.Is(err, io.EOF) {
-		return nil, oneLine(err)
+	// The file is one YAML document; empty ones (a stray ---) are ignored.
+	var top *yaml.Node
+	for dec := yaml.NewDecoder(bytes.NewReader(data)); ; {
+		var doc yaml.Node
+		if err := dec.Decode(&doc); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			return nil, oneLine(err)
+		}
+		if len(doc.Content) == 0 || doc.Content[0].ShortTag() == "!!null" { // a document node holds its one value
+			continue
+		}
+		if top != nil {
+			return nil, fmt.Errorf("more than one YAML document (line %d): the tenants file is one", doc.Line)
+		}
+		top = doc.Content[0]
 	}
-	var extra yaml.Node
-	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		return nil, errors.New("more than one YAML document: the tenants file is one")
-	}
-	top := root.Content // a document node holds its one value
-	if len(top) == 0 {
+	if top == nil {
 		return nil, errors.New("tenants: none; the file must list at least one tenant")
 	}
-	fields, err := mappingOf(top[0], "top level")
+	fields, err := mappingOf(top, "top level")
 	if err != nil {
 		return nil, err
 	}

@@ -120,8 +120,9 @@ tenants:
 	if l := f.Tenants[0].Limits; l != (Limits{MaxOpsPerSecond: 5000, Burst: 100}) {
 		t.Errorf("inherited limits %+v", l)
 	}
-	// Without defaults and limits: unlimited.
-	f, err = Parse([]byte("tenants:\n- id: a\n  password_hash: '"+acmeHash+"'\n"), env(nil), files(nil))
+	// Without defaults and limits: unlimited. Empty documents around the
+	// file's one are ignored.
+	f, err = Parse([]byte("---\n---\ntenants:\n- id: a\n  password_hash: '"+acmeHash+"'\n---\n...\n"), env(nil), files(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,6 +186,7 @@ func TestParseRefusals(t *testing.T) {
 		{"top level not a mapping", "- a\n", "tenants file: top level: want a mapping"},
 		{"syntax error", "tenants: [\n", "tenants file: yaml: "},
 		{"two documents", tenant("") + "---\n" + tenant(""), "tenants file: more than one YAML document"},
+		{"syntax error in a second document", tenant("") + "---\n[\n", "tenants file: yaml: "},
 		{"unknown top-level field", "tenant:\n- id: a\n", `tenants file: tenant: unknown field (line 1)`},
 		{"unknown tenant field", tenant("  pasword_hash: x\n"), `tenants file: tenant "acme": pasword_hash: unknown field (line 4)`},
 		{"unknown upstream field", tenant("  upstream: {user: u, password_env: E, pasword_file: f}\n"), `tenants file: tenant "acme": upstream.pasword_file: unknown field`},
