@@ -24,20 +24,27 @@ type gatewayConnsResult struct {
 	Conns   int `json:"conns"`
 	// RSS of keyfence: started with no tenant yet, after one connection of
 	// every tenant (each tenant's Server starts at its first AUTH), with
-	// every connection open, and after the INCR rounds.
+	// half and with all of the connections open, and after the INCR rounds.
+	// The connections are opened in two halves because the first ones
+	// reuse heap the tenants' start left free (argon2id's 19 MiB per
+	// verification, among others): the second half's growth is closer to
+	// what one more connection costs.
 	RSSIdle    int64 `json:"rss_idle_bytes"`
 	RSSTenants int64 `json:"rss_tenants_bytes"`
+	RSSHalf    int64 `json:"rss_half_bytes"`
 	RSSConns   int64 `json:"rss_conns_bytes"`
 	RSSActive  int64 `json:"rss_active_bytes"`
-	// How long the first connection of every tenant took to open, all of
-	// them, and the rest.
+	Half       int   `json:"half"` // connections open at RSSHalf
+	// How long the first connection of every tenant took to open, and the
+	// two halves of the rest.
 	TenantsTime time.Duration `json:"tenants_open_ns"`
-	ConnsTime   time.Duration `json:"conns_open_ns"`
+	HalfTime    time.Duration `json:"half_open_ns"`
+	ConnsTime   time.Duration `json:"conns_open_ns"` // both halves
 	// One connection's dial + AUTH + PING, the first of each tenant's
 	// apart (its AUTH verifies the password: argon2id).
 	FirstConnectP50 time.Duration `json:"first_connect_p50_ns"`
 	FirstConnectP99 time.Duration `json:"first_connect_p99_ns"`
-	ConnectP50      time.Duration `json:"connect_p50_ns"`
+	ConnectP50      time.Duration `json:"connect_p50_ns"` // both halves
 	ConnectP99      time.Duration `json:"connect_p99_ns"`
 	ConnectMax      time.Duration `json:"connect_max_ns"`
 	// The INCR rounds.
@@ -87,16 +94,22 @@ func gatewayConns(ctx context.Context, cfg config, stdout io.Writer, log *slog.L
 		Gateway: res,
 		Header:  []string{"step", "connections", "took", "p50 ms", "p99 ms", "max ms", "RSS MiB", "added MiB", "KiB per"},
 	}
-	perKiB := func(d int64, n int) string { return fmt.Sprintf("%.1f", float64(d)/1024/float64(n)) }
-	rest := res.Conns - res.Tenants
+	perKiB := func(d int64, n int) string { return fmt.Sprintf("%.1f", float64(d)/1024/float64(max(n, 1))) }
+	first, second := res.Half-res.Tenants, res.Conns-res.Half
 	out.Rows = [][]string{
 		{"gateway started, no tenant yet", "0", "-", "-", "-", "-", mib(res.RSSIdle), "-", "-"},
-		{fmt.Sprintf("first connection of each tenant (dial, AUTH: argon2id, tenant starts, PING)"), strconv.Itoa(res.Tenants),
+		{"first connection of each tenant (dial, AUTH: argon2id, tenant starts, PING)", strconv.Itoa(res.Tenants),
 			res.TenantsTime.Round(time.Millisecond).String(), ms(res.FirstConnectP50), ms(res.FirstConnectP99), "-",
 			mib(res.RSSTenants), mib(res.RSSTenants - res.RSSIdle), perKiB(res.RSSTenants-res.RSSIdle, res.Tenants) + " /tenant"},
-		{fmt.Sprintf("%d more connections (dial, AUTH, PING)", rest), strconv.Itoa(res.Conns),
+		{fmt.Sprintf("%d more connections (dial, AUTH, PING)", first), strconv.Itoa(res.Half),
+			res.HalfTime.Round(time.Millisecond).String(), "", "", "",
+			mib(res.RSSHalf), mib(res.RSSHalf - res.RSSTenants), perKiB(res.RSSHalf-res.RSSTenants, first) + " /conn"},
+		{fmt.Sprintf("%d more connections (dial, AUTH, PING)", second), strconv.Itoa(res.Conns),
+			(res.ConnsTime - res.HalfTime).Round(time.Millisecond).String(), "", "", "",
+			mib(res.RSSConns), mib(res.RSSConns - res.RSSHalf), perKiB(res.RSSConns-res.RSSHalf, second) + " /conn"},
+		{fmt.Sprintf("all %d connections after the tenants' first", first+second), strconv.Itoa(res.Conns),
 			res.ConnsTime.Round(time.Millisecond).String(), ms(res.ConnectP50), ms(res.ConnectP99), ms(res.ConnectMax),
-			mib(res.RSSConns), mib(res.RSSConns - res.RSSTenants), perKiB(res.RSSConns-res.RSSTenants, max(rest, 1)) + " /conn"},
+			mib(res.RSSConns), mib(res.RSSConns - res.RSSTenants), perKiB(res.RSSConns-res.RSSTenants, first+second) + " /conn"},
 		{fmt.Sprintf("%d rounds of INCR on every connection at %s/s", res.Rounds, report.FormatOps(res.Rate)), strconv.Itoa(res.Conns),
 			res.ActiveTime.Round(time.Millisecond).String(), ms(res.IncrP50), ms(res.IncrP99), ms(res.IncrMax),
 			mib(res.RSSActive), mib(res.RSSActive - res.RSSConns), "-"},
@@ -105,12 +118,15 @@ func gatewayConns(ctx context.Context, cfg config, stdout io.Writer, log *slog.L
 		fmt.Sprintf("one redis-server and one keyfence gateway (`--tenants-file`, %d tenants with argon2id password hashes, `--max-clients %d`); tenant of connection j: j mod %d",
 			res.Tenants, cfg.idleConns+100, res.Tenants),
 		fmt.Sprintf("every connection: dial, AUTH <tenant> <password>, PING; %d at a time; latency per connection from dial to PONG", cfg.dialers),
-		fmt.Sprintf("RSS: VmRSS of keyfence, read %s after each step; KiB per tenant or per connection = added / count", cfg.settle),
+		fmt.Sprintf("keyfence: %s; RSS: its VmRSS, read %s after each step; KiB per tenant or per connection = added / count", cfg.keyfence, cfg.settle),
+		"the connections after the tenants' first are opened in two halves: the first half reuses heap the tenants' start left free (each argon2id verification takes 19 MiB), so the second half's growth is closer to what one more connection costs",
 		fmt.Sprintf("INCR rounds: request i (connection i mod %d) due at start + i/rate, latency from its due time (no coordinated omission), %d senders",
 			res.Conns, cfg.dialers),
 		fmt.Sprintf("check: each tenant's counter (GET through its own connection) equals its connections × rounds: %d of %d tenants exact; INCR errors: %d",
 			res.TenantsSeen, res.Tenants, res.IncrErrors),
 	}
+	out.Notes = append(out.Notes, fmt.Sprintf("INCR rounds: the largest delay between a request's due time and its send was %s ms; "+
+		"when it is close to the max latency, the load generator itself was late (the machine was busy) and the tail is that delay", ms(res.MaxLag)))
 	if res.FirstErr != "" {
 		out.Notes = append(out.Notes, "first INCR error: "+res.FirstErr)
 	}
@@ -164,13 +180,24 @@ func measureGatewayConns(ctx context.Context, cfg config, list []gatewayTenant, 
 	if err := rss(&res.RSSTenants); err != nil {
 		return res, err
 	}
-	rest, took, err := openConns(connCtx, conns, len(list), len(conns), eps, cfg.dialers)
+	res.Half = len(list) + (len(conns)-len(list))/2
+	rest, took, err := openConns(connCtx, conns, len(list), res.Half, eps, cfg.dialers)
 	if err != nil {
 		return res, err
 	}
-	res.ConnsTime = took
+	res.HalfTime = took
+	log.Info("half of the connections open", "conns", res.Half, "took", took.Round(time.Millisecond))
+	if err := rss(&res.RSSHalf); err != nil {
+		return res, err
+	}
+	second, took, err := openConns(connCtx, conns, res.Half, len(conns), eps, cfg.dialers)
+	if err != nil {
+		return res, err
+	}
+	res.ConnsTime = res.HalfTime + took
+	rest.Merge(second)
 	res.ConnectP50, res.ConnectP99, res.ConnectMax = us(rest.ValueAtQuantile(50)), us(rest.ValueAtQuantile(99)), us(rest.Max())
-	log.Info("all connections open", "conns", len(conns), "took", took.Round(time.Millisecond))
+	log.Info("all connections open", "conns", len(conns), "took", res.ConnsTime.Round(time.Millisecond))
 	if err := rss(&res.RSSConns); err != nil {
 		return res, err
 	}
