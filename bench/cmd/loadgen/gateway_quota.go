@@ -315,7 +315,7 @@ func quotaOutput(cfg config, res quotaResult) output {
 			strings.Join(byRound, " / "), ratio, fmt.Sprint(bErrs)}, aCells...))
 	}
 	out.Settings = []string{
-		"one redis-server and one keyfence gateway (`--tenants-file`, argon2id password hashes, quota wait: keyfence's default); every connection AUTHs as its tenant",
+		fmt.Sprintf("one redis-server and one keyfence gateway (%s `--tenants-file`, argon2id password hashes, quota wait: keyfence's default); every connection AUTHs as its tenant", cfg.keyfence),
 		fmt.Sprintf("B (tenant %q): %d connections, open loop at %s req/s, latency from each request's due time (no coordinated omission), %s per phase",
 			tenantSteady, cfg.steadyConns, report.FormatOps(cfg.steadyRate), cfg.duration),
 		fmt.Sprintf("A: %d connections, closed loop, %d requests pipelined per connection, from 1 s before B's measurement to its end; as tenant %q (max_ops_per_second %s, burst: keyfence's default, a tenth of it) or %q (no quota)",
