@@ -19,4 +19,9 @@
 //     settings; cluster.go routes commands to a Redis Cluster's masters.
 //   - resilience.go: circuit breaker, read cache and its tracking connection;
 //     probe.go closes the breaker as soon as upstream answers again.
+//   - gateway.go, gateway_session.go: gateway mode. One listener for many
+//     tenants (package tenants reads their file): a client waits in the
+//     lobby, a Server that answers only AUTH, HELLO, QUIT and RESET, and
+//     AUTH moves its session into the tenant's own Server, after which it
+//     is a session like any other. Tenants' quotas pace their sessions.
 package proxy

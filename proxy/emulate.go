@@ -429,16 +429,23 @@ func (s *session) clientLine(self bool) string {
 		flags, multi = "x", len(s.tx.cmds)
 	}
 	s.infoMu.Lock()
-	name, db, resp3, libName, libVer := s.name, s.db, s.resp3, s.libName, s.libVer
+	id, name, db, resp3, libName, libVer := s.id, s.name, s.db, s.resp3, s.libName, s.libVer
 	s.infoMu.Unlock()
 	resp := 2
 	if resp3 {
 		resp = 3
 	}
 	return fmt.Sprintf("id=%d addr=%s laddr=%s fd=0 name=%s age=%d idle=%d flags=%s db=%d sub=0 psub=0 ssub=0 multi=%d qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=%s user=default redir=-1 resp=%d lib-name=%s lib-ver=%s",
-		s.id, s.nc.RemoteAddr(), s.nc.LocalAddr(), name,
+		id, s.nc.RemoteAddr(), s.nc.LocalAddr(), name,
 		int(now.Sub(s.created).Seconds()), int(now.Sub(time.Unix(0, s.lastAt.Load())).Seconds()),
 		flags, db, multi, s.lastCmd.Load().(string), resp, libName, libVer)
+}
+
+// clientID is the session's id, read by another session.
+func (s *session) clientID() int64 {
+	s.infoMu.Lock()
+	defer s.infoMu.Unlock()
+	return s.id
 }
 
 // setDB changes the session's database (CLIENT LIST reads it remotely).
@@ -482,7 +489,7 @@ func (s *session) clientList(opts [][]byte) {
 	}
 	var b strings.Builder
 	for _, other := range s.srv.sessionsSnapshot() {
-		if filterIDs != nil && !filterIDs[other.id] {
+		if filterIDs != nil && !filterIDs[other.clientID()] {
 			continue
 		}
 		b.WriteString(other.clientLine(other == s))

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,15 +26,17 @@ type GatewayConfig struct {
 	// of their own run as it, and /readyz and the memory probe use it.
 	Server  Config
 	Tenants *tenants.File
-	// Metrics makes a tenant's metrics when the tenant first
-	// authenticates; nil: none recorded. The returned close func is called
-	// when the tenant is removed by a reload.
-	Metrics func(tenant string, g telemetry.Gauges) (m *telemetry.Metrics, close func(), err error)
+	// Telemetry records every tenant's metrics (a tenant's start when it
+	// first authenticates) and the process's; nil: none recorded. See also
+	// UseTelemetry.
+	Telemetry *telemetry.Provider
 	// QuotaWait is how long a command over its tenant's max_ops_per_second
 	// waits for its turn before it is refused; default DefaultQuotaWait.
 	QuotaWait time.Duration
 	// AuthConcurrency bounds the password verifications running at once
-	// (argon2id costs memory); 0: GOMAXPROCS.
+	// (argon2id costs memory and CPU); 0: half of GOMAXPROCS, at least one,
+	// so that a flood of AUTHs leaves the other half to the tenants'
+	// traffic.
 	AuthConcurrency int
 }
 
@@ -74,8 +77,13 @@ type gatewayTenant struct {
 	spec tenants.Tenant // as loaded; guarded by Gateway.mu
 	srv  *Server
 	stop func() // ends the tenant's background work
-	// closeMetrics unregisters the tenant's metrics; nil without metrics.
-	closeMetrics func()
+}
+
+// end stops the tenant's Server once its sessions are gone.
+func (t *gatewayTenant) end() {
+	t.stop()
+	t.srv.pool.Close()
+	t.srv.cfg.Metrics.Close()
 }
 
 // quota is a tenant's limits in gateway mode, changed in place on reload.
@@ -107,6 +115,9 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 	if cfg.QuotaWait <= 0 {
 		cfg.QuotaWait = DefaultQuotaWait
 	}
+	if cfg.AuthConcurrency <= 0 {
+		cfg.AuthConcurrency = max(1, runtime.GOMAXPROCS(0)/2)
+	}
 	cfg.Server.setDefaults()
 	decoy, err := tenants.HashPassword([]byte("keyfence decoy password"))
 	if err != nil {
@@ -126,7 +137,7 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 	// sessions are never authenticated, so nothing of theirs is forwarded.
 	lobby := cfg.Server
 	lobby.Tenant = lobbyTenant
-	lobby.Fallback, lobby.FallbackCache, lobby.Metrics = nil, false, nil
+	lobby.Fallback, lobby.FallbackCache = nil, false
 	g.lobby, err = newServer(lobby, g.hub)
 	if err != nil {
 		return nil, err
@@ -176,7 +187,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	g.mu.Lock()
 	g.ctx = ctx
 	g.mu.Unlock()
-	g.log.Info("keyfence gateway listening", "addr", g.Addr().String(), "upstream", g.cfg.Server.Upstream.Addr,
+	g.log.Info("keyfence listening", "addr", g.Addr().String(), "upstream", g.cfg.Server.Upstream.Addr,
 		"tenants", len(g.cfg.Tenants.Tenants))
 	stop := context.AfterFunc(ctx, func() { g.lobby.ln.Close() })
 	defer stop()
@@ -221,6 +232,11 @@ func (g *Gateway) authenticate(ctx context.Context, addr net.Addr, user string, 
 // address has earned.
 func (g *Gateway) refused(ctx context.Context, addr net.Addr, user string, known bool) {
 	g.authFailed.Add(1)
+	if known {
+		g.cfg.Telemetry.AuthFailed(telemetry.AuthWrongPassword)
+	} else {
+		g.cfg.Telemetry.AuthFailed(telemetry.AuthUnknownTenant)
+	}
 	delay := g.fails.note(addr, time.Now())
 	now := time.Now().UnixNano()
 	if last := g.lastLog.Load(); now-last >= int64(time.Second) && g.lastLog.CompareAndSwap(last, now) {
@@ -273,12 +289,15 @@ func (g *Gateway) start(id string) (*Server, error) {
 	srv.quota = &quota{wait: g.cfg.QuotaWait}
 	srv.quota.set(spec.Limits)
 	t := &gatewayTenant{spec: *spec, srv: srv}
-	if g.cfg.Metrics != nil {
-		m, closeMetrics, err := g.cfg.Metrics(id, srv.Gauges())
+	if p := g.cfg.Telemetry; p != nil {
+		gauges := srv.Gauges()
+		// The request buffer budget is the process's (ProcessGauges).
+		gauges.RequestBufferBytes, gauges.RequestBufferLimit = nil, nil
+		m, err := p.Tenant(id, gauges)
 		if err != nil {
 			return nil, fmt.Errorf("ERR keyfence: tenant %s metrics: %w", id, err)
 		}
-		srv.cfg.Metrics, t.closeMetrics = m, closeMetrics
+		srv.cfg.Metrics = m
 	}
 	ctx := g.ctx
 	if ctx == nil {
@@ -336,11 +355,7 @@ func (g *Gateway) retire(t *gatewayTenant, why string) {
 			break
 		}
 	}
-	t.stop()
-	srv.pool.Close()
-	if t.closeMetrics != nil {
-		t.closeMetrics()
-	}
+	t.end()
 }
 
 // Shutdown stops accepting, lets every session finish the batch it is in,
@@ -387,11 +402,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		<-done
 	}
 	for _, t := range running {
-		t.stop()
-		t.srv.pool.Close()
-		if t.closeMetrics != nil {
-			t.closeMetrics()
-		}
+		t.end()
 	}
 	g.lobby.pool.Close()
 	return err
@@ -423,6 +434,23 @@ func (g *Gateway) Tenant(id string) (*Server, bool) {
 		return nil, false
 	}
 	return t.srv, true
+}
+
+// UseTelemetry sets GatewayConfig.Telemetry; call it before Serve. It lets
+// the provider be made after the gateway, with its ProcessGauges.
+func (g *Gateway) UseTelemetry(p *telemetry.Provider) { g.cfg.Telemetry = p }
+
+// ProcessGauges are the gateway's own figures, beside every tenant's: the
+// connections not authenticated yet, and the request buffer budget all
+// tenants share.
+func (g *Gateway) ProcessGauges() telemetry.Gauges {
+	budget := g.cfg.Server.MaxRequestBufferTotal
+	return telemetry.Gauges{
+		Sessions:                func() int64 { return int64(g.lobby.Stats().Sessions) },
+		RequestBufferBytes:      func() int64 { return g.hub.reqBuffered.Load() },
+		RequestBufferLimit:      func() int64 { return budget },
+		RequestBufferRejections: func() int64 { return g.lobby.budgetRefused.Load() },
+	}
 }
 
 // Ping checks that upstream answers the gateway's own user, for /readyz.

@@ -79,6 +79,9 @@ func (s *session) moveTo(ctx context.Context, to *Server) bool {
 	s.tel = to.cfg.Metrics.NewBatch()
 	s.infoMu.Lock()
 	s.db = to.cfg.Upstream.DB
+	// Ids count a tenant's own connections only: a shared counter would
+	// tell a tenant how many connections the others open.
+	s.id = to.nextID.Add(1)
 	s.infoMu.Unlock()
 	s.authed = to != to.gw.lobby
 	s.selectGroup()

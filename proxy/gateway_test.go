@@ -16,6 +16,7 @@ import (
 
 	"github.com/keyfence/keyfence/internal/redistest"
 	"github.com/keyfence/keyfence/proxy/tenants"
+	"github.com/keyfence/keyfence/telemetry"
 	"github.com/keyfence/keyfence/upstream"
 )
 
@@ -444,5 +445,41 @@ func TestGatewayUpstreamUsers(t *testing.T) {
 	}
 	if !strings.Contains(list, "user="+user+" ") {
 		t.Errorf("no upstream connection runs as %s:\n%s", user, list)
+	}
+}
+
+// The tenants file refuses the tenant id the metrics use for the tenants
+// past their cap, whatever telemetry calls it.
+func TestTenantsFileRefusesOverflowID(t *testing.T) {
+	h, err := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = tenants.Parse([]byte("tenants:\n- id: "+telemetry.OverflowTenant+"\n  password_hash: '"+string(h)+"'\n"), nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "reserved") {
+		t.Errorf("tenant id %q: %v, want refused as reserved", telemetry.OverflowTenant, err)
+	}
+}
+
+// Client ids are numbered per tenant: another tenant's connections do not
+// move them, so they cannot be counted through CLIENT ID.
+func TestGatewayClientIDsPerTenant(t *testing.T) {
+	up := testRedis(t)
+	_, addr := startGateway(t, up, tenantsFile(t, []gwTenant{{id: "gwi-a", password: "a"}, {id: "gwi-b", password: "b"}}, nil), nil)
+	for i := 0; i < 5; i++ {
+		c := dialRaw(t, addr)
+		c.do(t, "AUTH", "gwi-a", "a")
+	}
+	b := dialRaw(t, addr)
+	b.do(t, "AUTH", "gwi-b", "b")
+	if got := string(b.do(t, "CLIENT", "ID")); got != ":1\r\n" {
+		t.Errorf("the first connection of tenant b after five of a: CLIENT ID %q, want 1", got)
+	}
+	if got := string(b.do(t, "CLIENT", "LIST", "ID", "1")); !strings.Contains(got, "id=1 ") || strings.Count(got, "id=") != 1 {
+		t.Errorf("CLIENT LIST ID 1: %q", got)
+	}
+	b2 := dialRaw(t, addr)
+	if got := string(b2.do(t, "HELLO", "2", "AUTH", "gwi-b", "b")); !strings.Contains(got, "$2\r\nid\r\n:2\r\n") {
+		t.Errorf("HELLO AUTH of b's second connection: %q, want id 2", got)
 	}
 }

@@ -134,9 +134,10 @@ type Server struct {
 
 	ln      net.Listener
 	started time.Time
-	hub     *hub     // what this Server shares with the others of the process
-	gw      *Gateway // nil in sidecar mode
-	quota   *quota   // the tenant's limits in gateway mode; nil: none
+	nextID  atomic.Int64 // client ids: per tenant, so that a tenant cannot count others' connections by them
+	hub     *hub         // what this Server shares with the others of the process
+	gw      *Gateway     // nil in sidecar mode
+	quota   *quota       // the tenant's limits in gateway mode; nil: none
 
 	stats          tenantStats  // the tenant's figures in INFO (info.go)
 	pinnedCommands atomic.Int64 // commands sent on pinned connections
@@ -171,7 +172,6 @@ type Server struct {
 // hub is what every Server of one process shares: in gateway mode the
 // lobby's and every tenant's, in sidecar mode the one Server's alone.
 type hub struct {
-	nextID      atomic.Int64 // client ids, unique in the process as Redis's are in a server
 	reqBuffered atomic.Int64 // read buffer bytes reserved beyond the initial ones, against --max-request-buffer-total
 	clients     atomic.Int64 // client connections, against --max-clients
 }
@@ -323,6 +323,7 @@ func (s *Server) accept(ctx context.Context, nc net.Conn) {
 	s.mu.Lock()
 	if s.closing || s.hub.clients.Load() >= int64(s.cfg.MaxClients) {
 		s.cfg.Metrics.ClientRejected(rejectReason(s.closing))
+		s.gatewayTelemetry().ClientRejected(rejectReason(s.closing))
 		s.mu.Unlock()
 		cancel()
 		s.stats.rejected.Add(1)
@@ -342,6 +343,7 @@ func (s *Server) accept(ctx context.Context, nc net.Conn) {
 	s.wg.Add(1)
 	s.mu.Unlock()
 	s.cfg.Metrics.ClientAccepted()
+	s.gatewayTelemetry().ClientAccepted()
 	go func() {
 		defer s.wg.Done()
 		defer s.hub.clients.Add(-1)
@@ -350,6 +352,19 @@ func (s *Server) accept(ctx context.Context, nc net.Conn) {
 		sess.srv.leave(sess) // sess.srv: in gateway mode, the tenant it ended in
 	}()
 }
+
+// gatewayTelemetry is the gateway's telemetry, which counts the lobby's
+// connections; nil (recording nothing) in sidecar mode.
+func (s *Server) gatewayTelemetry() *telemetry.Provider {
+	if s.gw == nil {
+		return nil
+	}
+	return s.gw.cfg.Telemetry
+}
+
+// UseMetrics sets Config.Metrics; call it before Serve. It lets the
+// metrics be made after the server, with its Gauges.
+func (s *Server) UseMetrics(m *telemetry.Metrics) { s.cfg.Metrics = m }
 
 // leave forgets a session that ended or moved to another tenant.
 func (s *Server) leave(sess *session) {

@@ -28,7 +28,7 @@ type session struct {
 	srv     *Server
 	nc      net.Conn
 	raw     syscall.RawConn // nil unless nc is a plain TCP connection
-	id      int64
+	id      int64 // written by the session under infoMu (gateway: changes with the tenant)
 	rw      *rewrite.Rewriter
 	created time.Time
 
@@ -168,7 +168,7 @@ func newSession(srv *Server, nc net.Conn) *session {
 		srv:     srv,
 		nc:      nc,
 		raw:     syscallConn(nc),
-		id:      srv.hub.nextID.Add(1),
+		id:      srv.nextID.Add(1),
 		rw:      rewrite.NewRewriter(srv.prefix),
 		created: time.Now(),
 		db:      srv.cfg.Upstream.DB,

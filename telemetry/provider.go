@@ -74,6 +74,7 @@ type Provider struct {
 	gauges    Gauges
 	accepted  atomic.Int64
 	rejected  [numRejectReasons]atomic.Int64
+	authFails [numAuthFailures]atomic.Int64
 	probe     probeState
 	watch     limitWatch
 	history   statusState // the status page's recent readings
@@ -334,6 +335,23 @@ func (p *Provider) ClientRejected(reason int) {
 	}
 }
 
+// Reasons a gateway refuses an AUTH, for keyfence.auth.failures.
+const (
+	AuthUnknownTenant = iota // no such tenant in the tenants file
+	AuthWrongPassword        // the tenant exists; the password is wrong
+	numAuthFailures
+)
+
+var authFailureReasons = [numAuthFailures]string{"unknown_tenant", "wrong_password"}
+
+// AuthFailed counts an AUTH a gateway refused (AuthUnknownTenant,
+// AuthWrongPassword). A nil *Provider records nothing.
+func (p *Provider) AuthFailed(reason int) {
+	if p != nil && reason >= 0 && reason < numAuthFailures {
+		p.authFails[reason].Add(1)
+	}
+}
+
 // Handler serves /metrics.
 func (p *Provider) Handler() http.Handler {
 	return promhttp.HandlerFor(p.registry, promhttp.HandlerOpts{})
@@ -382,11 +400,20 @@ func (p *Provider) processObservers() []observed {
 	for r := range rejOpts {
 		rejOpts[r] = withAttrs(p.procAttrs, attribute.String("reason", rejectReasons[r]))
 	}
+	var authOpts [numAuthFailures]metric.ObserveOption
+	for r := range authOpts {
+		authOpts[r] = withAttrs(p.procAttrs, attribute.String("reason", authFailureReasons[r]))
+	}
 	return append(list,
 		observed{[]metric.Observable{in.accepted}, func(o metric.Observer) { o.ObserveInt64(in.accepted, p.accepted.Load(), opt) }},
 		observed{[]metric.Observable{in.rejected}, func(o metric.Observer) {
 			for r := range p.rejected {
 				o.ObserveInt64(in.rejected, p.rejected[r].Load(), rejOpts[r])
+			}
+		}},
+		observed{[]metric.Observable{in.authFailures}, func(o metric.Observer) {
+			for r := range p.authFails {
+				o.ObserveInt64(in.authFailures, p.authFails[r].Load(), authOpts[r])
 			}
 		}},
 		observed{[]metric.Observable{in.tenants, in.overflowed}, func(o metric.Observer) {
@@ -440,6 +467,7 @@ type instruments struct {
 	memRatio              metric.Float64ObservableGauge
 
 	tenants, overflowed metric.Int64ObservableGauge
+	authFailures        metric.Int64ObservableCounter
 }
 
 // gaugeSpecs are the Gauges fields that are one number each.
@@ -496,6 +524,8 @@ func newInstruments(meter metric.Meter) (*instruments, error) {
 
 		tenants:    gauge("keyfence.tenants", "{tenant}", "Tenants with series of their own (at most the cap of tenants with metrics)"),
 		overflowed: gauge("keyfence.tenants.overflowed", "{tenant}", `Tenants past the cap of tenants with metrics, counted together under tenant="_overflow"`),
+		authFailures: counter("keyfence.auth.failures", "{attempt}",
+			"AUTHs a gateway refused, by reason: unknown_tenant or wrong_password (no tenant label: an unknown tenant is whatever the client sent)"),
 	}
 	var err error
 	in.memRatio, err = meter.Float64ObservableGauge("keyfence.upstream.memory.utilization", metric.WithUnit("1"),

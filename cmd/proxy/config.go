@@ -29,6 +29,8 @@ type settings struct {
 	tenant, listen, admin, keyFormat                  string
 	tenantsFile                                       string
 	tenants                                           *tenants.File // read from tenantsFile by parseConfig
+	quotaWait                                         time.Duration
+	maxTenantMetrics                                  int
 	redisHost, redisUsername, redisPassword, redisURL string
 	redisPort, redisDB                                int
 	redisTLS                                          bool
@@ -62,14 +64,16 @@ type config struct {
 	proxy proxy.Config
 	// Gateway mode: tenantsFile is set, tenants is the file as checked at
 	// start-up and proxy.Tenant is empty. Sidecar mode: both are empty.
-	tenantsFile     string
-	tenants         *tenants.File
-	admin           string
-	adminOpts       telemetry.AdminOptions
-	shutdownTimeout time.Duration
-	logLevel        slog.Level
-	logFormat       string
-	probeInterval   time.Duration
+	tenantsFile      string
+	tenants          *tenants.File
+	quotaWait        time.Duration // gateway: how long a command over its tenant's ops/s quota may wait
+	maxTenantMetrics int           // gateway: tenants with series of their own
+	admin            string
+	adminOpts        telemetry.AdminOptions
+	shutdownTimeout  time.Duration
+	logLevel         slog.Level
+	logFormat        string
+	probeInterval    time.Duration
 	// warnings are logged at start-up: settings that work but are unsafe.
 	warnings []string
 }
@@ -175,6 +179,8 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*con
 	str(&s.redisCluster, "redis-cluster-nodes", "REDIS_CLUSTER_NODES", "", "Redis Cluster: seed nodes as host:port,host:port,...; commands go to the master of their key's slot")
 	dur(&s.upstreamTimeout, "upstream-timeout", "PROXY_UPSTREAM_TIMEOUT", 10*time.Second, "longest wait for upstream's replies to a batch on a shared connection; then the connection is dropped and reads are retried twice (0: no limit)")
 	dur(&s.dialTimeout, "dial-timeout", "PROXY_DIAL_TIMEOUT", 2*time.Second, "upstream connect timeout")
+	dur(&s.quotaWait, "quota-wait", "PROXY_QUOTA_WAIT", proxy.DefaultQuotaWait, "gateway: longest a command over its tenant's max_ops_per_second waits for its turn; past it the command is refused")
+	num(&s.maxTenantMetrics, "max-tenant-metrics", "PROXY_MAX_TENANT_METRICS", telemetry.DefaultMaxTenants, "gateway: tenants with metric series of their own; the rest are counted together as tenant=_overflow")
 	dur(&s.shutdownTimeout, "shutdown-timeout", "PROXY_SHUTDOWN_TIMEOUT", 10*time.Second, "how long SIGTERM waits for clients to finish")
 	str(&s.logLevel, "log-level", "PROXY_LOG_LEVEL", "info", "debug, info, warn or error")
 	str(&s.logFormat, "log-format", "PROXY_LOG_FORMAT", telemetry.LogText, "text (key=value) or json (one object a line)")
@@ -339,6 +345,12 @@ func loadTenants(tenant, path, keyFormat, clientPassword string, getenv func(str
 	case clientPassword != "":
 		return nil, errors.New("--client-password and --tenants-file (PROXY_TENANTS_FILE): in gateway mode each tenant's password_hash is its password")
 	}
+	return readTenantsFile(path, keyFormat, getenv)
+}
+
+// readTenantsFile reads and checks the tenants file, at start-up and on
+// every SIGHUP.
+func readTenantsFile(path, keyFormat string, getenv func(string) string) (*tenants.File, error) {
 	f, err := tenants.Load(path, envLookup(getenv))
 	if err != nil {
 		return nil, err
@@ -365,6 +377,12 @@ func (s *settings) config() (*config, error) {
 	}
 	if err := checkHostPort("--listen", s.listen); err != nil {
 		return nil, err
+	}
+	if s.quotaWait < 0 {
+		return nil, fmt.Errorf("--quota-wait %s: must not be negative", s.quotaWait)
+	}
+	if s.maxTenantMetrics < 1 {
+		return nil, fmt.Errorf("--max-tenant-metrics %d: want 1 or more", s.maxTenantMetrics)
 	}
 	if s.admin != "" {
 		if err := checkHostPort("--admin", s.admin); err != nil {
@@ -497,14 +515,16 @@ func (s *settings) config() (*config, error) {
 			Fallback:              fb,
 			FallbackCache:         s.fallback,
 		},
-		tenantsFile:     s.tenantsFile,
-		tenants:         s.tenants,
-		admin:           s.admin,
-		adminOpts:       telemetry.AdminOptions{Token: s.adminToken, Pprof: s.adminPprof},
-		shutdownTimeout: s.shutdownTimeout,
-		logLevel:        level,
-		logFormat:       s.logFormat,
-		probeInterval:   s.probeInterval,
+		tenantsFile:      s.tenantsFile,
+		tenants:          s.tenants,
+		quotaWait:        s.quotaWait,
+		maxTenantMetrics: s.maxTenantMetrics,
+		admin:            s.admin,
+		adminOpts:        telemetry.AdminOptions{Token: s.adminToken, Pprof: s.adminPprof},
+		shutdownTimeout:  s.shutdownTimeout,
+		logLevel:         level,
+		logFormat:        s.logFormat,
+		probeInterval:    s.probeInterval,
 	}, nil
 }
 

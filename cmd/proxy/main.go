@@ -14,8 +14,6 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/keyfence/keyfence/proxy"
-	"github.com/keyfence/keyfence/rewrite"
 	"github.com/keyfence/keyfence/telemetry"
 )
 
@@ -71,19 +69,24 @@ func run(cfg *config) error {
 	if err != nil {
 		return err
 	}
-	var srv *proxy.Server
-	metrics, err := telemetry.NewMetrics(cfg.proxy.Tenant, rewrite.CommandNames(), gauges(cfg, &srv),
-		telemetry.WithReader(otlp.Reader), telemetry.WithResource(otlp.Resource), telemetry.WithLogger(log.With("tenant", cfg.proxy.Tenant)),
-		telemetry.WithTracerProvider(tracerProvider(otlp)))
-	if err != nil {
-		return err
+	var fe frontend
+	var tel telemetrySink
+	if cfg.tenants != nil {
+		g, p, err := newGateway(cfg, log, otlp)
+		if err != nil {
+			return err
+		}
+		fe, tel = g, p
+		stopReload := reloadOnHangup(cfg.tenantsFile, cfg.proxy.KeyFormat, g, log)
+		defer stopReload()
+	} else {
+		srv, m, err := newSidecar(cfg, log, otlp)
+		if err != nil {
+			return err
+		}
+		fe, tel = srv, m
 	}
-	cfg.proxy.Metrics = metrics
-	srv, err = proxy.New(cfg.proxy)
-	if err != nil {
-		return err
-	}
-	if err := srv.Listen(); err != nil {
+	if err := fe.Listen(); err != nil {
 		return err
 	}
 	if otlp.Reader != nil || otlp.Tracer != nil {
@@ -91,16 +94,16 @@ func run(cfg *config) error {
 	}
 	bg, stopBackground := context.WithCancel(context.Background())
 	defer stopBackground()
-	go metrics.RunProber(bg, cfg.probeInterval, srv.ProbeUpstream)
-	go metrics.RunWatch(bg)
+	go tel.RunProber(bg, cfg.probeInterval, fe.ProbeUpstream)
+	go tel.RunWatch(bg)
 
 	var draining atomic.Bool
 	var admin *telemetry.Admin
 	if cfg.admin != "" {
 		opts := cfg.adminOpts
 		opts.Cmdline = append([]string{os.Args[0]}, redactArgs(os.Args[1:])...)
-		opts.Status = metrics.Status
-		admin, err = telemetry.NewAdmin(cfg.admin, readiness(srv, &draining, cfg.proxy.Fallback != nil && cfg.proxy.FallbackCache), metrics.Handler(), log, opts)
+		opts.Status = tel.Status
+		admin, err = telemetry.NewAdmin(cfg.admin, readiness(fe, &draining, cfg.proxy.Fallback != nil && cfg.proxy.FallbackCache), tel.Handler(), log, opts)
 		if err != nil {
 			return err
 		}
@@ -114,14 +117,14 @@ func run(cfg *config) error {
 	// Serve returns when ctx is cancelled by a signal; then drain. The
 	// admin listener stays up while draining so that /readyz says so
 	// (and Kubernetes stops sending clients) until the last session ends.
-	if err := srv.Serve(ctx); err != nil {
+	if err := fe.Serve(ctx); err != nil {
 		return err
 	}
 	draining.Store(true)
 	log.Info("draining", "event", "draining", "timeout", cfg.shutdownTimeout)
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
 	defer cancel()
-	drainErr := srv.Shutdown(sctx)
+	drainErr := fe.Shutdown(sctx)
 	stopBackground()
 	if admin != nil {
 		_ = admin.Shutdown(sctx)
@@ -130,7 +133,7 @@ func run(cfg *config) error {
 	// may have used all of its own.
 	fctx, cancelFlush := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancelFlush()
-	_ = metrics.Shutdown(fctx)
+	_ = tel.Shutdown(fctx)
 	_ = otlp.Shutdown(fctx)
 	if drainErr != nil {
 		return fmt.Errorf("drain: %w", drainErr)
@@ -148,40 +151,10 @@ func tracerProvider(o *telemetry.OTLP) trace.TracerProvider {
 	return o.Tracer
 }
 
-// gauges reads the server's figures for the metrics; *srv is set once the
-// server exists, before anything collects.
-func gauges(cfg *config, srv **proxy.Server) telemetry.Gauges {
-	maxPinned, maxScripts, budget := int64(cfg.proxy.MaxPinned), int64(cfg.proxy.MaxScripts), cfg.proxy.MaxRequestBufferTotal
-	g := telemetry.Gauges{
-		Sessions:                func() int64 { return int64((*srv).Stats().Sessions) },
-		PinnedConns:             func() int64 { return int64((*srv).Stats().PinnedConns) },
-		PinnedIdle:              func() int64 { return int64((*srv).PinnedIdle()) },
-		PinnedMax:               func() int64 { return maxPinned },
-		OutputDisconnects:       func() int64 { return (*srv).Stats().ClientOutputDisconnects },
-		RequestBufferRejections: func() int64 { return (*srv).Stats().RequestBufferRefused },
-		RequestBufferBytes:      func() int64 { return (*srv).Stats().RequestBufferBytes },
-		RequestBufferLimit:      func() int64 { return budget },
-		ScriptsLoaded:           func() int64 { return int64((*srv).ScriptsLoaded()) },
-		ScriptsMax:              func() int64 { return maxScripts },
-	}
-	if cfg.proxy.Fallback != nil { // the breaker is on
-		g.Breaker = func() int64 { return breakerLevel((*srv).Stats().Breaker) }
-		g.FallbackHits = func() int64 { return (*srv).Stats().FallbackHits }
-		g.FallbackMisses = func() int64 { return (*srv).Stats().FallbackMisses }
-		if cfg.proxy.FallbackCache {
-			g.FallbackCache = func() telemetry.CacheStats {
-				st, _ := (*srv).FallbackCacheStats()
-				return st
-			}
-		}
-	}
-	return g
-}
-
 // readiness is /readyz: not ready while draining, or while upstream does
 // not answer and there is no read cache to serve from; ready, with a note,
 // when the cache stands in for upstream.
-func readiness(srv *proxy.Server, draining *atomic.Bool, fallbackCache bool) telemetry.ReadyFunc {
+func readiness(srv frontend, draining *atomic.Bool, fallbackCache bool) telemetry.ReadyFunc {
 	return func(ctx context.Context) telemetry.Readiness {
 		if draining.Load() {
 			return telemetry.Readiness{Reason: "draining: keyfence is shutting down and takes no new clients"}
@@ -195,15 +168,4 @@ func readiness(srv *proxy.Server, draining *atomic.Bool, fallbackCache bool) tel
 		}
 		return telemetry.Readiness{Reason: "upstream down and the read fallback is off", Detail: err}
 	}
-}
-
-// breakerLevel maps the breaker's state to the gauge's numbers.
-func breakerLevel(state string) int64 {
-	switch state {
-	case "half-open":
-		return 1
-	case "open":
-		return 2
-	}
-	return 0
 }

@@ -56,6 +56,11 @@ type File struct {
 	byID    map[string]*Tenant
 }
 
+// reservedID is telemetry.OverflowTenant, the tenant label of the tenants
+// past the metrics cap (kept apart: this package imports nothing of
+// keyfence's but rewrite).
+const reservedID = "_overflow"
+
 // Lookup returns the tenant with the given id.
 func (f *File) Lookup(id string) (*Tenant, bool) {
 	t, ok := f.byID[id]
@@ -200,6 +205,8 @@ func parseTenant(n *yaml.Node, i int, defaults rawLimits, lookupEnv func(string)
 		return Tenant{}, fmt.Errorf("%s: id: missing", who)
 	case !rewrite.ValidTenantID(t.ID):
 		return Tenant{}, fmt.Errorf("%s: id %.70q: must match [A-Za-z0-9_-]{1,64}", who, t.ID)
+	case t.ID == reservedID:
+		return Tenant{}, fmt.Errorf("%s: id %q: reserved (the metrics count the tenants past their cap under it)", who, t.ID)
 	}
 	who = fmt.Sprintf("tenant %q", t.ID)
 	if err := unknown(fields, who+": ", "id", "password_hash", "upstream", "limits"); err != nil {

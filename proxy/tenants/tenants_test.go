@@ -196,6 +196,7 @@ func TestParseRefusals(t *testing.T) {
 		{"field twice", tenant("  id: beta\n"), `tenants file: tenants[0]: id: given twice (line 4)`},
 		{"tenant not a mapping", "tenants: [acme]\n", "tenants file: tenants[0]: want a mapping"},
 		{"missing id", "tenants:\n- password_hash: '" + good + "'\n", "tenants file: tenants[0]: id: missing"},
+		{"reserved id", "tenants:\n- id: _overflow\n  password_hash: '" + good + "'\n", `tenants file: tenants[0]: id "_overflow": reserved (the metrics count the tenants past their cap under it)`},
 		{"invalid id", "tenants:\n- id: a\n  password_hash: '" + good + "'\n- id: 'a*b'\n", `tenants file: tenants[1]: id "a*b": must match [A-Za-z0-9_-]{1,64}`},
 		{"id too long", "tenants:\n- id: " + strings.Repeat("a", 65) + "\n", "tenants file: tenants[0]: id \"aaaa"},
 		{"id not a string", "tenants:\n- id: [a]\n", "tenants file: tenants[0]: id: want a string"},
