@@ -28,7 +28,7 @@ type session struct {
 	srv     *Server
 	nc      net.Conn
 	raw     syscall.RawConn // nil unless nc is a plain TCP connection
-	id      int64 // written by the session under infoMu (gateway: changes with the tenant)
+	id      int64           // written by the session under infoMu (gateway: changes with the tenant)
 	rw      *rewrite.Rewriter
 	created time.Time
 
