@@ -1,12 +1,15 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,6 +38,11 @@ type gatewayConnsResult struct {
 	RSSConns   int64 `json:"rss_conns_bytes"`
 	RSSActive  int64 `json:"rss_active_bytes"`
 	Half       int   `json:"half"` // connections open at RSSHalf
+	// Go's own count at the same points, just after a garbage collection
+	// (which every step starts with): heap in use and goroutine stacks.
+	// Unlike RSS it does not depend on what freed memory the step could
+	// reuse, so it says what a tenant and a connection hold.
+	Live [5]goMem `json:"live"` // idle, tenants, half, conns, active
 	// How long the first connection of every tenant took to open, and the
 	// two halves of the rest.
 	TenantsTime time.Duration `json:"tenants_open_ns"`
@@ -78,7 +86,8 @@ func gatewayConns(ctx context.Context, cfg config, stdout io.Writer, log *slog.L
 	}
 	// keyfence's --max-clients (10,000 by default) counts every client
 	// connection of the gateway.
-	extra := []string{"--max-clients", strconv.Itoa(cfg.idleConns + 100)}
+	// --admin-pprof: Go's memory figures (readGoMem).
+	extra := []string{"--max-clients", strconv.Itoa(cfg.idleConns + 100), "--admin-pprof"}
 	var res gatewayConnsResult
 	err := withGateway(ctx, cfg, list, extra, log, func(_ *stack.Stack, gw *stack.Proc) error {
 		var err error
@@ -92,34 +101,50 @@ func gatewayConns(ctx context.Context, cfg config, stdout io.Writer, log *slog.L
 		When:    time.Now(),
 		Title:   fmt.Sprintf("loadgen gateway-conns: %s connections over %d tenants of one gateway keyfence", report.FormatOps(float64(res.Conns)), res.Tenants),
 		Gateway: res,
-		Header:  []string{"step", "connections", "took", "p50 ms", "p99 ms", "max ms", "RSS MiB", "added MiB", "KiB per"},
+		Header: []string{"step", "connections", "took", "p50 ms", "p99 ms", "max ms",
+			"RSS MiB", "RSS added MiB", "RSS KiB per", "Go live MiB", "Go live added MiB", "Go live KiB per"},
 	}
 	perKiB := func(d int64, n int) string { return fmt.Sprintf("%.1f", float64(d)/1024/float64(max(n, 1))) }
 	first, second := res.Half-res.Tenants, res.Conns-res.Half
-	out.Rows = [][]string{
-		{"gateway started, no tenant yet", "0", "-", "-", "-", "-", mib(res.RSSIdle), "-", "-"},
-		{"first connection of each tenant (dial, AUTH: argon2id, tenant starts, PING)", strconv.Itoa(res.Tenants),
-			res.TenantsTime.Round(time.Millisecond).String(), ms(res.FirstConnectP50), ms(res.FirstConnectP99), "-",
-			mib(res.RSSTenants), mib(res.RSSTenants - res.RSSIdle), perKiB(res.RSSTenants-res.RSSIdle, res.Tenants) + " /tenant"},
-		{fmt.Sprintf("%d more connections (dial, AUTH, PING)", first), strconv.Itoa(res.Half),
-			res.HalfTime.Round(time.Millisecond).String(), "", "", "",
-			mib(res.RSSHalf), mib(res.RSSHalf - res.RSSTenants), perKiB(res.RSSHalf-res.RSSTenants, first) + " /conn"},
-		{fmt.Sprintf("%d more connections (dial, AUTH, PING)", second), strconv.Itoa(res.Conns),
-			(res.ConnsTime - res.HalfTime).Round(time.Millisecond).String(), "", "", "",
-			mib(res.RSSConns), mib(res.RSSConns - res.RSSHalf), perKiB(res.RSSConns-res.RSSHalf, second) + " /conn"},
-		{fmt.Sprintf("all %d connections after the tenants' first", first+second), strconv.Itoa(res.Conns),
-			res.ConnsTime.Round(time.Millisecond).String(), ms(res.ConnectP50), ms(res.ConnectP99), ms(res.ConnectMax),
-			mib(res.RSSConns), mib(res.RSSConns - res.RSSTenants), perKiB(res.RSSConns-res.RSSTenants, first+second) + " /conn"},
-		{fmt.Sprintf("%d rounds of INCR on every connection at %s/s", res.Rounds, report.FormatOps(res.Rate)), strconv.Itoa(res.Conns),
-			res.ActiveTime.Round(time.Millisecond).String(), ms(res.IncrP50), ms(res.IncrP99), ms(res.IncrMax),
-			mib(res.RSSActive), mib(res.RSSActive - res.RSSConns), "-"},
+	live := func(i int) int64 { return res.Live[i].total() }
+	// mem is the six memory cells of a step: RSS and Go's live count,
+	// each total, added since the step before (or since from), per unit.
+	mem := func(rss, rssFrom int64, i, from, n int, unit string) []string {
+		return []string{mib(rss), mib(rss - rssFrom), perKiB(rss-rssFrom, n) + unit,
+			mib(live(i)), mib(live(i) - live(from)), perKiB(live(i)-live(from), n) + unit}
 	}
+	out.Rows = [][]string{
+		append([]string{"gateway started, no tenant yet", "0", "-", "-", "-", "-"},
+			mib(res.RSSIdle), "-", "-", mib(live(0)), "-", "-"),
+		append([]string{"first connection of each tenant (dial, AUTH: argon2id, tenant starts, PING)", strconv.Itoa(res.Tenants),
+			res.TenantsTime.Round(time.Millisecond).String(), ms(res.FirstConnectP50), ms(res.FirstConnectP99), "-"},
+			mem(res.RSSTenants, res.RSSIdle, 1, 0, res.Tenants, " /tenant")...),
+		append([]string{fmt.Sprintf("%d more connections (dial, AUTH, PING)", first), strconv.Itoa(res.Half),
+			res.HalfTime.Round(time.Millisecond).String(), "", "", ""},
+			mem(res.RSSHalf, res.RSSTenants, 2, 1, first, " /conn")...),
+		append([]string{fmt.Sprintf("%d more connections (dial, AUTH, PING)", second), strconv.Itoa(res.Conns),
+			(res.ConnsTime - res.HalfTime).Round(time.Millisecond).String(), "", "", ""},
+			mem(res.RSSConns, res.RSSHalf, 3, 2, second, " /conn")...),
+		append([]string{fmt.Sprintf("all %d connections after the tenants' first", first+second), strconv.Itoa(res.Conns),
+			res.ConnsTime.Round(time.Millisecond).String(), ms(res.ConnectP50), ms(res.ConnectP99), ms(res.ConnectMax)},
+			mem(res.RSSConns, res.RSSTenants, 3, 1, first+second, " /conn")...),
+		append([]string{fmt.Sprintf("%d rounds of INCR on every connection at %s/s", res.Rounds, report.FormatOps(res.Rate)), strconv.Itoa(res.Conns),
+			res.ActiveTime.Round(time.Millisecond).String(), ms(res.IncrP50), ms(res.IncrP99), ms(res.IncrMax)},
+			mib(res.RSSActive), mib(res.RSSActive-res.RSSConns), "-", mib(live(4)), mib(live(4)-live(3)), "-"),
+	}
+	lc := res.Live[3]
+	lt := res.Live[1]
+	out.Notes = append(out.Notes,
+		fmt.Sprintf("Go live memory per connection, all %d after the tenants' first: heap %s KiB, goroutine stacks %s KiB",
+			first+second, perKiB(lc.HeapInuse-lt.HeapInuse, first+second), perKiB(lc.StackInuse-lt.StackInuse, first+second)),
+		fmt.Sprintf("Go live memory per tenant: heap %s KiB, goroutine stacks %s KiB",
+			perKiB(lt.HeapInuse-res.Live[0].HeapInuse, res.Tenants), perKiB(lt.StackInuse-res.Live[0].StackInuse, res.Tenants)))
 	out.Settings = []string{
 		fmt.Sprintf("one redis-server and one keyfence gateway (`--tenants-file`, %d tenants with argon2id password hashes, `--max-clients %d`); tenant of connection j: j mod %d",
 			res.Tenants, cfg.idleConns+100, res.Tenants),
 		fmt.Sprintf("every connection: dial, AUTH <tenant> <password>, PING; %d at a time; latency per connection from dial to PONG", cfg.dialers),
-		fmt.Sprintf("keyfence: %s; RSS: its VmRSS, read %s after each step; KiB per tenant or per connection = added / count", cfg.keyfence, cfg.settle),
-		"the connections after the tenants' first are opened in two halves: the first half reuses heap the tenants' start left free (each argon2id verification takes 19 MiB), so the second half's growth is closer to what one more connection costs",
+		fmt.Sprintf("keyfence: %s; after each step loadgen has it collect garbage, waits %s and reads its VmRSS (RSS) and Go's HeapInuse + StackInuse (Go live; from /debug/pprof/heap?debug=1&gc=1, `--admin-pprof`); KiB per tenant or per connection = added / count", cfg.keyfence, cfg.settle),
+		"RSS also holds memory Go freed and kept, which the next step reuses (each argon2id verification takes 19 MiB): what a step adds to RSS can be far less than it allocates, which is why the connections are opened in two halves and why Go live is shown too",
 		fmt.Sprintf("INCR rounds: request i (connection i mod %d) due at start + i/rate, latency from its due time (no coordinated omission), %d senders",
 			res.Conns, cfg.dialers),
 		fmt.Sprintf("check: each tenant's counter (GET through its own connection) equals its connections × rounds: %d of %d tenants exact; INCR errors: %d",
@@ -142,11 +167,19 @@ func gatewayConns(ctx context.Context, cfg config, stdout io.Writer, log *slog.L
 func measureGatewayConns(ctx context.Context, cfg config, list []gatewayTenant, gw *stack.Proc, log *slog.Logger) (gatewayConnsResult, error) {
 	res := gatewayConnsResult{Tenants: len(list), Conns: cfg.idleConns, Rounds: cfg.rounds, Rate: cfg.activeRate}
 	pid := gw.Pid()
+	step := 0
+	// rss reads Go's memory (forcing a collection), waits for keyfence to
+	// settle, and reads its RSS.
 	rss := func(into *int64) error {
+		m, err := readGoMem(ctx, gw.Admin)
+		if err != nil {
+			return err
+		}
+		res.Live[step] = m
+		step++
 		if err := sleep(ctx, cfg.settle); err != nil {
 			return err
 		}
-		var err error
 		*into, err = stack.RSS(pid)
 		return err
 	}
@@ -232,6 +265,67 @@ func measureGatewayConns(ctx context.Context, cfg config, list []gatewayTenant, 
 }
 
 func us(v int64) time.Duration { return time.Duration(v) * time.Microsecond }
+
+// goMem is what Go's runtime counts of a process's memory.
+type goMem struct {
+	HeapInuse  int64 `json:"heap_inuse_bytes"`
+	StackInuse int64 `json:"stack_inuse_bytes"`
+}
+
+func (m goMem) total() int64 { return m.HeapInuse + m.StackInuse }
+
+// readGoMem reads keyfence's runtime.MemStats from its admin endpoint
+// (/debug/pprof/heap?debug=1 ends with them; keyfence runs with
+// --admin-pprof), asking for a garbage collection first (gc=1) so that the
+// heap in use is what is live.
+func readGoMem(ctx context.Context, admin string) (goMem, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	url := "http://" + admin + "/debug/pprof/heap?debug=1&gc=1"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return goMem{}, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return goMem{}, fmt.Errorf("keyfence's memory stats: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return goMem{}, fmt.Errorf("keyfence's memory stats: GET %s: %s", url, resp.Status)
+	}
+	var m goMem
+	found := 0
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		name, val, ok := strings.Cut(strings.TrimPrefix(sc.Text(), "# "), " = ")
+		if !ok {
+			continue
+		}
+		var into *int64
+		switch name {
+		case "HeapInuse":
+			into = &m.HeapInuse
+		case "Stack": // "# Stack = <StackInuse> / <StackSys>"
+			into = &m.StackInuse
+			val, _, _ = strings.Cut(val, " ")
+		default:
+			continue
+		}
+		if *into, err = strconv.ParseInt(val, 10, 64); err != nil {
+			return goMem{}, fmt.Errorf("keyfence's memory stats: %s = %q: %w", name, val, err)
+		}
+		found++
+	}
+	if err := sc.Err(); err != nil {
+		return goMem{}, fmt.Errorf("keyfence's memory stats: %w", err)
+	}
+	if found != 2 {
+		return goMem{}, fmt.Errorf("keyfence's memory stats: no HeapInuse and StackInuse in %s", url)
+	}
+	return m, nil
+}
 
 // openConns opens conns[from:to], connection j as the tenant of eps[j %
 // len(eps)], dialers at a time: dial, AUTH, PING. It returns the latency

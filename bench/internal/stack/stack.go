@@ -169,10 +169,11 @@ func (s *Stack) StartKeyfence(ctx context.Context, cfg Config, tenant string) (*
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	redisPort := s.Redis.Addr[strings.LastIndexByte(s.Redis.Addr, ':')+1:]
+	var admin string
 	p, err := startProc(ctx, cfg, "keyfence-"+tenant, 2, func(ports []int) (*exec.Cmd, string, error) {
 		addr := "127.0.0.1:" + strconv.Itoa(ports[0])
-		args := []string{"--tenant", tenant, "--listen", addr,
-			"--admin", "127.0.0.1:" + strconv.Itoa(ports[1])}
+		admin = "127.0.0.1:" + strconv.Itoa(ports[1])
+		args := []string{"--tenant", tenant, "--listen", addr, "--admin", admin}
 		cmd := exec.Command(cfg.Tools.Keyfence, append(args, cfg.KeyfenceArgs...)...)
 		cmd.Env = append(os.Environ(), "REDIS_HOST=127.0.0.1", "REDIS_PORT="+redisPort)
 		return cmd, addr, nil
@@ -180,6 +181,7 @@ func (s *Stack) StartKeyfence(ctx context.Context, cfg Config, tenant string) (*
 	if err != nil {
 		return nil, err
 	}
+	p.Admin = admin
 	s.Keyfence = append(s.Keyfence, p)
 	return p, nil
 }
@@ -199,10 +201,11 @@ func (s *Stack) StartGateway(ctx context.Context, cfg Config, tenantsFile, user,
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	redisPort := s.Redis.Addr[strings.LastIndexByte(s.Redis.Addr, ':')+1:]
+	var admin string
 	build := func(ports []int) (*exec.Cmd, string, error) {
 		addr := "127.0.0.1:" + strconv.Itoa(ports[0])
-		args := []string{"--tenants-file", tenantsFile, "--listen", addr,
-			"--admin", "127.0.0.1:" + strconv.Itoa(ports[1])}
+		admin = "127.0.0.1:" + strconv.Itoa(ports[1])
+		args := []string{"--tenants-file", tenantsFile, "--listen", addr, "--admin", admin}
 		cmd := exec.Command(cfg.Tools.Keyfence, append(args, cfg.KeyfenceArgs...)...)
 		cmd.Env = append(os.Environ(), "REDIS_HOST=127.0.0.1", "REDIS_PORT="+redisPort)
 		return cmd, addr, nil
@@ -212,6 +215,7 @@ func (s *Stack) StartGateway(ctx context.Context, cfg Config, tenantsFile, user,
 	if err != nil {
 		return nil, err
 	}
+	p.Admin = admin
 	s.Keyfence = append(s.Keyfence, p)
 	return p, nil
 }
@@ -275,6 +279,9 @@ type Proc struct {
 	Name    string
 	Addr    string
 	LogPath string
+	// Admin is keyfence's admin HTTP address (/metrics, and /debug/pprof
+	// with --admin-pprof); empty for the other servers.
+	Admin   string
 	cmd     *exec.Cmd
 	exited  chan struct{}
 	waitErr error
