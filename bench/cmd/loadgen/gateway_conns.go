@@ -102,35 +102,34 @@ func gatewayConns(ctx context.Context, cfg config, stdout io.Writer, log *slog.L
 		Title:   fmt.Sprintf("loadgen gateway-conns: %s connections over %d tenants of one gateway keyfence", report.FormatOps(float64(res.Conns)), res.Tenants),
 		Gateway: res,
 		Header: []string{"step", "connections", "took", "p50 ms", "p99 ms", "max ms",
-			"RSS MiB", "RSS added MiB", "RSS KiB per", "Go live MiB", "Go live added MiB", "Go live KiB per"},
+			"RSS MiB", "Go live MiB", "Go live added MiB", "Go live KiB per"},
 	}
 	perKiB := func(d int64, n int) string { return fmt.Sprintf("%.1f", float64(d)/1024/float64(max(n, 1))) }
 	first, second := res.Half-res.Tenants, res.Conns-res.Half
 	live := func(i int) int64 { return res.Live[i].total() }
-	// mem is the six memory cells of a step: RSS and Go's live count,
-	// each total, added since the step before (or since from), per unit.
-	mem := func(rss, rssFrom int64, i, from, n int, unit string) []string {
-		return []string{mib(rss), mib(rss - rssFrom), perKiB(rss-rssFrom, n) + unit,
-			mib(live(i)), mib(live(i) - live(from)), perKiB(live(i)-live(from), n) + unit}
+	// mem is the memory cells of a step: RSS, and Go's live count in all,
+	// added since step from, and per unit.
+	mem := func(rss int64, i, from, n int, unit string) []string {
+		return []string{mib(rss), mib(live(i)), mib(live(i) - live(from)), perKiB(live(i)-live(from), n) + unit}
 	}
 	out.Rows = [][]string{
 		append([]string{"gateway started, no tenant yet", "0", "-", "-", "-", "-"},
-			mib(res.RSSIdle), "-", "-", mib(live(0)), "-", "-"),
+			mib(res.RSSIdle), mib(live(0)), "-", "-"),
 		append([]string{"first connection of each tenant (dial, AUTH: argon2id, tenant starts, PING)", strconv.Itoa(res.Tenants),
 			res.TenantsTime.Round(time.Millisecond).String(), ms(res.FirstConnectP50), ms(res.FirstConnectP99), "-"},
-			mem(res.RSSTenants, res.RSSIdle, 1, 0, res.Tenants, " /tenant")...),
+			mem(res.RSSTenants, 1, 0, res.Tenants, " /tenant")...),
 		append([]string{fmt.Sprintf("%d more connections (dial, AUTH, PING)", first), strconv.Itoa(res.Half),
 			res.HalfTime.Round(time.Millisecond).String(), "", "", ""},
-			mem(res.RSSHalf, res.RSSTenants, 2, 1, first, " /conn")...),
+			mem(res.RSSHalf, 2, 1, first, " /conn")...),
 		append([]string{fmt.Sprintf("%d more connections (dial, AUTH, PING)", second), strconv.Itoa(res.Conns),
 			(res.ConnsTime - res.HalfTime).Round(time.Millisecond).String(), "", "", ""},
-			mem(res.RSSConns, res.RSSHalf, 3, 2, second, " /conn")...),
+			mem(res.RSSConns, 3, 2, second, " /conn")...),
 		append([]string{fmt.Sprintf("all %d connections after the tenants' first", first+second), strconv.Itoa(res.Conns),
 			res.ConnsTime.Round(time.Millisecond).String(), ms(res.ConnectP50), ms(res.ConnectP99), ms(res.ConnectMax)},
-			mem(res.RSSConns, res.RSSTenants, 3, 1, first+second, " /conn")...),
+			mem(res.RSSConns, 3, 1, first+second, " /conn")...),
 		append([]string{fmt.Sprintf("%d rounds of INCR on every connection at %s/s", res.Rounds, report.FormatOps(res.Rate)), strconv.Itoa(res.Conns),
 			res.ActiveTime.Round(time.Millisecond).String(), ms(res.IncrP50), ms(res.IncrP99), ms(res.IncrMax)},
-			mib(res.RSSActive), mib(res.RSSActive-res.RSSConns), "-", mib(live(4)), mib(live(4)-live(3)), "-"),
+			mib(res.RSSActive), mib(live(4)), mib(live(4)-live(3)), "-"),
 	}
 	lc := res.Live[3]
 	lt := res.Live[1]
@@ -143,8 +142,8 @@ func gatewayConns(ctx context.Context, cfg config, stdout io.Writer, log *slog.L
 		fmt.Sprintf("one redis-server and one keyfence gateway (`--tenants-file`, %d tenants with argon2id password hashes, `--max-clients %d`); tenant of connection j: j mod %d",
 			res.Tenants, cfg.idleConns+100, res.Tenants),
 		fmt.Sprintf("every connection: dial, AUTH <tenant> <password>, PING; %d at a time; latency per connection from dial to PONG", cfg.dialers),
-		fmt.Sprintf("keyfence: %s; after each step loadgen has it collect garbage, waits %s and reads its VmRSS (RSS) and Go's HeapInuse + StackInuse (Go live; from /debug/pprof/heap?debug=1&gc=1, `--admin-pprof`); KiB per tenant or per connection = added / count", cfg.keyfence, cfg.settle),
-		"RSS also holds memory Go freed and kept, which the next step reuses (each argon2id verification takes 19 MiB): what a step adds to RSS can be far less than it allocates, which is why the connections are opened in two halves and why Go live is shown too",
+		fmt.Sprintf("keyfence: %s; after each step loadgen has it collect garbage and reads Go's HeapInuse + StackInuse (Go live; /debug/pprof/heap?debug=1&gc=1, `--admin-pprof`), then %s later its VmRSS (RSS); KiB per tenant or per connection = Go live added / count", cfg.keyfence, cfg.settle),
+		"RSS is what the machine gives keyfence, but its growth is no per-connection figure: it holds memory Go freed and kept (each argon2id verification takes 19 MiB), which later steps reuse, and the runtime returns some of it after a collection",
 		fmt.Sprintf("INCR rounds: request i (connection i mod %d) due at start + i/rate, latency from its due time (no coordinated omission), %d senders",
 			res.Conns, cfg.dialers),
 		fmt.Sprintf("check: each tenant's counter (GET through its own connection) equals its connections × rounds: %d of %d tenants exact; INCR errors: %d",
