@@ -54,8 +54,8 @@ var ownCommands = []struct{ name, why string }{
 	// loaded on a server that lacks it, runs every script (scripts.go).
 	// EVAL and SCRIPT are never sent: the script cache stays empty.
 	{"function|load", "loads the sandbox library (keyfence_<version>) on a server that lacks it"},
-	{"fcall", "EVAL, EVALSHA and SCRIPT LOAD run and load scripts through the sandbox library"},
-	{"fcall_ro", "EVAL_RO and EVALSHA_RO run through the sandbox library"},
+	{"fcall", "EVAL, EVALSHA, SCRIPT LOAD and FCALL run and load scripts and the tenant's functions through the sandbox library; FUNCTION LOAD, DELETE, RESTORE and LIST are its registry operations on the tenant's function store"},
+	{"fcall_ro", "EVAL_RO, EVALSHA_RO and FCALL_RO run through the sandbox library"},
 	// The read cache (--fallback) stays coherent through tracking of the
 	// tenant's prefix.
 	{"client|tracking", "CLIENT TRACKING ON BCAST PREFIX <prefix> on the cache's invalidation connection"},
@@ -118,7 +118,9 @@ func ACLRules(prefix, passwordSHA256 string) []string {
 		rules = append(rules, "on", "#"+passwordSHA256)
 	}
 	rules = append(rules,
-		"resetkeys", "~"+glob,
+		// The tenant's keys, and its function store (rewrite.FunctionStoreKey),
+		// which the sandbox reads and writes.
+		"resetkeys", "~"+glob, "~"+rewrite.GlobEscape(rewrite.FunctionStoreKey(prefix)),
 		"resetchannels", "&"+glob,
 		// The literal patterns keyfence PSUBSCRIBEs for keyspace and
 		// keyevent notifications (rewrite.PatternLiteral): Redis compares

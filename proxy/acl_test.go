@@ -258,6 +258,24 @@ func aclEmulated(t *testing.T, r *tenantRun, errs *errCounter) {
 	ok("WATCH", "mk")
 	ok("UNWATCH")
 
+	// Functions: the sandbox reads and writes the tenant's store, from
+	// another database than the session's too (SELECT inside the script).
+	ok("FUNCTION", "LOAD", "#!lua name=acllib\nredis.register_function('aclfn', function(keys, args) redis.call('SET', keys[1], args[1]) return redis.call('GET', keys[1]) end)\n"+
+		"redis.register_function{function_name='aclro', callback=function(keys) return redis.call('GET', keys[1]) end, flags={'no-writes'}}")
+	ok("FCALL", "aclfn", "1", "fk", "fv")
+	ok("FCALL_RO", "aclro", "1", "fk")
+	ok("FUNCTION", "LIST", "WITHCODE")
+	ok("FUNCTION", "STATS")
+	dump := mustRV(t, ok("FUNCTION", "DUMP")).str
+	ok("FUNCTION", "RESTORE", dump, "REPLACE")
+	ok("MULTI")
+	ok("FCALL", "aclfn", "1", "fk", "fv2")
+	ok("FUNCTION", "LIST")
+	ok("EXEC")
+	ok("FUNCTION", "DELETE", "acllib")
+	ok("FUNCTION", "RESTORE", dump)
+	ok("FUNCTION", "FLUSH")
+
 	// SORT BY/GET is run by keyfence (TYPE, LRANGE, GET, MULTI … EXEC).
 	ok("RPUSH", "sids", "2", "1")
 	ok("MSET", "w_1", "10", "w_2", "5")

@@ -10,6 +10,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keyfence/keyfence/internal/redistest"
+	"github.com/keyfence/keyfence/rewrite"
 )
 
 // The differential test runs testdata/differential.txt twice — in RESP2 and
@@ -52,6 +55,8 @@ const (
 	stepSave
 	stepScan
 	stepPipeline
+	stepFunctionList // differential_functions_test.go
+	stepDump
 )
 
 type step struct {
@@ -179,6 +184,12 @@ func loadScript(t *testing.T, path string) []step {
 				st.args = words[2:]
 			case "~scan":
 				st.kind = stepScan
+			case "~fnlist":
+				st.kind = stepFunctionList
+			case "~dump":
+				st.kind = stepDump
+				st.name = words[1]
+				st.args = words[2:]
 			case "~pipeline":
 				if pipe != nil {
 					t.Fatalf("%s:%d: nested ~pipeline", path, n)
@@ -430,6 +441,20 @@ func (d *differ) runStep(st step) {
 		same = sameApprox(a, b, st.tol)
 	case stepTypeOnly:
 		same = a[0] == b[0]
+	case stepFunctionList:
+		same = sameFunctionList(a, b)
+	case stepDump:
+		for _, sd := range []struct {
+			s *side
+			r []byte
+		}{{d.direct, a}, {d.proxy, b}} {
+			v, err := parseRV(sd.r)
+			if err != nil || v.typ != '$' || v.null {
+				t.Fatalf("line %d: ~dump needs a bulk reply, %s got %s", st.line, sd.s.name, quoteReply(sd.r))
+			}
+			sd.s.vars[st.name] = v.str
+		}
+		same = sameDump(d.direct.vars[st.name], d.proxy.vars[st.name])
 	case stepSave:
 		same = bytes.Equal(a, b)
 		for _, sd := range []struct {
@@ -545,12 +570,23 @@ func runDifferential(t *testing.T, script, tenant string, directDB, proxyDB int)
 // and nothing else.
 func checkMirroredKeyspace(t *testing.T, tenant string, directNum, proxyNum int) {
 	t.Helper()
+	checkMirroredKeyspaceOn(t, tenant, sharedRedis, directNum, sharedRedis, proxyNum)
+}
+
+// checkMirroredKeyspaceOn is checkMirroredKeyspace with each side on a
+// server of its own. keyfence's store of the tenant's functions is its own
+// key, not the tenant's.
+func checkMirroredKeyspaceOn(t *testing.T, tenant string, directUp *redistest.Server, directNum int, proxyUp *redistest.Server, proxyNum int) {
+	t.Helper()
 	ctx := testCtx(t)
-	direct := scanAll(ctx, t, directDB(t, sharedRedis, directNum))
-	proxied := scanAll(ctx, t, directDB(t, sharedRedis, proxyNum))
+	direct := scanAll(ctx, t, directDB(t, directUp, directNum))
+	proxied := scanAll(ctx, t, directDB(t, proxyUp, proxyNum))
 	prefix := "tenant:" + tenant + ":"
 	var stripped []string
 	for _, k := range proxied {
+		if k == rewrite.FunctionStoreKey(prefix) {
+			continue
+		}
 		if !strings.HasPrefix(k, prefix) {
 			t.Errorf("upstream db %d holds %q, outside tenant %s", proxyNum, k, tenant)
 			continue

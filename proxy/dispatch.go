@@ -311,6 +311,9 @@ func (s *session) queueInMulti(ctx context.Context, cmd *rewrite.Command, args [
 	case "eval", "evalsha", "eval_ro", "evalsha_ro":
 		s.eval(ctx, cmd, args)
 		return
+	case "fcall", "fcall_ro":
+		s.fcall(ctx, cmd, args)
+		return
 	}
 	switch cmd.Policy {
 	case rewrite.PolicyDenied:
@@ -347,7 +350,7 @@ func (s *session) queueInMulti(ctx context.Context, cmd *rewrite.Command, args [
 // as they are (queueInMulti).
 func forwardedInMulti(name string) bool {
 	switch name {
-	case "ping", "echo", "unwatch", "eval", "evalsha", "eval_ro", "evalsha_ro":
+	case "ping", "echo", "unwatch", "eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro":
 		return true
 	}
 	return false

@@ -11,6 +11,8 @@
 //     per tenant (HELLO, AUTH, SELECT, INFO, CLIENT, COMMAND, DBSIZE, FLUSH*…).
 //   - scripts.go: EVAL/EVALSHA/SCRIPT run as FCALL of the Lua sandbox
 //     library (rewrite/sandbox.go); a NOSCRIPT from it is healed.
+//   - functions.go: Redis 7 functions, a namespace per tenant kept by the
+//     same sandbox library (rewrite/functions.go), FCALL run through it.
 //   - subscribe.go: subscriber mode, with client patterns matched here.
 //   - sort.go: SORT … BY/GET run by keyfence in the tenant's namespace.
 //   - package upstream: multiplexed upstream connections and their pool; a

@@ -108,18 +108,11 @@ func (s *session) emulateMore(ctx context.Context, cmd *rewrite.Command, args []
 	case "command", "command|info", "command|docs", "command|count", "command|list",
 		"command|getkeys", "command|getkeysandflags", "command|help":
 		s.command(ctx, cmd, args)
-	case "function|list":
-		s.addLocal(resp.AppendArrayHeader(nil, 0))
-	case "function|dump":
-		s.addLocal(resp.AppendNull(nil, s.resp3))
-	case "function|stats":
-		s.functionStats()
-	case "function|flush":
-		s.addStatus("OK")
-	case "function|kill":
-		s.addLocalError("NOTBUSY No scripts in execution right now.")
-	case "function|help":
-		s.addLocal(appendStringArray(nil, []string{"FUNCTION LIST, DUMP and STATS answer for this tenant, which owns no functions; FLUSH answers OK.", "FUNCTION LOAD, DELETE, RESTORE and FCALL are denied by keyfence: functions live in one global namespace."}))
+	case "function|load", "function|delete", "function|flush", "function|list", "function|dump",
+		"function|restore", "function|stats", "function|kill", "function|help":
+		s.function(ctx, cmd, args)
+	case "fcall", "fcall_ro":
+		s.fcall(ctx, cmd, args)
 	case "pubsub|numpat":
 		s.addLocal(resp.AppendInt(nil, int64(s.srv.numPatterns())))
 	case "eval", "evalsha", "eval_ro", "evalsha_ro":
@@ -502,22 +495,6 @@ var clientHelp = []string{
 	"CLIENT <subcommand> [<arg> [value] [opt] ...]. keyfence answers for this tenant:",
 	"ID, GETNAME, SETNAME <name>, SETINFO <LIB-NAME|LIB-VER> <value>, INFO, LIST [TYPE <type>] [ID <id> ...], REPLY ON|OFF|SKIP.",
 	"KILL, PAUSE, UNPAUSE, TRACKING, CACHING, NO-EVICT and UNBLOCK are denied: they act on other tenants' connections.",
-}
-
-func (s *session) functionStats() {
-	var out []byte
-	out = s.appendMapHeader(out, 2)
-	out = resp.AppendBulk(out, []byte("running_script"))
-	out = resp.AppendNull(out, s.resp3)
-	out = resp.AppendBulk(out, []byte("engines"))
-	out = s.appendMapHeader(out, 1)
-	out = resp.AppendBulk(out, []byte("LUA"))
-	out = s.appendMapHeader(out, 2)
-	out = resp.AppendBulk(out, []byte("libraries_count"))
-	out = resp.AppendInt(out, 0)
-	out = resp.AppendBulk(out, []byte("functions_count"))
-	out = resp.AppendInt(out, 0)
-	s.addLocal(out)
 }
 
 // randomPick returns a random index below n.

@@ -31,6 +31,8 @@ import (
 //	db 3,4 TestIsolation (upstream keys of tenants a and b only)
 //	db 5,6 TestSelectFlushdbFlushall (SELECT)
 //	db 7   TestBlockedClientDisconnectReleasesUpstream
+//	db 8   TestDifferentialFunctions, through keyfence (tenant "difffn"; the
+//	       direct side has a server of its own: functions are server-wide)
 //	db 9   TestDifferential, direct connection (the app's own key names)
 //	db 10  TestDifferential, through keyfence (tenant "diff")
 //	db 11  TestGatewayRedisCLI (tenants acme and beta)

@@ -159,12 +159,15 @@ func (s *session) infoSection(ctx context.Context, b *strings.Builder, sec strin
 			field(l.key, l.val)
 		}
 	case "memory":
+		libs, fns := s.functionCounts(ctx)
 		for _, l := range up["memory"] {
 			switch l.key {
 			case "number_of_cached_scripts":
 				l.val = strconv.Itoa(s.srv.scripts.count())
-			case "number_of_functions", "number_of_libraries":
-				l.val = "0" // the tenant owns no functions
+			case "number_of_functions":
+				l.val = strconv.Itoa(fns) // the tenant's own
+			case "number_of_libraries":
+				l.val = strconv.Itoa(libs)
 			}
 			field(l.key, l.val)
 		}

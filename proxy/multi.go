@@ -34,6 +34,7 @@ type queuedCmd struct {
 	kind    rewrite.ReplyKind // how its upstream reply is stripped
 	adjust  int64             // PUBLISH: added to upstream's count (Server.publishDelta)
 	script  *scriptEntry      // EVAL*: its error names the client's SHA
+	fn      string            // FCALL*: its errors name the function
 	selects bool              // SELECT db: its success moves the session to db
 	db      int
 
@@ -193,6 +194,9 @@ func (s *session) appendQueuedReply(dst []byte, q *queuedCmd, reply []byte) []by
 	reply = adjustCount(reply, q.adjust)
 	if q.script != nil && len(reply) > 0 && reply[0] == '-' {
 		reply = s.srv.sandbox.FixScriptError(reply, q.script.script.ClientSHA)
+	}
+	if q.fn != "" {
+		reply = s.fixFcallError(reply, q.fn)
 	}
 	if q.selects && string(reply) == "+OK\r\n" {
 		s.tx.selected, s.tx.newDB = true, q.db

@@ -58,6 +58,11 @@ type Config struct {
 	ScriptTimeout   time.Duration
 	ScriptMaxMemory int64
 	MaxScripts      int
+	// Functions: a tenant may have MaxFunctionLibraries libraries holding
+	// MaxFunctionBytes bytes of code in all (upstream keeps them in the
+	// tenant's store hash and the sandbox's registry).
+	MaxFunctionLibraries int
+	MaxFunctionBytes     int
 }
 
 // Defaults of the memory bounds (see Config). The output limits are Redis's
@@ -114,6 +119,12 @@ func (c *Config) setDefaults() {
 	if c.MaxScripts <= 0 {
 		c.MaxScripts = DefaultMaxScripts
 	}
+	if c.MaxFunctionLibraries <= 0 {
+		c.MaxFunctionLibraries = DefaultMaxFunctionLibraries
+	}
+	if c.MaxFunctionBytes <= 0 {
+		c.MaxFunctionBytes = DefaultMaxFunctionBytes
+	}
 }
 
 // Defaults of the script limits (see Config). The timeout stops a runaway
@@ -123,6 +134,10 @@ const (
 	DefaultScriptTimeout   = time.Second
 	DefaultScriptMaxMemory = 256 << 20
 	DefaultMaxScripts      = 1000
+	// A tenant's function libraries: as many as an application has
+	// modules, each up to rewrite.MaxScriptBytes.
+	DefaultMaxFunctionLibraries = 100
+	DefaultMaxFunctionBytes     = 8 << 20
 )
 
 // Server accepts clients of one tenant and proxies them to upstream.
@@ -162,11 +177,14 @@ type Server struct {
 	pool     *upstream.Pool
 	scripts  *scriptRegistry
 	sandbox  *rewrite.Sandbox
-	// The run's budgets as the sandbox takes them: milliseconds, KiB.
-	scriptBudget, scriptMemory []byte
-	readBufs                   sync.Pool // *[]byte of initialReadBuffer: see session.fillIdle
-	closing                    bool
-	wg                         sync.WaitGroup
+	// The run's budgets as the sandbox takes them: milliseconds, KiB;
+	// loadBudget is a function library's (its top-level code).
+	scriptBudget, scriptMemory, loadBudget []byte
+	functions                              functionCache
+	fnStore                                string    // rewrite.FunctionStoreKey of the tenant
+	readBufs                               sync.Pool // *[]byte of initialReadBuffer: see session.fillIdle
+	closing                                bool
+	wg                                     sync.WaitGroup
 }
 
 // hub is what every Server of one process shares: in gateway mode the
@@ -200,6 +218,8 @@ func newServer(cfg Config, h *hub) (*Server, error) {
 		sandbox:      rewrite.NewSandbox(),
 		scriptBudget: []byte(strconv.FormatInt(max(cfg.ScriptTimeout.Milliseconds(), 1), 10)),
 		scriptMemory: []byte(strconv.FormatInt(max(cfg.ScriptMaxMemory>>10, 1), 10)),
+		loadBudget:   []byte(strconv.FormatInt(min(max(cfg.ScriptTimeout.Milliseconds(), 1), loadTimeoutMs), 10)),
+		fnStore:      rewrite.FunctionStoreKey(prefix),
 		started:      time.Now(),
 		hub:          h,
 		readBufs: sync.Pool{New: func() any {

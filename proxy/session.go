@@ -156,6 +156,7 @@ type slot struct {
 	kind     rewrite.ReplyKind
 	exec     bool              // EXEC: each element as the transaction's queue says
 	script   *scriptEntry      // EVAL*: heal NOSCRIPT, show the client's SHA
+	fn       string            // FCALL*: the function's name, as registered
 	adjust   int64             // PUBLISH: added to upstream's count (Server.publishDelta)
 	mark     fallback.ReadMark // a cacheable read being filled: see askKeyTTLs
 	from, to int               // local reply bytes, or a script's request bytes
@@ -579,6 +580,8 @@ func (s *session) stripReplies(ctx context.Context, err error) {
 				s.out = resp.AppendError(s.out, upstreamErrorText(err, s.b.Err))
 			case sl.script != nil:
 				s.scriptReply(ctx, sl, reply)
+			case sl.fn != "":
+				s.fcallReply(ctx, sl, reply)
 			case sl.exec:
 				s.out = s.appendExecReply(s.out, reply)
 			default:

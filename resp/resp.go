@@ -190,6 +190,26 @@ func parseInline(buf []byte, args [][]byte, lim Limits) ([][]byte, int, int, err
 	if len(line) > 0 && line[len(line)-1] == '\r' {
 		line = line[:len(line)-1]
 	}
+	args, err := splitArgs(line, args, lim.MaxArgs)
+	if err != nil {
+		return args, 0, 0, err
+	}
+	return args, nl + 1, 0, nil
+}
+
+// SplitArgs splits line into words as Redis's sdssplitargs does (inline
+// commands, a function library's "#!lua name=…" line): words separated by
+// blanks, "double" quotes with escapes, 'single' quotes without. It
+// rewrites line in place and returns sub-slices of it; false means
+// unbalanced quotes.
+func SplitArgs(line []byte) ([][]byte, bool) {
+	args, err := splitArgs(line, nil, -1)
+	return args, err == nil
+}
+
+// splitArgs appends line's words to args, at most maxArgs of them (-1: no
+// limit).
+func splitArgs(line []byte, args [][]byte, maxArgs int) ([][]byte, error) {
 	// Inline words are rewritten in place (quotes and escapes shrink them),
 	// so the arguments still point into buf and nothing is allocated. The
 	// rules are sdssplitargs': a quote may open mid-word, and a closing
@@ -209,7 +229,7 @@ func parseInline(buf []byte, args [][]byte, lim Limits) ([][]byte, int, int, err
 			switch {
 			case inDouble:
 				if i >= len(line) {
-					return args, 0, 0, ErrUnbalancedQuotes
+					return args, ErrUnbalancedQuotes
 				}
 				c := line[i]
 				switch {
@@ -221,7 +241,7 @@ func parseInline(buf []byte, args [][]byte, lim Limits) ([][]byte, int, int, err
 					i += 2
 				case c == '"':
 					if i+1 < len(line) && !isBlank(line[i+1]) {
-						return args, 0, 0, ErrUnbalancedQuotes
+						return args, ErrUnbalancedQuotes
 					}
 					i++
 					break word
@@ -232,7 +252,7 @@ func parseInline(buf []byte, args [][]byte, lim Limits) ([][]byte, int, int, err
 				w++
 			case inSingle:
 				if i >= len(line) {
-					return args, 0, 0, ErrUnbalancedQuotes
+					return args, ErrUnbalancedQuotes
 				}
 				c := line[i]
 				switch {
@@ -241,7 +261,7 @@ func parseInline(buf []byte, args [][]byte, lim Limits) ([][]byte, int, int, err
 					i += 2
 				case c == '\'':
 					if i+1 < len(line) && !isBlank(line[i+1]) {
-						return args, 0, 0, ErrUnbalancedQuotes
+						return args, ErrUnbalancedQuotes
 					}
 					i++
 					break word
@@ -266,12 +286,12 @@ func parseInline(buf []byte, args [][]byte, lim Limits) ([][]byte, int, int, err
 				i++
 			}
 		}
-		if len(args) == lim.MaxArgs {
-			return args, 0, 0, ErrInvalidMultibulkLength
+		if len(args) == maxArgs {
+			return args, ErrInvalidMultibulkLength
 		}
 		args = append(args, line[start:w:w])
 	}
-	return args, nl + 1, 0, nil
+	return args, nil
 }
 
 // unescape maps the letter after a backslash inside double quotes.

@@ -46,12 +46,33 @@ const MaxScriptBytes = 4 << 20
 // it is loaded again on its next run.
 const MaxChunkBytes = 64 << 20
 
+// MaxFunctionChunkBytes bounds the rewritten library text the sandbox keeps
+// loaded per upstream server, across all tenants; past it, other tenants'
+// libraries are let go and loaded again from their store when next used.
+const MaxFunctionChunkBytes = 64 << 20
+
+// MaxFunctionHeapBytes bounds upstream's Lua heap as the sandbox sees it
+// after running a tenant's function or loading a library: past it, the
+// registries of every tenant's libraries are let go (sandbox.lua boundHeap).
+// It leaves room for the compiled scripts and libraries (MaxChunkBytes,
+// MaxFunctionChunkBytes) and for what they hold.
+const MaxFunctionHeapBytes = 512 << 20
+
 // NewSandbox builds the library from the command table.
-func NewSandbox() *Sandbox {
+func NewSandbox() *Sandbox { return newSandbox(MaxFunctionHeapBytes) }
+
+// newSandbox builds the library with a bound on Lua's heap of its own (a
+// test's lower one).
+func newSandbox(heapBytes int) *Sandbox {
 	code := sandboxTemplate
 	code = strings.Replace(code, "__SPECS__", luaSpecs(), 1)
 	code = strings.Replace(code, "__SAFE__", luaSafeGlobals(), 1)
 	code = strings.Replace(code, "__MAXBYTES__", strconv.Itoa(MaxChunkBytes), 1)
+	code = strings.Replace(code, "__MAXFNBYTES__", strconv.Itoa(MaxFunctionChunkBytes), 1)
+	code = strings.Replace(code, "__FNHEAPKIB__", strconv.Itoa(heapBytes>>10), 1)
+	code = strings.Replace(code, "__NOTLOADED__", luaQuote(FunctionsNotLoaded), 1)
+	code = strings.Replace(code, "__FNMISSING__", luaQuote(FunctionMissing), 1)
+	code = strings.Replace(code, "__FNCHANGED__", luaQuote(FunctionChanged), 1)
 	sum := sha1.Sum([]byte(code))
 	version := hex.EncodeToString(sum[:])[:12]
 	fn := "keyfence_" + version
@@ -355,41 +376,6 @@ func luaQuote(s string) string {
 // the library's — the line of the marker the library left, or of the
 // "user_script:N:" the message starts with.
 func (sb *Sandbox) FixScriptError(msg []byte, clientSHA string) []byte {
-	out := msg
-	if i := bytes.Index(out, []byte("script: "+sb.fn+"_run_")); i >= 0 {
-		j := i + len("script: "+sb.fn+"_run_")
-		for j < len(out) && out[j] >= '0' && out[j] <= '9' {
-			j++
-		}
-		out = append(append(append(out[:i:i], "script: "...), clientSHA...), out[j:]...)
-	}
-	loc := []byte(", on @user_function:")
-	k := bytes.LastIndex(out, loc)
-	if k < 0 {
-		return out
-	}
-	line := ""
-	if i := bytes.Index(out, []byte(" [kf:line=")); i >= 0 && i < k {
-		if j := bytes.IndexByte(out[i:k], ']'); j >= 0 {
-			line = string(out[i+len(" [kf:line=") : i+j])
-			out = append(out[:i:i], out[i+j+1:]...)
-			k -= j + 1
-		}
-	} else if rest, ok := bytes.CutPrefix(out, []byte("-ERR user_script:")); ok {
-		if n := bytes.IndexByte(rest, ':'); n > 0 {
-			line = string(rest[:n])
-		}
-	}
-	end := k + len(loc)
-	for end < len(out) && out[end] >= '0' && out[end] <= '9' {
-		end++
-	}
-	if end < len(out) && out[end] == '.' {
-		end++
-	}
-	repl := "." // after a tail call Lua keeps no caller line: name none
-	if line != "" && line != "?" {
-		repl = ", on @user_script:" + line + "."
-	}
-	return append(out[:k:k], append([]byte(repl), out[end:]...)...)
+	out := replaceRunName(msg, "script: "+sb.fn+"_run_", "script: "+clientSHA)
+	return fixLocation(out, "-ERR user_script:", "@user_script")
 }

@@ -36,6 +36,13 @@ local deadline, ticks, nextCheck, checkedMem, calls, expired, memLimit, budgetMs
 
 local P, G, W, RP, RAPI, CO, INTERNAL, PROXIED
 
+-- Redis 7 functions (rewrite/functions.go): the environment a tenant's
+-- function runs in (P without KEYS and ARGV, and a redis without EVAL's own
+-- fields), the one its library's top-level code runs in while it loads, and
+-- the library being loaded, if any.
+local PF, LOADENV
+local LOADING
+
 local function readonly()
 	error("Attempt to modify a readonly table", 2)
 end
@@ -66,6 +73,10 @@ local function nonexistent(_, k)
 end
 
 local function timeoutError()
+	if LOADING then
+		-- Redis's own limit and wording for a library's top-level code.
+		return {err = "ERR FUNCTION LOAD timeout"}
+	end
 	return {err = "ERR keyfence: script stopped after running longer than --script-timeout (" .. budgetMs ..
 		" ms); the writes it made before stay"}
 end
@@ -326,6 +337,86 @@ local function proxyNext(p, k)
 	return k, v
 end
 
+-- registerFunction is redis.register_function while a library loads, as
+-- Redis 7.0's (function_lua.c), with its errors: they become "Error
+-- registering functions: …" (fload). Called at any other time (a library
+-- kept a reference), it fails as Redis's does.
+local FLAGBITS = {["no-writes"] = 1, ["allow-oom"] = 2, ["allow-stale"] = 4, ["no-cluster"] = 8, ["allow-cross-slot-keys"] = 16}
+
+local function regError(msg)
+	error({err = "ERR " .. msg}, 0)
+end
+
+local function isString(v)
+	local t = type(v)
+	return t == "string" or t == "number"
+end
+
+local function registerFunction(...)
+	local lib = LOADING
+	if not lib then
+		raise({err = "ERR redis.register_function can only be called on FUNCTION LOAD command"}, 1)
+	end
+	local n = select("#", ...)
+	if n < 1 or n > 2 then regError("wrong number of arguments to redis.register_function") end
+	local name, desc, cb, flags = nil, nil, nil, 0
+	if n == 1 then
+		local t = ...
+		if type(t) ~= "table" then
+			regError("calling redis.register_function with a single argument is only applicable to Lua table (representing named arguments).")
+		end
+		for k, v in next, t do
+			if not isString(k) then regError("named argument key given to redis.register_function is not a string") end
+			local key = lower(tostring(k))
+			if key == "function_name" then
+				if not isString(v) then regError("function_name argument given to redis.register_function must be a string") end
+				name = tostring(v)
+			elseif key == "description" then
+				if not isString(v) then regError("description argument given to redis.register_function must be a string") end
+				desc = tostring(v)
+			elseif key == "callback" then
+				if type(v) ~= "function" then regError("callback argument given to redis.register_function must be a function") end
+				cb = v
+			elseif key == "flags" then
+				if type(v) ~= "table" then
+					regError("flags argument to redis.register_function must be a table representing function flags")
+				end
+				local m, i = 0, 1
+				while true do
+					local f = v[i]
+					if f == nil then break end
+					local bit = isString(f) and FLAGBITS[lower(tostring(f))]
+					if not bit then regError("unknown flag given") end
+					if m % (bit * 2) < bit then m = m + bit end
+					i = i + 1
+				end
+				flags = m
+			else
+				regError("unknown argument given to redis.register_function")
+			end
+		end
+		if not name then regError("redis.register_function must get a function name argument") end
+		if not cb then regError("redis.register_function must get a callback argument") end
+	else
+		local a, b = ...
+		if not isString(a) then regError("first argument to redis.register_function must be a string") end
+		if type(b) ~= "function" then regError("second argument to redis.register_function must be a function") end
+		name, cb = tostring(a), b
+	end
+	if not match(name, "^[%w_]+$") then
+		regError("Library names can only contain letters, numbers, or underscores(_) and must be at least one character long")
+	end
+	-- Redis 7.0 compares names in a library by case and across libraries
+	-- without: it takes "f" and "F" in one library and then fails an
+	-- assertion (the server exits) when that library is deleted. keyfence
+	-- refuses such a pair here instead.
+	local key = lower(name)
+	if lib.byName[key] then regError("Function already exists in the library") end
+	local fr = {name = name, desc = desc, flags = flags, cb = cb, lib = lib}
+	lib.byName[key] = fr
+	lib.fns[#lib.fns + 1] = fr
+end
+
 local function init()
 	R = redis
 	local s, m = string, math
@@ -358,18 +449,15 @@ local function init()
 		"REPL_REPLICA", "REPL_SLAVE", "REPL_NONE", "REDIS_VERSION", "REDIS_VERSION_NUM"}) do
 		RAPI[k] = R[k]
 	end
-	RP = proxy(RAPI)
-
 	local co = {}
 	for k, v in pairs(coroutine) do co[k] = v end
 	co.resume = function(...) return caught(coresume(...)) end
 	CO = proxy(co)
 
-	P = {}
-	for _, k in ipairs(SAFE) do P[k] = _G[k] end
-	P.redis, P.coroutine = RP, CO
-	P.pcall = function(...) return caught(pcall(...)) end
-	P.xpcall = function(f, h)
+	-- The wrappers every environment shares: they keep no state.
+	local shared = {}
+	shared.pcall = function(...) return caught(pcall(...)) end
+	shared.xpcall = function(f, h)
 		if type(h) == "function" then
 			local handler = h
 			h = function(e) return handler(unmark(e)) end
@@ -383,12 +471,12 @@ local function init()
 		if type(s) == "string" and sub(s, 1, 1) == "\27" then return nil end
 		error("keyfence: loadstring and load are not available to scripts", 2)
 	end
-	P.loadstring, P.load = noLoad, noLoad
-	P.rawset = function(t, k, v)
+	shared.loadstring, shared.load = noLoad, noLoad
+	shared.rawset = function(t, k, v)
 		if PROXIED[t] then readonlyC() end
 		return rawset(t, k, v)
 	end
-	P.rawget = function(t, k)
+	shared.rawget = function(t, k)
 		local p = PROXIED[t]
 		if p then
 			if INTERNAL[k] then return nil end
@@ -396,30 +484,79 @@ local function init()
 		end
 		return rawget(t, k)
 	end
-	P.setmetatable = function(t, mt)
+	shared.setmetatable = function(t, mt)
 		if PROXIED[t] then readonlyC() end
 		return setmetatable(t, mt)
 	end
-	P.next = function(t, k)
+	shared.next = function(t, k)
 		if PROXIED[t] then return proxyNext(t, k) end
 		return next(t, k)
 	end
-	P.pairs = function(t)
+	shared.pairs = function(t)
 		if PROXIED[t] then return proxyNext, t, nil end
 		return pairs(t)
 	end
-	P.__kf_T = tick
-	P.__kf_V = noArgs
-	P.__kf_I = function(...) return ... end
+	shared.__kf_T = tick
+	shared.__kf_V = noArgs
+	shared.__kf_I = function(...) return ... end
 	W = setmetatable({}, {__index = readonly, __newindex = readonly, __metatable = false})
-	P.__kf_W = W
-	G = proxy(P)
-	P._G = G
-	setmetatable(P, {__index = nonexistent, __newindex = readonly, __metatable = false})
+	shared.__kf_W = W
+
+	local function makeEnv(rapi)
+		local E = {}
+		for _, k in ipairs(SAFE) do E[k] = _G[k] end
+		for k, v in pairs(shared) do E[k] = v end
+		E.redis, E.coroutine = proxy(rapi), CO
+		E._G = proxy(E)
+		setmetatable(E, {__index = nonexistent, __newindex = readonly, __metatable = false})
+		return E
+	end
+	P = makeEnv(RAPI)
+	G = P._G
+	RP = P.redis
+
+	-- A function's redis has no EVAL-only fields (Redis's has none either).
+	local fapi = {}
+	for k, v in pairs(RAPI) do fapi[k] = v end
+	fapi.replicate_commands, fapi.breakpoint, fapi.debug = nil, nil, nil
+	PF = makeEnv(fapi)
+
+	-- While a library loads, Redis offers it only this redis: anything else
+	-- is a "nonexistent global variable", the redis table's fields too.
+	local lapi = {register_function = registerFunction, log = R.log}
+	for _, k in ipairs({"LOG_DEBUG", "LOG_VERBOSE", "LOG_NOTICE", "LOG_WARNING", "REDIS_VERSION", "REDIS_VERSION_NUM"}) do
+		lapi[k] = R[k]
+	end
+	local LR = setmetatable({}, {
+		__index = function(_, k)
+			local v = lapi[k]
+			if v == nil then
+				error("Script attempted to access nonexistent global variable '" .. tostring(k) .. "'", 2)
+			end
+			return v
+		end,
+		__newindex = readonly, __metatable = false,
+	})
+	PROXIED[LR] = lapi
+	LOADENV = {redis = LR}
+	for _, k in ipairs({"__kf_T", "__kf_V", "__kf_I", "__kf_W"}) do LOADENV[k] = shared[k] end
+	setmetatable(LOADENV, {__index = nonexistent, __newindex = readonly, __metatable = false})
 end
 
 local function escapePattern(s)
 	return (gsub(s, "[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0"))
+end
+
+-- startRun sets the state of a run: the tenant's prefix, the time budget
+-- (ms) and the memory budget (KiB).
+local function startRun(p, ms, kib)
+	if p ~= prefix then
+		prefix, plen, prefixPat = p, #p, escapePattern(p)
+	end
+	budgetMs = tonumber(ms)
+	checkedMem = gcount("count")
+	memLimit = checkedMem + tonumber(kib)
+	deadline, ticks, nextCheck, calls, expired = 0, 0, 1, 0, false
 end
 
 -- run runs a loaded chunk. args: the tenant's prefix, the chunk's SHA1, the
@@ -432,13 +569,7 @@ local function run(keys, args)
 	if not f then
 		return R.error_reply("NOSCRIPT keyfence: sandboxed script not loaded")
 	end
-	if args[1] ~= prefix then
-		prefix, plen, prefixPat = args[1], #args[1], escapePattern(args[1])
-	end
-	budgetMs = tonumber(args[3])
-	checkedMem = gcount("count")
-	memLimit = checkedMem + tonumber(args[4])
-	deadline, ticks, nextCheck, calls, expired = 0, 0, 1, 0, false
+	startRun(args[1], args[3], args[4])
 	local k = {}
 	for i = 1, #keys do k[i] = sub(keys[i], plen + 1) end
 	local a = {}
@@ -477,6 +608,370 @@ local function check(keys, args)
 	return R.error_reply("ERR Error compiling script (new function): " .. err)
 end
 
+-- Redis 7 functions, per tenant (rewrite/functions.go, proxy/functions.go).
+--
+-- TEN[prefix] is a tenant's registry: its libraries by name, its functions
+-- by lower-cased name (Redis finds functions without regard to case), and
+-- gen, the "#gen" token of the store hash it was built from (false: no
+-- hash, no libraries). The hash (KEYS[1] of every operation below: name →
+-- the client's code, "#gen" → a token every change replaces) is the truth:
+-- every operation first checks that the registry was built from the hash as
+-- it is, else answers FunctionsNotLoaded and keyfence rebuilds it (fready,
+-- finstall). Every change writes the registry and the hash together, in one
+-- call. A library is an instance per tenant: its top-level locals are its
+-- own state, as in Redis, even when two tenants load the same code.
+local MAX_FN_BYTES = __MAXFNBYTES__
+local NOT_LOADED, FN_MISSING, FN_CHANGED = __NOTLOADED__, __FNMISSING__, __FNCHANGED__
+local TEN, tenBytes = {}, 0
+
+local function newTenant(p)
+	local T = {libs = {}, fns = {}, bytes = 0, nlibs = 0, codeBytes = 0, gen = nil}
+	TEN[p] = T
+	return T
+end
+
+local function dropTenant(p)
+	local T = TEN[p]
+	if T then
+		tenBytes = tenBytes - T.bytes
+		TEN[p] = nil
+	end
+end
+
+local function dropLib(T, inst)
+	if T.libs[inst.name] ~= inst then return end
+	for _, fr in ipairs(inst.fns) do
+		local key = lower(fr.name)
+		if T.fns[key] == fr then T.fns[key] = nil end
+	end
+	T.libs[inst.name] = nil
+	T.bytes, T.nlibs, T.codeBytes = T.bytes - inst.size, T.nlibs - 1, T.codeBytes - inst.codeLen
+	tenBytes = tenBytes - inst.size
+end
+
+-- addLib adds a library, making room under MAX_FN_BYTES by letting other
+-- tenants' registries go (they are rebuilt from their hashes when used).
+local function addLib(T, inst)
+	while tenBytes + inst.size > MAX_FN_BYTES do
+		local victim
+		for p, other in next, TEN do
+			if other ~= T and other.bytes > 0 then victim = p break end
+		end
+		if not victim then break end
+		dropTenant(victim)
+	end
+	T.libs[inst.name] = inst
+	for _, fr in ipairs(inst.fns) do T.fns[lower(fr.name)] = fr end
+	T.bytes, T.nlibs, T.codeBytes = T.bytes + inst.size, T.nlibs + 1, T.codeBytes + inst.codeLen
+	tenBytes = tenBytes + inst.size
+end
+
+-- boundHeap keeps Lua's heap under FN_HEAP_KIB. A library's top-level
+-- locals live as long as it does, and a function may grow them at every
+-- call, as in Redis; on a shared server that would let one tenant fill
+-- upstream's memory a call at a time. Past the bound, after a full
+-- collection, every tenant's registry goes (the code stays in the stores and
+-- is loaded again when next used, as after a restart), and what the
+-- libraries held with it.
+local FN_HEAP_KIB = __FNHEAPKIB__
+
+local function boundHeap()
+	if gcount("count") <= FN_HEAP_KIB then return end
+	gcount("collect")
+	if gcount("count") <= FN_HEAP_KIB then return end
+	TEN, tenBytes = {}, 0
+	gcount("collect")
+end
+
+-- loadErrorText is what Redis makes of an error a library's top-level code
+-- raised (luaExtractErrorInformation).
+local function loadErrorText(e)
+	local t = type(e)
+	if t == "string" or t == "number" then return "ERR " .. e end
+	if t == "table" then
+		local m = e.err
+		if type(m) == "string" or type(m) == "number" then return (gsub(m, " %[kf:line=[%d?]*%]", "")) end
+	end
+	return "(null)"
+end
+
+-- instantiate compiles a library's rewritten chunk and runs its top-level
+-- code with only Redis's load-time API, collecting what it registers. It
+-- returns the instance, or nil and Redis's error. A chunk may be one of
+-- keyfence's markers instead (rewrite/functions.go).
+local function instantiate(name, code, chunk)
+	local mark = sub(chunk, 1, 1)
+	if mark == "!" or mark == "?" then return nil, sub(chunk, 2) end
+	local f, err
+	if chunk == "" then
+		-- keyfence's parser refused it: Lua's own message, never run.
+		local nl = string.find(code, "\n", 1, true) or 1
+		f, err = loadstring(sub(code, nl), "=user_function")
+		if f then return nil, "ERR keyfence: the library uses Lua syntax the sandbox does not support" end
+		return nil, "ERR Error compiling function: " .. err
+	end
+	f, err = loadstring(chunk, "=user_function")
+	if not f then return nil, "ERR Error compiling function: " .. err end
+	local inst = {name = name, fns = {}, byName = {}, size = #chunk, codeLen = #code, sha = R.sha1hex(code)}
+	-- Once loaded, the library's code reads the function environment.
+	local mt = {__index = LOADENV, __newindex = readonly, __metatable = false}
+	LOADING = inst
+	-- xpcall, not pcall: Redis's pcall turns an error table into its err
+	-- string, and Redis tells the two kinds apart.
+	local env = setmetatable({}, mt)
+	local ok, e = xpcall(function() return f(env) end, function(err) return err end)
+	LOADING = nil
+	if not ok then return nil, "ERR Error registering functions: " .. loadErrorText(e) end
+	if #inst.fns == 0 then return nil, "ERR No functions registered" end
+	mt.__index = PF
+	boundHeap()
+	return inst
+end
+
+-- current returns the tenant's registry when it was built from the store
+-- as it is now, else nil. The store lives in keyfence's base database
+-- (sdb); a run may be in another (cdb), which SELECT inside a script leaves
+-- unchanged for the connection.
+local function current(store, p, sdb, cdb)
+	if sdb ~= cdb then R.call("SELECT", sdb) end
+	local g = R.call("HGET", store, "#gen")
+	if sdb ~= cdb then R.call("SELECT", cdb) end
+	local T = TEN[p]
+	if T and T.gen == g then return T end
+	return nil
+end
+
+local function fail(msg) return R.error_reply(msg) end
+
+local function limitError(maxLibs, maxBytes)
+	return fail("ERR keyfence: the tenant's function libraries would pass keyfence's limits (--max-function-libraries " ..
+		maxLibs .. ", --max-function-bytes " .. maxBytes .. " bytes of code); FUNCTION DELETE or FUNCTION FLUSH first")
+end
+
+-- storeWrite writes the changed libraries to the store and a new token:
+-- set holds name, code pairs, del the names that go. With no libraries
+-- left the hash goes too, and the token is false.
+local function inBatches(cmd, store, list, step)
+	for i = 1, #list, step do
+		R.call(cmd, store, unpack(list, i, math.min(i + step - 1, #list)))
+	end
+end
+
+local function storeWrite(T, store, gen, set, del, flush)
+	if flush then R.call("DEL", store) end
+	inBatches("HDEL", store, del, 200)
+	if T.nlibs == 0 then
+		if not flush then R.call("DEL", store) end
+		T.gen = false
+		return
+	end
+	set[#set + 1] = "#gen"
+	set[#set + 1] = gen
+	inBatches("HSET", store, set, 200)
+	T.gen = gen
+end
+
+-- fload: FUNCTION LOAD [REPLACE] and FUNCTION RESTORE. args: prefix, new
+-- token, policy (load, replace; restore: append, replace-all, flush), the
+-- tenant's limits (libraries, bytes of code), the load time budget (ms),
+-- the memory budget (KiB), then name, code, chunk of each library.
+local function fload(keys, args)
+	if not R then init() end
+	local store, p, gen, policy = keys[1], args[1], args[2], args[3]
+	local maxLibs, maxBytes = tonumber(args[4]), tonumber(args[5])
+	local T = current(store, p, 0, 0)
+	if not T then return fail(NOT_LOADED) end
+	startRun(p, args[6], args[7])
+	if policy == "load" or policy == "replace" then
+		local name, code, chunk = args[8], args[9], args[10]
+		if sub(chunk, 1, 1) == "!" then return fail(sub(chunk, 2)) end
+		local old = T.libs[name]
+		if old and policy == "load" then return fail("ERR Library '" .. name .. "' already exists") end
+		local inst, e = instantiate(name, code, chunk)
+		if not inst then return fail(e) end
+		for _, fr in ipairs(inst.fns) do
+			local o = T.fns[lower(fr.name)]
+			if o and o.lib ~= old then return fail("ERR Function " .. fr.name .. " already exists") end
+		end
+		local nlibs, bytes = T.nlibs + 1, T.codeBytes + #code
+		if old then nlibs, bytes = nlibs - 1, bytes - old.codeLen end
+		if nlibs > maxLibs or bytes > maxBytes then return limitError(maxLibs, maxBytes) end
+		if old then dropLib(T, old) end
+		addLib(T, inst)
+		storeWrite(T, store, gen, {name, code}, {}, false)
+		return name
+	end
+	-- FUNCTION RESTORE (functionRestoreCommand): the payload's libraries are
+	-- made on their own first, then joined to the tenant's by the policy.
+	local new, newFns = {}, {}
+	for i = 8, #args, 3 do
+		local name, code, chunk = args[i], args[i + 1], args[i + 2]
+		if sub(chunk, 1, 1) == "!" then return fail(sub(chunk, 2)) end
+		if new[name] then return fail("ERR Library '" .. name .. "' already exists") end
+		local inst, e = instantiate(name, code, chunk)
+		if not inst then return fail(e) end
+		for _, fr in ipairs(inst.fns) do
+			local key = lower(fr.name)
+			if newFns[key] then return fail("ERR Function " .. fr.name .. " already exists") end
+			newFns[key] = fr
+		end
+		new[name] = inst
+		new[#new + 1] = inst
+	end
+	local drop, ndrop, dropBytes = {}, 0, 0
+	if policy == "flush" then
+		for _, inst in next, T.libs do drop[inst] = true end
+		ndrop, dropBytes = T.nlibs, T.codeBytes
+	else
+		for _, inst in ipairs(new) do
+			local old = T.libs[inst.name]
+			if old then
+				if policy == "append" then return fail("ERR Library " .. inst.name .. " already exists") end
+				drop[old], ndrop, dropBytes = true, ndrop + 1, dropBytes + old.codeLen
+			end
+		end
+		for key, fr in next, newFns do
+			local o = T.fns[key]
+			if o and not drop[o.lib] then return fail("ERR Function " .. fr.name .. " already exists") end
+		end
+	end
+	local nlibs, bytes = T.nlibs - ndrop + #new, T.codeBytes - dropBytes
+	for _, inst in ipairs(new) do bytes = bytes + inst.codeLen end
+	if nlibs > maxLibs or bytes > maxBytes then return limitError(maxLibs, maxBytes) end
+	local set, del = {}, {}
+	for inst in next, drop do
+		dropLib(T, inst)
+		del[#del + 1] = inst.name
+	end
+	for i, inst in ipairs(new) do
+		addLib(T, inst)
+		set[#set + 1] = inst.name
+		set[#set + 1] = args[8 + (i - 1) * 3 + 1]
+	end
+	storeWrite(T, store, gen, set, policy == "flush" and {} or del, policy == "flush")
+	return R.status_reply("OK")
+end
+
+-- fdelete: FUNCTION DELETE. args: prefix, new token, library name.
+local function fdelete(keys, args)
+	if not R then init() end
+	local store, p = keys[1], args[1]
+	local T = current(store, p, 0, 0)
+	if not T then return fail(NOT_LOADED) end
+	local inst = T.libs[args[3]]
+	if not inst then return fail("ERR Library not found") end
+	dropLib(T, inst)
+	storeWrite(T, store, args[2], {}, {inst.name}, false)
+	return R.status_reply("OK")
+end
+
+-- fflush: FUNCTION FLUSH. args: prefix.
+local function fflush(keys, args)
+	if not R then init() end
+	R.call("DEL", keys[1])
+	dropTenant(args[1])
+	newTenant(args[1]).gen = false
+	return R.status_reply("OK")
+end
+
+-- flist: the tenant's libraries for FUNCTION LIST, DUMP and STATS. args:
+-- prefix, "1" to have the code. Each library: name, code or nil, then
+-- name, description or nil, flags of each function.
+local function flist(keys, args)
+	if not R then init() end
+	local store = keys[1]
+	local T = current(store, args[1], 0, 0)
+	if not T then return fail(NOT_LOADED) end
+	local out = {}
+	for name, inst in next, T.libs do
+		local l = {name, args[2] == "1" and R.call("HGET", store, name) or false}
+		for _, fr in ipairs(inst.fns) do
+			l[#l + 1] = fr.name
+			l[#l + 1] = fr.desc or false
+			l[#l + 1] = fr.flags
+		end
+		out[#out + 1] = l
+	end
+	return out
+end
+
+-- fready makes the tenant's registry the store's: it drops the libraries
+-- the store no longer has and returns name, code of those it must load
+-- (finstall), or "OK" when there are none and the registry is current.
+-- args: prefix.
+local function fready(keys, args)
+	if not R then init() end
+	local p = args[1]
+	local all = R.call("HGETALL", keys[1])
+	local g, want = false, {}
+	for i = 1, #all, 2 do
+		if all[i] == "#gen" then g = all[i + 1] else want[all[i]] = all[i + 1] end
+	end
+	local T = TEN[p] or newTenant(p)
+	T.gen = nil
+	for name, inst in next, T.libs do
+		if want[name] == nil then dropLib(T, inst) end
+	end
+	local need = {}
+	for name, code in next, want do
+		local inst = T.libs[name]
+		if not inst or inst.sha ~= R.sha1hex(code) then
+			need[#need + 1] = name
+			need[#need + 1] = code
+		end
+	end
+	if #need > 0 then return need end
+	T.gen = g
+	return R.status_reply("OK")
+end
+
+-- finstall loads one library of the store into the registry, letting go of
+-- any library whose functions it shares: the store never holds two such,
+-- so that one is stale and fready says whether to load it again. args:
+-- prefix, name, the SHA1 of its code, chunk, load budget (ms), memory (KiB).
+local function finstall(keys, args)
+	if not R then init() end
+	local p, name = args[1], args[2]
+	local code = R.call("HGET", keys[1], name)
+	if not code or R.sha1hex(code) ~= args[3] then return R.status_reply("RETRY") end
+	local T = TEN[p] or newTenant(p)
+	startRun(p, args[5], args[6])
+	local inst, e = instantiate(name, code, args[4])
+	if not inst then return fail(e) end
+	T.gen = nil
+	local old = T.libs[name]
+	if old then dropLib(T, old) end
+	for _, fr in ipairs(inst.fns) do
+		local o = T.fns[lower(fr.name)]
+		if o then dropLib(T, o.lib) end
+	end
+	addLib(T, inst)
+	return R.status_reply("OK")
+end
+
+-- frun runs a tenant's function. keys: the client's keys, prefixed; args:
+-- prefix, store key, store db, current db, function name, time budget
+-- (ms), memory budget (KiB), then the client's arguments. mask is the
+-- run function's flags, which Redis checked: they must be the function's.
+local function frun(mask, keys, args)
+	if not R then init() end
+	local p = args[1]
+	local T = current(args[2], p, args[3], args[4])
+	if not T then return fail(NOT_LOADED) end
+	local fr = T.fns[lower(args[5])]
+	if not fr then return fail(FN_MISSING) end
+	if fr.flags ~= mask then return fail(FN_CHANGED) end
+	startRun(p, args[6], args[7])
+	local k = {}
+	for i = 1, #keys do k[i] = sub(keys[i], plen + 1) end
+	local a = {}
+	for i = 8, #args do a[i - 7] = args[i] end
+	local r = fr.cb(k, a)
+	fr, T = nil, nil -- for boundHeap to let the library go
+	boundHeap()
+	return r
+end
+
 -- One run function per combination of script flags (#!lua flags=…): Redis
 -- checks them at FCALL, before the script runs.
 local FLAGS = {"no-writes", "allow-oom", "allow-stale", "no-cluster", "allow-cross-slot-keys"}
@@ -488,5 +983,21 @@ for mask = 0, 31 do
 	end
 	redis.register_function{function_name = "__FN___run_" .. mask, callback = run, flags = fl}
 end
+for mask = 0, 31 do
+	local fl, bitv = {}, 1
+	for i = 1, #FLAGS do
+		if mask % (bitv * 2) >= bitv then fl[#fl + 1] = FLAGS[i] end
+		bitv = bitv * 2
+	end
+	redis.register_function{function_name = "__FN___frun_" .. mask, callback = function(keys, args) return frun(mask, keys, args) end, flags = fl}
+end
+-- FUNCTION LOAD and RESTORE are refused when upstream is out of memory
+-- (deny-oom); DELETE and FLUSH, which free it, are not.
+redis.register_function{function_name = "__FN___fload", callback = fload}
+redis.register_function{function_name = "__FN___fdelete", callback = fdelete, flags = {"allow-oom"}}
+redis.register_function{function_name = "__FN___fflush", callback = fflush, flags = {"allow-oom"}}
+redis.register_function{function_name = "__FN___flist", callback = flist, flags = {"no-writes", "allow-stale", "allow-oom"}}
+redis.register_function{function_name = "__FN___fready", callback = fready, flags = {"no-writes", "allow-oom"}}
+redis.register_function{function_name = "__FN___finstall", callback = finstall, flags = {"no-writes", "allow-oom"}}
 redis.register_function{function_name = "__FN___load", callback = load, flags = {"no-writes", "allow-stale", "allow-oom"}}
 redis.register_function{function_name = "__FN___check", callback = check, flags = {"no-writes", "allow-stale", "allow-oom"}}

@@ -946,9 +946,8 @@ var commandTable = map[string]*Command{
 		KeySpecs: []KeySpec{
 			{Flags: KeyRW | KeyAccess | KeyUpdate, BeginSearch: BeginSearch{Index: 2}, FindKeys: FindKeys{KeyNum: true, KeyNumIdx: 0, FirstKey: 1, KeyStep: 1}},
 		},
-		Policy: PolicyDenied,
+		Policy: PolicyEmulated,
 		Reply:  ReplyRaw,
-		Why:    "FCALL is denied: functions live in one library namespace shared by every tenant",
 	},
 	"fcall_ro": {
 		Name:  "fcall_ro",
@@ -957,9 +956,8 @@ var commandTable = map[string]*Command{
 		KeySpecs: []KeySpec{
 			{Flags: KeyRO | KeyAccess, BeginSearch: BeginSearch{Index: 2}, FindKeys: FindKeys{KeyNum: true, KeyNumIdx: 0, FirstKey: 1, KeyStep: 1}},
 		},
-		Policy: PolicyDenied,
+		Policy: PolicyEmulated,
 		Reply:  ReplyRaw,
-		Why:    "FCALL_RO is denied: functions live in one library namespace shared by every tenant",
 	},
 	"flushall": {
 		Name:   "flushall",
@@ -985,9 +983,8 @@ var commandTable = map[string]*Command{
 				Name:   "function|delete",
 				Arity:  3,
 				Flags:  FlagWrite | FlagNoScript,
-				Policy: PolicyDenied,
+				Policy: PolicyEmulated,
 				Reply:  ReplyRaw,
-				Why:    "FUNCTION DELETE is denied: functions live in one library namespace shared by every tenant",
 			},
 			"dump": {
 				Name:   "function|dump",
@@ -1028,17 +1025,15 @@ var commandTable = map[string]*Command{
 				Name:   "function|load",
 				Arity:  -3,
 				Flags:  FlagWrite | FlagNoScript | FlagDenyOOM,
-				Policy: PolicyDenied,
+				Policy: PolicyEmulated,
 				Reply:  ReplyRaw,
-				Why:    "FUNCTION LOAD is denied: functions live in one library namespace shared by every tenant",
 			},
 			"restore": {
 				Name:   "function|restore",
 				Arity:  -3,
 				Flags:  FlagWrite | FlagNoScript | FlagDenyOOM,
-				Policy: PolicyDenied,
+				Policy: PolicyEmulated,
 				Reply:  ReplyRaw,
-				Why:    "FUNCTION RESTORE is denied: functions live in one library namespace shared by every tenant",
 			},
 			"stats": {
 				Name:   "function|stats",

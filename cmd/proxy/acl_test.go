@@ -32,14 +32,14 @@ func TestACLSubcommand(t *testing.T) {
 		stderr  string
 	}{
 		{name: "defaults", args: []string{"--tenant", "acme"},
-			want: []string{"ACL SETUSER keyfence-acme reset off resetkeys ~tenant:acme:* resetchannels &tenant:acme:* &__keyspace@*__:tenant:acme:* &__keyevent@*__:* -@all +",
+			want: []string{"ACL SETUSER keyfence-acme reset off resetkeys ~tenant:acme:* ~{keyfence}:functions:tenant:acme: resetchannels &tenant:acme:* &__keyspace@*__:tenant:acme:* &__keyevent@*__:* -@all +",
 				" +get ", " +set ", " +client|tracking ", " +object|encoding ", " +xinfo|stream ", " +scan ", " +info ", " +fcall ", " +function|load ", " +psubscribe ", " +publish "},
 			absent: []string{"+@all", "+eval", "+evalsha", "+keys", "+script|load", "+client", "+object", "+function", "+config", "+config|get", "+flushall", "+flushdb", "+swapdb", "+move", "+debug",
 				"+eval", "+script|flush", "+script|kill", "+function|delete", "+function|flush", "+client|kill", "+client|list", "+acl", "+monitor",
 				"+dbsize", "+randomkey", "+pubsub|numpat", "+memory|stats", "+slowlog|get", "+shutdown", "+migrate", "on", "nopass"},
 			stderr: "created off"},
 		{name: "tenant from env, user and key format", args: []string{"--user", "kf-a", "--key-format", "app/{tenant}/"}, env: map[string]string{"TENANT_ID": "a"},
-			want: []string{"ACL SETUSER kf-a reset off resetkeys ~app/a/* resetchannels &app/a/* &__keyspace@*__:app/a/* "}},
+			want: []string{"ACL SETUSER kf-a reset off resetkeys ~app/a/* ~{keyfence}:functions:app/a/ resetchannels &app/a/* &__keyspace@*__:app/a/* "}},
 		{name: "user from REDIS_USERNAME", args: []string{"--tenant", "acme"}, env: map[string]string{"REDIS_USERNAME": "up-acme"},
 			want: []string{"ACL SETUSER up-acme reset "}},
 		{name: "password file: its hash, on", args: []string{"--tenant", "acme", "--redis-password-file", pwFile},
@@ -187,7 +187,7 @@ func TestACLTenantsFile(t *testing.T) {
 		wantLines []string // prefixes of the stdout lines, in order
 	}{
 		{name: "by flag", args: []string{"--tenants-file", file},
-			wantLines: []string{"ACL SETUSER kf-acme reset on " + hash("acme-upstream-pw") + " resetkeys ~tenant:acme:* resetchannels &tenant:acme:* ",
+			wantLines: []string{"ACL SETUSER kf-acme reset on " + hash("acme-upstream-pw") + " resetkeys ~tenant:acme:* ~{keyfence}:functions:tenant:acme: resetchannels &tenant:acme:* ",
 				"ACL SETUSER kf-beta reset on " + hash("beta-upstream-pw") + " resetkeys ~tenant:beta:* "}},
 		{name: "by env, key format", args: []string{"--key-format", "app/{tenant}/"}, env: map[string]string{"PROXY_TENANTS_FILE": file},
 			wantLines: []string{"ACL SETUSER kf-acme reset on " + hash("acme-upstream-pw") + " resetkeys ~app/acme/* ", "ACL SETUSER kf-beta reset on "}},

@@ -42,6 +42,7 @@ type settings struct {
 	clientPassword                                    string
 	maxClients, maxRequestBytes, sharedConns          int
 	maxPinned, maxScripts, scriptMaxMemory            int
+	maxFunctionLibraries, maxFunctionBytes            int
 	scriptTimeout                                     time.Duration
 	outputSoft, outputHard, maxRequestBufferTotal     int
 	dialTimeout, shutdownTimeout                      time.Duration
@@ -168,6 +169,8 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*con
 	num(&s.maxPinned, "max-pinned", "PROXY_MAX_PINNED", 1000, "upstream connections pinned to clients (MULTI, WATCH, blocking commands) at most")
 	dur(&s.scriptTimeout, "script-timeout", "PROXY_SCRIPT_TIMEOUT", proxy.DefaultScriptTimeout, "longest a Lua script may run before keyfence stops it (below Redis's 5 s busy threshold, so other tenants wait at most this long)")
 	num(&s.maxScripts, "max-scripts", "PROXY_MAX_SCRIPTS", proxy.DefaultMaxScripts, "distinct Lua scripts the tenant may load; past it EVAL of a new script is refused until SCRIPT FLUSH")
+	num(&s.maxFunctionLibraries, "max-function-libraries", "PROXY_MAX_FUNCTION_LIBRARIES", proxy.DefaultMaxFunctionLibraries, "Redis 7 function libraries the tenant may have; past it FUNCTION LOAD and RESTORE of more are refused")
+	num(&s.maxFunctionBytes, "max-function-bytes", "PROXY_MAX_FUNCTION_BYTES", proxy.DefaultMaxFunctionBytes, "bytes of code all of the tenant's function libraries may hold together")
 	num(&s.scriptMaxMemory, "script-max-memory", "PROXY_SCRIPT_MAX_MEMORY", proxy.DefaultScriptMaxMemory, "bytes a running Lua script may grow upstream's Lua memory by before keyfence stops it")
 	boolean(&s.breaker, "breaker", "PROXY_BREAKER", true, "circuit breaker: while upstream keeps failing, fail fast with TRYAGAIN instead of piling up")
 	boolean(&s.fallback, "fallback", "PROXY_FALLBACK", true, "with --breaker: answer cacheable reads from an in-memory cache while upstream fails (reads seen twice are cached; see README)")
@@ -445,6 +448,7 @@ func (s *settings) config() (*config, error) {
 		v    int
 	}{{"--max-clients", s.maxClients}, {"--max-request-bytes", s.maxRequestBytes}, {"--shared-conns", s.sharedConns}, {"--max-pinned", s.maxPinned},
 		{"--max-scripts", s.maxScripts}, {"--script-max-memory", s.scriptMaxMemory},
+		{"--max-function-libraries", s.maxFunctionLibraries}, {"--max-function-bytes", s.maxFunctionBytes},
 		{"--client-output-soft-limit", s.outputSoft}, {"--client-output-hard-limit", s.outputHard}, {"--max-request-buffer-total", s.maxRequestBufferTotal}} {
 		if c.v <= 0 {
 			return nil, fmt.Errorf("%s %d: must be positive", c.name, c.v)
@@ -510,6 +514,8 @@ func (s *settings) config() (*config, error) {
 			MaxPinned:             s.maxPinned,
 			ScriptTimeout:         s.scriptTimeout,
 			MaxScripts:            s.maxScripts,
+			MaxFunctionLibraries:  s.maxFunctionLibraries,
+			MaxFunctionBytes:      s.maxFunctionBytes,
 			ScriptMaxMemory:       int64(s.scriptMaxMemory),
 			TLS:                   listenTLS,
 			Fallback:              fb,

@@ -144,6 +144,18 @@ func TestParseConfig(t *testing.T) {
 		{name: "script timeout too small", args: []string{"--tenant", "acme", "--script-timeout", "0s"}, wantErr: "--script-timeout 0s: must be at least 1ms"},
 		{name: "max scripts zero", args: []string{"--tenant", "acme", "--max-scripts", "0"}, wantErr: "--max-scripts 0: must be positive"},
 		{
+			name: "function limits",
+			args: []string{"--tenant", "acme", "--max-function-libraries", "5"},
+			env:  map[string]string{"PROXY_MAX_FUNCTION_BYTES": "65536"},
+			check: func(c *config) string {
+				if p := c.proxy; p.MaxFunctionLibraries != 5 || p.MaxFunctionBytes != 65536 {
+					return fmt.Sprint(p.MaxFunctionLibraries, p.MaxFunctionBytes)
+				}
+				return ""
+			},
+		},
+		{name: "max function bytes zero", args: []string{"--tenant", "acme", "--max-function-bytes", "0"}, wantErr: "--max-function-bytes 0: must be positive"},
+		{
 			name: "flag over environment",
 			args: []string{"--tenant", "flagged", "--redis-port", "7001", "--listen", "0.0.0.0:7379", "--dial-timeout", "5s", "--log-level", "debug"},
 			env:  map[string]string{"TENANT_ID": "env", "REDIS_PORT": "7000", "REDIS_HOST": "db.internal", "PROXY_LISTEN": "127.0.0.1:1", "PROXY_DIAL_TIMEOUT": "1s"},

@@ -62,9 +62,9 @@ var tenantCommandRules = []aclRule{
 	{"-evalsha", "as EVAL"},
 	{"-eval_ro", "as EVAL"},
 	{"-evalsha_ro", "as EVAL"},
-	{"-function", "functions live in one global library namespace; a tenant owns none (keyfence answers FUNCTION LIST/DUMP/STATS itself)"},
+	{"-function", "functions live in one global library namespace; a tenant's own live in keyfence's sandbox (keyfence answers every FUNCTION subcommand itself)"},
 	{"+function|load", "keyfence loads its Lua sandbox library (one per keyfence version) on a server that lacks it"},
-	{"+fcall", "every tenant script runs as FCALL of the sandbox library's run function; commands the script calls are ACL-checked against this user"},
+	{"+fcall", "every tenant script and function runs as FCALL of the sandbox library's run functions; commands they call are ACL-checked against this user"},
 	{"+fcall_ro", "EVAL_RO and EVALSHA_RO run as FCALL_RO"},
 }
 
@@ -84,7 +84,10 @@ func TenantACLRules(tenantID string) ([]string, error) {
 	// The two notification patterns are the literal ones keyfence
 	// PSUBSCRIBEs for a tenant's keyspace and keyevent patterns (it matches
 	// the client's patterns itself); keyevent payloads are filtered by key.
-	rules := []string{"reset", "~" + prefix, "&" + prefix, "&__keyspace@*__:" + prefix, "&__keyevent@*__:*"}
+	// The tenant's function store (rewrite.FunctionStoreKey), which the
+	// sandbox reads and writes for it.
+	rules := []string{"reset", "~" + prefix, "&" + prefix, "&__keyspace@*__:" + prefix, "&__keyevent@*__:*",
+		"~{keyfence}:functions:tenant:" + tenantID + ":"}
 	for _, r := range tenantCommandRules {
 		rules = append(rules, r.rule)
 	}

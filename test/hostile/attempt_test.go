@@ -16,10 +16,11 @@ const (
 	catPubSub    = "pubsub"
 	catProtocol  = "protocol"
 	catResources = "resources"
+	catFunctions = "functions"
 )
 
 func categories() []string {
-	return []string{catLua, catKeys, catPubSub, catProtocol, catResources}
+	return []string{catLua, catKeys, catPubSub, catProtocol, catResources, catFunctions}
 }
 
 // attempt is one escape attempt by acme. run does whatever acme does and
@@ -34,6 +35,7 @@ type attempt struct {
 func corpus() []attempt {
 	var all []attempt
 	all = append(all, luaAttempts()...)
+	all = append(all, functionAttempts()...)
 	all = append(all, keyAttempts()...)
 	all = append(all, pubsubAttempts()...)
 	all = append(all, protocolAttempts()...)

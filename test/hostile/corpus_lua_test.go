@@ -279,24 +279,28 @@ func luaAttempts() []attempt {
 // beta must still be served (its latency is logged, not bounded: the
 // machine is shared).
 func runaway(name, script string, keys []string) attempt {
-	return attempt{name: name, category: catLua, run: func(a *act) {
-		c := a.conn()
-		start := time.Now()
-		if err := c.write(encode(eval(script, keys)...)); err != nil {
-			a.t.Fatalf("send runaway script: %v", err)
-		}
-		time.Sleep(200 * time.Millisecond)
-		got, err := rawGet(a.f.beta.addr, "str")
-		latency := time.Since(start)
-		a.t.Logf("beta's GET during acme's runaway script: %s after %v", got, latency.Round(time.Millisecond))
-		if want := a.f.canaryValue(0, "str"); err != nil || got.v.str != want {
-			a.t.Errorf("beta's GET during acme's runaway script must succeed: got %s, %v", got, err)
-		}
-		r := c.readWithin(readTimeout - time.Since(start))
-		if r.err != nil {
-			a.t.Errorf("the runaway script was not stopped: acme got no reply within %v: %v", readTimeout, r.err)
-		} else if !r.isErr() {
-			a.t.Errorf("the runaway script must end with an error for acme, got %s", r)
-		}
-	}}
+	return attempt{name: name, category: catLua, run: func(a *act) { runawayRun(a, eval(script, keys)) }}
+}
+
+// runawayRun sends cmd, which never ends (an EVAL or an FCALL), and checks
+// that beta is served meanwhile and that keyfence stops it.
+func runawayRun(a *act, cmd []string) {
+	c := a.conn()
+	start := time.Now()
+	if err := c.write(encode(cmd...)); err != nil {
+		a.t.Fatalf("send runaway script: %v", err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	got, err := rawGet(a.f.beta.addr, "str")
+	latency := time.Since(start)
+	a.t.Logf("beta's GET during acme's runaway script: %s after %v", got, latency.Round(time.Millisecond))
+	if want := a.f.canaryValue(0, "str"); err != nil || got.v.str != want {
+		a.t.Errorf("beta's GET during acme's runaway script must succeed: got %s, %v", got, err)
+	}
+	r := c.readWithin(readTimeout - time.Since(start))
+	if r.err != nil {
+		a.t.Errorf("the runaway script was not stopped: acme got no reply within %v: %v", readTimeout, r.err)
+	} else if !r.isErr() {
+		a.t.Errorf("the runaway script must end with an error for acme, got %s", r)
+	}
 }

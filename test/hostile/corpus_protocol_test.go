@@ -69,7 +69,6 @@ func protocolAttempts() []attempt {
 		{"BGSAVE"}, {"SAVE"}, {"BGREWRITEAOF"}, {"MONITOR"}, {"CLIENT", "KILL", "TYPE", "normal"}, {"CLIENT", "KILL", "TYPE", "pubsub"},
 		{"CLIENT", "KILL", "USER", "kf-beta"}, {"CLIENT", "KILL", "USER", "default"}, {"CLIENT", "KILL", "SKIPME", "yes"},
 		{"CLIENT", "PAUSE", "2000"}, {"CLIENT", "PAUSE", "2000", "WRITE"},
-		{"FUNCTION", "LOAD", "#!lua name=evil\nredis.register_function('f', function() return redis.call('FLUSHALL') end)"},
 		{"FUNCTION", "RESTORE", "junk"}, {"FCALL", "f", "0"}, {"SCRIPT", "KILL"},
 	} {
 		out = append(out, cmds("refused-"+strings.ToLower(strings.Join(c, "-")), refused, c...))
@@ -83,6 +82,9 @@ func protocolAttempts() []attempt {
 		{"AUTH", "default", ""}, {"HELLO", "3", "SETNAME", "beta"}, {"RESET"}, {"LOLWUT"}, {"MOVE", acmeOwnKey, "1"},
 		{"ACL", "LOG"}, {"ACL", "USERS"}, {"MODULE", "LIST"}, {"CLUSTER", "INFO"}, {"CLUSTER", "NODES"}, {"LATENCY", "DOCTOR"},
 		{"CLIENT", "UNPAUSE"}, {"CLIENT", "NO-EVICT", "on"}, {"FUNCTION", "FLUSH"},
+		// acme's own library, in its namespace; what its code can do is
+		// corpus_functions_test.go's.
+		{"FUNCTION", "LOAD", "#!lua name=evil\nredis.register_function('f', function() return redis.call('FLUSHALL') end)"},
 	} {
 		out = append(out, cmds("served-"+strings.ToLower(strings.Join(c, "-")), anyReply, c...))
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/keyfence/keyfence/internal/redistest"
 	"github.com/keyfence/keyfence/proxy"
+	"github.com/keyfence/keyfence/rewrite"
 	"github.com/keyfence/keyfence/upstream"
 )
 
@@ -351,6 +352,9 @@ func (f *fence) prepare(t *testing.T) *watch {
 		t.Fatalf("setup: beta SCRIPT LOAD: %v", err)
 	}
 	f.betaSHA = sha
+	if err := f.betaClient(0).Do(ctx, "FUNCTION", "LOAD", "REPLACE", betaLibrary(f.secret)).Err(); err != nil {
+		t.Fatalf("setup: beta FUNCTION LOAD: %v", err)
+	}
 
 	if w.sub, err = f.subscribeBeta(); err != nil {
 		t.Fatalf("setup: beta's subscriber: %v", err)
@@ -540,6 +544,10 @@ func (f *fence) snapshot(ctx context.Context) (map[string]keyState, error) {
 		keys, err := scanKeys(ctx, c, betaPrefix+"*")
 		if err != nil {
 			return nil, err
+		}
+		if db == 0 {
+			// keyfence's store of beta's functions: only beta changes it.
+			keys = append(keys, rewrite.FunctionStoreKey(betaPrefix))
 		}
 		states, err := readKeys(ctx, c, keys)
 		if err != nil {
@@ -845,10 +853,21 @@ func (f *fence) checkData(t *testing.T, w *watch) {
 			continue
 		}
 		for _, k := range keys {
-			if !strings.HasPrefix(k, acmePrefix) && !strings.HasPrefix(k, betaPrefix) {
+			// keyfence's store of each tenant's functions lives in its
+			// base database, 0.
+			store := db == 0 && (k == rewrite.FunctionStoreKey(acmePrefix) || k == rewrite.FunctionStoreKey(betaPrefix))
+			if !strings.HasPrefix(k, acmePrefix) && !strings.HasPrefix(k, betaPrefix) && !store {
 				t.Errorf("key %q was created in upstream db %d, outside tenant:acme:* and tenant:beta:*", k, db)
 			}
 		}
+	}
+	// Beta's function is there and answers as beta's.
+	if got, err := f.betaClient(0).Do(ctx, "FCALL", betaFnName, 1, "str").Text(); err != nil || got != f.canaryValue(0, "str") {
+		t.Errorf("beta's FCALL %s after the attempt: %q, %v", betaFnName, got, err)
+	}
+	if got, err := f.betaClient(0).Do(ctx, "FUNCTION", "LIST", "WITHCODE").Slice(); err != nil || len(got) != 1 ||
+		!strings.Contains(fmt.Sprint(got), betaLibrary(f.secret)) {
+		t.Errorf("beta's FUNCTION LIST after the attempt: %v, %v", got, err)
 	}
 
 	if cfg, err := f.configAll(ctx); err != nil {

@@ -75,14 +75,6 @@ var deniedCommands = map[string]string{
 	"client|getredir":     "CLIENT GETREDIR is denied: client-side caching is not available through keyfence",
 	"client|trackinginfo": "CLIENT TRACKINGINFO is denied: client-side caching is not available through keyfence",
 
-	// Functions live in one library namespace shared by every tenant; a
-	// tenant owns no functions (FUNCTION LIST/DUMP/STATS are emulated).
-	"function|load":    "FUNCTION LOAD is denied: functions live in one library namespace shared by every tenant",
-	"function|delete":  "FUNCTION DELETE is denied: functions live in one library namespace shared by every tenant",
-	"function|restore": "FUNCTION RESTORE is denied: functions live in one library namespace shared by every tenant",
-	"fcall":            "FCALL is denied: functions live in one library namespace shared by every tenant",
-	"fcall_ro":         "FCALL_RO is denied: functions live in one library namespace shared by every tenant",
-
 	"script|debug": "SCRIPT DEBUG is denied: the Lua debugger blocks or forks the server shared by every tenant",
 	"script|kill":  "SCRIPT KILL is denied: the running script may belong to another tenant",
 }
@@ -107,9 +99,11 @@ var emulatedCommands = []string{
 	// scripts are wrapped so that they see the tenant's own key names
 	"eval", "evalsha", "eval_ro", "evalsha_ro",
 	"script|load", "script|exists", "script|flush", "script|help",
-	// a tenant owns no functions
-	"function|list", "function|dump", "function|stats", "function|flush",
-	"function|kill", "function|help",
+	// a tenant's functions live in its own namespace, in the Lua sandbox
+	// (proxy/functions.go); FUNCTION KILL cannot reach another tenant's
+	"function|load", "function|delete", "function|restore", "function|list",
+	"function|dump", "function|stats", "function|flush", "function|kill",
+	"function|help", "fcall", "fcall_ro",
 	// the tenant's own pattern subscriptions
 	"pubsub|numpat",
 }
@@ -221,8 +215,9 @@ var replyKinds = map[string]string{
 // Redis 7.0 checks such a payload deeply only with sanitize-dump-payload yes
 // (or clients); without that, a crafted payload crashes the server on a
 // later read. keyfence forwards them only to an upstream that sanitizes.
-// Each must also be allowed by the lists above (RESTORE-ASKING, MIGRATE and
-// FUNCTION RESTORE are denied outright).
+// Each must also be allowed by the lists above (RESTORE-ASKING and MIGRATE
+// are denied outright; FUNCTION RESTORE is emulated: keyfence reads the
+// libraries' code out of its payload and never forwards it).
 var payloadCommands = []string{"restore"}
 
 // adminReason is the reason given for a command that no list above names
