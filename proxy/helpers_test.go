@@ -35,7 +35,9 @@ import (
 //	       direct side has a server of its own: functions are server-wide)
 //	db 9   TestDifferential, direct connection (the app's own key names)
 //	db 10  TestDifferential, through keyfence (tenant "diff")
+//	db 11  TestGatewayRedisCLI (tenants acme and beta)
 //	db 12  TestMultiExec, direct comparison
+//	db 13  TestGatewayManyTenants (100 tenants)
 //	db 15  TestMultiExec, stripped replies (SCAN over a whole database)
 //
 // Tests that read server-wide counters (INFO commandstats) are not parallel:

@@ -17,14 +17,15 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/keyfence/keyfence/internal/gatewaytest"
 	"github.com/keyfence/keyfence/internal/redistest"
 	"github.com/keyfence/keyfence/proxy"
 	"github.com/keyfence/keyfence/upstream"
 )
 
-// Workload of each tenant. Both tenants use the same queue names and the
+// Workload of each tenant. All tenants use the same queue names and the
 // same task ids, so any key, lock or channel that escaped its namespace
-// would collide with the other tenant's.
+// would collide with another tenant's.
 const (
 	workTasks    = 1000 // "work": plain tasks, some scheduled, some retried
 	uniqueTasks  = 20   // "unique": asynq.Unique, each enqueued twice
@@ -34,7 +35,7 @@ const (
 
 	qCritical = "critical"
 	qDefault  = "default"
-	qParked   = "parked" // tenant a only, never processed: visibility check
+	qParked   = "parked" // the first tenant only, never processed: visibility check
 
 	blockTaskID  = "block-1"
 	parkedTaskID = "only-in-a"
@@ -256,18 +257,19 @@ func (w *lockedBuffer) String() string {
 	return w.b.String()
 }
 
-// tenantEnv is one tenant's keyfence, asynq client, inspector and server.
+// tenantEnv is one tenant's asynq client, inspector and server, connected
+// to the tenant's keyfence.
 type tenantEnv struct {
-	name      string
-	proxyAddr string
-	rec       *recorder
-	log       *logRecorder
-	kflog     *lockedBuffer
-	health    *logRecorder // failed health checks
-	client    *asynq.Client
-	insp      *asynq.Inspector
-	srv       *asynq.Server
-	direct    *redis.Client // plain go-redis client through keyfence
+	name   string
+	parked bool // enqueues a task in qParked, which only it may see
+	rec    *recorder
+	log    *logRecorder
+	kflog  *lockedBuffer // the keyfence's log; shared by a gateway's tenants
+	health *logRecorder  // failed health checks
+	client *asynq.Client
+	insp   *asynq.Inspector
+	srv    *asynq.Server
+	direct *redis.Client // plain go-redis client through keyfence
 
 	dupRejected int           // unique duplicates refused with ErrDuplicateTask
 	enqueueTime time.Duration // how long enqueueAll took
@@ -321,26 +323,35 @@ func startKeyfence(t *testing.T, srv *redistest.Server, tenant, user, password s
 	return kf.Addr().String()
 }
 
-func newTenantEnv(t *testing.T, srv *redistest.Server, tenant string) *tenantEnv {
+// newSidecarTenant starts tenant's own keyfence, logged in upstream as
+// the tenant's ACL user, and the tenant's asynq in front of it.
+func newSidecarTenant(t *testing.T, srv *redistest.Server, tenant string) *tenantEnv {
 	t.Helper()
 	user, password := "kf-"+tenant, "pw-"+tenant
 	if err := srv.AddTenantUser(t.Context(), user, password, tenant); err != nil {
 		t.Fatalf("AddTenantUser %s: %v", tenant, err)
 	}
+	kflog := &lockedBuffer{}
+	addr := startKeyfence(t, srv, tenant, user, password, kflog)
+	return newTenantEnv(t, tenant, asynq.RedisClientOpt{Addr: addr}, kflog)
+}
+
+// newTenantEnv starts tenant's asynq client, inspector and server with opt,
+// the connection to the tenant's keyfence: its address and, in gateway mode,
+// the credentials that pick the tenant.
+func newTenantEnv(t *testing.T, tenant string, opt asynq.RedisClientOpt, kflog *lockedBuffer) *tenantEnv {
+	t.Helper()
 	e := &tenantEnv{
 		name:   tenant,
 		rec:    newRecorder(tenant),
 		log:    &logRecorder{},
-		kflog:  &lockedBuffer{},
+		kflog:  kflog,
 		health: &logRecorder{},
 	}
-	e.proxyAddr = startKeyfence(t, srv, tenant, user, password, e.kflog)
-
 	// asynq talks to keyfence exactly as it would to Redis.
-	opt := asynq.RedisClientOpt{Addr: e.proxyAddr}
 	e.client = asynq.NewClient(opt)
 	e.insp = asynq.NewInspector(opt)
-	e.direct = redis.NewClient(&redis.Options{Addr: e.proxyAddr})
+	e.direct = redis.NewClient(&redis.Options{Addr: opt.Addr, Username: opt.Username, Password: opt.Password})
 
 	mux := asynq.NewServeMux()
 	mux.HandleFunc("work", e.rec.handleJob)
@@ -409,7 +420,7 @@ func (e *tenantEnv) enqueueAll(ctx context.Context) error {
 		asynq.Queue(qCritical), asynq.TaskID(blockTaskID), asynq.MaxRetry(0)); err != nil {
 		return fmt.Errorf("enqueue block task: %w", err)
 	}
-	if e.name == "a" {
+	if e.parked {
 		if _, err := e.client.EnqueueContext(ctx, mk("parked", 1, ""),
 			asynq.Queue(qParked), asynq.TaskID(parkedTaskID)); err != nil {
 			return fmt.Errorf("enqueue parked task: %w", err)
@@ -482,16 +493,73 @@ type expected struct {
 	completed, archived, processed, failed int
 }
 
+// TestAsynqTwoTenantsThroughKeyfence runs asynq in sidecar mode: tenants a
+// and b, each with a keyfence of its own logged in upstream as its ACL user.
 func TestAsynqTwoTenantsThroughKeyfence(t *testing.T) {
 	start := time.Now()
+	srv := redistest.StartT(t, redistest.Options{})
+	tenants := []*tenantEnv{newSidecarTenant(t, srv, "a"), newSidecarTenant(t, srv, "b")}
+	runAsynq(t, start, srv, tenants)
+}
+
+// TestAsynqThreeTenantsThroughGateway runs asynq in gateway mode: three
+// tenants' asynq servers, clients and inspectors share one keyfence and pick
+// their tenant with go-redis's Username and Password (asynq.RedisClientOpt).
+// Tenants a and b run upstream as the gateway's own, unrestricted user, so
+// that keyfence alone keeps them apart; tenant c names an upstream ACL user
+// of its own (defence in depth).
+func TestAsynqThreeTenantsThroughGateway(t *testing.T) {
+	start := time.Now()
+	srv := redistest.StartT(t, redistest.Options{})
+	if err := srv.AddTenantUser(t.Context(), "kf-c", "pw-c", "c"); err != nil {
+		t.Fatalf("AddTenantUser c: %v", err)
+	}
+	list := []gatewaytest.Tenant{
+		{ID: "a", Password: "gw-pw-a"},
+		{ID: "b", Password: "gw-pw-b"},
+		{ID: "c", Password: "gw-pw-c", UpstreamUser: "kf-c", UpstreamPassword: "pw-c"},
+	}
+	kflog := &lockedBuffer{}
+	log := slog.New(slog.NewTextHandler(kflog, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	g, addr := gatewaytest.Start(t, srv.Addr(), gatewaytest.File(t, list), log)
+	var tenants []*tenantEnv
+	for _, tn := range list {
+		opt := asynq.RedisClientOpt{Addr: addr, Username: tn.ID, Password: tn.Password}
+		tenants = append(tenants, newTenantEnv(t, tn.ID, opt, kflog))
+	}
+	runAsynq(t, start, srv, tenants)
+
+	st := g.Stats()
+	t.Logf("gateway: %d tenants started, %d AUTHs refused", st.Tenants, st.AuthFailed)
+	if st.Tenants != len(list) || st.AuthFailed != 0 {
+		t.Errorf("gateway stats %+v: want %d tenants started and no AUTH refused", st, len(list))
+	}
+	for _, tn := range list {
+		kf, ok := g.Tenant(tn.ID)
+		if !ok {
+			t.Errorf("tenant %s: not started in the gateway", tn.ID)
+			continue
+		}
+		n := kf.Stats().PinnedCommands
+		t.Logf("keyfence gateway, tenant %s: %d commands went through pinned connections (MULTI/EXEC, blocking, pub/sub)", tn.ID, n)
+		if n == 0 {
+			t.Errorf("tenant %s: asynq's transactions, blocking dequeues and cancel subscription used no pinned connection", tn.ID)
+		}
+	}
+}
+
+// runAsynq runs the whole workload for tenants at once, each through its
+// keyfence, and checks that each processed exactly its own tasks, that
+// asynq's Inspector saw only its own tenant, and that every upstream key is
+// in its tenant's namespace. The first tenant also parks a task that only it
+// may see.
+func runAsynq(t *testing.T, start time.Time, srv *redistest.Server, tenants []*tenantEnv) {
 	deadline := start.Add(testBudget - 10*time.Second)
 	ctx, cancel := context.WithDeadline(t.Context(), start.Add(testBudget))
 	defer cancel()
-
-	srv := redistest.StartT(t, redistest.Options{})
 	admin := srv.Client()
-	tenants := []*tenantEnv{newTenantEnv(t, srv, "a"), newTenantEnv(t, srv, "b")}
-	ta, tb := tenants[0], tenants[1]
+	first, others := tenants[0], tenants[1:]
+	first.parked = true
 
 	// Both tenants enqueue at once.
 	enqErr := make(chan error, len(tenants))
@@ -508,9 +576,9 @@ func TestAsynqTwoTenantsThroughKeyfence(t *testing.T) {
 		}()
 	}
 
-	// Cancelation through asynq's pub/sub while the bulk is flowing. Both
-	// tenants have a running task with the same id; canceling tenant a's
-	// must not reach tenant b's.
+	// Cancelation through asynq's pub/sub while the bulk is flowing. Every
+	// tenant has a running task with the same id; canceling the first
+	// tenant's must not reach the others'.
 	cancelResults := map[string]error{}
 	enqDone := 0
 	for _, e := range tenants {
@@ -571,28 +639,31 @@ func TestAsynqTwoTenantsThroughKeyfence(t *testing.T) {
 			}), fmt.Sprintf("%d active workers", len(servers[0].ActiveWorkers))
 		})
 	}
-	if err := ta.insp.CancelProcessing(blockTaskID); err != nil {
-		t.Fatalf("tenant a: CancelProcessing: %v", err)
+	cancelBlock := func(e *tenantEnv) {
+		if err := e.insp.CancelProcessing(blockTaskID); err != nil {
+			t.Fatalf("tenant %s: CancelProcessing: %v", e.name, err)
+		}
+		select {
+		case err := <-e.rec.blockResult:
+			cancelResults[e.name] = err
+		case <-time.After(5 * time.Second):
+			t.Fatalf("tenant %s: block task not canceled 5 s after CancelProcessing", e.name)
+		}
 	}
-	select {
-	case err := <-ta.rec.blockResult:
-		cancelResults["a"] = err
-	case <-time.After(5 * time.Second):
-		t.Fatalf("tenant a: block task not canceled 5 s after CancelProcessing")
+	cancelBlock(first)
+	// The cancel message travels the same way to every subscriber: 300 ms
+	// more is far longer than it took to reach the first tenant's. A
+	// handler's result waits in its buffered channel.
+	time.Sleep(300 * time.Millisecond)
+	for _, e := range others {
+		select {
+		case err := <-e.rec.blockResult:
+			t.Fatalf("tenant %s's block task ended (%v) when tenant %s canceled its own", e.name, err, first.name)
+		default:
+		}
 	}
-	select {
-	case err := <-tb.rec.blockResult:
-		t.Fatalf("tenant b's block task ended (%v) when tenant a canceled its own", err)
-	case <-time.After(300 * time.Millisecond):
-	}
-	if err := tb.insp.CancelProcessing(blockTaskID); err != nil {
-		t.Fatalf("tenant b: CancelProcessing: %v", err)
-	}
-	select {
-	case err := <-tb.rec.blockResult:
-		cancelResults["b"] = err
-	case <-time.After(5 * time.Second):
-		t.Fatalf("tenant b: block task not canceled 5 s after CancelProcessing")
+	for _, e := range others {
+		cancelBlock(e)
 	}
 	for name, err := range cancelResults {
 		if !errors.Is(err, context.Canceled) {
@@ -739,7 +810,7 @@ func TestAsynqTwoTenantsThroughKeyfence(t *testing.T) {
 		queues, err := e.insp.Queues()
 		sort.Strings(queues)
 		wantQueues := []string{qCritical, qDefault}
-		if e.name == "a" {
+		if e.parked {
 			wantQueues = []string{qCritical, qDefault, qParked}
 		}
 		if err != nil || !slices.Equal(queues, wantQueues) {
@@ -764,11 +835,13 @@ func TestAsynqTwoTenantsThroughKeyfence(t *testing.T) {
 			}
 		}
 	}
-	if ti, err := ta.insp.GetTaskInfo(qParked, parkedTaskID); err != nil || ti.State != asynq.TaskStatePending {
-		t.Errorf("tenant a: its parked task: %v, %v; want pending", ti, err)
+	if ti, err := first.insp.GetTaskInfo(qParked, parkedTaskID); err != nil || ti.State != asynq.TaskStatePending {
+		t.Errorf("tenant %s: its parked task: %v, %v; want pending", first.name, ti, err)
 	}
-	if ti, err := tb.insp.GetTaskInfo(qParked, parkedTaskID); !errors.Is(err, asynq.ErrQueueNotFound) && !errors.Is(err, asynq.ErrTaskNotFound) {
-		t.Errorf("tenant b sees tenant a's parked task: %v, %v", ti, err)
+	for _, e := range others {
+		if ti, err := e.insp.GetTaskInfo(qParked, parkedTaskID); !errors.Is(err, asynq.ErrQueueNotFound) && !errors.Is(err, asynq.ErrTaskNotFound) {
+			t.Errorf("tenant %s sees tenant %s's parked task: %v, %v", e.name, first.name, ti, err)
+		}
 	}
 
 	// Upstream, every key is in a tenant's namespace; the same asynq key
@@ -780,30 +853,38 @@ func TestAsynqTwoTenantsThroughKeyfence(t *testing.T) {
 		if err != nil {
 			t.Fatalf("admin SCAN: %v", err)
 		}
+	key:
 		for _, k := range keys {
-			switch {
-			case strings.HasPrefix(k, "tenant:a:"):
-				perTenant["a"]++
-			case strings.HasPrefix(k, "tenant:b:"):
-				perTenant["b"]++
-			default:
-				t.Errorf("upstream key %q is outside every tenant namespace", k)
+			for _, e := range tenants {
+				if strings.HasPrefix(k, "tenant:"+e.name+":") {
+					perTenant[e.name]++
+					continue key
+				}
 			}
+			t.Errorf("upstream key %q is outside every tenant namespace", k)
 		}
 		if cursor = next; cursor == 0 {
 			break
 		}
 	}
-	for _, tenant := range []string{"a", "b"} {
+	channels := []string{"asynq:cancel"}
+	for _, e := range tenants {
 		for _, k := range []string{"asynq:queues", "asynq:{critical}:t:work-0000", "asynq:{default}:t:work-0999"} {
-			if n, err := admin.Exists(ctx, "tenant:"+tenant+":"+k).Result(); err != nil || n != 1 {
-				t.Errorf("upstream key tenant:%s:%s: exists %d, %v", tenant, k, n, err)
+			if n, err := admin.Exists(ctx, "tenant:"+e.name+":"+k).Result(); err != nil || n != 1 {
+				t.Errorf("upstream key tenant:%s:%s: exists %d, %v", e.name, k, n, err)
 			}
 		}
+		channels = append(channels, "tenant:"+e.name+":asynq:cancel")
 	}
-	numsub, err := admin.PubSubNumSub(ctx, "asynq:cancel", "tenant:a:asynq:cancel", "tenant:b:asynq:cancel").Result()
-	if err != nil || numsub["asynq:cancel"] != 0 || numsub["tenant:a:asynq:cancel"] != 1 || numsub["tenant:b:asynq:cancel"] != 1 {
-		t.Errorf("upstream PUBSUB NUMSUB of the cancel channels = %v, %v; want one subscriber per tenant channel", numsub, err)
+	numsub, err := admin.PubSubNumSub(ctx, channels...).Result()
+	if err != nil {
+		t.Errorf("upstream PUBSUB NUMSUB: %v", err)
+	}
+	for i, ch := range channels {
+		if want := min(i, 1); numsub[ch] != int64(want) {
+			t.Errorf("upstream PUBSUB NUMSUB of the cancel channels = %v; want 0 for asynq:cancel and one subscriber per tenant channel", numsub)
+			break
+		}
 	}
 
 	// asynq servers stop cleanly through keyfence: their server state is
@@ -828,6 +909,7 @@ func TestAsynqTwoTenantsThroughKeyfence(t *testing.T) {
 	} else if len(aclLog) != 0 {
 		t.Errorf("upstream ACL LOG has %d denials, first: %v", len(aclLog), aclLog[0])
 	}
+	kflogs := map[*lockedBuffer]bool{}
 	for _, e := range tenants {
 		for _, m := range append(e.log.snapshot(), e.health.snapshot()...) {
 			if strings.Contains(m, "NOPERM") {
@@ -836,7 +918,8 @@ func TestAsynqTwoTenantsThroughKeyfence(t *testing.T) {
 				t.Logf("tenant %s: asynq logged: %s", e.name, m)
 			}
 		}
-		if s := e.kflog.String(); s != "" {
+		if s := e.kflog.String(); s != "" && !kflogs[e.kflog] {
+			kflogs[e.kflog] = true
 			t.Logf("tenant %s: keyfence logged:\n%s", e.name, s)
 		}
 	}
@@ -857,8 +940,13 @@ func TestAsynqTwoTenantsThroughKeyfence(t *testing.T) {
 			e.rec.firstFailures, e.dupRejected, cancelResults[e.name], perTenant[e.name])
 		e.rec.mu.Unlock()
 	}
-	t.Logf("heartbeat extended the block tasks' leases by a %.0f s, b %.0f s; enqueueing took a %v, b %v; all processed and drained %v after start",
-		leases["a"], leases["b"], ta.enqueueTime.Round(time.Millisecond), tb.enqueueTime.Round(time.Millisecond), processedIn.Round(time.Millisecond))
+	var leaseText, enqText []string
+	for _, e := range tenants {
+		leaseText = append(leaseText, fmt.Sprintf("%s %.0f s", e.name, leases[e.name]))
+		enqText = append(enqText, fmt.Sprintf("%s %v", e.name, e.enqueueTime.Round(time.Millisecond)))
+	}
+	t.Logf("heartbeat extended the block tasks' leases by %s; enqueueing took %s; all processed and drained %v after start",
+		strings.Join(leaseText, ", "), strings.Join(enqText, ", "), processedIn.Round(time.Millisecond))
 }
 
 // payloadOf says whether a listed task's payload names tenant.

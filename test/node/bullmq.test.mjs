@@ -1,12 +1,15 @@
-// BullMQ through keyfence: two tenants run the same queue names side by side,
-// each through its own keyfence, and neither may see the other's jobs, events
-// or workers, while the real Redis behind both holds nothing outside the two
-// tenants' namespaces.
+// BullMQ through keyfence: several tenants run the same queue names side by
+// side, and none may see another's jobs, events or workers, while the real
+// Redis behind them holds nothing outside the tenants' namespaces.
 //
-// Run by node_test.go, which starts Redis and the two keyfence servers and
-// sets KF_A, KF_B (host:port of tenant a's and tenant b's keyfence) and
-// REDIS_ADMIN (host:port of the real Redis, default user). By hand:
-//   KF_A=... KF_B=... REDIS_ADMIN=... node --test
+// Run by node_test.go, once per mode: in sidecar mode each tenant has a
+// keyfence of its own; in gateway mode all tenants share one keyfence and
+// pick their tenant with ioredis's username/password options, as a
+// multi-tenant application would. node_test.go sets KF_TENANTS, a JSON list
+// of {id, addr (host:port of the tenant's keyfence), protocol (2 or 3),
+// username and password (gateway mode only)}, and REDIS_ADMIN (host:port of
+// the real Redis, default user). By hand:
+//   KF_TENANTS='[{"id":"a","addr":"127.0.0.1:6380","protocol":3}, ...]' REDIS_ADMIN=... node --test
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
@@ -37,13 +40,27 @@ setTimeout(() => {
   process.exit(1);
 }, 150_000).unref();
 
-function endpoint(name) {
+function env(name) {
   const v = process.env[name];
   if (!v) {
     throw new Error(`${name} is not set: run this through \`go test ./test/node/\` (node_test.go starts Redis and keyfence)`);
   }
+  return v;
+}
+
+function hostPort(v) {
   const i = v.lastIndexOf(':');
   return { host: v.slice(0, i), port: Number(v.slice(i + 1)) };
+}
+
+// tenantsFromEnv reads KF_TENANTS. At least two tenants: isolation between
+// one tenant and itself proves nothing.
+function tenantsFromEnv() {
+  const list = JSON.parse(env('KF_TENANTS'));
+  if (!Array.isArray(list) || list.length < 2) {
+    throw new Error(`KF_TENANTS: want a list of at least two tenants, got ${JSON.stringify(list)}`);
+  }
+  return list.map((t) => new Tenant(t.id, hostPort(t.addr), t.protocol, t.username, t.password));
 }
 
 // waitFor polls cond until it holds or ms pass; it returns whether it held.
@@ -63,10 +80,14 @@ function b64(s) {
 // Tenant holds one tenant's BullMQ objects, its explicit connections and what
 // its workers and event listeners saw.
 class Tenant {
-  constructor(id, ep, protocol) {
+  constructor(id, ep, protocol, username, password) {
     this.id = id;
     this.ep = ep;
     this.protocol = protocol;
+    // Gateway mode: the credentials that pick this tenant. BullMQ's own
+    // duplicates of a connection (a worker's blocking one) keep them.
+    this.username = username;
+    this.password = password;
     // A value only this tenant's payloads carry: finding it anywhere in the
     // other tenant's data means the two mixed.
     this.nonce = `${id}-${randomUUID()}`;
@@ -86,15 +107,21 @@ class Tenant {
 
   // conn opens an explicit ioredis connection to this tenant's keyfence.
   // maxRetriesPerRequest: null is what BullMQ requires of worker connections
-  // and is harmless for the others. BullMQ's duplicates keep the protocol.
+  // and is harmless for the others. BullMQ's duplicates keep the protocol
+  // and the credentials.
   conn(role) {
-    const c = new IORedis({
+    const opts = {
       host: this.ep.host,
       port: this.ep.port,
       protocol: this.protocol,
       maxRetriesPerRequest: null,
       connectionName: `kftest-${this.id}-${role}`,
-    });
+    };
+    if (this.username !== undefined) {
+      opts.username = this.username;
+      opts.password = this.password;
+    }
+    const c = new IORedis(opts);
     c.on('error', (err) => this.errors.push(`${role} connection: ${err.message}`));
     this.conns.push(c);
     return c;
@@ -176,7 +203,8 @@ class Tenant {
     }
 
     // Two named workers on orders, one on shipping: getWorkers must list
-    // exactly these for this tenant, although tenant b's have the same queue.
+    // exactly these for this tenant, although the other tenants' workers have
+    // the same queue names.
     this.workerNames = {
       [ORDERS]: [`${this.id}-orders-1`, `${this.id}-orders-2`],
       [SHIPPING]: [`${this.id}-shipping-1`],
@@ -262,9 +290,9 @@ class Tenant {
 }
 
 // dumpUpstream reads every key of the real Redis with the admin connection.
-// It returns all key names, those outside both tenants, and per tenant the
+// It returns all key names, those outside every tenant, and per tenant the
 // values of its keys as [key, value as JSON text] pairs.
-async function dumpUpstream(admin) {
+async function dumpUpstream(admin, ids) {
   const keys = [];
   let cursor = '0';
   do {
@@ -272,11 +300,12 @@ async function dumpUpstream(admin) {
     keys.push(...batch);
     cursor = next;
   } while (cursor !== '0');
-  const outside = keys.filter((k) => !k.startsWith('tenant:a:') && !k.startsWith('tenant:b:'));
-  const values = { a: [], b: [] };
+  const ownerOf = (k) => ids.find((id) => k.startsWith(`tenant:${id}:`));
+  const outside = keys.filter((k) => ownerOf(k) === undefined);
+  const values = Object.fromEntries(ids.map((id) => [id, []]));
   for (const key of keys) {
-    const owner = key.startsWith('tenant:a:') ? 'a' : key.startsWith('tenant:b:') ? 'b' : null;
-    if (!owner) continue;
+    const owner = ownerOf(key);
+    if (owner === undefined) continue;
     const type = await admin.type(key);
     let v;
     switch (type) {
@@ -300,12 +329,18 @@ function keysWhoseValue(entries, needle) {
   return entries.filter(([, text]) => hit(text)).map(([key]) => key);
 }
 
-describe('BullMQ through keyfence, two tenants with the same queue names', () => {
-  // ioredis 6 speaks RESP3 by default (HELLO 3); tenant b's clients use RESP2,
-  // what ioredis 5 and most BullMQ deployments speak, so both paths of
-  // keyfence are exercised.
-  const tenants = [new Tenant('a', endpoint('KF_A'), 3), new Tenant('b', endpoint('KF_B'), 2)];
-  const adminEp = endpoint('REDIS_ADMIN');
+// escapeRegExp quotes s for a RegExp (tenant ids may hold '-').
+function escapeRegExp(s) {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
+
+describe('BullMQ through keyfence, tenants with the same queue names', () => {
+  // ioredis 6 speaks RESP3 by default (HELLO 3); node_test.go gives some
+  // tenants RESP2, what ioredis 5 and most BullMQ deployments speak, so both
+  // paths of keyfence are exercised.
+  const tenants = tenantsFromEnv();
+  const ids = tenants.map((t) => t.id);
+  const adminEp = hostPort(env('REDIS_ADMIN'));
   let admin;
   const started = Date.now();
 
@@ -322,7 +357,7 @@ describe('BullMQ through keyfence, two tenants with the same queue names', () =>
     await admin?.quit().catch(() => admin.disconnect());
   });
 
-  it('completes every job, delayed job, retry, repetition and flow of both tenants', async () => {
+  it('completes every job, delayed job, retry, repetition and flow of every tenant', async () => {
     const ok = await waitFor(() => tenants.every((t) => t.done()));
     for (const t of tenants) console.log(`figures: ${t.summary()}`);
     assert.ok(ok, `not all jobs completed within ${WAIT_MS} ms: ${tenants.map((t) => t.summary()).join('; ')}`);
@@ -339,9 +374,11 @@ describe('BullMQ through keyfence, two tenants with the same queue names', () =>
       assert.deepEqual(t.foreignEvents, [], `tenant ${t.id}'s QueueEvents reported another tenant's jobs`);
       assert.deepEqual(t.errors, [], `tenant ${t.id}: errors from BullMQ or ioredis`);
     }
-    // Separate namespaces mean separate id counters: both tenants' first
+    // Separate namespaces mean separate id counters: every tenant's first
     // jobs are 1, 2, 3, ... although they share the queue name.
-    assert.deepEqual(tenants[0].plainIds, tenants[1].plainIds, 'job ids of the plain jobs of a and b');
+    for (const t of tenants.slice(1)) {
+      assert.deepEqual(t.plainIds, tenants[0].plainIds, `job ids of the plain jobs of ${tenants[0].id} and ${t.id}`);
+    }
   });
 
   it('runs delayed jobs after their delay', () => {
@@ -439,22 +476,25 @@ describe('BullMQ through keyfence, two tenants with the same queue names', () =>
   });
 
   it('leaves nothing outside the tenants in Redis, and no data of one tenant in the other', async () => {
-    const { keys, outside, values } = await dumpUpstream(admin);
-    console.log(`figures: upstream keys=${keys.length} (tenant a=${keys.filter((k) => k.startsWith('tenant:a:')).length}, tenant b=${keys.filter((k) => k.startsWith('tenant:b:')).length})`);
-    assert.deepEqual(outside, [], 'keys outside tenant:a: and tenant:b:');
+    const { keys, outside, values } = await dumpUpstream(admin, ids);
+    console.log(`figures: upstream keys=${keys.length} (${ids.map((id) => `tenant ${id}=${values[id].length}`).join(', ')})`);
+    assert.deepEqual(outside, [], `keys outside ${ids.map((id) => `tenant:${id}:`).join(', ')}`);
     for (const t of tenants) {
       assert.ok(keys.some((k) => k.startsWith(`tenant:${t.id}:bull:${ORDERS}:`)), `no ${ORDERS} keys of tenant ${t.id} upstream`);
       assert.ok(keys.some((k) => k.startsWith(`tenant:${t.id}:bull:${SHIPPING}:`)), `no ${SHIPPING} keys of tenant ${t.id} upstream`);
     }
-    for (const [t, other] of [tenants, tenants.slice().reverse()]) {
+    const anyPrefix = new RegExp(`tenant:(${ids.map(escapeRegExp).join('|')}):`);
+    for (const t of tenants) {
       const mine = values[t.id];
       assert.ok(keysWhoseValue(mine, t.nonce).length > 0, `tenant ${t.id}'s payloads are not in tenant ${t.id}'s keys`);
-      assert.deepEqual(keysWhoseValue(mine, other.nonce), [], `keys of tenant ${t.id} holding tenant ${other.id}'s payloads`);
+      for (const other of tenants.filter((o) => o !== t)) {
+        assert.deepEqual(keysWhoseValue(mine, other.nonce), [], `keys of tenant ${t.id} holding tenant ${other.id}'s payloads`);
+      }
       // Scripts see the application's own key names, so the key names
       // BullMQ stores as values (job parents, processed children) are
       // unprefixed, and no value names a key with a tenant prefix.
       assert.ok(keysWhoseValue(mine, `bull:${SHIPPING}:`).length > 0, `no key name stored as a value in tenant ${t.id}'s keys`);
-      assert.deepEqual(keysWhoseValue(mine, /tenant:[ab]:/), [], `keys of tenant ${t.id} whose values hold a tenant prefix`);
+      assert.deepEqual(keysWhoseValue(mine, anyPrefix), [], `keys of tenant ${t.id} whose values hold a tenant prefix`);
     }
   });
 

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -17,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyfence/keyfence/internal/gatewaytest"
 	"github.com/keyfence/keyfence/internal/redistest"
 	"github.com/keyfence/keyfence/proxy"
 	"github.com/keyfence/keyfence/upstream"
@@ -26,16 +28,75 @@ import (
 // at well under a minute.
 const nodeTimeout = 3 * time.Minute
 
-// TestNode runs the Node.js tests of this directory against two tenants'
-// keyfence servers in front of one real Redis.
+// nodeTenant is one entry of KF_TENANTS, the tenants bullmq.test.mjs runs.
+type nodeTenant struct {
+	ID       string `json:"id"`
+	Addr     string `json:"addr"` // host:port of the tenant's keyfence
+	Protocol int    `json:"protocol"`
+	// Username and Password pick the tenant at a gateway; empty in
+	// sidecar mode.
+	Username string `json:"username,omitempty"`
+	Password string `json:"password,omitempty"`
+}
+
+// TestNode runs the Node.js tests of this directory in sidecar mode: two
+// tenants, each with a keyfence of its own, in front of one real Redis.
 func TestNode(t *testing.T) {
 	node := requireNodeSetup(t)
-
 	srv := redistest.StartT(t, redistest.Options{})
+	tenants := []nodeTenant{
+		{ID: "a", Addr: startTenant(t, srv, "a"), Protocol: 3},
+		{ID: "b", Addr: startTenant(t, srv, "b"), Protocol: 2},
+	}
+	runNode(t, node, srv, tenants)
+	logUpstream(t, srv, tenants)
+}
+
+// TestNodeGateway runs the Node.js tests of this directory in gateway mode:
+// three tenants' applications share one keyfence and pick their tenant with
+// ioredis's username and password, in BullMQ's connection options. Tenants
+// a and b run upstream as the gateway's own, unrestricted user, so that
+// keyfence alone keeps them apart; tenant c names an upstream ACL user of
+// its own (defence in depth).
+func TestNodeGateway(t *testing.T) {
+	node := requireNodeSetup(t)
+	srv := redistest.StartT(t, redistest.Options{})
+	cUser, cPass := "keyfence-c", randomHex(t)
+	if err := srv.AddTenantUser(t.Context(), cUser, cPass, "c"); err != nil {
+		t.Fatal(err)
+	}
+	list := []gatewaytest.Tenant{
+		{ID: "a", Password: randomHex(t)},
+		{ID: "b", Password: randomHex(t)},
+		{ID: "c", Password: randomHex(t), UpstreamUser: cUser, UpstreamPassword: cPass},
+	}
+	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})).With("keyfence", "gateway")
+	g, addr := gatewaytest.Start(t, srv.Addr(), gatewaytest.File(t, list), log)
+	protocols := []int{3, 2, 3}
+	var tenants []nodeTenant
+	for i, tn := range list {
+		tenants = append(tenants, nodeTenant{ID: tn.ID, Addr: addr, Protocol: protocols[i], Username: tn.ID, Password: tn.Password})
+	}
+	runNode(t, node, srv, tenants)
+	logUpstream(t, srv, tenants)
+	st := g.Stats()
+	t.Logf("gateway: %d tenants started, %d AUTHs refused", st.Tenants, st.AuthFailed)
+	if st.Tenants != len(list) || st.AuthFailed != 0 {
+		t.Errorf("gateway stats %+v: want %d tenants started and no AUTH refused", st, len(list))
+	}
+}
+
+// runNode runs `node --test` here against tenants, with the real Redis at
+// srv for the isolation checks, and fails the test when node does.
+func runNode(t *testing.T, node string, srv *redistest.Server, tenants []nodeTenant) {
+	t.Helper()
+	list, err := json.Marshal(tenants)
+	if err != nil {
+		t.Fatal(err)
+	}
 	env := append(os.Environ(),
 		"REDIS_ADMIN="+srv.Addr(),
-		"KF_A="+startTenant(t, srv, "a"),
-		"KF_B="+startTenant(t, srv, "b"),
+		"KF_TENANTS="+string(list),
 		"NO_COLOR=1",
 	)
 
@@ -51,7 +112,7 @@ func TestNode(t *testing.T) {
 	cmd.Cancel = func() error { return killGroup(cmd) }
 	cmd.WaitDelay = 5 * time.Second
 	start := time.Now()
-	err := cmd.Run()
+	err = cmd.Run()
 	out.flush()
 	switch {
 	case ctx.Err() != nil:
@@ -62,6 +123,55 @@ func TestNode(t *testing.T) {
 		t.Fatal("node --test passed but ran no tests: are the *.test.mjs files of test/node/ there?")
 	}
 	t.Logf("node --test passed in %v", time.Since(start).Round(time.Millisecond))
+}
+
+// logUpstream checks, once node has exited, that every key of the real
+// Redis is under one of the tenants' prefixes, and logs each tenant's keys
+// and completed jobs as Redis itself holds them.
+func logUpstream(t *testing.T, srv *redistest.Server, tenants []nodeTenant) {
+	t.Helper()
+	ctx := t.Context()
+	admin := srv.Client()
+	keys := map[string]int{}
+	var outside []string
+	var cursor uint64
+	for range 100_000 { // bounded: a few hundred keys, 1,000 a page
+		page, next, err := admin.Scan(ctx, cursor, "*", 1000).Result()
+		if err != nil {
+			t.Fatalf("upstream SCAN: %v", err)
+		}
+	key:
+		for _, k := range page {
+			for _, tn := range tenants {
+				if strings.HasPrefix(k, "tenant:"+tn.ID+":") {
+					keys[tn.ID]++
+					continue key
+				}
+			}
+			outside = append(outside, k)
+		}
+		if cursor = next; cursor == 0 {
+			break
+		}
+	}
+	if len(outside) > 0 {
+		sort.Strings(outside)
+		t.Errorf("%d upstream keys outside every tenant's namespace: %q", len(outside), outside)
+	}
+	for _, tn := range tenants {
+		var jobs []string
+		for _, q := range []string{"orders", "shipping"} {
+			n, err := admin.ZCard(ctx, "tenant:"+tn.ID+":bull:"+q+":completed").Result()
+			if err != nil {
+				t.Fatalf("upstream ZCARD: %v", err)
+			}
+			if n == 0 {
+				t.Errorf("tenant %s: no completed %s jobs upstream", tn.ID, q)
+			}
+			jobs = append(jobs, fmt.Sprintf("%s=%d", q, n))
+		}
+		t.Logf("upstream: tenant %s (RESP%d) has %d keys, completed jobs %s", tn.ID, tn.Protocol, keys[tn.ID], strings.Join(jobs, " "))
+	}
 }
 
 // requireNodeSetup returns the path of node, or fails the test (never skips)

@@ -15,6 +15,17 @@
 //	loadgen -mode conns  -conns 10000
 //	loadgen -targets kf=127.0.0.1:6380@4242,127.0.0.1:6381 -targets direct=127.0.0.1:6379
 //
+// Two more modes measure one keyfence in gateway mode (--tenants-file), with
+// a tenants file loadgen writes and every connection authenticated as its
+// tenant: gateway-conns holds thousands of connections over many tenants
+// and reports memory per tenant and per connection, connect times and a
+// checked INCR round on every connection; gateway-quota measures a steady
+// tenant at a fixed rate alone, next to a tenant flooding under its
+// max_ops_per_second, and next to one flooding without a quota:
+//
+//	loadgen -mode gateway-conns -tenants 100 -conns 10000
+//	loadgen -mode gateway-quota -quota 2000 -steady-rate 500
+//
 // Latency percentiles come from HDR histograms (github.com/HdrHistogram/
 // hdrhistogram-go), one per worker, merged at the end.
 package main

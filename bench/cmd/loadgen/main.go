@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -52,9 +53,18 @@ type config struct {
 	idleConns    int
 	dialers      int
 	settle       time.Duration
-	out          string
-	timeout      time.Duration
-	verbose      bool
+	// The gateway modes' (gateway*.go).
+	rounds      int
+	activeRate  float64
+	quota       float64
+	steadyRate  float64
+	steadyConns int
+	floodConns  int
+	pipeline    int
+
+	out     string
+	timeout time.Duration
+	verbose bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -63,10 +73,10 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	var env envflag.Defaults
 	fs := flag.NewFlagSet("loadgen", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&c.mode, "mode", envflag.String("LOADGEN_MODE", "mixed"), "mixed (closed loop), rate (fixed rate, open loop) or conns (idle connections and RSS); env LOADGEN_MODE")
+	fs.StringVar(&c.mode, "mode", envflag.String("LOADGEN_MODE", "mixed"), "mixed (closed loop), rate (fixed rate, open loop), conns (idle connections and RSS), gateway-conns (connections over many tenants of one gateway keyfence) or gateway-quota (a steady tenant next to a flooding one); env LOADGEN_MODE")
 	fs.Var(&c.groups, "targets", "`[name=]addr[@pid][,addr[@pid]...]` to measure instead of starting servers; the addresses of one flag are loaded together (tenants), repeated flags one after another; @pid enables RSS readings")
 	stackTargets := fs.String("stack-targets", envflag.String("LOADGEN_STACK_TARGETS", "direct,twemproxy,keyfence"), "without -targets: which of the started servers to measure; env LOADGEN_STACK_TARGETS")
-	fs.IntVar(&c.tenants, "tenants", env.Int("LOADGEN_TENANTS", 0), "without -targets: keyfence listeners (one tenant each) to load at once; 0 = 4 for mixed/rate, 1 for conns; env LOADGEN_TENANTS")
+	fs.IntVar(&c.tenants, "tenants", env.Int("LOADGEN_TENANTS", 0), "without -targets: keyfence listeners (one tenant each) to load at once; gateway-conns: tenants of the gateway; 0 = 4 for mixed/rate, 1 for conns, 100 for gateway-conns; env LOADGEN_TENANTS")
 	fs.StringVar(&c.keyfence, "keyfence", envflag.String("KEYFENCE_BIN", filepath.Join(root, "bin", "keyfence")), "keyfence binary; env KEYFENCE_BIN")
 	fs.StringVar(&c.keyfenceArgs, "keyfence-args", envflag.String("KEYFENCE_ARGS", ""), "extra keyfence arguments, space-separated; env KEYFENCE_ARGS")
 	fs.IntVar(&c.conns, "c", env.Int("LOADGEN_CLIENTS", 50), "mixed/rate: connections per target, spread over its addresses; env LOADGEN_CLIENTS")
@@ -80,10 +90,17 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.valueMax, "value-max", env.Int("LOADGEN_VALUE_MAX", 4096), "largest value, bytes; env LOADGEN_VALUE_MAX")
 	fs.BoolVar(&c.preload, "preload", true, "write every key once before measuring, so GETs hit")
 	seed := fs.Uint64("seed", 1, "random seed; the same seed gives the same request sequence per connection")
-	fs.IntVar(&c.idleConns, "conns", env.Int("LOADGEN_CONNS", 10000), "conns: idle connections per target; env LOADGEN_CONNS")
-	fs.IntVar(&c.dialers, "dialers", 64, "conns: connections opened in parallel")
-	fs.DurationVar(&c.settle, "settle", env.Duration("LOADGEN_SETTLE", 2*time.Second), "conns: wait after opening before reading RSS; env LOADGEN_SETTLE")
-	fs.StringVar(&c.out, "out", envflag.String("BENCH_OUT", filepath.Join(root, "bench", "results")), "directory for loadgen-<mode>.{md,json}; env BENCH_OUT")
+	fs.IntVar(&c.idleConns, "conns", env.Int("LOADGEN_CONNS", 10000), "conns, gateway-conns: connections per target; env LOADGEN_CONNS")
+	fs.IntVar(&c.dialers, "dialers", 64, "conns, gateway-conns: connections opened (and driven) in parallel")
+	fs.DurationVar(&c.settle, "settle", env.Duration("LOADGEN_SETTLE", 2*time.Second), "conns, gateway-conns: wait after opening before reading RSS; env LOADGEN_SETTLE")
+	fs.IntVar(&c.rounds, "rounds", env.Int("LOADGEN_ROUNDS", 3), "gateway-conns: INCR rounds over every connection; gateway-quota: measurement rounds (medians are reported); env LOADGEN_ROUNDS")
+	fs.Float64Var(&c.activeRate, "active-rate", env.Float("LOADGEN_ACTIVE_RATE", 2000), "gateway-conns: INCRs per second over all connections during the rounds; env LOADGEN_ACTIVE_RATE")
+	fs.Float64Var(&c.quota, "quota", env.Float("LOADGEN_QUOTA", 2000), "gateway-quota: the flooding tenant's max_ops_per_second; env LOADGEN_QUOTA")
+	fs.Float64Var(&c.steadyRate, "steady-rate", env.Float("LOADGEN_STEADY_RATE", 500), "gateway-quota: the steady tenant's fixed rate, requests per second; env LOADGEN_STEADY_RATE")
+	fs.IntVar(&c.steadyConns, "steady-conns", env.Int("LOADGEN_STEADY_CONNS", 4), "gateway-quota: the steady tenant's connections; env LOADGEN_STEADY_CONNS")
+	fs.IntVar(&c.floodConns, "flood-conns", env.Int("LOADGEN_FLOOD_CONNS", 50), "gateway-quota: the flooding tenant's connections; env LOADGEN_FLOOD_CONNS")
+	fs.IntVar(&c.pipeline, "pipeline", env.Int("LOADGEN_PIPELINE", 16), "gateway-quota: requests the flooding tenant pipelines on each connection; env LOADGEN_PIPELINE")
+	fs.StringVar(&c.out, "out", envflag.String("BENCH_OUT", filepath.Join(root, "bench", "results")), "directory for loadgen-<mode>.{md,json} (gateway modes: <mode>.{md,json}); env BENCH_OUT")
 	fs.DurationVar(&c.timeout, "timeout", env.Duration("LOADGEN_TIMEOUT", 30*time.Minute), "limit for the whole run; env LOADGEN_TIMEOUT")
 	fs.BoolVar(&c.verbose, "v", false, "debug logging")
 	if err := env.Err(); err != nil {
@@ -98,14 +115,25 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	c.maxOps, c.seed = int64(*maxOps), *seed
 	c.stackTargets = envflag.List(strings.ToLower(*stackTargets))
 	if c.tenants == 0 {
-		c.tenants = 4
-		if c.mode == "conns" {
+		switch c.mode {
+		case "conns":
 			c.tenants = 1
+		case "gateway-conns":
+			c.tenants = 100
+		default:
+			c.tenants = 4
 		}
 	}
+	gateway := strings.HasPrefix(c.mode, "gateway-")
 	switch {
-	case c.mode != "mixed" && c.mode != "rate" && c.mode != "conns":
-		return c, fmt.Errorf("-mode %q: want mixed, rate or conns", c.mode)
+	case !slices.Contains([]string{"mixed", "rate", "conns", "gateway-conns", "gateway-quota"}, c.mode):
+		return c, fmt.Errorf("-mode %q: want mixed, rate, conns, gateway-conns or gateway-quota", c.mode)
+	case gateway && len(c.groups) > 0:
+		return c, fmt.Errorf("-mode %s starts its own Redis and gateway keyfence (it writes the tenants file): -targets does not apply", c.mode)
+	case c.mode == "gateway-conns" && (c.idleConns < c.tenants || c.tenants > 10_000 || c.rounds < 1 || c.activeRate <= 0 || c.dialers < 1):
+		return c, errors.New("gateway-conns: want -tenants 1..10000, -conns at least -tenants, positive -rounds, -active-rate and -dialers")
+	case c.mode == "gateway-quota" && (c.rounds < 1 || c.quota <= 0 || c.steadyRate <= 0 || c.steadyConns < 1 || c.floodConns < 1 || c.pipeline < 1):
+		return c, errors.New("gateway-quota: -rounds, -quota, -steady-rate, -steady-conns, -flood-conns and -pipeline must be positive")
 	case c.conns < 1 || c.maxOps < 1 || c.duration <= 0 || c.tenants < 1:
 		return c, errors.New("-c, -n, -duration and -tenants must be positive")
 	case c.mode == "rate" && c.rate <= 0:
@@ -149,7 +177,10 @@ type output struct {
 	Header   []string      `json:"header"`
 	Rows     [][]string    `json:"rows"`
 	Conns    []connsResult `json:"conns,omitempty"`
-	Notes    []string      `json:"notes,omitempty"`
+	// Gateway is the gateway modes' measurement (gatewayConnsResult or
+	// quotaResult).
+	Gateway any      `json:"gateway,omitempty"`
+	Notes   []string `json:"notes,omitempty"`
 }
 
 func loadgen(ctx context.Context, cfg config, stdout io.Writer, log *slog.Logger) (err error) {
@@ -160,11 +191,20 @@ func loadgen(ctx context.Context, cfg config, stdout io.Writer, log *slog.Logger
 	// of them, like this process, holds one descriptor per connection plus
 	// a few hundred of its own. Targets are measured one at a time.
 	need := uint64(cfg.conns) + 1024
-	if cfg.mode == "conns" {
+	switch cfg.mode {
+	case "conns", "gateway-conns":
 		need = uint64(cfg.idleConns) + 1024
+	case "gateway-quota":
+		need = uint64(cfg.floodConns+cfg.steadyConns) + 1024
 	}
 	if err := raiseNoFile(need, log); err != nil {
 		return err
+	}
+	switch cfg.mode {
+	case "gateway-conns":
+		return gatewayConns(ctx, cfg, stdout, log)
+	case "gateway-quota":
+		return gatewayQuota(ctx, cfg, stdout, log)
 	}
 
 	groups := cfg.groups
@@ -262,7 +302,7 @@ func loadgen(ctx context.Context, cfg config, stdout io.Writer, log *slog.Logger
 			}
 			if cfg.preload {
 				for _, ep := range g.Endpoints {
-					if err := preload(ctx, wl, ep.Addr); err != nil {
+					if err := preload(ctx, wl, ep); err != nil {
 						return fmt.Errorf("%s: %w", g.Name, err)
 					}
 				}
@@ -292,13 +332,19 @@ func loadgen(ctx context.Context, cfg config, stdout io.Writer, log *slog.Logger
 		}
 	}
 
+	return printAndWrite(stdout, cfg.out, "loadgen-"+cfg.mode, out)
+}
+
+// printAndWrite prints out's table and notes and writes them to
+// dir/name.md and dir/name.json.
+func printAndWrite(stdout io.Writer, dir, name string, out output) error {
 	fmt.Fprintf(stdout, "\n%s\n\n", out.Title)
 	lines := append([][]string{out.Header}, out.Rows...)
 	fmt.Fprint(stdout, report.AlignText(lines, 2))
 	for _, n := range out.Notes {
 		fmt.Fprintln(stdout, "note:", n)
 	}
-	paths, err := writeOutput(cfg.out, cfg.mode, out)
+	paths, err := writeOutput(dir, name, out)
 	if err != nil {
 		return err
 	}
@@ -440,7 +486,7 @@ func connsRow(r connsResult) []string {
 		r.OpenTime.Round(time.Millisecond).String(), before, after, per}
 }
 
-func writeOutput(dir, mode string, out output) ([]string, error) {
+func writeOutput(dir, name string, out output) ([]string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("results dir: %w", err)
 	}
@@ -466,8 +512,8 @@ func writeOutput(dir, mode string, out output) ([]string, error) {
 		name string
 		data []byte
 	}{
-		{"loadgen-" + mode + ".md", []byte(md.String())},
-		{"loadgen-" + mode + ".json", append(js, '\n')},
+		{name + ".md", []byte(md.String())},
+		{name + ".json", append(js, '\n')},
 	}
 	for _, f := range files {
 		p := filepath.Join(dir, f.name)

@@ -1,9 +1,13 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
+
+	"github.com/keyfence/keyfence/bench/internal/resp"
 )
 
 // endpoint is one address to load, and the pid of the process behind it
@@ -14,6 +18,33 @@ type endpoint struct {
 	// Label names the endpoint in reports (the tenant's process for a
 	// started keyfence); empty means the address.
 	Label string `json:"label,omitempty"`
+	// User and Password, when User is set, are sent with AUTH on every
+	// connection: a keyfence gateway's tenant and its password.
+	User     string `json:"user,omitempty"`
+	Password string `json:"-"`
+}
+
+// dial connects to the endpoint, small buffers or not (resp.DialSmall),
+// and authenticates as its user if it has one.
+func (e endpoint) dial(ctx context.Context, small bool) (*resp.Conn, error) {
+	d := resp.Dial
+	if small {
+		d = resp.DialSmall
+	}
+	c, err := d(ctx, e.Addr)
+	if err != nil {
+		return nil, err
+	}
+	if e.User != "" {
+		actx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := c.Auth(actx, e.User, e.Password)
+		cancel()
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	return c, nil
 }
 
 func (e endpoint) name() string {

@@ -112,6 +112,15 @@ func (w *worker) valueSize() int {
 
 // do sends one GET or SET and waits for its reply.
 func (w *worker) do() (isRead bool, err error) {
+	isRead = w.queue()
+	if err := w.conn.Flush(); err != nil {
+		return isRead, err
+	}
+	return isRead, w.conn.Skip()
+}
+
+// queue writes one GET or SET into the connection's buffer, unsent.
+func (w *worker) queue() (isRead bool) {
 	w.key = strconv.AppendUint(append(w.key[:0], keyPrefix...), w.zipf.Uint64(), 10)
 	isRead = w.rng.Float64() < w.wl.readRatio
 	if isRead {
@@ -124,10 +133,7 @@ func (w *worker) do() (isRead bool, err error) {
 		w.conn.WriteBulk(w.key)
 		w.conn.WriteBulk(w.wl.payload[:w.valueSize()])
 	}
-	if err := w.conn.Flush(); err != nil {
-		return isRead, err
-	}
-	return isRead, w.conn.Skip()
+	return isRead
 }
 
 // account records one finished request; it returns false when the worker
@@ -155,8 +161,9 @@ func (w *worker) account(isRead bool, lat time.Duration, err error) bool {
 
 // preload writes every key once per endpoint, pipelined, so that reads hit
 // values of the intended sizes instead of misses.
-func preload(ctx context.Context, wl *workload, addr string) error {
-	c, err := resp.Dial(ctx, addr)
+func preload(ctx context.Context, wl *workload, ep endpoint) error {
+	addr := ep.Addr
+	c, err := ep.dial(ctx, false)
 	if err != nil {
 		return fmt.Errorf("preload: %w", err)
 	}
@@ -214,7 +221,7 @@ func runLoad(ctx context.Context, wl *workload, g group, spec loadSpec) (loadRes
 	defer cancel()
 	for i := 0; i < spec.conns; i++ {
 		ep := i % len(g.Endpoints)
-		c, err := resp.Dial(ctx, g.Endpoints[ep].Addr)
+		c, err := g.Endpoints[ep].dial(ctx, false)
 		if err != nil {
 			for _, w := range res.workers {
 				w.conn.Close()

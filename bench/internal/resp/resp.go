@@ -256,14 +256,38 @@ func (c *Conn) Do(ctx context.Context, args ...string) (string, error) {
 	}
 }
 
+// Auth sends AUTH user password and expects OK: how a client picks its
+// tenant at a keyfence gateway.
+func (c *Conn) Auth(ctx context.Context, user, password string) error {
+	got, err := c.Do(ctx, "AUTH", user, password)
+	if err != nil {
+		return fmt.Errorf("AUTH %s: %w", user, err)
+	}
+	if got != "OK" {
+		return fmt.Errorf("AUTH %s: got %q, want OK", user, got)
+	}
+	return nil
+}
+
 // Ping dials addr, sends PING and expects PONG: the readiness check for
 // every server the benchmarks start.
 func Ping(ctx context.Context, addr string) error {
+	return PingAs(ctx, addr, "", "")
+}
+
+// PingAs is Ping after AUTH user password, for a keyfence gateway, which
+// answers nothing but AUTH before it; no AUTH when user is empty.
+func PingAs(ctx context.Context, addr, user, password string) error {
 	c, err := Dial(ctx, addr)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
+	if user != "" {
+		if err := c.Auth(ctx, user, password); err != nil {
+			return fmt.Errorf("%s: %w", addr, err)
+		}
+	}
 	got, err := c.Do(ctx, "PING")
 	if err != nil {
 		return fmt.Errorf("PING %s: %w", addr, err)

@@ -169,10 +169,11 @@ func (s *Stack) StartKeyfence(ctx context.Context, cfg Config, tenant string) (*
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	redisPort := s.Redis.Addr[strings.LastIndexByte(s.Redis.Addr, ':')+1:]
+	var admin string
 	p, err := startProc(ctx, cfg, "keyfence-"+tenant, 2, func(ports []int) (*exec.Cmd, string, error) {
 		addr := "127.0.0.1:" + strconv.Itoa(ports[0])
-		args := []string{"--tenant", tenant, "--listen", addr,
-			"--admin", "127.0.0.1:" + strconv.Itoa(ports[1])}
+		admin = "127.0.0.1:" + strconv.Itoa(ports[1])
+		args := []string{"--tenant", tenant, "--listen", addr, "--admin", admin}
 		cmd := exec.Command(cfg.Tools.Keyfence, append(args, cfg.KeyfenceArgs...)...)
 		cmd.Env = append(os.Environ(), "REDIS_HOST=127.0.0.1", "REDIS_PORT="+redisPort)
 		return cmd, addr, nil
@@ -180,6 +181,41 @@ func (s *Stack) StartKeyfence(ctx context.Context, cfg Config, tenant string) (*
 	if err != nil {
 		return nil, err
 	}
+	p.Admin = admin
+	s.Keyfence = append(s.Keyfence, p)
+	return p, nil
+}
+
+// StartGateway starts one keyfence in gateway mode (--tenants-file) in
+// front of the stack's Redis. A gateway answers nothing but AUTH before a
+// client authenticates, so it is ready once user (one of the file's
+// tenants) can AUTH with password and PING.
+func (s *Stack) StartGateway(ctx context.Context, cfg Config, tenantsFile, user, password string) (*Proc, error) {
+	if cfg.Tools.Keyfence == "" {
+		return nil, fmt.Errorf("keyfence: %s", cfg.Tools.KeyfenceStatus)
+	}
+	if cfg.StartTimeout <= 0 {
+		cfg.StartTimeout = 15 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	redisPort := s.Redis.Addr[strings.LastIndexByte(s.Redis.Addr, ':')+1:]
+	var admin string
+	build := func(ports []int) (*exec.Cmd, string, error) {
+		addr := "127.0.0.1:" + strconv.Itoa(ports[0])
+		admin = "127.0.0.1:" + strconv.Itoa(ports[1])
+		args := []string{"--tenants-file", tenantsFile, "--listen", addr, "--admin", admin}
+		cmd := exec.Command(cfg.Tools.Keyfence, append(args, cfg.KeyfenceArgs...)...)
+		cmd.Env = append(os.Environ(), "REDIS_HOST=127.0.0.1", "REDIS_PORT="+redisPort)
+		return cmd, addr, nil
+	}
+	probe := func(ctx context.Context, addr string) error { return resp.PingAs(ctx, addr, user, password) }
+	p, err := startProcProbe(ctx, cfg, "keyfence-gateway", 2, build, probe)
+	if err != nil {
+		return nil, err
+	}
+	p.Admin = admin
 	s.Keyfence = append(s.Keyfence, p)
 	return p, nil
 }
@@ -243,6 +279,9 @@ type Proc struct {
 	Name    string
 	Addr    string
 	LogPath string
+	// Admin is keyfence's admin HTTP address (/metrics, and /debug/pprof
+	// with --admin-pprof); empty for the other servers.
+	Admin   string
 	cmd     *exec.Cmd
 	exited  chan struct{}
 	waitErr error
@@ -306,6 +345,12 @@ type buildFunc func(ports []int) (cmd *exec.Cmd, addr string, err error)
 // answers PING. A port can be taken between choosing and binding it, so an
 // early exit is retried on new ports a few times.
 func startProc(ctx context.Context, cfg Config, name string, nports int, build buildFunc) (*Proc, error) {
+	return startProcProbe(ctx, cfg, name, nports, build, resp.Ping)
+}
+
+// startProcProbe is startProc with the readiness check probe instead of a
+// plain PING.
+func startProcProbe(ctx context.Context, cfg Config, name string, nports int, build buildFunc, probe func(ctx context.Context, addr string) error) (*Proc, error) {
 	const attempts = 3
 	var lastErr error
 	for attempt := 1; attempt <= attempts; attempt++ {
@@ -321,7 +366,7 @@ func startProc(ctx context.Context, cfg Config, name string, nports int, build b
 		if err != nil {
 			return nil, err
 		}
-		err = waitReady(ctx, p, cfg.StartTimeout)
+		err = waitReady(ctx, p, cfg.StartTimeout, probe)
 		if err == nil {
 			cfg.Logger.Info("started", "proc", name, "pid", p.Pid(), "addr", addr)
 			return p, nil
@@ -361,7 +406,7 @@ func spawn(cfg Config, name, addr string, cmd *exec.Cmd) (*Proc, error) {
 	return p, nil
 }
 
-func waitReady(ctx context.Context, p *Proc, timeout time.Duration) error {
+func waitReady(ctx context.Context, p *Proc, timeout time.Duration, probe func(ctx context.Context, addr string) error) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	tick := time.NewTicker(50 * time.Millisecond)
@@ -372,7 +417,7 @@ func waitReady(ctx context.Context, p *Proc, timeout time.Duration) error {
 			return fmt.Errorf("%s exited during start (%v); log tail:\n%s", p.Name, werr, p.LogTail(2048))
 		}
 		pctx, pcancel := context.WithTimeout(ctx, time.Second)
-		lastErr = resp.Ping(pctx, p.Addr)
+		lastErr = probe(pctx, p.Addr)
 		pcancel()
 		if lastErr == nil {
 			return nil
