@@ -124,10 +124,9 @@ func (s *session) emulateMore(ctx context.Context, cmd *rewrite.Command, args []
 	}
 }
 
-// reset returns the session to the state of a fresh connection, as RESET
-// does in Redis: no transaction, no WATCH, RESP2, default db, no name.
-func (s *session) reset(ctx context.Context) {
-	s.flushBatch(ctx)
+// dropTransaction ends MULTI and WATCH as RESET does: the transaction is
+// discarded upstream and the pinned connection goes.
+func (s *session) dropTransaction(ctx context.Context) {
 	if s.pinned != nil {
 		if s.txn.inMulti() {
 			s.discardQuietly(ctx)
@@ -136,6 +135,13 @@ func (s *session) reset(ctx context.Context) {
 	}
 	s.txn = txNone
 	s.resetTx()
+}
+
+// reset returns the session to the state of a fresh connection, as RESET
+// does in Redis: no transaction, no WATCH, RESP2, default db, no name.
+func (s *session) reset(ctx context.Context) {
+	s.flushBatch(ctx)
+	s.dropTransaction(ctx)
 	s.replyMode, s.mute = replyOn, false
 	s.infoMu.Lock()
 	s.name, s.db, s.resp3 = "", s.srv.cfg.Upstream.DB, false

@@ -83,14 +83,7 @@ func (s *session) moveTo(ctx context.Context, to *Server) bool {
 		return false
 	}
 	s.stopSubscriber()
-	if s.pinned != nil {
-		if s.txn.inMulti() {
-			s.discardQuietly(ctx)
-		}
-		s.unpin(false)
-	}
-	s.txn = txNone
-	s.resetTx()
+	s.dropTransaction(ctx)
 	if s.group != nil {
 		s.srv.pool.Release(s.group)
 		s.group = nil
