@@ -140,7 +140,9 @@ const (
 	DefaultMaxFunctionBytes     = 8 << 20
 )
 
-// Server accepts clients of one tenant and proxies them to upstream.
+// Server serves the clients of one tenant and proxies them to upstream: the
+// clients it accepts itself (sidecar mode), or those a Gateway's lobby hands
+// it after AUTH.
 type Server struct {
 	cfg    Config
 	prefix string
