@@ -237,8 +237,8 @@ func (g *Gateway) authenticate(ctx context.Context, addr net.Addr, user string, 
 		hash = g.decoy
 	}
 	good, err := g.checker.Check(ctx, hash, password)
-	if err != nil {
-		return nil, err
+	if err != nil { // the session is being shut down while it waited for a check
+		return nil, fmt.Errorf("ERR keyfence: AUTH interrupted: %w", err)
 	}
 	if !good || !ok {
 		return nil, refusal{delay: g.refused(addr, user, ok)}
