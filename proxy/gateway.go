@@ -357,14 +357,7 @@ func (g *Gateway) Reload(file *tenants.File) {
 // retire disconnects a tenant's clients and stops its Server.
 func (g *Gateway) retire(t *gatewayTenant, why string) {
 	srv := t.srv
-	srv.mu.Lock()
-	srv.closing = true
-	n := len(srv.sessions)
-	for sess := range srv.sessions {
-		sess.cancel()
-		sess.nc.Close()
-	}
-	srv.mu.Unlock()
+	n := srv.disconnect()
 	srv.log.Info("tenant stopped: its clients are disconnected", "why", why, "clients", n)
 	// The sessions end on their own goroutines; the connections they
 	// hold go back to the pool before it closes.
@@ -391,34 +384,10 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		servers = append(servers, t.srv)
 	}
 	for _, srv := range servers {
-		srv.mu.Lock()
-		srv.closing = true
-		for sess := range srv.sessions {
-			sess.closeWhenIdle()
-		}
-		srv.mu.Unlock()
-	}
-	if g.lobby.ln != nil {
-		g.lobby.ln.Close()
+		srv.drain()
 	}
 	// Every session was accepted by the lobby: its wait group counts them all.
-	done := make(chan struct{})
-	go func() { g.lobby.wg.Wait(); close(done) }()
-	var err error
-	select {
-	case <-done:
-	case <-ctx.Done():
-		err = ctx.Err()
-		for _, srv := range servers {
-			srv.mu.Lock()
-			for sess := range srv.sessions {
-				sess.cancel()
-				sess.nc.Close()
-			}
-			srv.mu.Unlock()
-		}
-		<-done
-	}
+	err := g.lobby.awaitSessions(ctx, servers...)
 	for _, t := range running {
 		t.end()
 	}

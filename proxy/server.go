@@ -398,7 +398,16 @@ func (s *Server) leave(sess *session) {
 // Shutdown stops accepting, lets sessions finish the batch they are in, and
 // closes them; it returns when all are gone or ctx is done.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.drain()
+	err := s.awaitSessions(ctx, s)
+	s.pool.Close()
+	return err
+}
+
+// drain stops accepting and asks every session to end after its batch.
+func (s *Server) drain() {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.closing = true
 	if s.ln != nil {
 		s.ln.Close()
@@ -406,26 +415,39 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for sess := range s.sessions {
 		sess.closeWhenIdle()
 	}
-	s.mu.Unlock()
+}
+
+// disconnect ends every session now and takes no more; it returns how
+// many there were.
+func (s *Server) disconnect() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closing = true
+	for sess := range s.sessions {
+		// Closing the client does not end a session that waits on
+		// upstream (BLPOP k 0, XREAD BLOCK 0): end that wait too.
+		sess.cancel()
+		sess.nc.Close()
+	}
+	return len(s.sessions)
+}
+
+// awaitSessions waits for the sessions s accepted to end; once ctx is done
+// it disconnects those of every server in holders (where they are now: a
+// gateway's lobby hands its sessions to tenants) and waits for them.
+func (s *Server) awaitSessions(ctx context.Context, holders ...*Server) error {
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
-	var err error
 	select {
 	case <-done:
+		return nil
 	case <-ctx.Done():
-		err = ctx.Err()
-		s.mu.Lock()
-		for sess := range s.sessions {
-			// Closing the client does not end a session that waits on
-			// upstream (BLPOP k 0, XREAD BLOCK 0): end that wait too.
-			sess.cancel()
-			sess.nc.Close()
+		for _, h := range holders {
+			h.disconnect()
 		}
-		s.mu.Unlock()
 		<-done
+		return ctx.Err()
 	}
-	s.pool.Close()
-	return err
 }
 
 // sessionsSnapshot returns the live sessions (for CLIENT LIST and INFO).
