@@ -435,7 +435,7 @@ func (s *session) clientLine(self bool) string {
 		resp = 3
 	}
 	return fmt.Sprintf("id=%d addr=%s laddr=%s fd=0 name=%s age=%d idle=%d flags=%s db=%d sub=0 psub=0 ssub=0 multi=%d qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=%s user=default redir=-1 resp=%d lib-name=%s lib-ver=%s",
-		id, s.nc.RemoteAddr(), s.nc.LocalAddr(), name,
+		id, s.remoteAddr, s.localAddr, name,
 		int(now.Sub(s.created).Seconds()), int(now.Sub(time.Unix(0, s.lastAt.Load())).Seconds()),
 		flags, db, multi, s.lastCmd.Load().(string), resp, libName, libVer)
 }

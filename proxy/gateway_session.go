@@ -31,7 +31,7 @@ func (s *session) login(ctx context.Context, creds [][]byte) (bool, string) {
 	default:
 		return false, "ERR syntax error"
 	}
-	to, err := g.authenticate(ctx, s.nc.RemoteAddr(), user, password)
+	to, err := g.authenticate(ctx, s.remoteAddr, user, password)
 	if err != nil {
 		if r, ok := err.(refusal); ok && r.delay > 0 {
 			s.holdRefusal(ctx, r.delay)

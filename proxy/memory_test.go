@@ -169,7 +169,9 @@ func TestIdleConnGroupsAreReaped(t *testing.T) {
 	up := testRedis(t)
 	srv, addr := startProxyServer(t, up, nil)
 	c := dialRaw(t, addr)
-	c.do(t, "PING")
+	// SELECT takes the session off the event loop to a goroutine of its
+	// own, which holds the configured database's group.
+	c.do(t, "SELECT", "0")
 	base := srv.Stats().ConnGroups
 	for _, db := range []string{"5", "6"} {
 		if got := string(c.do(t, "SELECT", db)); got != "+OK\r\n" {

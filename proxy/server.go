@@ -32,6 +32,10 @@ type Config struct {
 	ClientPassword  string // AUTH password clients must give; empty: none
 	MaxClients      int
 	MaxRequestBytes int
+	// GoroutinePerClient serves every client on a goroutine of its own from
+	// its first command, never on the event loop (loop.go): for comparing
+	// the two, and a way out should the loop misbehave.
+	GoroutinePerClient bool
 	// ClientOutputSoftLimit and ClientOutputHardLimit bound what keyfence
 	// holds for one client that it has not written yet, like Redis's
 	// client-output-buffer-limit for normal clients: past the soft limit
@@ -177,6 +181,7 @@ type Server struct {
 	mu       sync.Mutex
 	sessions map[*session]struct{}
 	pool     *upstream.Pool
+	loop     *eventLoop // serves plain sessions until they need more (loop.go); nil: none; set by Serve under mu
 	scripts  *scriptRegistry
 	sandbox  *rewrite.Sandbox
 	// The run's budgets as the sandbox takes them: milliseconds, KiB;
@@ -277,7 +282,14 @@ func (s *Server) Serve(ctx context.Context) error {
 			return err
 		}
 	}
-	s.log.Info("keyfence listening", "addr", s.ln.Addr().String(), "upstream", s.cfg.Upstream.Addr, "prefix", s.prefix)
+	loop, err := newEventLoop(s)
+	if err != nil {
+		s.log.Warn("no event loop: every client gets a goroutine of its own", "err", err)
+	}
+	s.mu.Lock()
+	s.loop = loop
+	s.mu.Unlock()
+	s.log.Info("keyfence listening", "addr", s.ln.Addr().String(), "upstream", s.cfg.Upstream.Addr, "prefix", s.prefix, "event_loop", loop != nil)
 	stop := context.AfterFunc(ctx, func() { s.ln.Close() })
 	defer stop()
 	defer s.background(ctx)()
@@ -359,20 +371,31 @@ func (s *Server) accept(ctx context.Context, nc net.Conn) {
 		}()
 		return
 	}
+	// finish is the end of every session, wherever it ran; sess.srv: in
+	// gateway mode, the tenant it ended in.
+	finish := func() {
+		sess.srv.leave(sess)
+		cancel()
+		s.hub.clients.Add(-1)
+		s.wg.Done()
+	}
+	serve := func() {
+		sess.serve(sctx)
+		finish()
+	}
 	s.sessions[sess] = struct{}{}
 	s.hub.clients.Add(1)
 	s.stats.connections.Add(1)
 	s.wg.Add(1)
+	looped := s.loop != nil && s.loop.detach(sess, sctx, serve, finish)
 	s.mu.Unlock()
 	s.cfg.Metrics.ClientAccepted()
 	s.gatewayTelemetry().ClientAccepted()
-	go func() {
-		defer s.wg.Done()
-		defer s.hub.clients.Add(-1)
-		defer cancel()
-		sess.serve(sctx)
-		sess.srv.leave(sess) // sess.srv: in gateway mode, the tenant it ended in
-	}()
+	if looped {
+		s.loop.adopt(sess.lc)
+		return
+	}
+	go serve()
 }
 
 // gatewayTelemetry is the gateway's telemetry, which counts the lobby's
@@ -400,6 +423,12 @@ func (s *Server) leave(sess *session) {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.drain()
 	err := s.awaitSessions(ctx, s)
+	s.mu.Lock()
+	loop := s.loop
+	s.mu.Unlock()
+	if loop != nil {
+		loop.close()
+	}
 	s.pool.Close()
 	return err
 }
@@ -423,11 +452,16 @@ func (s *Server) disconnect() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closing = true
+	if s.loop != nil {
+		s.loop.abort() // the sessions it still serves wait on upstream
+	}
 	for sess := range s.sessions {
 		// Closing the client does not end a session that waits on
 		// upstream (BLPOP k 0, XREAD BLOCK 0): end that wait too.
 		sess.cancel()
-		sess.nc.Close()
+		if sess.lc == nil {
+			sess.nc.Close()
+		}
 	}
 	return len(s.sessions)
 }

@@ -25,12 +25,19 @@ import (
 // bytes or a local reply, send the batch upstream as one write, wait for its
 // replies, strip them, write everything back in the client's order.
 type session struct {
-	srv     *Server
-	nc      net.Conn
-	raw     syscall.RawConn // nil unless nc is a plain TCP connection
-	id      int64           // written by the session under infoMu (gateway: changes with the tenant)
-	rw      *rewrite.Rewriter
-	created time.Time
+	srv *Server
+	// nc is the client's connection. A session the event loop serves
+	// (lc != nil) has none it can use: the loop reads and writes the
+	// socket itself, and gives the session a new nc when it hands it off
+	// to a goroutine of its own (loop.go).
+	nc         net.Conn
+	raw        syscall.RawConn // nil unless nc is a plain TCP connection
+	lc         *loopConn       // the event loop's state while it serves the session; guarded by srv.mu
+	remoteAddr net.Addr        // the client's address, and keyfence's end of it
+	localAddr  net.Addr        //
+	id         int64           // written by the session under infoMu (gateway: changes with the tenant)
+	rw         *rewrite.Rewriter
+	created    time.Time
 
 	// Client-visible state; infoMu guards what CLIENT LIST of another
 	// session reads (name, lib*, db, resp3), written only by this session.
@@ -166,16 +173,18 @@ const initialReadBuffer = 4 << 10
 
 func newSession(srv *Server, nc net.Conn) *session {
 	s := &session{
-		srv:     srv,
-		nc:      nc,
-		raw:     syscallConn(nc),
-		id:      srv.nextID.Add(1),
-		rw:      rewrite.NewRewriter(srv.prefix),
-		created: time.Now(),
-		db:      srv.cfg.Upstream.DB,
-		authed:  srv.gw == nil && srv.cfg.ClientPassword == "", // a gateway's lobby never is
-		b:       upstream.NewBatch(),
-		tel:     srv.cfg.Metrics.NewBatch(),
+		srv:        srv,
+		nc:         nc,
+		raw:        syscallConn(nc),
+		remoteAddr: nc.RemoteAddr(),
+		localAddr:  nc.LocalAddr(),
+		id:         srv.nextID.Add(1),
+		rw:         rewrite.NewRewriter(srv.prefix),
+		created:    time.Now(),
+		db:         srv.cfg.Upstream.DB,
+		authed:     srv.gw == nil && srv.cfg.ClientPassword == "", // a gateway's lobby never is
+		b:          upstream.NewBatch(),
+		tel:        srv.cfg.Metrics.NewBatch(),
 	}
 	s.readIdleFn = s.readIdle
 	s.sampler = uint32(s.id)*2654435761 | 1 // xorshift needs a state that is not 0
@@ -202,8 +211,14 @@ func syscallConn(nc net.Conn) syscall.RawConn {
 // pipeline before it closes: requests already sent are served.
 const drainGrace = 100 * time.Millisecond
 
+// closeWhenIdle asks the session to end once its batch is served; the
+// caller holds srv.mu.
 func (s *session) closeWhenIdle() {
 	s.closing.Store(true)
+	if s.lc != nil {
+		s.lc.loop.release(s.lc) // a goroutine of its own ends it as it would any session
+		return
+	}
 	// Wake a session blocked reading from an idle client soon.
 	_ = s.nc.SetReadDeadline(time.Now().Add(drainGrace))
 }
@@ -244,6 +259,9 @@ const maxKeptBuffer = 1 << 20
 // has taken it: a client that does not read stops its own session here, and
 // nothing else. After a failed write, output is dropped.
 func (s *session) writeOut() error {
+	if s.lc != nil {
+		return s.wErr // the event loop writes s.out when the batch is done
+	}
 	if s.wErr == nil && len(s.out) > 0 {
 		s.wmu.Lock()
 		n, err := s.nc.Write(s.out)
@@ -270,7 +288,7 @@ var errOutputLimit = errors.New("client output over --client-output-hard-limit")
 func (s *session) dropForOutput() {
 	n := s.srv.outputDrops.Add(1)
 	s.srv.log.Warn("client disconnected: its unsent replies passed the output hard limit (--client-output-hard-limit)",
-		"client_id", s.id, "addr", s.nc.RemoteAddr().String(), "limit_bytes", s.srv.cfg.ClientOutputHardLimit, "disconnects_total", n)
+		"client_id", s.id, "addr", s.remoteAddr.String(), "limit_bytes", s.srv.cfg.ClientOutputHardLimit, "disconnects_total", n)
 	s.wErr, s.quit = errOutputLimit, true
 	s.out = nil
 }
@@ -330,7 +348,7 @@ func (s *session) fill() error {
 			if !s.srv.reserveReadBuffer(grow) {
 				s.srv.budgetRefused.Add(1)
 				s.srv.log.Warn("client refused: the request buffer budget is spent (--max-request-buffer-total)",
-					"client_id", s.id, "addr", s.nc.RemoteAddr().String(), "budget_bytes", s.srv.cfg.MaxRequestBufferTotal)
+					"client_id", s.id, "addr", s.remoteAddr.String(), "budget_bytes", s.srv.cfg.MaxRequestBufferTotal)
 				return errRequestBudget
 			}
 			s.held += grow
@@ -412,6 +430,10 @@ func (s *session) handleBuffered(ctx context.Context) {
 			s.need = need
 			return
 		}
+		if s.lc != nil && len(args) > 0 && !s.loopServes(args) {
+			s.lc.release = true // the command stays in rbuf for the session's own goroutine
+			return
+		}
 		s.rpos += n
 		s.srv.stats.netIn.Add(int64(n))
 		s.need = 0
@@ -475,7 +497,12 @@ func (s *session) flushBatch(ctx context.Context) error {
 	if len(s.slots) == 0 {
 		return nil
 	}
-	err := s.send(ctx)
+	return s.finishBatch(ctx, s.send(ctx))
+}
+
+// finishBatch appends the batch's replies to s.out once send is done; err
+// is what it returned.
+func (s *session) finishBatch(ctx context.Context, err error) error {
 	if s.b.Overflow {
 		s.dropForOutput()
 		s.req, s.nreq = nil, 0
@@ -494,12 +521,22 @@ func (s *session) send(ctx context.Context) error {
 	if s.nreq == 0 {
 		return nil
 	}
-	m := s.srv.cfg.Metrics
-	var t0 time.Time
-	if m != nil {
+	t0 := s.beginSend()
+	err := s.transport().RoundTrip(ctx, s.b, s.req, s.nreq)
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		s.b = upstream.NewBatch() // the old one may still be written to
+	}
+	s.endSend(ctx, err, t0)
+	return err
+}
+
+// beginSend readies the batch to go upstream: the read cache forgets what
+// its writes change, and t0 is when it went, for the metrics (zero
+// without them).
+func (s *session) beginSend() (t0 time.Time) {
+	if s.srv.cfg.Metrics != nil {
 		t0 = time.Now()
 	}
-	rt := s.transport()
 	if res := s.srv.res; res != nil && res.cache != nil {
 		s.invalidateWritten() // before the stamp: the batch's own reads come after its writes
 		s.cacheScratch.since = res.cache.Stamp()
@@ -509,10 +546,11 @@ func (s *session) send(ctx context.Context) error {
 	}
 	s.b.Limit = s.srv.cfg.ClientOutputHardLimit
 	s.b.ReadOnly = s.pinned == nil && s.onlyReads()
-	err := rt.RoundTrip(ctx, s.b, s.req, s.nreq)
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		s.b = upstream.NewBatch() // the old one may still be written to
-	}
+	return t0
+}
+
+// endSend logs and counts how the round trip that began at t0 ended.
+func (s *session) endSend(ctx context.Context, err error, t0 time.Time) {
 	switch failure := errors.Join(err, s.b.Err); {
 	case failure == nil || errors.Is(err, fallback.ErrOpen) || ctx.Err() != nil:
 	case s.clientLeft.Load():
@@ -523,10 +561,9 @@ func (s *session) send(ctx context.Context) error {
 		s.srv.logUpstreamFailure(failure)
 		s.tel.UpstreamError(ctx, errorCause(failure))
 	}
-	if m != nil {
+	if !t0.IsZero() {
 		s.tel.Upstream(ctx, t0)
 	}
-	return err
 }
 
 // transport is what the batch goes through: the pinned connection as it

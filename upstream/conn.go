@@ -54,9 +54,10 @@ func (b *Batch) Reset(want int) {
 	b.Overflow = false
 }
 
-// add keeps one reply, or counts and drops it once the batch holds more
-// than its limit; called by the connection's reader only.
-func (b *Batch) add(reply []byte) {
+// Add keeps one reply, or counts and drops it once the batch holds more
+// than its limit; called by whoever reads the connection the batch was
+// sent on (a Conn's reader, the proxy's event loop).
+func (b *Batch) Add(reply []byte) {
 	if !b.Overflow && b.Limit > 0 && len(b.replies)+len(reply) > b.Limit {
 		b.Overflow = true
 		b.replies = nil // let what the Batch held go now, not when it ends
@@ -253,7 +254,7 @@ func (c *Conn) readLoop(nc net.Conn) {
 				}
 				c.mu.Unlock()
 			}
-			cur.add(reply)
+			cur.Add(reply)
 			if len(cur.ends) == cur.want {
 				cur.done <- struct{}{}
 				cur = nil

@@ -53,7 +53,7 @@ type settings struct {
 	logLevel, logFormat                               string
 	probeInterval                                     time.Duration
 	adminTokenFile                                    string
-	adminPprof                                        bool
+	adminPprof, eventLoop                             bool
 	// secret settings: read after parsing (see secretSetting)
 	redisPasswordFile, sentinelPasswordFile, clientPasswordFile string
 	adminToken                                                  string
@@ -161,6 +161,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*con
 	str(&s.tlsClientCA, "tls-client-ca", "PROXY_TLS_CLIENT_CA", "", "PEM CA bundle; clients must present a certificate signed by it (mTLS)")
 	secret(&s.clientPassword, "client-password", "PROXY_CLIENT_PASSWORD", "the password clients must AUTH with (empty: none, like a Redis without requirepass)")
 	num(&s.maxClients, "max-clients", "PROXY_MAX_CLIENTS", 10000, "client connections at most; more get Redis's 'max number of clients reached'")
+	boolean(&s.eventLoop, "event-loop", "PROXY_EVENT_LOOP", true, "serve plain TCP clients of a sidecar on one epoll event loop until a command needs more (MULTI, blocking, subscribe, scripts…), then on a goroutine each; false: a goroutine each from the start")
 	num(&s.maxRequestBytes, "max-request-bytes", "PROXY_MAX_REQUEST_BYTES", resp.DefaultLimits.MaxRequestBytes, "largest request a client may send")
 	num(&s.outputSoft, "client-output-soft-limit", "PROXY_CLIENT_OUTPUT_SOFT_LIMIT", proxy.DefaultClientOutputSoftLimit, "bytes of replies held for a client before keyfence stops reading its commands until it has read them (like Redis's client-output-buffer-limit soft limit)")
 	num(&s.outputHard, "client-output-hard-limit", "PROXY_CLIENT_OUTPUT_HARD_LIMIT", proxy.DefaultClientOutputHardLimit, "bytes of replies to one client's pipelined commands past which the client is disconnected (like Redis's hard limit); the shared upstream connection is unaffected")
@@ -507,6 +508,7 @@ func (s *settings) config() (*config, error) {
 			ClientPassword:        s.clientPassword,
 			MaxClients:            s.maxClients,
 			MaxRequestBytes:       s.maxRequestBytes,
+			GoroutinePerClient:    !s.eventLoop,
 			ClientOutputSoftLimit: s.outputSoft,
 			ClientOutputHardLimit: s.outputHard,
 			MaxRequestBufferTotal: int64(s.maxRequestBufferTotal),

@@ -1,0 +1,19 @@
+//go:build !linux
+
+package proxy
+
+import "context"
+
+// eventLoop is Linux's (loop.go): elsewhere every session has a goroutine.
+type eventLoop struct{}
+
+type loopConn struct{ loop *eventLoop }
+
+func newEventLoop(*Server) (*eventLoop, error) { return nil, nil }
+
+func (l *eventLoop) detach(*session, context.Context, func(), func()) bool { return false }
+func (l *eventLoop) adopt(*loopConn)                                       {}
+func (l *eventLoop) release(*loopConn)                                     {}
+func (l *eventLoop) abort()                                                {}
+func (l *eventLoop) close()                                                {}
+func (s *session) loopServes([][]byte) bool                                { return false }
