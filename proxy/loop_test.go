@@ -1,0 +1,291 @@
+//go:build linux
+
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keyfence/keyfence/internal/faultproxy"
+)
+
+// onLoop counts the sessions the event loop serves now.
+func (s *Server) onLoop() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for sess := range s.sessions {
+		if sess.lc != nil {
+			n++
+		}
+	}
+	return n
+}
+
+// TestEventLoopMatchesGoroutineSessions sends the same bytes, in the same
+// pieces, to a keyfence serving clients on its event loop and to one
+// serving each on a goroutine: the replies must be the same bytes, and the
+// session must be where the case says (on the loop, or handed off).
+func TestEventLoopMatchesGoroutineSessions(t *testing.T) {
+	up := testRedis(t)
+	loopSrv, loopAddr := startProxyServer(t, up, func(c *Config) { c.Tenant = "loop" })
+	_, goAddr := startProxyServer(t, up, func(c *Config) { c.Tenant = "gor"; c.GoroutinePerClient = true })
+	if !waitFor(5*time.Second, func() bool {
+		loopSrv.mu.Lock()
+		defer loopSrv.mu.Unlock()
+		return loopSrv.loop != nil
+	}) {
+		t.Fatal("a sidecar on plain TCP has no event loop")
+	}
+	cmds := func(cmds ...[]string) []byte {
+		var b []byte
+		for _, c := range cmds {
+			b = encode(b, c...)
+		}
+		return b
+	}
+	big := strings.Repeat("x", 10000)
+	for _, tc := range []struct {
+		name    string
+		pieces  [][]byte // written one after the other
+		replies int
+		onLoop  bool // the session is still on the loop afterwards
+		closes  bool // keyfence closes the connection after the replies
+	}{
+		{"keyed commands and local replies", [][]byte{cmds([]string{"SET", "k", "1"}, []string{"GET", "k"}, []string{"PING"}, []string{"ECHO", "e"}, []string{"INCR", "k"}, []string{"EXISTS", "k", "nope"})}, 6, true, false},
+		{"errors answered on the loop", [][]byte{cmds([]string{"BGSAVE"}, []string{"ACL", "WHOAMI"}, []string{"NOSUCH", "a"}, []string{"GET"}, []string{"GET", "k", "extra"})}, 5, true, false},
+		{"a transaction mid-pipeline hands off, in order", [][]byte{cmds([]string{"SET", "t", "1"}, []string{"GET", "t"}, []string{"MULTI"}, []string{"INCR", "t"}, []string{"EXEC"}, []string{"GET", "t"})}, 6, false, false},
+		{"HELLO hands off", [][]byte{cmds([]string{"GET", "h"}, []string{"HELLO", "3"}, []string{"GET", "h"})}, 3, false, false},
+		{"a blocking pop hands off", [][]byte{cmds([]string{"RPUSH", "q", "a"}, []string{"BLPOP", "q", "1"}, []string{"LLEN", "q"})}, 3, false, false},
+		{"byte by byte", split(cmds([]string{"SET", "b", "vv"}, []string{"GET", "b"}), 1), 2, true, false},
+		{"a request cut across reads", split(cmds([]string{"SET", "c", strings.Repeat("y", 3000)}, []string{"STRLEN", "c"}), 1000), 2, true, false},
+		{"a request over the loop's 4 KiB hands off", [][]byte{cmds([]string{"SET", "big", big}, []string{"STRLEN", "big"}, []string{"GET", "k"})}, 3, false, false},
+		{"inline commands", [][]byte{[]byte("PING\r\nGET k\r\n")}, 2, true, false},
+		{"QUIT", [][]byte{cmds([]string{"GET", "k"}, []string{"QUIT"})}, 2, false, true},
+		{"a protocol error", [][]byte{cmds([]string{"GET", "k"}), []byte("*1\r\n$x\r\n")}, 2, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := map[string][]byte{}
+			for _, target := range []struct{ name, addr string }{{"loop", loopAddr}, {"goroutine", goAddr}} {
+				c := dialRaw(t, target.addr)
+				for _, p := range tc.pieces {
+					c.write(t, p)
+				}
+				var all []byte
+				for i := 0; i < tc.replies; i++ {
+					r, err := c.readE()
+					if err != nil {
+						t.Fatalf("%s: reply %d: %v (so far %q)", target.name, i, err, all)
+					}
+					all = append(all, r...)
+				}
+				if tc.closes {
+					if _, err := c.readTimeout(5 * time.Second); !errors.Is(err, io.EOF) {
+						t.Errorf("%s: after the replies: %v, want the connection closed", target.name, err)
+					}
+				}
+				got[target.name] = all
+				if target.name == "loop" && !tc.closes {
+					if n := loopSrv.onLoop(); (n == 1) != tc.onLoop {
+						t.Errorf("sessions on the loop: %d; want on the loop: %v", n, tc.onLoop)
+					}
+				}
+				c.nc.Close()
+			}
+			if !bytes.Equal(got["loop"], got["goroutine"]) {
+				t.Errorf("replies differ:\nloop      %q\ngoroutine %q", got["loop"], got["goroutine"])
+			}
+			waitFor(5*time.Second, func() bool { return loopSrv.Stats().Sessions == 0 })
+		})
+	}
+}
+
+// split cuts b into pieces of n bytes.
+func split(b []byte, n int) [][]byte {
+	var out [][]byte
+	for len(b) > n {
+		out = append(out, b[:n])
+		b = b[n:]
+	}
+	return append(out, b)
+}
+
+// TestEventLoopManyClients: clients pipelining at once, one command at a
+// time and sixteen, each get their own replies in their own order while
+// another client's transaction takes it off the loop.
+func TestEventLoopManyClients(t *testing.T) {
+	up := testRedis(t)
+	srv, addr := startProxyServer(t, up, nil)
+	const clients, rounds = 24, 40
+	var wg sync.WaitGroup
+	errs := make(chan error, clients+1)
+	for i := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := dialRawE(addr)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.nc.Close()
+			depth := 1 + 15*(i%2)
+			for r := range rounds {
+				var req []byte
+				for j := range depth {
+					k, v := fmt.Sprintf("c%d:%d:%d", i, r, j), fmt.Sprintf("v%d-%d-%d", i, r, j)
+					req = encode(encode(req, "SET", k, v), "GET", k)
+				}
+				if err := c.writeE(req); err != nil {
+					errs <- err
+					return
+				}
+				for j := range depth {
+					want := fmt.Sprintf("v%d-%d-%d", i, r, j)
+					for _, exp := range []string{"+OK\r\n", fmt.Sprintf("$%d\r\n%s\r\n", len(want), want)} {
+						got, err := c.readE()
+						if err != nil || string(got) != exp {
+							errs <- fmt.Errorf("client %d round %d: %q, %v; want %q", i, r, got, err, exp)
+							return
+						}
+					}
+				}
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c, err := dialRawE(addr)
+		if err != nil {
+			errs <- err
+			return
+		}
+		defer c.nc.Close()
+		for _, step := range [][2]string{{"MULTI", "+OK\r\n"}, {"INCR", "+QUEUED\r\n"}, {"EXEC", "*1\r\n:1\r\n"}} {
+			args := []string{step[0]}
+			if step[0] == "INCR" {
+				args = append(args, "tx")
+			}
+			if got, err := c.doE(args...); err != nil || string(got) != step[1] {
+				errs <- fmt.Errorf("%s: %q, %v; want %q", step[0], got, err, step[1])
+				return
+			}
+		}
+	}()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if st := srv.Stats(); st.Sessions < 0 {
+		t.Fatalf("sessions %d", st.Sessions)
+	}
+}
+
+// TestEventLoopClientLeavesMidBatch: a client that closes while its batch
+// waits on upstream ends its session when the replies come; nothing leaks
+// and the next client is served.
+func TestEventLoopClientLeavesMidBatch(t *testing.T) {
+	up := testRedis(t)
+	fp, err := faultproxy.New(up.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fp.Close() })
+	srv, addr := startProxyServer(t, up, func(c *Config) { c.Upstream.Addr = fp.Addr() })
+	c := dialRaw(t, addr)
+	c.do(t, "SET", "k", "v")
+	if err := fp.SetMode(faultproxy.Delay(300 * time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	c.write(t, encode(nil, "GET", "k"))
+	time.Sleep(50 * time.Millisecond) // the GET is upstream now
+	c.nc.Close()
+	if srv.onLoop() != 1 {
+		t.Fatal("the session left the loop before its reply came")
+	}
+	if !waitFor(5*time.Second, func() bool { return srv.Stats().Sessions == 0 }) {
+		t.Fatalf("sessions %d after the client left, want 0", srv.Stats().Sessions)
+	}
+	if err := fp.SetMode(faultproxy.Pass); err != nil {
+		t.Fatal(err)
+	}
+	if got := string(dialRaw(t, addr).do(t, "GET", "k")); got != "$1\r\nv\r\n" {
+		t.Fatalf("GET after: %q", got)
+	}
+}
+
+// TestEventLoopSlowReaderStallsNobody: a client that does not read its
+// replies fills its own socket; the loop goes on serving everyone else,
+// and the slow client gets every reply once it reads.
+func TestEventLoopSlowReaderStallsNobody(t *testing.T) {
+	up := testRedis(t)
+	_, addr := startProxyServer(t, up, nil)
+	fast := dialRaw(t, addr)
+	value := strings.Repeat("z", 64<<10)
+	fast.do(t, "SET", "big", value)
+	slow := dialRaw(t, addr)
+	const n = 200 // 12.5 MiB of replies, far more than the sockets hold
+	var req []byte
+	for range n {
+		req = encode(req, "GET", "big")
+	}
+	go func() { _ = slow.writeE(req) }()
+	time.Sleep(200 * time.Millisecond)
+	for i := range 50 {
+		if got := string(fast.do(t, "INCR", "n")); got != fmt.Sprintf(":%d\r\n", i+1) {
+			t.Fatalf("INCR %d beside the slow reader: %q", i, got)
+		}
+	}
+	want := fmt.Sprintf("$%d\r\n%s\r\n", len(value), value)
+	for i := range n {
+		got, err := slow.readE()
+		if err != nil || string(got) != want {
+			t.Fatalf("slow reader's reply %d: %d bytes, %v", i, len(got), err)
+		}
+	}
+}
+
+// TestEventLoopShutdown: an idle client on the loop is closed by a drain,
+// and a forced shutdown ends a client whose batch upstream never answers.
+func TestEventLoopShutdown(t *testing.T) {
+	up := testRedis(t)
+	fp, err := faultproxy.New(up.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fp.Close() })
+	srv, addr := startProxyServer(t, up, func(c *Config) { c.Upstream.Addr = fp.Addr() })
+	idle := dialRaw(t, addr)
+	idle.do(t, "PING")
+	stuck := dialRaw(t, addr)
+	stuck.do(t, "PING")
+	stuck.do(t, "GET", "k") // the loop's upstream connection is open
+	if err := fp.SetMode(faultproxy.Blackhole); err != nil {
+		t.Fatal(err)
+	}
+	stuck.write(t, encode(nil, "GET", "k"))
+	time.Sleep(50 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if err := srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown with a batch that never gets its reply: %v, want the deadline", err)
+	}
+	if n := srv.Stats().Sessions; n != 0 {
+		t.Fatalf("sessions after a forced Shutdown: %d", n)
+	}
+	if _, err := idle.readTimeout(time.Second); !errors.Is(err, io.EOF) {
+		t.Errorf("idle client after Shutdown: %v, want EOF", err)
+	}
+	if r, err := stuck.readTimeout(time.Second); err == nil && !bytes.HasPrefix(r, []byte("-")) {
+		t.Errorf("stuck client after Shutdown: %q, want an error or the connection closed", r)
+	}
+}
