@@ -147,9 +147,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 // knownTargets are the columns compare can measure. keyfence-nofallback is
 // keyfence with its read fallback off (--fallback=false), so that the cost of
-// filling the cache is measured side by side; keyfence-base is another build
-// (-keyfence-base), so that two designs are.
-var knownTargets = []string{"direct", "twemproxy", "keyfence", "keyfence-nofallback", "keyfence-base", "gorpx"}
+// filling the cache is measured side by side; keyfence-goroutines is keyfence
+// without its event loop (--event-loop=false, a goroutine per client);
+// keyfence-base is another build (-keyfence-base), so that two designs are.
+var knownTargets = []string{"direct", "twemproxy", "keyfence", "keyfence-nofallback", "keyfence-goroutines", "keyfence-base", "gorpx"}
 
 // target is one column of the comparison.
 type target struct {
@@ -220,12 +221,15 @@ func compare(ctx context.Context, cfg config, stdout io.Writer, log *slog.Logger
 			targets = append(targets, &target{name: name, addr: st.Redis.Addr})
 		case "twemproxy":
 			targets = append(targets, &target{name: name, addr: st.Twemproxy.Addr, proc: st.Twemproxy})
-		case "keyfence", "keyfence-nofallback", "keyfence-base":
+		case "keyfence", "keyfence-nofallback", "keyfence-goroutines", "keyfence-base":
 			kcfg, tenant := scfg, "bench"
 			switch name {
 			case "keyfence-nofallback":
 				kcfg.KeyfenceArgs = append(slices.Clip(kcfg.KeyfenceArgs), "--fallback=false")
 				tenant = "bench-nofallback"
+			case "keyfence-goroutines":
+				kcfg.KeyfenceArgs = append(slices.Clip(kcfg.KeyfenceArgs), "--event-loop=false")
+				tenant = "bench-goroutines"
 			case "keyfence-base":
 				kcfg.Tools.Keyfence, tenant = cfg.keyfenceBase, "bench-base"
 			}
@@ -264,7 +268,7 @@ func compare(ctx context.Context, cfg config, stdout io.Writer, log *slog.Logger
 		table.Targets = append(table.Targets, report.Target{Name: tg.name, Status: tg.status})
 	}
 	// Every ratio has keyfence on top: the SVG's caption says so.
-	for _, den := range []string{"direct", "twemproxy", "keyfence-nofallback", "keyfence-base", "gorpx"} {
+	for _, den := range []string{"direct", "twemproxy", "keyfence-nofallback", "keyfence-goroutines", "keyfence-base", "gorpx"} {
 		if want("keyfence") && want(den) {
 			table.Ratios = append(table.Ratios, report.Ratio{Num: "keyfence", Den: den})
 		}
