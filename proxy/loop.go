@@ -31,8 +31,12 @@ import (
 // a goroutine per client costs a read more (Go's poller must try a read
 // before it parks) and two goroutine switches.
 //
-// The first command the loop does not serve (MULTI, a blocking pop,
-// SUBSCRIBE, HELLO, a script, a request over 4 KiB…) hands the session to
+// It serves RESP2 and RESP3 (HELLO opening a batch, CLIENT SETNAME and
+// SETINFO are answered here, so go-redis's handshake stays on the loop),
+// with one upstream connection per protocol.
+//
+// The first command the loop does not serve (MULTI, WATCH, a blocking pop,
+// SUBSCRIBE, SELECT, a script, a request over 4 KiB…) hands the session to
 // a goroutine of its own, for good, with the bytes it had not handled yet;
 // so does a drain. The sockets the loop serves are not in Go's poller:
 // there every event would wake the runtime's poller as well, for no
@@ -52,20 +56,22 @@ type eventLoop struct {
 	conns   map[int]*loopConn // by client descriptor
 	ready   []*loopConn       // clients that may make progress this turn
 	events  [256]unix.EpollEvent
-	scratch []byte // what one read of a client brings, handled in place
-	up      loopUpstream
+	scratch []byte                         // what one read of a client brings, handled in place
+	ups     map[upstream.Key]*loopUpstream // one connection per database and protocol the sessions use
+	upByFd  map[int]*loopUpstream
 }
 
 // loopInbox is what other goroutines ask of the loop.
 type loopInbox struct {
 	adopted  []*loopConn // new sessions
 	released []*loopConn // sessions asked to leave the loop (a drain)
-	dialed   []loopDial  // the upstream dial's outcome
+	dialed   []loopDial  // the upstream dials' outcomes
 	abort    bool        // a forced shutdown: fail what is in flight, end everyone
 	stopped  bool
 }
 
 type loopDial struct {
+	up  *loopUpstream
 	nc  net.Conn
 	err error
 }
@@ -79,9 +85,10 @@ type loopConn struct {
 	serve  func() // the rest of the session's life, on a goroutine of its own
 	finish func() // the end of a session that ends in the loop (after s.cleanup)
 
-	left     int       // replies its batch still waits for; > 0: in flight
-	sentAt   time.Time // when its batch went upstream, for Config.Upstream.Timeout
-	t0       time.Time // beginSend's, for the metrics
+	up       *loopUpstream // where its batch went
+	left     int           // replies its batch still waits for; > 0: in flight
+	sentAt   time.Time     // when its batch went upstream, for Config.Upstream.Timeout
+	t0       time.Time     // beginSend's, for the metrics
 	ticket   fallback.Ticket
 	guarded  bool // the batch holds a breaker ticket
 	retries  int  // times a batch of reads that timed out was sent again
@@ -94,9 +101,10 @@ type loopConn struct {
 	over     bool // ended or handed off: the loop has nothing more to do with it
 }
 
-// loopUpstream is the loop's own upstream connection, shared by its
-// sessions as a Conn is by goroutine sessions.
+// loopUpstream is one of the loop's own upstream connections, shared by its
+// sessions of one database and protocol as a Conn is by goroutine sessions.
 type loopUpstream struct {
+	key     upstream.Key
 	fd      int // -1 while there is none
 	dialing bool
 	out     []byte // requests not written yet
@@ -139,7 +147,8 @@ func newEventLoop(srv *Server) (*eventLoop, error) {
 		srv: srv, ep: ep, wake: wake, ctx: ctx, stop: stop, done: make(chan struct{}),
 		conns:   make(map[int]*loopConn),
 		scratch: make([]byte, loopReadSize),
-		up:      loopUpstream{fd: -1},
+		ups:     make(map[upstream.Key]*loopUpstream),
+		upByFd:  make(map[int]*loopUpstream),
 	}
 	go l.run()
 	return l, nil
@@ -238,12 +247,14 @@ func (l *eventLoop) run() {
 			switch {
 			case fd == l.wake:
 				if l.takeInbox() {
-					l.closeUpstream()
+					for _, up := range l.ups {
+						l.closeUpstream(up)
+					}
 					return
 				}
-			case fd == l.up.fd:
+			case l.upByFd[fd] != nil:
 				if ev.Events&(unix.EPOLLIN|unix.EPOLLERR|unix.EPOLLHUP|unix.EPOLLRDHUP) != 0 {
-					l.readUpstream()
+					l.readUpstream(l.upByFd[fd])
 				}
 			default:
 				lc := l.conns[fd]
@@ -267,8 +278,10 @@ func (l *eventLoop) run() {
 		}
 		clear(l.ready)
 		l.ready = l.ready[:0]
-		l.writeUpstream()
-		l.checkTimeout()
+		for _, up := range l.ups {
+			l.writeUpstream(up)
+			l.checkTimeout(up)
+		}
 	}
 }
 
@@ -293,11 +306,17 @@ func (l *eventLoop) wait() int {
 // waitMillis bounds a blocking wait by the oldest batch's deadline.
 func (l *eventLoop) waitMillis() int {
 	timeout := l.srv.cfg.Upstream.Timeout
-	if timeout <= 0 || l.up.head == len(l.up.fifo) {
-		return -1
+	ms := -1
+	for _, up := range l.ups {
+		if timeout <= 0 || up.head == len(up.fifo) {
+			continue
+		}
+		left := max(int(time.Until(up.fifo[up.head].sentAt.Add(timeout))/time.Millisecond)+1, 0)
+		if ms < 0 || left < ms {
+			ms = left
+		}
 	}
-	left := time.Until(l.up.fifo[l.up.head].sentAt.Add(timeout))
-	return max(int(left/time.Millisecond)+1, 0)
+	return ms
 }
 
 // takeInbox acts on what was posted; true: the loop is to stop.
@@ -324,7 +343,9 @@ func (l *eventLoop) takeInbox() bool {
 		l.dialed(d)
 	}
 	if in.abort {
-		l.failUpstream(&upstream.Error{Err: errors.New("keyfence is shutting down")})
+		for _, up := range l.ups {
+			l.failUpstream(up, &upstream.Error{Err: errors.New("keyfence is shutting down")})
+		}
 		for _, lc := range l.conns {
 			lc.gone = true
 			l.schedule(lc)
@@ -442,7 +463,7 @@ func (l *eventLoop) keepLeftover(lc *loopConn) {
 // a connection of its own, a change of session state, or a wait belongs
 // to the session's goroutine.
 func (s *session) loopServes(args [][]byte) bool {
-	if s.txn != txNone || s.pinned != nil || s.sub != nil || !s.authed || s.resp3 || s.replyMode != replyOn || s.closing.Load() {
+	if s.txn != txNone || s.pinned != nil || s.sub != nil || !s.authed || s.replyMode != replyOn || s.closing.Load() {
 		return false
 	}
 	cmd := rewrite.Lookup(args)
@@ -453,7 +474,15 @@ func (s *session) loopServes(args [][]byte) bool {
 	case rewrite.PolicyKeyed:
 		return !cmd.HasFlag(rewrite.FlagBlocking) && !cmd.LoadsPayload && cmd.Name != "watch" && !needsSortEmulation(cmd, args)
 	case rewrite.PolicyEmulated:
-		return cmd.Name == "ping" || cmd.Name == "echo"
+		switch cmd.Name {
+		case "ping", "echo", "client|id", "client|setname", "client|getname", "client|setinfo":
+			return true // answered here
+		case "hello":
+			// A change of protocol flushes the batch so far first, which
+			// only a goroutine may wait for: HELLO opening a batch is what
+			// clients send (go-redis's first command).
+			return len(s.slots) == 0
+		}
 	case rewrite.PolicyDenied:
 		return true // a refusal
 	}
@@ -482,16 +511,22 @@ func (l *eventLoop) submit(lc *loopConn) {
 		lc.ticket, lc.guarded = t, true
 	}
 	lc.retries = 0
-	l.send(lc)
+	key := upstream.Key{DB: s.db, RESP3: s.resp3}
+	up := l.ups[key]
+	if up == nil {
+		up = &loopUpstream{key: key, fd: -1}
+		l.ups[key] = up
+	}
+	l.send(up, lc)
 }
 
-// send queues lc's batch for the next upstream write.
-func (l *eventLoop) send(lc *loopConn) {
-	lc.left, lc.sentAt = lc.s.nreq, time.Now()
-	l.up.out = append(l.up.out, lc.s.req...)
-	l.up.fifo = append(l.up.fifo, lc)
-	if l.up.fd < 0 && !l.up.dialing {
-		l.dial()
+// send queues lc's batch for up's next write.
+func (l *eventLoop) send(up *loopUpstream, lc *loopConn) {
+	lc.up, lc.left, lc.sentAt = up, lc.s.nreq, time.Now()
+	up.out = append(up.out, lc.s.req...)
+	up.fifo = append(up.fifo, lc)
+	if up.fd < 0 && !up.dialing {
+		l.dial(up)
 	}
 }
 
@@ -584,23 +619,23 @@ func (l *eventLoop) forget(lc *loopConn) {
 	delete(l.conns, lc.fd)
 }
 
-// dial connects the loop's upstream connection on a goroutine; the batches
-// queue meanwhile.
-func (l *eventLoop) dial() {
-	l.up.dialing = true
-	cfg, key := &l.srv.cfg.Upstream, upstream.Key{DB: l.srv.cfg.Upstream.DB}
+// dial connects up on a goroutine; its batches queue meanwhile.
+func (l *eventLoop) dial(up *loopUpstream) {
+	up.dialing = true
+	cfg, key := &l.srv.cfg.Upstream, up.key
 	go func() {
 		nc, err := upstream.Dial(l.ctx, cfg, key)
-		if !l.post(func(in *loopInbox) { in.dialed = append(in.dialed, loopDial{nc, err}) }) && nc != nil {
+		if !l.post(func(in *loopInbox) { in.dialed = append(in.dialed, loopDial{up, nc, err}) }) && nc != nil {
 			nc.Close()
 		}
 	}()
 }
 
 func (l *eventLoop) dialed(d loopDial) {
-	l.up.dialing = false
+	up := d.up
+	up.dialing = false
 	if d.err != nil {
-		l.failUpstream(d.err)
+		l.failUpstream(up, d.err)
 		return
 	}
 	sc, ok := d.nc.(syscall.Conn)
@@ -619,16 +654,16 @@ func (l *eventLoop) dialed(d loopDial) {
 		}
 	}
 	if err != nil {
-		l.failUpstream(&upstream.Error{Err: fmt.Errorf("event loop: %w", err)})
+		l.failUpstream(up, &upstream.Error{Err: fmt.Errorf("event loop: %w", err)})
 		return
 	}
-	l.up.fd = fd
+	up.fd = fd
+	l.upByFd[fd] = up
 }
 
 // writeUpstream writes the turn's requests in one write; what the socket
 // does not take waits for its next edge.
-func (l *eventLoop) writeUpstream() {
-	up := &l.up
+func (l *eventLoop) writeUpstream(up *loopUpstream) {
 	for up.fd >= 0 && len(up.out) > 0 {
 		n, err := unix.Write(up.fd, up.out)
 		if n > 0 {
@@ -641,7 +676,7 @@ func (l *eventLoop) writeUpstream() {
 		case unix.EAGAIN:
 			return
 		}
-		l.failUpstream(&upstream.Error{Err: err})
+		l.failUpstream(up, &upstream.Error{Err: err})
 		return
 	}
 	if cap(up.out) > maxKeptBuffer && len(up.out) == 0 {
@@ -651,8 +686,7 @@ func (l *eventLoop) writeUpstream() {
 
 // readUpstream reads every reply upstream has sent and completes the
 // batches they finish, in the order they were sent.
-func (l *eventLoop) readUpstream() {
-	up := &l.up
+func (l *eventLoop) readUpstream(up *loopUpstream) {
 	for up.fd >= 0 {
 		if cap(up.in)-len(up.in) < 4<<10 {
 			up.in = append(up.in, make([]byte, max(loopReadSize, cap(up.in)))...)[:len(up.in)]
@@ -667,11 +701,11 @@ func (l *eventLoop) readUpstream() {
 			case err == nil:
 				err = errors.New("connection closed by upstream")
 			}
-			l.failUpstream(&upstream.Error{Err: err})
+			l.failUpstream(up, &upstream.Error{Err: err})
 			return
 		}
 		up.in = up.in[:len(up.in)+n]
-		if !l.takeReplies() {
+		if !l.takeReplies(up) {
 			return
 		}
 	}
@@ -679,8 +713,7 @@ func (l *eventLoop) readUpstream() {
 
 // takeReplies hands every complete reply in up.in to its batch; false: the
 // connection failed.
-func (l *eventLoop) takeReplies() bool {
-	up := &l.up
+func (l *eventLoop) takeReplies(up *loopUpstream) bool {
 	p := 0
 	for p < len(up.in) {
 		n, err := resp.ReplyLen(up.in[p:])
@@ -688,7 +721,7 @@ func (l *eventLoop) takeReplies() bool {
 			err = errors.New("a reply nobody asked for")
 		}
 		if err != nil {
-			l.failUpstream(&upstream.Error{Err: err})
+			l.failUpstream(up, &upstream.Error{Err: err})
 			return false
 		}
 		if n == 0 {
@@ -715,13 +748,13 @@ func (l *eventLoop) takeReplies() bool {
 
 // checkTimeout fails the connection when its oldest batch has waited past
 // Config.Upstream.Timeout, as a Conn does.
-func (l *eventLoop) checkTimeout() {
+func (l *eventLoop) checkTimeout(up *loopUpstream) {
 	timeout := l.srv.cfg.Upstream.Timeout
-	if timeout <= 0 || l.up.fd < 0 || l.up.head == len(l.up.fifo) {
+	if timeout <= 0 || up.fd < 0 || up.head == len(up.fifo) {
 		return
 	}
-	if time.Since(l.up.fifo[l.up.head].sentAt) >= timeout {
-		l.failUpstream(&upstream.Error{Err: fmt.Errorf("no reply within %s: %w", timeout, os.ErrDeadlineExceeded)})
+	if time.Since(up.fifo[up.head].sentAt) >= timeout {
+		l.failUpstream(up, &upstream.Error{Err: fmt.Errorf("no reply within %s: %w", timeout, os.ErrDeadlineExceeded)})
 	}
 }
 
@@ -729,9 +762,8 @@ func (l *eventLoop) checkTimeout() {
 // with err: their replies can no longer be matched to requests. A batch of
 // reads that timed out is sent again on a new connection, twice at most
 // (upstream.RetryReads's rule); a write never is.
-func (l *eventLoop) failUpstream(err error) {
-	l.closeUpstream()
-	up := &l.up
+func (l *eventLoop) failUpstream(up *loopUpstream, err error) {
+	l.closeUpstream(up)
 	fifo := up.fifo[up.head:]
 	up.fifo, up.head = nil, 0
 	up.out, up.in = up.out[:0], up.in[:0]
@@ -740,7 +772,7 @@ func (l *eventLoop) failUpstream(err error) {
 		if s := lc.s; retry && s.b.ReadOnly && lc.retries < readRetries {
 			lc.retries++
 			s.b.Reset(s.nreq)
-			l.send(lc)
+			l.send(up, lc)
 			continue
 		}
 		lc.s.b.Err = err
@@ -748,10 +780,11 @@ func (l *eventLoop) failUpstream(err error) {
 	}
 }
 
-func (l *eventLoop) closeUpstream() {
-	if l.up.fd >= 0 {
-		_ = unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, l.up.fd, nil)
-		unix.Close(l.up.fd)
-		l.up.fd = -1
+func (l *eventLoop) closeUpstream(up *loopUpstream) {
+	if up.fd >= 0 {
+		_ = unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, up.fd, nil)
+		unix.Close(up.fd)
+		delete(l.upByFd, up.fd)
+		up.fd = -1
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/keyfence/keyfence/internal/faultproxy"
 )
 
@@ -62,7 +64,9 @@ func TestEventLoopMatchesGoroutineSessions(t *testing.T) {
 		{"keyed commands and local replies", [][]byte{cmds([]string{"SET", "k", "1"}, []string{"GET", "k"}, []string{"PING"}, []string{"ECHO", "e"}, []string{"INCR", "k"}, []string{"EXISTS", "k", "nope"})}, 6, true, false},
 		{"errors answered on the loop", [][]byte{cmds([]string{"BGSAVE"}, []string{"ACL", "WHOAMI"}, []string{"NOSUCH", "a"}, []string{"GET"}, []string{"GET", "k", "extra"})}, 5, true, false},
 		{"a transaction mid-pipeline hands off, in order", [][]byte{cmds([]string{"SET", "t", "1"}, []string{"GET", "t"}, []string{"MULTI"}, []string{"INCR", "t"}, []string{"EXEC"}, []string{"GET", "t"})}, 6, false, false},
-		{"HELLO hands off", [][]byte{cmds([]string{"GET", "h"}, []string{"HELLO", "3"}, []string{"GET", "h"})}, 3, false, false},
+		{"HELLO 3 opening a batch stays on the loop", [][]byte{cmds([]string{"HELLO", "3"}), cmds([]string{"CLIENT", "SETINFO", "LIB-NAME", "x"}, []string{"HGETALL", "nope"}, []string{"GET", "nope"})}, 4, true, false},
+		{"HELLO mid-batch hands off", [][]byte{cmds([]string{"GET", "h"}, []string{"HELLO", "3"}, []string{"GET", "h"})}, 3, false, false},
+		{"SELECT hands off", [][]byte{cmds([]string{"SELECT", "1"}, []string{"GET", "h"})}, 2, false, false},
 		{"a blocking pop hands off", [][]byte{cmds([]string{"RPUSH", "q", "a"}, []string{"BLPOP", "q", "1"}, []string{"LLEN", "q"})}, 3, false, false},
 		{"byte by byte", split(cmds([]string{"SET", "b", "vv"}, []string{"GET", "b"}), 1), 2, true, false},
 		{"a request cut across reads", split(cmds([]string{"SET", "c", strings.Repeat("y", 3000)}, []string{"STRLEN", "c"}), 1000), 2, true, false},
@@ -287,5 +291,31 @@ func TestEventLoopShutdown(t *testing.T) {
 	}
 	if r, err := stuck.readTimeout(time.Second); err == nil && !bytes.HasPrefix(r, []byte("-")) {
 		t.Errorf("stuck client after Shutdown: %q, want an error or the connection closed", r)
+	}
+}
+
+// TestEventLoopServesGoRedis: go-redis's handshake (HELLO 3, CLIENT
+// SETINFO) and its plain commands keep its connections on the loop, in
+// RESP3.
+func TestEventLoopServesGoRedis(t *testing.T) {
+	up := testRedis(t)
+	srv, addr := startProxyServer(t, up, nil)
+	c := proxyClient(t, addr, func(o *redis.Options) { o.Protocol, o.DisableIdentity, o.PoolSize = 3, false, 2 })
+	ctx := testCtx(t)
+	if err := c.HSet(ctx, "h", "f", "v").Err(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.HGetAll(ctx, "h").Result()
+	if err != nil || len(got) != 1 || got["f"] != "v" {
+		t.Fatalf("HGETALL: %v, %v", got, err)
+	}
+	if n, sessions := srv.onLoop(), srv.Stats().Sessions; n == 0 || n != sessions {
+		t.Fatalf("%d of %d go-redis connections on the loop, want all", n, sessions)
+	}
+	if err := c.Do(ctx, "SELECT", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n, sessions := srv.onLoop(), srv.Stats().Sessions; n != sessions-1 {
+		t.Fatalf("after SELECT on one connection: %d of %d on the loop, want all but that one", n, sessions)
 	}
 }
