@@ -59,6 +59,16 @@ type eventLoop struct {
 	scratch []byte                         // what one read of a client brings, handled in place
 	ups     map[upstream.Key]*loopUpstream // one connection per database and protocol the sessions use
 	upByFd  map[int]*loopUpstream
+	readers map[int]*loopReader // the read cache's tracking connection, by descriptor
+}
+
+// loopReader is a connection the loop only reads, handing each message to
+// handle: the read cache's tracking connection (Server.trackOnce).
+type loopReader struct {
+	fd     int
+	in     []byte
+	handle func(reply []byte) error
+	done   chan error // its end, once
 }
 
 // loopInbox is what other goroutines ask of the loop.
@@ -66,7 +76,9 @@ type loopInbox struct {
 	adopted  []*loopConn // new sessions
 	released []*loopConn // sessions asked to leave the loop (a drain)
 	dialed   []loopDial  // the upstream dials' outcomes
-	abort    bool        // a forced shutdown: fail what is in flight, end everyone
+	readers  []*loopReader
+	unread   []*loopReader // readers to close: their owner is done
+	abort    bool          // a forced shutdown: fail what is in flight, end everyone
 	stopped  bool
 }
 
@@ -149,6 +161,7 @@ func newEventLoop(srv *Server) (*eventLoop, error) {
 		scratch: make([]byte, loopReadSize),
 		ups:     make(map[upstream.Key]*loopUpstream),
 		upByFd:  make(map[int]*loopUpstream),
+		readers: make(map[int]*loopReader),
 	}
 	go l.run()
 	return l, nil
@@ -250,8 +263,13 @@ func (l *eventLoop) run() {
 					for _, up := range l.ups {
 						l.closeUpstream(up)
 					}
+					for _, r := range l.readers {
+						l.endReader(r, errors.New("the event loop stopped"))
+					}
 					return
 				}
+			case l.readers[fd] != nil:
+				l.read(l.readers[fd])
 			case l.upByFd[fd] != nil:
 				if ev.Events&(unix.EPOLLIN|unix.EPOLLERR|unix.EPOLLHUP|unix.EPOLLRDHUP) != 0 {
 					l.readUpstream(l.upByFd[fd])
@@ -341,6 +359,20 @@ func (l *eventLoop) takeInbox() bool {
 	}
 	for _, d := range in.dialed {
 		l.dialed(d)
+	}
+	for _, r := range in.readers {
+		if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, r.fd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(r.fd)}); err != nil {
+			unix.Close(r.fd)
+			r.done <- fmt.Errorf("event loop: %w", err)
+			continue
+		}
+		l.readers[r.fd] = r
+		l.read(r) // what came before it was watched
+	}
+	for _, r := range in.unread {
+		if l.readers[r.fd] == r {
+			l.endReader(r, context.Canceled)
+		}
 	}
 	if in.abort {
 		for _, up := range l.ups {
@@ -787,4 +819,83 @@ func (l *eventLoop) closeUpstream(up *loopUpstream) {
 		delete(l.upByFd, up.fd)
 		up.fd = -1
 	}
+}
+
+// track reads nc's messages on the loop, handing each to handle, until the
+// connection fails or ctx ends; it returns why. nc must hold no partial
+// message in a reader of its own.
+func (l *eventLoop) track(ctx context.Context, nc net.Conn, handle func(reply []byte) error) error {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return errors.New("event loop: not a socket")
+	}
+	fd, err := dupDescriptor(sc)
+	if err != nil {
+		return fmt.Errorf("event loop: %w", err)
+	}
+	nc.Close()
+	r := &loopReader{fd: fd, handle: handle, done: make(chan error, 1)}
+	if !l.post(func(in *loopInbox) { in.readers = append(in.readers, r) }) {
+		unix.Close(fd)
+		return errors.New("the event loop stopped")
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		if !l.post(func(in *loopInbox) { in.unread = append(in.unread, r) }) {
+			return ctx.Err() // the loop stopped: it closed the connection
+		}
+		<-r.done
+		return ctx.Err()
+	}
+}
+
+// read reads everything r's socket holds and hands out each message.
+func (l *eventLoop) read(r *loopReader) {
+	for {
+		if cap(r.in)-len(r.in) < 1<<10 {
+			r.in = append(r.in, make([]byte, max(4<<10, cap(r.in)))...)[:len(r.in)]
+		}
+		n, err := unix.Read(r.fd, r.in[len(r.in):cap(r.in)])
+		if n <= 0 {
+			switch {
+			case err == unix.EAGAIN:
+				return
+			case err == unix.EINTR:
+				continue
+			case err == nil:
+				err = errors.New("connection closed by upstream")
+			}
+			l.endReader(r, &upstream.Error{Err: err})
+			return
+		}
+		r.in = r.in[:len(r.in)+n]
+		p := 0
+		for p < len(r.in) {
+			m, err := resp.ReplyLen(r.in[p:])
+			if err == nil && m > 0 {
+				err = r.handle(r.in[p : p+m])
+			}
+			if err != nil {
+				l.endReader(r, err)
+				return
+			}
+			if m == 0 {
+				break
+			}
+			p += m
+		}
+		r.in = r.in[:copy(r.in, r.in[p:])]
+		if len(r.in) == 0 && cap(r.in) > maxKeptBuffer {
+			r.in = nil
+		}
+	}
+}
+
+func (l *eventLoop) endReader(r *loopReader, err error) {
+	_ = unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, r.fd, nil)
+	unix.Close(r.fd)
+	delete(l.readers, r.fd)
+	r.done <- err
 }

@@ -2,12 +2,19 @@
 
 package proxy
 
-import "context"
+import (
+	"context"
+	"errors"
+	"net"
+)
 
 // eventLoop is Linux's (loop.go): elsewhere every session has a goroutine.
 type eventLoop struct{}
 
-type loopConn struct{ loop *eventLoop }
+type loopConn struct {
+	loop    *eventLoop
+	release bool
+}
 
 func newEventLoop(*Server) (*eventLoop, error) { return nil, nil }
 
@@ -17,3 +24,6 @@ func (l *eventLoop) release(*loopConn)                                     {}
 func (l *eventLoop) abort()                                                {}
 func (l *eventLoop) close()                                                {}
 func (s *session) loopServes([][]byte) bool                                { return false }
+func (l *eventLoop) track(context.Context, net.Conn, func([]byte) error) error {
+	return errors.New("no event loop")
+}

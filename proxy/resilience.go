@@ -272,7 +272,10 @@ func (s *Server) trackOnce(ctx context.Context, connected func()) error {
 	}
 	rd := upstream.NewReplyReader(4 << 10)
 	confirmed := false
-	var elems, keys [][]byte // SplitPush's and appendKeys's scratch
+	invalidate := s.invalidator()
+	s.mu.Lock()
+	loop := s.loop
+	s.mu.Unlock()
 	for {
 		err := rd.Read(nc, func(reply []byte) error {
 			if !confirmed {
@@ -283,22 +286,37 @@ func (s *Server) trackOnce(ctx context.Context, connected func()) error {
 				connected()
 				return nil
 			}
-			kind, e, ok := rewrite.SplitPush(reply, true, elems)
-			elems = e
-			if !ok || string(kind) != "invalidate" || len(elems) != 2 {
-				return nil
-			}
-			if keys, ok = appendKeys(keys[:0], elems[1]); ok {
-				s.res.cache.InvalidateKeys(keys)
-			} else {
-				s.res.cache.InvalidateAll() // FLUSHDB/FLUSHALL upstream, or a shape not understood
-			}
-			clear(keys)
-			return nil
+			return invalidate(reply)
 		})
 		if err != nil {
 			return err
 		}
+		if confirmed && loop != nil && rd.Buffered() == 0 {
+			// The event loop reads the invalidations from here: woken
+			// for each, this goroutine would wake the runtime's poller
+			// and take a core from the loop for every batch of writes.
+			return loop.track(ctx, nc, invalidate)
+		}
+	}
+}
+
+// invalidator returns what one message on the tracking connection does to
+// the read cache; it keeps its scratch between calls.
+func (s *Server) invalidator() func(reply []byte) error {
+	var elems, keys [][]byte // SplitPush's and appendKeys's scratch
+	return func(reply []byte) error {
+		kind, e, ok := rewrite.SplitPush(reply, true, elems)
+		elems = e
+		if !ok || string(kind) != "invalidate" || len(elems) != 2 {
+			return nil
+		}
+		if keys, ok = appendKeys(keys[:0], elems[1]); ok {
+			s.res.cache.InvalidateKeys(keys)
+		} else {
+			s.res.cache.InvalidateAll() // FLUSHDB/FLUSHALL upstream, or a shape not understood
+		}
+		clear(keys)
+		return nil
 	}
 }
 

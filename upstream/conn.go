@@ -284,6 +284,9 @@ type ReplyReader struct {
 // NewReplyReader returns a reader whose buffer starts at size bytes.
 func NewReplyReader(size int) ReplyReader { return ReplyReader{buf: make([]byte, 0, size)} }
 
+// Buffered is how many bytes of a partial reply the reader holds.
+func (r *ReplyReader) Buffered() int { return len(r.buf) }
+
 // Read reads once and calls each for every complete reply now buffered;
 // the reply is only valid during the call. A read, framing or each error
 // ends it.
