@@ -55,6 +55,7 @@ type eventLoop struct {
 
 	conns   map[int]*loopConn // by client descriptor
 	ready   []*loopConn       // clients that may make progress this turn
+	spare   []*loopConn       // ready's other buffer
 	events  [256]unix.EpollEvent
 	scratch []byte                         // what one read of a client brings, handled in place
 	ups     map[upstream.Key]*loopUpstream // one connection per database and protocol the sessions use
@@ -288,14 +289,17 @@ func (l *eventLoop) run() {
 				l.schedule(lc)
 			}
 		}
-		// Progress may add more clients to ready (a batch answered at once).
-		for i := 0; i < len(l.ready); i++ {
-			lc := l.ready[i]
+		// Clients scheduled while these make progress (a batch answered at
+		// once) go on next turn: one batch per client per turn, so that a
+		// client flooding PINGs cannot keep the loop to itself.
+		ready := l.ready
+		l.ready = l.spare[:0]
+		for _, lc := range ready {
 			lc.queued = false
 			l.progress(lc)
 		}
-		clear(l.ready)
-		l.ready = l.ready[:0]
+		clear(ready)
+		l.spare = ready[:0]
 		for _, up := range l.ups {
 			l.writeUpstream(up)
 			l.checkTimeout(up)
@@ -393,8 +397,8 @@ func (l *eventLoop) schedule(lc *loopConn) {
 	}
 }
 
-// progress moves one client on as far as it can go this turn: its replies
-// written, then its next commands read and sent, or its end.
+// progress moves one client on as far as it may go this turn: its replies
+// written, then its next batch read and sent, or its end.
 func (l *eventLoop) progress(lc *loopConn) {
 	s := lc.s
 	for !lc.over {
@@ -423,6 +427,10 @@ func (l *eventLoop) progress(lc *loopConn) {
 		s.handleBuffered(lc.ctx)
 		l.keepLeftover(lc)
 		l.submit(lc)
+		if lc.left == 0 {
+			l.schedule(lc) // not waiting on upstream: whatever else is due, next turn
+		}
+		return
 	}
 }
 

@@ -319,3 +319,58 @@ func TestEventLoopServesGoRedis(t *testing.T) {
 		t.Fatalf("after SELECT on one connection: %d of %d on the loop, want all but that one", n, sessions)
 	}
 }
+
+// TestEventLoopFloodStallsNobody: beside a client that never stops sending
+// PINGs (answered on the loop, never waiting on upstream), another client is
+// served while the flood goes on. (The loop gives each client one batch per
+// turn; on this machine the flood could not be made to outpace the loop
+// even without that bound, so this checks liveness, not the bound itself.)
+func TestEventLoopFloodStallsNobody(t *testing.T) {
+	up := testRedis(t)
+	_, addr := startProxyServer(t, up, nil)
+	flood := dialRaw(t, addr)
+	var pings []byte
+	for range 2000 {
+		pings = encode(pings, "PING")
+	}
+	stop := make(chan struct{})
+	var flooded sync.WaitGroup
+	flooded.Add(2)
+	go func() { // write without pause until stopped
+		defer flooded.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if flood.writeE(pings) != nil {
+				return
+			}
+		}
+	}()
+	go func() { // read the replies, so that the flood never blocks on its socket
+		defer flooded.Done()
+		buf := make([]byte, 64<<10)
+		for {
+			_ = flood.nc.SetReadDeadline(time.Now().Add(rawTimeout))
+			if _, err := flood.nc.Read(buf); err != nil {
+				return
+			}
+		}
+	}()
+	time.Sleep(100 * time.Millisecond) // the flood is under way
+	other := dialRaw(t, addr)
+	for i := range 100 {
+		if got := string(other.do(t, "INCR", "n")); got != fmt.Sprintf(":%d\r\n", i+1) {
+			t.Fatalf("INCR %d beside the flood: %q", i, got)
+		}
+	}
+	select {
+	case <-stop:
+	default:
+		close(stop)
+	}
+	flood.nc.Close()
+	flooded.Wait()
+}
