@@ -38,7 +38,7 @@ func (s *session) dispatch(ctx context.Context, args [][]byte) {
 		s.curName = cmd.Name
 	}
 	if errMsg := s.check(cmd, args); errMsg != "" {
-		s.srv.stats.noteCommand(cmd, true)
+		s.srv.stats.noteCommand(cmd, true, &s.lastCounter)
 		if s.txn.inMulti() {
 			s.txn = s.txn.abort() // Redis: a queueing error aborts EXEC
 		}
@@ -46,13 +46,13 @@ func (s *session) dispatch(ctx context.Context, args [][]byte) {
 		return
 	}
 	if !s.authed && !cmd.HasFlag(rewrite.FlagNoAuth) {
-		s.srv.stats.noteCommand(cmd, true)
+		s.srv.stats.noteCommand(cmd, true, &s.lastCounter)
 		s.addLocalError("NOAUTH Authentication required.")
 		return
 	}
 	if q := s.srv.quota; q != nil {
 		if lim := q.limiter.Load(); lim != nil && !s.withinQuota(ctx, lim, q.wait) {
-			s.srv.stats.noteCommand(cmd, true)
+			s.srv.stats.noteCommand(cmd, true, &s.lastCounter)
 			if s.txn.inMulti() {
 				s.txn = s.txn.abort()
 			}
@@ -60,7 +60,7 @@ func (s *session) dispatch(ctx context.Context, args [][]byte) {
 			return
 		}
 	}
-	s.srv.stats.noteCommand(cmd, cmd.Policy == rewrite.PolicyDenied)
+	s.srv.stats.noteCommand(cmd, cmd.Policy == rewrite.PolicyDenied, &s.lastCounter)
 	if s.txn.inMulti() {
 		s.queueInMulti(ctx, cmd, args)
 		return

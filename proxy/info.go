@@ -386,8 +386,34 @@ type cmdCounter struct {
 // maxErrorCodes bounds errorstats, as Redis does (ERRORSTATS_LIMIT).
 const maxErrorCodes = 128
 
+// lastCounter is a session's memo of the counters it used last: a
+// pipeline is mostly one command over and over, and the memo saves a
+// lookup in the shared map for each. It names the stats it came from, so
+// that a gateway session that changes tenant never counts in the old one's.
+type lastCounter struct {
+	st   *tenantStats
+	name string
+	c    *cmdCounter
+}
+
+func (last *lastCounter) get(st *tenantStats, name string) *cmdCounter {
+	if last.st == st && last.name == name {
+		return last.c
+	}
+	return nil
+}
+
 // counter returns cmd's counters, made on first use.
-func (st *tenantStats) counter(cmd *rewrite.Command) *cmdCounter {
+func (st *tenantStats) counter(cmd *rewrite.Command, last *lastCounter) *cmdCounter {
+	if c := last.get(st, cmd.Name); c != nil {
+		return c
+	}
+	c := st.lookupCounter(cmd)
+	*last = lastCounter{st: st, name: cmd.Name, c: c}
+	return c
+}
+
+func (st *tenantStats) lookupCounter(cmd *rewrite.Command) *cmdCounter {
 	if c, ok := st.cmds.Load(cmd.Name); ok {
 		return c.(*cmdCounter)
 	}
@@ -397,11 +423,11 @@ func (st *tenantStats) counter(cmd *rewrite.Command) *cmdCounter {
 
 // noteCommand counts a command handed to handle: processed, or refused
 // before it ran (unknown, wrong arity, denied).
-func (st *tenantStats) noteCommand(cmd *rewrite.Command, refused bool) {
+func (st *tenantStats) noteCommand(cmd *rewrite.Command, refused bool, last *lastCounter) {
 	if cmd == nil {
 		return // Redis counts unknown commands nowhere but errorstats
 	}
-	c := st.counter(cmd)
+	c := st.counter(cmd, last)
 	if refused {
 		c.rejected.Add(1)
 		return
@@ -413,13 +439,15 @@ func (st *tenantStats) noteCommand(cmd *rewrite.Command, refused bool) {
 // noteReply counts the reply to a command named name: an error by its
 // code, as Redis's errorstats do (the first word of the message, or ERR);
 // a write that did something (neither an error nor a null) as a change.
-func (st *tenantStats) noteReply(name string, reply []byte) {
+func (st *tenantStats) noteReply(name string, reply []byte, last *lastCounter) {
 	if len(reply) == 0 {
 		return
 	}
-	var c *cmdCounter
-	if v, ok := st.cmds.Load(name); ok {
-		c = v.(*cmdCounter)
+	c := last.get(st, name)
+	if c == nil {
+		if v, ok := st.cmds.Load(name); ok {
+			c = v.(*cmdCounter)
+		}
 	}
 	if reply[0] != '-' {
 		if c != nil && c.write && !isNullReply(reply) {

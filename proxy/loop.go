@@ -562,7 +562,10 @@ func (l *eventLoop) submit(lc *loopConn) {
 
 // send queues lc's batch for up's next write.
 func (l *eventLoop) send(up *loopUpstream, lc *loopConn) {
-	lc.up, lc.left, lc.sentAt = up, lc.s.nreq, time.Now()
+	lc.up, lc.left = up, lc.s.nreq
+	if l.srv.cfg.Upstream.Timeout > 0 {
+		lc.sentAt = time.Now() // only the timeout reads it
+	}
 	up.out = append(up.out, lc.s.req...)
 	up.fifo = append(up.fifo, lc)
 	if up.fd < 0 && !up.dialing {

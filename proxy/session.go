@@ -98,8 +98,9 @@ type session struct {
 		writtenKeys   [][]byte
 		invalidateAll bool
 	}
-	readAt time.Time        // when the batch's bytes were read, for latency
-	tel    *telemetry.Batch // records the batches; nil without metrics
+	readAt      time.Time        // when the batch's bytes were read, for latency
+	lastCounter lastCounter      // INFO commandstats' counters of the last command (info.go)
+	tel         *telemetry.Batch // records the batches; nil without metrics
 
 	readIdleFn func(fd uintptr) bool // s.readIdle, made once
 	sampler    uint32                // sampleRead's state
@@ -638,7 +639,7 @@ func (s *session) stripReplies(ctx context.Context, err error) {
 				}
 			}
 		}
-		s.srv.stats.noteReply(sl.name, s.out[mark:])
+		s.srv.stats.noteReply(sl.name, s.out[mark:], &s.lastCounter)
 		s.tel.Command(sl.name, s.out[mark:])
 		if sl.muted {
 			s.out = s.out[:mark]
