@@ -42,6 +42,7 @@ func (s *session) dispatch(ctx context.Context, args [][]byte) {
 		if s.txn.inMulti() {
 			s.txn = s.txn.abort() // Redis: a queueing error aborts EXEC
 		}
+		s.afterSubscriber(ctx)
 		s.addLocalError(errMsg)
 		return
 	}

@@ -374,3 +374,78 @@ func TestEventLoopFloodStallsNobody(t *testing.T) {
 	flood.nc.Close()
 	flooded.Wait()
 }
+
+// loopFuzzCommands are what FuzzEventLoop sends: commands the loop serves
+// and ones it hands off, with replies that depend on nothing but the
+// commands before them.
+var loopFuzzCommands = [][]string{
+	{"SET", "k%d", "v"}, {"GET", "k%d"}, {"INCR", "n%d"}, {"DEL", "k%d"}, {"EXISTS", "k%d", "n%d"},
+	{"APPEND", "k%d", "xy"}, {"STRLEN", "k%d"}, {"RPUSH", "l%d", "a"}, {"LRANGE", "l%d", "0", "-1"},
+	{"HSET", "h%d", "f", "v"}, {"HGETALL", "h%d"}, {"MGET", "k%d", "n%d"}, {"PING"}, {"ECHO", "e"},
+	{"MULTI"}, {"EXEC"}, {"DISCARD"}, {"WATCH", "k%d"}, {"UNWATCH"}, {"SELECT", "%d"},
+	{"HELLO", "3"}, {"HELLO", "2"}, {"CLIENT", "SETNAME", "c%d"}, {"CLIENT", "GETNAME"},
+	{"BLPOP", "l%d", "0.01"}, {"SET", "big%d", strings.Repeat("b", 5000)}, {"NOSUCH"}, {"GET"},
+	{"BGSAVE"}, {"SUBSCRIBE", "ch%d"}, {"UNSUBSCRIBE"}, {"QUIT"},
+}
+
+// FuzzEventLoop sends the same commands, cut into the same pieces, to a
+// keyfence serving clients on its event loop and to one serving each on a
+// goroutine: every reply must be the same bytes. Each input byte picks a
+// command and a key; a high bit cuts the stream after it.
+func FuzzEventLoop(f *testing.F) {
+	up := testRedis(f)
+	_, loopAddr := startProxyServer(f, up, func(c *Config) { c.Tenant = "fuzzloop" })
+	_, goAddr := startProxyServer(f, up, func(c *Config) { c.Tenant = "fuzzgor"; c.GoroutinePerClient = true })
+	f.Add([]byte{0, 1, 2, 0x80 | 14, 2, 15, 1})
+	f.Add([]byte{20, 0x80 | 1, 10, 19, 1, 25, 6})
+	f.Add([]byte{17, 14, 2, 15, 24, 29, 28, 30, 12})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var pieces [][]byte
+		var cur []byte
+		n := 0
+		for _, b := range data[:min(len(data), 40)] {
+			c := loopFuzzCommands[int(b&0x7f)%len(loopFuzzCommands)]
+			args := make([]string, len(c))
+			for i, a := range c {
+				if strings.Contains(a, "%d") {
+					a = fmt.Sprintf(a, int(b>>5)&1)
+				}
+				args[i] = a
+			}
+			cur = encode(cur, args...)
+			n++
+			if b&0x80 != 0 {
+				pieces, cur = append(pieces, cur), nil
+			}
+			if args[0] == "QUIT" || args[0] == "SUBSCRIBE" {
+				break // the connection ends, or only pub/sub replies follow
+			}
+		}
+		pieces = append(pieces, cur)
+		var got [2][]byte
+		for i, addr := range []string{loopAddr, goAddr} {
+			c, err := dialRawE(addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range pieces {
+				if len(p) > 0 {
+					if err := c.writeE(p); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			for range n {
+				r, err := c.readE()
+				if err != nil {
+					t.Fatalf("server %d: %v after %q", i, err, got[i])
+				}
+				got[i] = append(got[i], r...)
+			}
+			c.nc.Close()
+		}
+		if !bytes.Equal(got[0], got[1]) {
+			t.Fatalf("replies differ:\nloop      %q\ngoroutine %q", got[0], got[1])
+		}
+	})
+}

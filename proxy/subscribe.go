@@ -164,6 +164,20 @@ func (c *subConn) send(req []byte) error {
 	return err
 }
 
+// afterSubscriber holds back a reply the session gives itself while the
+// subscribed connection still owes the client replies (an UNSUBSCRIBE
+// answered from upstream, then a command with the wrong arity), so that the
+// client sees them in the order it asked.
+func (s *session) afterSubscriber(ctx context.Context) {
+	if s.sub == nil {
+		return
+	}
+	s.flushAndWrite(ctx)
+	if err := s.syncSubscriber(ctx); err != nil {
+		s.srv.log.Debug("subscribed connection not in sync", "client_id", s.id, "err", err)
+	}
+}
+
 // syncSubscriber waits until every reply due on the subscribed connection
 // has been written to the client, by sending a PING of keyfence's own.
 func (s *session) syncSubscriber(ctx context.Context) error {
