@@ -58,7 +58,7 @@ type eventLoop struct {
 	spare   []*loopConn       // ready's other buffer
 	events  [256]unix.EpollEvent
 	scratch []byte                         // what one read of a client brings, handled in place
-	ups     map[upstream.Key]*loopUpstream // one connection per database and protocol the sessions use
+	ups     map[upstream.Key][]*loopUpstream // Config.SharedConns connections per database and protocol the sessions use
 	upByFd  map[int]*loopUpstream
 	readers map[int]*loopReader // the read cache's tracking connection, by descriptor
 }
@@ -160,7 +160,7 @@ func newEventLoop(srv *Server) (*eventLoop, error) {
 		srv: srv, ep: ep, wake: wake, ctx: ctx, stop: stop, done: make(chan struct{}),
 		conns:   make(map[int]*loopConn),
 		scratch: make([]byte, loopReadSize),
-		ups:     make(map[upstream.Key]*loopUpstream),
+		ups:     make(map[upstream.Key][]*loopUpstream),
 		upByFd:  make(map[int]*loopUpstream),
 		readers: make(map[int]*loopReader),
 	}
@@ -261,8 +261,10 @@ func (l *eventLoop) run() {
 			switch {
 			case fd == l.wake:
 				if l.takeInbox() {
-					for _, up := range l.ups {
-						l.closeUpstream(up)
+					for _, ups := range l.ups {
+						for _, up := range ups {
+							l.closeUpstream(up)
+						}
 					}
 					for _, r := range l.readers {
 						l.endReader(r, errors.New("the event loop stopped"))
@@ -300,9 +302,11 @@ func (l *eventLoop) run() {
 		}
 		clear(ready)
 		l.spare = ready[:0]
-		for _, up := range l.ups {
-			l.writeUpstream(up)
-			l.checkTimeout(up)
+		for _, ups := range l.ups {
+			for _, up := range ups {
+				l.writeUpstream(up)
+				l.checkTimeout(up)
+			}
 		}
 	}
 }
@@ -329,13 +333,15 @@ func (l *eventLoop) wait() int {
 func (l *eventLoop) waitMillis() int {
 	timeout := l.srv.cfg.Upstream.Timeout
 	ms := -1
-	for _, up := range l.ups {
-		if timeout <= 0 || up.head == len(up.fifo) {
-			continue
-		}
-		left := max(int(time.Until(up.fifo[up.head].sentAt.Add(timeout))/time.Millisecond)+1, 0)
-		if ms < 0 || left < ms {
-			ms = left
+	for _, ups := range l.ups {
+		for _, up := range ups {
+			if timeout <= 0 || up.head == len(up.fifo) {
+				continue
+			}
+			left := max(int(time.Until(up.fifo[up.head].sentAt.Add(timeout))/time.Millisecond)+1, 0)
+			if ms < 0 || left < ms {
+				ms = left
+			}
 		}
 	}
 	return ms
@@ -379,8 +385,10 @@ func (l *eventLoop) takeInbox() bool {
 		}
 	}
 	if in.abort {
-		for _, up := range l.ups {
-			l.failUpstream(up, &upstream.Error{Err: errors.New("keyfence is shutting down")})
+		for _, ups := range l.ups {
+			for _, up := range ups {
+				l.failUpstream(up, &upstream.Error{Err: errors.New("keyfence is shutting down")})
+			}
 		}
 		for _, lc := range l.conns {
 			lc.gone = true
@@ -552,12 +560,15 @@ func (l *eventLoop) submit(lc *loopConn) {
 	}
 	lc.retries = 0
 	key := upstream.Key{DB: s.db, RESP3: s.resp3}
-	up := l.ups[key]
-	if up == nil {
-		up = &loopUpstream{key: key, fd: -1}
-		l.ups[key] = up
+	ups := l.ups[key]
+	if ups == nil {
+		ups = make([]*loopUpstream, l.srv.cfg.SharedConns)
+		for i := range ups {
+			ups[i] = &loopUpstream{key: key, fd: -1}
+		}
+		l.ups[key] = ups
 	}
-	l.send(up, lc)
+	l.send(ups[lc.fd%len(ups)], lc) // a client keeps to one: its batches stay in order
 }
 
 // send queues lc's batch for up's next write.
