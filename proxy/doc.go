@@ -4,7 +4,13 @@
 //
 // The moving parts, in the order a command meets them:
 //   - server.go: listener, client limit, graceful drain, counters.
-//   - session.go: one client's state and its read → dispatch → reply loop.
+//   - loop.go, loop_client.go, loop_upstream.go: the event loop. One
+//     goroutine over epoll serves the sessions of a plain-TCP sidecar while
+//     they send keyed commands only (reading clients, one upstream write
+//     per turn, replies written back); a session's first command that needs
+//     more hands it to a goroutine of its own.
+//   - session.go: one client's state and its read → dispatch → reply loop,
+//     on its own goroutine or driven by the event loop.
 //   - dispatch.go: what happens to each command, by its policy; MULTI/EXEC,
 //     WATCH and blocking commands on pinned connections.
 //   - emulate.go, emulate_keyspace.go: the commands keyfence answers itself,

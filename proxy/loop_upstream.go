@@ -1,0 +1,301 @@
+//go:build linux
+
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/keyfence/keyfence/resp"
+	"github.com/keyfence/keyfence/upstream"
+)
+
+// loopReader is a connection the loop only reads, handing each message to
+// handle: the read cache's tracking connection (Server.trackOnce).
+type loopReader struct {
+	fd     int
+	in     []byte
+	handle func(reply []byte) error
+	done   chan error // its end, once
+}
+
+// loopUpstream is one of the loop's own upstream connections, shared by its
+// sessions of one database and protocol as a Conn is by goroutine sessions.
+type loopUpstream struct {
+	key     upstream.Key
+	fd      int // -1 while there is none
+	dialing bool
+	out     []byte // requests not written yet
+	in      []byte // replies read, not yet complete
+	fifo    []*loopConn
+	head    int
+}
+
+// send queues lc's batch for up's next write.
+func (l *eventLoop) send(up *loopUpstream, lc *loopConn) {
+	lc.up, lc.left = up, lc.s.nreq
+	if l.srv.cfg.Upstream.Timeout > 0 {
+		lc.sentAt = time.Now() // only the timeout reads it
+	}
+	up.out = append(up.out, lc.s.req...)
+	up.fifo = append(up.fifo, lc)
+	if up.fd < 0 && !up.dialing {
+		l.dial(up)
+	}
+}
+
+// dial connects up on a goroutine; its batches queue meanwhile.
+func (l *eventLoop) dial(up *loopUpstream) {
+	up.dialing = true
+	cfg, key := &l.srv.cfg.Upstream, up.key
+	go func() {
+		nc, err := upstream.Dial(l.ctx, cfg, key)
+		if !l.post(func(in *loopInbox) { in.dialed = append(in.dialed, loopDial{up, nc, err}) }) && nc != nil {
+			nc.Close()
+		}
+	}()
+}
+
+func (l *eventLoop) dialed(d loopDial) {
+	up := d.up
+	up.dialing = false
+	if d.err != nil {
+		l.failUpstream(up, d.err)
+		return
+	}
+	sc, ok := d.nc.(syscall.Conn)
+	var fd int
+	var err error
+	if !ok {
+		err = errors.New("not a socket")
+	} else {
+		fd, err = dupDescriptor(sc)
+	}
+	d.nc.Close()
+	if err == nil {
+		err = unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)})
+		if err != nil {
+			unix.Close(fd)
+		}
+	}
+	if err != nil {
+		l.failUpstream(up, &upstream.Error{Err: fmt.Errorf("event loop: %w", err)})
+		return
+	}
+	up.fd = fd
+	l.upByFd[fd] = up
+}
+
+// writeUpstream writes the turn's requests in one write; what the socket
+// does not take waits for its next edge.
+func (l *eventLoop) writeUpstream(up *loopUpstream) {
+	for up.fd >= 0 && len(up.out) > 0 {
+		n, err := unix.Write(up.fd, up.out)
+		if n > 0 {
+			up.out = up.out[:copy(up.out, up.out[n:])]
+			continue
+		}
+		switch err {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return
+		}
+		l.failUpstream(up, &upstream.Error{Err: err})
+		return
+	}
+	if cap(up.out) > maxKeptBuffer && len(up.out) == 0 {
+		up.out = nil
+	}
+}
+
+// readUpstream reads every reply upstream has sent and completes the
+// batches they finish, in the order they were sent.
+func (l *eventLoop) readUpstream(up *loopUpstream) {
+	for up.fd >= 0 {
+		if cap(up.in)-len(up.in) < 4<<10 {
+			up.in = append(up.in, make([]byte, max(loopReadSize, cap(up.in)))...)[:len(up.in)]
+		}
+		n, err := unix.Read(up.fd, up.in[len(up.in):cap(up.in)])
+		if n <= 0 {
+			switch {
+			case err == unix.EAGAIN:
+				return
+			case err == unix.EINTR:
+				continue
+			case err == nil:
+				err = errors.New("connection closed by upstream")
+			}
+			l.failUpstream(up, &upstream.Error{Err: err})
+			return
+		}
+		up.in = up.in[:len(up.in)+n]
+		if !l.takeReplies(up) {
+			return
+		}
+	}
+}
+
+// takeReplies hands every complete reply in up.in to its batch; false: the
+// connection failed.
+func (l *eventLoop) takeReplies(up *loopUpstream) bool {
+	p := 0
+	for p < len(up.in) {
+		n, err := resp.ReplyLen(up.in[p:])
+		if err == nil && n > 0 && up.head == len(up.fifo) {
+			err = errors.New("a reply nobody asked for")
+		}
+		if err != nil {
+			l.failUpstream(up, &upstream.Error{Err: err})
+			return false
+		}
+		if n == 0 {
+			break
+		}
+		lc := up.fifo[up.head]
+		lc.s.b.Add(up.in[p : p+n])
+		p += n
+		if lc.left--; lc.left == 0 {
+			up.fifo[up.head] = nil
+			up.head++
+			l.complete(lc, nil)
+		}
+	}
+	up.in = up.in[:copy(up.in, up.in[p:])]
+	if up.head == len(up.fifo) {
+		up.fifo, up.head = up.fifo[:0], 0
+	}
+	if len(up.in) == 0 && cap(up.in) > maxKeptBuffer {
+		up.in = nil
+	}
+	return true
+}
+
+// checkTimeout fails the connection when its oldest batch has waited past
+// Config.Upstream.Timeout, as a Conn does.
+func (l *eventLoop) checkTimeout(up *loopUpstream) {
+	timeout := l.srv.cfg.Upstream.Timeout
+	if timeout <= 0 || up.fd < 0 || up.head == len(up.fifo) {
+		return
+	}
+	if time.Since(up.fifo[up.head].sentAt) >= timeout {
+		l.failUpstream(up, &upstream.Error{Err: fmt.Errorf("no reply within %s: %w", timeout, os.ErrDeadlineExceeded)})
+	}
+}
+
+// failUpstream closes the upstream connection and fails every batch on it
+// with err: their replies can no longer be matched to requests. A batch of
+// reads that timed out is sent again on a new connection, twice at most
+// (upstream.RetryReads's rule); a write never is.
+func (l *eventLoop) failUpstream(up *loopUpstream, err error) {
+	l.closeUpstream(up)
+	fifo := up.fifo[up.head:]
+	up.fifo, up.head = nil, 0
+	up.out, up.in = up.out[:0], up.in[:0]
+	retry := upstream.IsTimeout(err)
+	for _, lc := range fifo {
+		if s := lc.s; retry && s.b.ReadOnly && lc.retries < readRetries {
+			lc.retries++
+			s.b.Reset(s.nreq)
+			l.send(up, lc)
+			continue
+		}
+		lc.s.b.Err = err
+		l.complete(lc, err)
+	}
+}
+
+func (l *eventLoop) closeUpstream(up *loopUpstream) {
+	if up.fd >= 0 {
+		_ = unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, up.fd, nil)
+		unix.Close(up.fd)
+		delete(l.upByFd, up.fd)
+		up.fd = -1
+	}
+}
+
+// track reads nc's messages on the loop, handing each to handle, until the
+// connection fails or ctx ends; it returns why. nc must hold no partial
+// message in a reader of its own.
+func (l *eventLoop) track(ctx context.Context, nc net.Conn, handle func(reply []byte) error) error {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return errors.New("event loop: not a socket")
+	}
+	fd, err := dupDescriptor(sc)
+	if err != nil {
+		return fmt.Errorf("event loop: %w", err)
+	}
+	nc.Close()
+	r := &loopReader{fd: fd, handle: handle, done: make(chan error, 1)}
+	if !l.post(func(in *loopInbox) { in.readers = append(in.readers, r) }) {
+		unix.Close(fd)
+		return errors.New("the event loop stopped")
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		if !l.post(func(in *loopInbox) { in.unread = append(in.unread, r) }) {
+			return ctx.Err() // the loop stopped: it closed the connection
+		}
+		<-r.done
+		return ctx.Err()
+	}
+}
+
+// read reads everything r's socket holds and hands out each message.
+func (l *eventLoop) read(r *loopReader) {
+	for {
+		if cap(r.in)-len(r.in) < 1<<10 {
+			r.in = append(r.in, make([]byte, max(4<<10, cap(r.in)))...)[:len(r.in)]
+		}
+		n, err := unix.Read(r.fd, r.in[len(r.in):cap(r.in)])
+		if n <= 0 {
+			switch {
+			case err == unix.EAGAIN:
+				return
+			case err == unix.EINTR:
+				continue
+			case err == nil:
+				err = errors.New("connection closed by upstream")
+			}
+			l.endReader(r, &upstream.Error{Err: err})
+			return
+		}
+		r.in = r.in[:len(r.in)+n]
+		p := 0
+		for p < len(r.in) {
+			m, err := resp.ReplyLen(r.in[p:])
+			if err == nil && m > 0 {
+				err = r.handle(r.in[p : p+m])
+			}
+			if err != nil {
+				l.endReader(r, err)
+				return
+			}
+			if m == 0 {
+				break
+			}
+			p += m
+		}
+		r.in = r.in[:copy(r.in, r.in[p:])]
+		if len(r.in) == 0 && cap(r.in) > maxKeptBuffer {
+			r.in = nil
+		}
+	}
+}
+
+func (l *eventLoop) endReader(r *loopReader, err error) {
+	_ = unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, r.fd, nil)
+	unix.Close(r.fd)
+	delete(l.readers, r.fd)
+	r.done <- err
+}
