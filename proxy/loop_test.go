@@ -189,8 +189,8 @@ func TestEventLoopManyClients(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if st := srv.Stats(); st.Sessions < 0 {
-		t.Fatalf("sessions %d", st.Sessions)
+	if !waitFor(5*time.Second, func() bool { return srv.Stats().Sessions == 0 }) {
+		t.Errorf("sessions %d after every client left, want 0", srv.Stats().Sessions)
 	}
 }
 

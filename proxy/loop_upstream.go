@@ -120,26 +120,39 @@ func (l *eventLoop) writeUpstream(up *loopUpstream) {
 // batches they finish, in the order they were sent.
 func (l *eventLoop) readUpstream(up *loopUpstream) {
 	for up.fd >= 0 {
-		if cap(up.in)-len(up.in) < 4<<10 {
-			up.in = append(up.in, make([]byte, max(loopReadSize, cap(up.in)))...)[:len(up.in)]
+		read, err := readSome(up.fd, &up.in)
+		if err != nil {
+			l.failUpstream(up, err)
 		}
-		n, err := unix.Read(up.fd, up.in[len(up.in):cap(up.in)])
-		if n <= 0 {
-			switch {
-			case err == unix.EAGAIN:
-				return
-			case err == unix.EINTR:
-				continue
-			case err == nil:
-				err = errors.New("connection closed by upstream")
-			}
-			l.failUpstream(up, &upstream.Error{Err: err})
+		if !read || !l.takeReplies(up) {
 			return
 		}
-		up.in = up.in[:len(up.in)+n]
-		if !l.takeReplies(up) {
-			return
+	}
+}
+
+// readSome appends what one read of fd brings to *buf, grown first when
+// nearly full; false: nothing more for now (or err, the connection failed).
+func readSome(fd int, buf *[]byte) (bool, error) {
+	b := *buf
+	if cap(b)-len(b) < 1<<10 {
+		b = append(b, make([]byte, max(loopReadSize, cap(b)))...)[:len(b)]
+	}
+	for {
+		n, err := unix.Read(fd, b[len(b):cap(b)])
+		switch {
+		case n > 0:
+			*buf = b[:len(b)+n]
+			return true, nil
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			*buf = b
+			return false, nil
+		case err == nil:
+			err = errors.New("connection closed by upstream")
 		}
+		*buf = b
+		return false, &upstream.Error{Err: err}
 	}
 }
 
@@ -254,23 +267,13 @@ func (l *eventLoop) track(ctx context.Context, nc net.Conn, handle func(reply []
 // read reads everything r's socket holds and hands out each message.
 func (l *eventLoop) read(r *loopReader) {
 	for {
-		if cap(r.in)-len(r.in) < 1<<10 {
-			r.in = append(r.in, make([]byte, max(4<<10, cap(r.in)))...)[:len(r.in)]
+		read, err := readSome(r.fd, &r.in)
+		if err != nil {
+			l.endReader(r, err)
 		}
-		n, err := unix.Read(r.fd, r.in[len(r.in):cap(r.in)])
-		if n <= 0 {
-			switch {
-			case err == unix.EAGAIN:
-				return
-			case err == unix.EINTR:
-				continue
-			case err == nil:
-				err = errors.New("connection closed by upstream")
-			}
-			l.endReader(r, &upstream.Error{Err: err})
+		if !read {
 			return
 		}
-		r.in = r.in[:len(r.in)+n]
 		p := 0
 		for p < len(r.in) {
 			m, err := resp.ReplyLen(r.in[p:])
