@@ -9,3 +9,11 @@ func (s *Server) Cached(db int, req []byte) ([]byte, bool) {
 	}
 	return s.res.cache.Lookup(s.prefix, db, req)
 }
+
+// CachedRESP3 is Cached for the entries RESP3 sessions filled.
+func (s *Server) CachedRESP3(db int, req []byte) ([]byte, bool) {
+	if s.res == nil || s.res.cache == nil {
+		return nil, false
+	}
+	return s.res.cache.Lookup(s.res.ns3, db, req)
+}

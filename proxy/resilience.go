@@ -24,14 +24,15 @@ import (
 type resilience struct {
 	breaker *fallback.Breaker
 	cache   *fallback.Cache
-	ns      string
+	ns      string // the tenant's key prefix: written keys, and RESP2 entries' namespace
+	ns3     string // RESP3 entries' namespace (session.cacheNS)
 	// opened wakes the recovery probe (probe.go) when the breaker opens.
 	opened      chan struct{}
 	openTimeout time.Duration
 }
 
 func newResilience(cfg fallback.Config, prefix string, withCache bool, log func(from, to fallback.State)) (*resilience, error) {
-	r := &resilience{ns: prefix, opened: make(chan struct{}, 1), openTimeout: cfg.OpenTimeout}
+	r := &resilience{ns: prefix, ns3: prefix + "|3", opened: make(chan struct{}, 1), openTimeout: cfg.OpenTimeout}
 	b, err := fallback.NewBreaker(cfg, func(from, to fallback.State) {
 		if log != nil {
 			log(from, to)
@@ -154,7 +155,7 @@ func (s *session) askKeyTTLs(args [][]byte) {
 	if sl.name == "" || len(args) < 2 || !s.sampleRead() {
 		return
 	}
-	mark, want := s.srv.res.cache.WantRead(s.srv.res.ns, s.db, sl.name, args[1:], s.readAt)
+	mark, want := s.srv.res.cache.WantRead(s.cacheNS(), s.db, sl.name, args[1:], s.readAt)
 	if !want {
 		return
 	}
@@ -203,10 +204,21 @@ func (s *session) fillFromReply(sl slot, reply []byte, keyTTL time.Duration) {
 		return
 	}
 	if req, args, ok := s.cacheRequest(sl); ok {
-		if r.cache.Store(s.cacheScratch.since, r.ns, s.db, req, fallback.KeysOf(sl.name, args[1:]), reply, keyTTL) {
+		if r.cache.Store(s.cacheScratch.since, s.cacheNS(), s.db, req, fallback.KeysOf(sl.name, args[1:]), reply, keyTTL) {
 			r.cache.Filled(sl.mark)
 		}
 	}
+}
+
+// cacheNS is the read cache's namespace for the session's replies: RESP3
+// replies (maps, sets, doubles) are kept apart from RESP2 ones, so that an
+// outage never answers a RESP2 client in RESP3 or the other way round.
+// Invalidation goes by key name alone and reaches both.
+func (s *session) cacheNS() string {
+	if s.resp3 {
+		return s.srv.res.ns3
+	}
+	return s.srv.res.ns
 }
 
 // fallbackReply answers a command whose upstream reply is missing: from
@@ -214,7 +226,7 @@ func (s *session) fillFromReply(sl slot, reply []byte, keyTTL time.Duration) {
 func (s *session) fallbackReply(sl slot, errText string) {
 	if r := s.srv.res; r != nil && r.cache != nil {
 		if req, _, ok := s.cacheRequest(sl); ok {
-			if cached, hit := r.cache.Lookup(r.ns, s.db, req); hit {
+			if cached, hit := r.cache.Lookup(s.cacheNS(), s.db, req); hit {
 				s.srv.fallbackHits.Add(1)
 				s.out = s.rw.AppendReply(s.out, cached, sl.kind)
 				return

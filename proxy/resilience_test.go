@@ -345,3 +345,46 @@ func TestBreakerWithoutCacheFailsFast(t *testing.T) {
 		return c.do("GET", "k") == "$1\r\nv\r\n"
 	})
 }
+
+// A read cached from a RESP3 session is never an outage's answer to a RESP2
+// client (a map where it expects a flat array), and the RESP3 client still
+// gets it; fallback/doc.go asks for the protocol in the namespace.
+func TestFallbackKeepsProtocolsApart(t *testing.T) {
+	_, fp, addr, kf := startWithFaults(t, "fp3")
+	c3 := dialRaw(t, addr)
+	if got := c3.do("HELLO", "3"); !strings.HasPrefix(got, "%") {
+		t.Fatalf("HELLO 3: %q", got)
+	}
+	c3.do("HSET", "h", "f", "v")
+	time.Sleep(200 * time.Millisecond) // keyfence's own write's invalidation first
+	const mapReply = "%1\r\n$1\r\nf\r\n$1\r\nv\r\n"
+	req := fallback.AppendRequest(nil, "HGETALL", [][]byte{[]byte("tenant:fp3:h")})
+	waitFor(t, "HGETALL cached from RESP3", 5*time.Second, func() bool {
+		if got := c3.do("HGETALL", "h"); got != mapReply {
+			t.Fatalf("HGETALL in RESP3: %q", got)
+		}
+		_, hit3 := kf.CachedRESP3(0, req)
+		_, hit2 := kf.Cached(0, req)
+		return hit3 || hit2
+	})
+	if cached, hit := kf.Cached(0, req); hit {
+		t.Fatalf("the RESP3 reply is in the RESP2 entries: %q", cached)
+	}
+	c2 := dialRaw(t, addr)
+	if got := c2.do("PING"); got != "+PONG\r\n" {
+		t.Fatal(got)
+	}
+	if err := fp.SetMode(faultproxy.Refuse); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a RESP2 HGETALL refused in the outage", 5*time.Second, func() bool {
+		got := c2.do("HGETALL", "h")
+		if strings.HasPrefix(got, "%") {
+			t.Fatalf("RESP2 client answered in RESP3 from the cache: %q", got)
+		}
+		return strings.HasPrefix(got, "-")
+	})
+	if got := c3.do("HGETALL", "h"); got != mapReply {
+		t.Fatalf("RESP3 HGETALL in the outage: %q, want the cached map", got)
+	}
+}
