@@ -41,9 +41,10 @@ type subConn struct {
 	sentPatterns []string
 	sentRefs     map[string]int // literal pattern → client patterns using it
 
-	synced chan struct{} // an internal PING came back
+	synced chan struct{} // an internal PING came back, and what came before it is written
 	done   chan struct{} // the reader stopped
 	sent   bool          // requests sent since the last sync
+	pong   bool          // the reader's: the internal PING's reply is in what it is about to write
 }
 
 // subExpect is one reply that is not a push: to a client's command, or to
@@ -226,6 +227,12 @@ func (s *session) readSubscribed(c *subConn) {
 				return
 			}
 		}
+		if c.pong {
+			// Only now: the replies read before the PONG are the client's
+			// before anything the session writes after the sync.
+			c.pong = false
+			c.synced <- struct{}{}
+		}
 		if err != nil {
 			if !errors.Is(err, net.ErrClosed) {
 				// The subscriptions are gone with the connection; the
@@ -268,7 +275,7 @@ func (s *session) subscribedReply(c *subConn, out, reply []byte) []byte {
 	}
 	c.mu.Unlock()
 	if e.internal {
-		c.synced <- struct{}{}
+		c.pong = true // synced once out is written (readSubscribed)
 		return out
 	}
 	return s.rw.AppendReply(out, reply, e.kind)
