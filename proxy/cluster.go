@@ -14,7 +14,8 @@ import (
 // Redis Cluster: keyfence presents one plain Redis and routes each command
 // to the master of its first key's slot. A client pipeline that spans
 // masters is sent as one batch per master, in the client's order; MOVED and
-// ASK (a command Redis did not run) are followed; multi-key commands whose
+// ASK (a command Redis did not run) are followed by the session's transport
+// (upstream.Redirects, set up in useGroup and transport); multi-key commands whose
 // keys lie in different slots get Redis's own CROSSSLOT error; commands over
 // the whole keyspace (KEYS, SCAN, DBSIZE, FLUSHDB, RANDOMKEY) visit every
 // master. The tenant prefix holds no '{', so a client's {hashtag} decides
@@ -65,39 +66,16 @@ func (s *session) route(ctx context.Context, slot int) error {
 	return nil
 }
 
-// redirect follows a MOVED or ASK reply: the command did not run, so it is
-// sent again where the cluster says, and that reply is the client's.
-func (s *session) redirect(ctx context.Context, reply, req []byte) []byte {
-	moved := bytes.HasPrefix(reply, []byte("-MOVED "))
-	ask := bytes.HasPrefix(reply, []byte("-ASK "))
-	if !moved && !ask {
-		return reply
-	}
-	fields := bytes.Fields(bytes.TrimSpace(reply[1:]))
-	if len(fields) != 3 {
-		return reply
-	}
-	addr := string(fields[2])
-	if moved {
-		s.srv.cluster.RefreshNow(ctx)
-	}
-	conn := s.srv.pool.Group(upstream.Key{RESP3: s.resp3, Node: addr}).Shared()
-	b := upstream.NewBatch()
-	if ask {
-		// ASKING and the command go out back to back in one write, so no
-		// other client's command can come between them.
-		out := resp.AppendCommand(nil, []byte("ASKING"))
-		out = append(out, req...)
-		if err := conn.RoundTrip(ctx, b, out, 2); err != nil {
-			return resp.AppendError(nil, upstreamErrorText(err))
-		}
-		return b.Reply(1)
-	}
-	if err := conn.RoundTrip(ctx, b, req, 1); err != nil {
-		return resp.AppendError(nil, upstreamErrorText(err))
-	}
-	return b.Reply(0)
+// clusterRedirects wraps next, a connection to one node of the cluster, so
+// that the MOVED and ASK replies of a batch sent on it are followed, on the
+// shared connections (of protocol resp3) of the nodes they name.
+func (s *Server) clusterRedirects(next upstream.RoundTripper, resp3 bool) upstream.Redirects {
+	return upstream.Redirects{Next: next, Slots: s.cluster, Pool: s.pool, RESP3: resp3, Failed: redirectFailed}
 }
+
+// redirectFailed is the client's reply to a command whose redirect could
+// not be followed: its fate is unknown, as for any lost upstream reply.
+func redirectFailed(err error) []byte { return resp.AppendError(nil, upstreamErrorText(err)) }
 
 // clusterCommand routes a command in cluster mode, and runs the commands
 // over the whole keyspace on every master. It reports whether it answered
