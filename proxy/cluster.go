@@ -15,7 +15,7 @@ import (
 // to the master of its first key's slot. A client pipeline that spans
 // masters is sent as one batch per master, in the client's order; MOVED and
 // ASK (a command Redis did not run) are followed by the session's transport
-// (upstream.Redirects, set up in useGroup and transport); multi-key commands whose
+// (upstream.Redirects: see useGroup and transport); multi-key commands whose
 // keys lie in different slots get Redis's own CROSSSLOT error; commands over
 // the whole keyspace (KEYS, SCAN, DBSIZE, FLUSHDB, RANDOMKEY) visit every
 // master. The tenant prefix holds no '{', so a client's {hashtag} decides
