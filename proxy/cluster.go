@@ -1,16 +1,10 @@
 package proxy
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
-	"math/rand/v2"
-	"net"
 	"strconv"
-	"sync"
-	"time"
 
 	"github.com/keyfence/keyfence/resp"
 	"github.com/keyfence/keyfence/rewrite"
@@ -20,171 +14,12 @@ import (
 // Redis Cluster: keyfence presents one plain Redis and routes each command
 // to the master of its first key's slot. A client pipeline that spans
 // masters is sent as one batch per master, in the client's order; MOVED and
-// ASK (a command Redis did not run) are followed; multi-key commands whose
+// ASK (a command Redis did not run) are followed by the session's transport
+// (upstream.Redirects: see useGroup and transport); multi-key commands whose
 // keys lie in different slots get Redis's own CROSSSLOT error; commands over
 // the whole keyspace (KEYS, SCAN, DBSIZE, FLUSHDB, RANDOMKEY) visit every
 // master. The tenant prefix holds no '{', so a client's {hashtag} decides
 // the slot as it would without keyfence.
-
-const clusterSlots = 16384
-
-// clusterMap is the slot → master table, refreshed from CLUSTER SLOTS.
-type clusterMap struct {
-	cfg   *upstream.Config
-	mu    sync.RWMutex
-	slots [clusterSlots]string
-	nodes []string // masters, sorted, for fan-out
-	last  time.Time
-}
-
-func newClusterMap(cfg *upstream.Config) *clusterMap { return &clusterMap{cfg: cfg} }
-
-// master returns the master serving slot, refreshing the table once if it
-// has none.
-func (m *clusterMap) master(ctx context.Context, slot int) (string, error) {
-	m.mu.RLock()
-	addr := m.slots[slot]
-	m.mu.RUnlock()
-	if addr != "" {
-		return addr, nil
-	}
-	if err := m.refresh(ctx); err != nil {
-		return "", err
-	}
-	m.mu.RLock()
-	defer m.mu.RUnlock()
-	if addr = m.slots[slot]; addr == "" {
-		return "", fmt.Errorf("cluster: no master serves slot %d", slot)
-	}
-	return addr, nil
-}
-
-// masters returns every master, for commands over the whole keyspace.
-func (m *clusterMap) masters(ctx context.Context) ([]string, error) {
-	m.mu.RLock()
-	n := append([]string(nil), m.nodes...)
-	m.mu.RUnlock()
-	if len(n) > 0 {
-		return n, nil
-	}
-	if err := m.refresh(ctx); err != nil {
-		return nil, err
-	}
-	m.mu.RLock()
-	defer m.mu.RUnlock()
-	return append([]string(nil), m.nodes...), nil
-}
-
-// anyMaster is where keyless commands go.
-func (m *clusterMap) anyMaster(ctx context.Context) (string, error) {
-	n, err := m.masters(ctx)
-	if err != nil {
-		return "", err
-	}
-	if len(n) == 0 {
-		return "", errors.New("cluster: no master known")
-	}
-	return n[rand.IntN(len(n))], nil
-}
-
-// refresh asks the known masters, then the seeds, for CLUSTER SLOTS. At most
-// one refresh runs per 100 ms: a burst of MOVED replies costs one.
-func (m *clusterMap) refresh(ctx context.Context) error {
-	m.mu.Lock()
-	if time.Since(m.last) < 100*time.Millisecond && len(m.nodes) > 0 {
-		m.mu.Unlock()
-		return nil
-	}
-	m.last = time.Now()
-	candidates := append(append([]string(nil), m.nodes...), m.cfg.Cluster...)
-	m.mu.Unlock()
-	var errs []error
-	for _, addr := range candidates {
-		slots, err := m.fetchSlots(ctx, addr)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		m.mu.Lock()
-		m.slots = slots
-		seen := map[string]bool{}
-		m.nodes = m.nodes[:0]
-		for _, a := range slots {
-			if a != "" && !seen[a] {
-				seen[a] = true
-				m.nodes = append(m.nodes, a)
-			}
-		}
-		m.mu.Unlock()
-		return nil
-	}
-	return fmt.Errorf("cluster: no node answered CLUSTER SLOTS: %w", errors.Join(errs...))
-}
-
-func (m *clusterMap) fetchSlots(ctx context.Context, addr string) ([clusterSlots]string, error) {
-	var slots [clusterSlots]string
-	nc, err := upstream.Dial(ctx, m.cfg, upstream.Key{Node: addr})
-	if err != nil {
-		return slots, err
-	}
-	defer nc.Close()
-	_ = nc.SetDeadline(time.Now().Add(m.cfg.DialTimeout + time.Second))
-	if _, err := nc.Write(resp.AppendCommand(nil, []byte("CLUSTER"), []byte("SLOTS"))); err != nil {
-		return slots, err
-	}
-	reply, err := resp.ReadReply(bufio.NewReader(nc))
-	if err != nil {
-		return slots, err
-	}
-	v, err := resp.Parse(reply)
-	if err == nil {
-		err = v.Err()
-	}
-	if err != nil {
-		return slots, fmt.Errorf("CLUSTER SLOTS on %s: %w", addr, err)
-	}
-	for _, r := range v.Elems {
-		if len(r.Elems) < 3 || len(r.Elems[2].Elems) < 2 {
-			continue
-		}
-		host := string(r.Elems[2].Elems[0].Str)
-		if host == "" {
-			host, _, _ = net.SplitHostPort(addr) // Redis may omit its own address
-		}
-		master := net.JoinHostPort(host, strconv.FormatInt(r.Elems[2].Elems[1].Num, 10))
-		for s := r.Elems[0].Num; s <= r.Elems[1].Num && s < clusterSlots; s++ {
-			slots[s] = master
-		}
-	}
-	return slots, nil
-}
-
-// keySlot is Redis Cluster's HASH_SLOT: CRC16 of the key, or of the first
-// non-empty {…} in it.
-func keySlot(key []byte) int {
-	if i := bytes.IndexByte(key, '{'); i >= 0 {
-		if j := bytes.IndexByte(key[i+1:], '}'); j > 0 {
-			key = key[i+1 : i+1+j]
-		}
-	}
-	return int(crc16(key)) & (clusterSlots - 1)
-}
-
-// crc16 is CRC-16/XMODEM, the variant Redis Cluster uses.
-func crc16(b []byte) uint16 {
-	var crc uint16
-	for _, c := range b {
-		crc ^= uint16(c) << 8
-		for i := 0; i < 8; i++ {
-			if crc&0x8000 != 0 {
-				crc = crc<<1 ^ 0x1021
-			} else {
-				crc <<= 1
-			}
-		}
-	}
-	return crc
-}
 
 // commandSlot returns the slot of the command's first key as upstream will
 // see it (prefixed), or -1 for a command without keys.
@@ -196,10 +31,10 @@ func (s *session) commandSlot(cmd *rewrite.Command, args [][]byte) int {
 	}
 	key := args[idx[0]]
 	if i := bytes.IndexByte(key, '{'); i >= 0 && bytes.IndexByte(key[i+1:], '}') > 0 {
-		return keySlot(key) // the prefix holds no '{': the tag decides
+		return upstream.KeySlot(key) // the prefix holds no '{': the tag decides
 	}
 	s.cacheScratch.req = append(append(s.cacheScratch.req[:0], s.rw.KeyPrefix()...), key...)
-	return keySlot(s.cacheScratch.req)
+	return upstream.KeySlot(s.cacheScratch.req)
 }
 
 // route points the session's next commands at the master of slot (any
@@ -211,11 +46,11 @@ func (s *session) route(ctx context.Context, slot int) error {
 	var err error
 	switch {
 	case slot >= 0:
-		node, err = cm.master(ctx, slot)
+		node, err = cm.Master(ctx, slot)
 	case s.group != nil && s.group.Key().Node != "":
 		return nil // keyless: wherever the batch goes
 	default:
-		node, err = cm.anyMaster(ctx)
+		node, err = cm.AnyMaster(ctx)
 	}
 	if err != nil {
 		return err
@@ -231,42 +66,16 @@ func (s *session) route(ctx context.Context, slot int) error {
 	return nil
 }
 
-// redirect follows a MOVED or ASK reply: the command did not run, so it is
-// sent again where the cluster says, and that reply is the client's.
-func (s *session) redirect(ctx context.Context, reply, req []byte) []byte {
-	moved := bytes.HasPrefix(reply, []byte("-MOVED "))
-	ask := bytes.HasPrefix(reply, []byte("-ASK "))
-	if !moved && !ask {
-		return reply
-	}
-	fields := bytes.Fields(bytes.TrimSpace(reply[1:]))
-	if len(fields) != 3 {
-		return reply
-	}
-	addr := string(fields[2])
-	if moved {
-		s.srv.cluster.mu.Lock()
-		s.srv.cluster.last = time.Time{} // let the next refresh run at once
-		s.srv.cluster.mu.Unlock()
-		go func() { _ = s.srv.cluster.refresh(context.WithoutCancel(ctx)) }()
-	}
-	conn := s.srv.pool.Group(upstream.Key{RESP3: s.resp3, Node: addr}).Shared()
-	b := upstream.NewBatch()
-	if ask {
-		// ASKING and the command go out back to back in one write, so no
-		// other client's command can come between them.
-		out := resp.AppendCommand(nil, []byte("ASKING"))
-		out = append(out, req...)
-		if err := conn.RoundTrip(ctx, b, out, 2); err != nil {
-			return resp.AppendError(nil, upstreamErrorText(err))
-		}
-		return b.Reply(1)
-	}
-	if err := conn.RoundTrip(ctx, b, req, 1); err != nil {
-		return resp.AppendError(nil, upstreamErrorText(err))
-	}
-	return b.Reply(0)
+// clusterRedirects wraps next, a connection to one node of the cluster, so
+// that the MOVED and ASK replies of a batch sent on it are followed, on the
+// shared connections (of protocol resp3) of the nodes they name.
+func (s *Server) clusterRedirects(next upstream.RoundTripper, resp3 bool) upstream.Redirects {
+	return upstream.Redirects{Next: next, Slots: s.cluster, Pool: s.pool, RESP3: resp3, Failed: redirectFailed}
 }
+
+// redirectFailed is the client's reply to a command whose redirect could
+// not be followed: its fate is unknown, as for any lost upstream reply.
+func redirectFailed(err error) []byte { return resp.AppendError(nil, upstreamErrorText(err)) }
 
 // clusterCommand routes a command in cluster mode, and runs the commands
 // over the whole keyspace on every master. It reports whether it answered
@@ -293,7 +102,7 @@ func (s *session) clusterCommand(ctx context.Context, cmd *rewrite.Command, args
 		// Sharded pub/sub lives on the master of the channel's slot.
 		if len(args) > 1 {
 			s.cacheScratch.req = append(append(s.cacheScratch.req[:0], s.rw.KeyPrefix()...), args[1]...)
-			slot = keySlot(s.cacheScratch.req)
+			slot = upstream.KeySlot(s.cacheScratch.req)
 		}
 	case rewrite.RoutePubSubNode:
 		// Redis propagates PUBLISH to every node but counts receivers on

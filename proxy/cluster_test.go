@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os/exec"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -137,6 +138,29 @@ func TestClusterUpstream(t *testing.T) {
 	if got := a.do("SET", "key0", "v-key0"); got != "+OK\r\n" {
 		t.Fatalf("SET after its slot moved: %q", got)
 	}
+	// Halfway through a slot's migration, the old master answers ASK for
+	// the key it gave away, and for a key it never had: ASKING and the
+	// command go to the new master, which answers. A pipeline keeps its
+	// order around them.
+	a.do("SET", "{m}a", "v-a")
+	dst, finish := migrateSlot(t, nodes, "tenant:ca:{m}a", []string{"tenant:ca:{m}a"})
+	asked := askingCalls(t, dst)
+	for _, c := range [][]string{{"GET", "{m}a"}, {"GET", "key2"}, {"SET", "{m}b", "v-b"}, {"GET", "{m}a"}} {
+		a.send(c...)
+	}
+	for i, want := range []string{"$3\r\nv-a\r\n", "$6\r\nv-key2\r\n", "+OK\r\n", "$3\r\nv-a\r\n"} {
+		if got := a.reply(5 * time.Second); got != want {
+			t.Fatalf("command %d of a pipeline during a migration: %q, want %q", i, got, want)
+		}
+	}
+	if got := askingCalls(t, dst) - asked; got != 3 {
+		t.Fatalf("the new master ran ASKING %d times, want 3: ASK was not followed", got)
+	}
+	finish()
+	if got := a.do("MGET", "{m}a", "{m}b"); got != "*2\r\n$3\r\nv-a\r\n$3\r\nv-b\r\n" {
+		t.Fatalf("MGET after the migration ended: %q", got)
+	}
+	a.do("DEL", "{m}a", "{m}b")
 	a.do("MULTI")
 	a.do("INCR", "{t}:n")
 	a.do("INCR", "{t}:n")
@@ -223,12 +247,23 @@ func TestClusterUpstream(t *testing.T) {
 	if got := sub.reply(5 * time.Second); got != "*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$5\r\nhello\r\n" {
 		t.Fatalf("message: %q", got)
 	}
-	t.Logf("cluster: %d keys over 3 masters, all prefixed; a slot moved under keyfence (MOVED followed); DBSIZE, KEYS, SCAN, RANDOMKEY, FLUSHDB fanned out; MULTI, EVAL, hashtags, CROSSSLOT, pub/sub checked", own)
+	t.Logf("cluster: %d keys over 3 masters, all prefixed; a slot moved under keyfence (MOVED followed), a slot halfway through its migration (ASK followed); DBSIZE, KEYS, SCAN, RANDOMKEY, FLUSHDB fanned out; MULTI, EVAL, hashtags, CROSSSLOT, pub/sub checked", own)
 }
 
 // moveSlot migrates the slot of key, with its keys, to another master, the
 // way redis-cli --cluster reshard does.
 func moveSlot(t *testing.T, nodes []*redistest.Server, key string) {
+	t.Helper()
+	_, finish := migrateSlot(t, nodes, key, nil)
+	finish()
+}
+
+// migrateSlot starts moving the slot of key to another master, as redis-cli
+// --cluster reshard does (IMPORTING on the new master, MIGRATING on the
+// old), and moves only the keys first of that slot: until finish moves the
+// rest and hands the slot over, the old master answers ASK for a key it
+// no longer holds. It returns the new master.
+func migrateSlot(t *testing.T, nodes []*redistest.Server, key string, first []string) (dst *redistest.Server, finish func()) {
 	t.Helper()
 	ctx := context.Background()
 	slot, err := nodes[0].Client().ClusterKeySlot(ctx, key).Result()
@@ -236,7 +271,7 @@ func moveSlot(t *testing.T, nodes []*redistest.Server, key string) {
 		t.Fatal(err)
 	}
 	ids := make([]string, len(nodes))
-	var src, dst *redistest.Server
+	var src *redistest.Server
 	var srcID, dstID string
 	for i, n := range nodes {
 		if ids[i], err = n.Client().Do(ctx, "CLUSTER", "MYID").Text(); err != nil {
@@ -271,14 +306,37 @@ func moveSlot(t *testing.T, nodes []*redistest.Server, key string) {
 			t.Fatal(err)
 		}
 	}
+	migrate := func(keys []string) {
+		t.Helper()
+		for _, k := range keys {
+			must(src.Client().Migrate(ctx, dst.Host(), fmt.Sprint(dst.Port()), k, 0, 5*time.Second).Err())
+		}
+	}
 	must(dst.Client().Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", srcID).Err())
 	must(src.Client().Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", dstID).Err())
-	keys, err := src.Client().ClusterGetKeysInSlot(ctx, int(slot), 1000).Result()
-	must(err)
-	for _, k := range keys {
-		must(src.Client().Migrate(ctx, dst.Host(), fmt.Sprint(dst.Port()), k, 0, 5*time.Second).Err())
+	migrate(first)
+	return dst, func() {
+		t.Helper()
+		keys, err := src.Client().ClusterGetKeysInSlot(ctx, int(slot), 1000).Result()
+		must(err)
+		migrate(keys)
+		for _, n := range nodes {
+			must(n.Client().Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", dstID).Err())
+		}
 	}
-	for _, n := range nodes {
-		must(n.Client().Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", dstID).Err())
+}
+
+// askingCalls is how many ASKING commands node has run.
+func askingCalls(t *testing.T, node *redistest.Server) int {
+	t.Helper()
+	info, err := node.Client().Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
 	}
+	_, rest, ok := strings.Cut(info, "cmdstat_asking:calls=")
+	if !ok {
+		return 0
+	}
+	n, _ := strconv.Atoi(rest[:strings.IndexByte(rest, ',')])
+	return n
 }

@@ -24,7 +24,8 @@
 //   - package upstream: multiplexed upstream connections and their pool; a
 //     session either shares one (ordinary commands, autopipelined with every
 //     other client) or pins one for stateful work. tls.go builds the TLS
-//     settings; cluster.go routes commands to a Redis Cluster's masters.
+//     settings; cluster.go routes commands to a Redis Cluster's masters
+//     (upstream's ClusterMap says which; its Redirects follows MOVED/ASK).
 //   - resilience.go: circuit breaker, read cache and its tracking connection;
 //     probe.go closes the breaker as soon as upstream answers again.
 //   - gateway.go, gateway_session.go: gateway mode. One listener for many

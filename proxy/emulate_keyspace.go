@@ -73,7 +73,7 @@ func (s *session) keyspaceConns(ctx context.Context, db int) ([]*upstream.Conn, 
 		}
 		return []*upstream.Conn{s.srv.pool.Group(upstream.Key{DB: db}).Shared()}, nil
 	}
-	masters, err := s.srv.cluster.masters(ctx)
+	masters, err := s.srv.cluster.Masters(ctx)
 	if err != nil {
 		return nil, err
 	}

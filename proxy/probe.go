@@ -148,10 +148,10 @@ func (s *Server) probeUpstream(ctx context.Context) error {
 	if s.cluster == nil {
 		return pingUpstream(ctx, &cfg, upstream.Key{DB: cfg.DB})
 	}
-	if err := s.cluster.refresh(ctx); err != nil {
+	if err := s.cluster.Refresh(ctx); err != nil {
 		return err
 	}
-	masters, err := s.cluster.masters(ctx)
+	masters, err := s.cluster.Masters(ctx)
 	if err != nil {
 		return err
 	}

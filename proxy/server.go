@@ -160,15 +160,15 @@ type Server struct {
 	gw      *Gateway     // nil in sidecar mode
 	quota   *quota       // the tenant's limits in gateway mode; nil: none
 
-	stats          tenantStats  // the tenant's figures in INFO (info.go)
-	pinnedCommands atomic.Int64 // commands sent on pinned connections
-	outputDrops    atomic.Int64 // clients disconnected past the output hard limit
-	budgetRefused  atomic.Int64 // clients refused for the request buffer budget
-	res            *resilience  // nil when Config.Fallback is nil
-	cluster        *clusterMap  // nil unless upstream is a Redis Cluster
-	fallbackHits   atomic.Int64 // reads answered from the cache
-	fallbackMisses atomic.Int64 // reads that found no fresh entry
-	lastFailureLog atomic.Int64 // unix nanos of the last upstream failure logged
+	stats          tenantStats          // the tenant's figures in INFO (info.go)
+	pinnedCommands atomic.Int64         // commands sent on pinned connections
+	outputDrops    atomic.Int64         // clients disconnected past the output hard limit
+	budgetRefused  atomic.Int64         // clients refused for the request buffer budget
+	res            *resilience          // nil when Config.Fallback is nil
+	cluster        *upstream.ClusterMap // nil unless upstream is a Redis Cluster
+	fallbackHits   atomic.Int64         // reads answered from the cache
+	fallbackMisses atomic.Int64         // reads that found no fresh entry
+	lastFailureLog atomic.Int64         // unix nanos of the last upstream failure logged
 
 	dbMu    sync.Mutex   // one learner of upstream's database count at a time
 	dbCount atomic.Int64 // upstream's databases; 0 until learned
@@ -239,7 +239,7 @@ func newServer(cfg Config, h *hub) (*Server, error) {
 		if cfg.Upstream.DB != 0 {
 			return nil, errors.New("a Redis Cluster has database 0 only: REDIS_DB must be 0")
 		}
-		srv.cluster = newClusterMap(&srv.cfg.Upstream)
+		srv.cluster = upstream.NewClusterMap(&srv.cfg.Upstream)
 	}
 	if cfg.Fallback != nil && cfg.FallbackCache && srv.cluster != nil {
 		// Its tracking connection would hear one master's invalidations.

@@ -58,6 +58,9 @@ type session struct {
 	pinned   *upstream.Conn        // non-nil while MULTI or WATCH holds a connection
 	sub      *subConn              // non-nil in subscriber mode
 	wmu      sync.Mutex            // client writes: the subscriber reader writes too
+	// pinnedRT is pinned behind a Cluster's redirects, kept here so that a
+	// batch on it allocates nothing (transport).
+	pinnedRT upstream.Redirects
 
 	// Transaction state (on the pinned connection).
 	txn txState // where the session is in MULTI … EXEC
@@ -569,12 +572,18 @@ func (s *session) endSend(ctx context.Context, err error, t0 time.Time) {
 
 // transport is what the batch goes through: the pinned connection as it
 // is, or the shared one behind the breaker, with timed-out reads retried
-// (see useGroup).
+// (see useGroup). With a Redis Cluster upstream, both follow MOVED and ASK
+// replies.
 func (s *session) transport() upstream.RoundTripper {
-	if s.pinned != nil {
+	if s.pinned == nil {
+		return s.sharedRT
+	}
+	if s.srv.cluster == nil {
 		return s.pinned
 	}
-	return s.sharedRT
+	// s.pinned changes without useGroup (runBlocking): set up per batch.
+	s.pinnedRT = s.srv.clusterRedirects(s.pinned, s.resp3)
+	return &s.pinnedRT
 }
 
 // guarded says the batch went through the breaker, so that a missing reply
@@ -606,9 +615,6 @@ func (s *session) stripReplies(ctx context.Context, err error) {
 		} else {
 			reply := s.b.Reply(next)
 			next++
-			if s.srv.cluster != nil && len(reply) > 0 && reply[0] == '-' && !sl.exec {
-				reply = s.redirect(ctx, reply, s.req[sl.from:sl.to])
-			}
 			switch {
 			case reply == nil && errors.Is(err, fallback.ErrOpen):
 				s.fallbackReply(sl, fallback.ErrOpen.Error()) // nothing was sent
@@ -725,9 +731,15 @@ func (s *session) useGroup(key upstream.Key) {
 	}
 	s.group = g
 	s.shared = g.Shared()
-	// The shared connection's transport: reads that time out are sent
-	// again, and the breaker guards it all.
-	s.sharedRT = &upstream.RetryReads{Next: s.shared, Retries: readRetries, Backoff: 50 * time.Millisecond}
+	// The shared connection's transport: a Cluster's redirects are
+	// followed, reads that time out are sent again (redirects and all), and
+	// the breaker guards it all.
+	var rt upstream.RoundTripper = s.shared
+	if s.srv.cluster != nil {
+		r := s.srv.clusterRedirects(s.shared, key.RESP3)
+		rt = &r
+	}
+	s.sharedRT = &upstream.RetryReads{Next: rt, Retries: readRetries, Backoff: 50 * time.Millisecond}
 	if res := s.srv.res; res != nil {
 		s.sharedRT = &fallback.Guard{Next: s.sharedRT, Breaker: res.breaker}
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -79,6 +80,25 @@ func (b *Batch) Reply(i int) []byte {
 		start = b.ends[i-1]
 	}
 	return b.replies[start:b.ends[i]]
+}
+
+// Replace puts reply in place of the i-th reply of a finished Batch (a
+// redirected command's answer from another node, say); reply must not point
+// into b. It does nothing when that reply never arrived or the batch
+// overflowed: there is nothing to replace.
+func (b *Batch) Replace(i int, reply []byte) {
+	if i >= len(b.ends) || b.Overflow {
+		return
+	}
+	start := 0
+	if i > 0 {
+		start = b.ends[i-1]
+	}
+	end := b.ends[i]
+	b.replies = slices.Replace(b.replies, start, end, reply...)
+	for j, delta := i, len(reply)-(end-start); j < len(b.ends); j++ {
+		b.ends[j] += delta
+	}
 }
 
 // Conn is one upstream connection multiplexed between sessions. Requests
