@@ -32,7 +32,7 @@ type session struct {
 	// to a goroutine of its own (loop.go).
 	nc         net.Conn
 	raw        syscall.RawConn // nil unless nc is a plain TCP connection
-	lc         *loopConn       // the event loop's state while it serves the session; guarded by srv.mu
+	lc         *loopConn       // the event loop's state while it serves the session: set and cleared under srv.mu, read freely by whoever runs the session
 	remoteAddr net.Addr        // the client's address, and keyfence's end of it
 	localAddr  net.Addr        //
 	id         int64           // written by the session under infoMu (gateway: changes with the tenant)
