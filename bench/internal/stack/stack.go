@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -159,31 +160,7 @@ func Start(ctx context.Context, cfg Config) (st *Stack, err error) {
 // of the stack's Redis. It is separate from Start so that a caller can keep
 // benchmarking the other targets when keyfence does not come up.
 func (s *Stack) StartKeyfence(ctx context.Context, cfg Config, tenant string) (*Proc, error) {
-	if cfg.Tools.Keyfence == "" {
-		return nil, fmt.Errorf("keyfence: %s", cfg.Tools.KeyfenceStatus)
-	}
-	if cfg.StartTimeout <= 0 {
-		cfg.StartTimeout = 15 * time.Second
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	redisPort := s.Redis.Addr[strings.LastIndexByte(s.Redis.Addr, ':')+1:]
-	var admin string
-	p, err := startProc(ctx, cfg, "keyfence-"+tenant, 2, func(ports []int) (*exec.Cmd, string, error) {
-		addr := "127.0.0.1:" + strconv.Itoa(ports[0])
-		admin = "127.0.0.1:" + strconv.Itoa(ports[1])
-		args := []string{"--tenant", tenant, "--listen", addr, "--admin", admin}
-		cmd := exec.Command(cfg.Tools.Keyfence, append(args, cfg.KeyfenceArgs...)...)
-		cmd.Env = append(os.Environ(), "REDIS_HOST=127.0.0.1", "REDIS_PORT="+redisPort)
-		return cmd, addr, nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	p.Admin = admin
-	s.Keyfence = append(s.Keyfence, p)
-	return p, nil
+	return s.startKeyfence(ctx, cfg, "keyfence-"+tenant, []string{"--tenant", tenant}, resp.Ping)
 }
 
 // StartGateway starts one keyfence in gateway mode (--tenants-file) in
@@ -191,6 +168,14 @@ func (s *Stack) StartKeyfence(ctx context.Context, cfg Config, tenant string) (*
 // client authenticates, so it is ready once user (one of the file's
 // tenants) can AUTH with password and PING.
 func (s *Stack) StartGateway(ctx context.Context, cfg Config, tenantsFile, user, password string) (*Proc, error) {
+	probe := func(ctx context.Context, addr string) error { return resp.PingAs(ctx, addr, user, password) }
+	return s.startKeyfence(ctx, cfg, "keyfence-gateway", []string{"--tenants-file", tenantsFile}, probe)
+}
+
+// startKeyfence starts keyfence with modeArgs (which tenant or tenants) on
+// a listen and an admin port of its own, in front of the stack's Redis,
+// ready once probe passes.
+func (s *Stack) startKeyfence(ctx context.Context, cfg Config, name string, modeArgs []string, probe func(ctx context.Context, addr string) error) (*Proc, error) {
 	if cfg.Tools.Keyfence == "" {
 		return nil, fmt.Errorf("keyfence: %s", cfg.Tools.KeyfenceStatus)
 	}
@@ -205,13 +190,12 @@ func (s *Stack) StartGateway(ctx context.Context, cfg Config, tenantsFile, user,
 	build := func(ports []int) (*exec.Cmd, string, error) {
 		addr := "127.0.0.1:" + strconv.Itoa(ports[0])
 		admin = "127.0.0.1:" + strconv.Itoa(ports[1])
-		args := []string{"--tenants-file", tenantsFile, "--listen", addr, "--admin", admin}
+		args := append(slices.Clip(modeArgs), "--listen", addr, "--admin", admin)
 		cmd := exec.Command(cfg.Tools.Keyfence, append(args, cfg.KeyfenceArgs...)...)
 		cmd.Env = append(os.Environ(), "REDIS_HOST=127.0.0.1", "REDIS_PORT="+redisPort)
 		return cmd, addr, nil
 	}
-	probe := func(ctx context.Context, addr string) error { return resp.PingAs(ctx, addr, user, password) }
-	p, err := startProcProbe(ctx, cfg, "keyfence-gateway", 2, build, probe)
+	p, err := startProcProbe(ctx, cfg, name, 2, build, probe)
 	if err != nil {
 		return nil, err
 	}
