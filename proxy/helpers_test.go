@@ -196,6 +196,34 @@ func dialRawE(addr string) (*rawConn, error) {
 	return &rawConn{nc: nc, br: bufio.NewReaderSize(nc, 64<<10)}, nil
 }
 
+// eachClient runs f for n clients at once, each on a connection of its own
+// to addr, and reports every error they return.
+func eachClient(t testing.TB, addr string, n int, f func(i int, c *rawConn) error) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := dialRawE(addr)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.nc.Close()
+			if err := f(i, c); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
 func dialRaw(t testing.TB, addr string) *rawConn {
 	t.Helper()
 	c, err := dialRawE(addr)

@@ -128,67 +128,41 @@ func TestEventLoopManyClients(t *testing.T) {
 	up := testRedis(t)
 	srv, addr := startProxyServer(t, up, nil)
 	const clients, rounds = 24, 40
-	var wg sync.WaitGroup
-	errs := make(chan error, clients+1)
-	for i := range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c, err := dialRawE(addr)
-			if err != nil {
-				errs <- err
-				return
+	eachClient(t, addr, clients+1, func(i int, c *rawConn) error {
+		if i == clients { // the transaction
+			for _, step := range [][2]string{{"MULTI", "+OK\r\n"}, {"INCR", "+QUEUED\r\n"}, {"EXEC", "*1\r\n:1\r\n"}} {
+				args := []string{step[0]}
+				if step[0] == "INCR" {
+					args = append(args, "tx")
+				}
+				if got, err := c.doE(args...); err != nil || string(got) != step[1] {
+					return fmt.Errorf("%s: %q, %v; want %q", step[0], got, err, step[1])
+				}
 			}
-			defer c.nc.Close()
-			depth := 1 + 15*(i%2)
-			for r := range rounds {
-				var req []byte
-				for j := range depth {
-					k, v := fmt.Sprintf("c%d:%d:%d", i, r, j), fmt.Sprintf("v%d-%d-%d", i, r, j)
-					req = encode(encode(req, "SET", k, v), "GET", k)
-				}
-				if err := c.writeE(req); err != nil {
-					errs <- err
-					return
-				}
-				for j := range depth {
-					want := fmt.Sprintf("v%d-%d-%d", i, r, j)
-					for _, exp := range []string{"+OK\r\n", fmt.Sprintf("$%d\r\n%s\r\n", len(want), want)} {
-						got, err := c.readE()
-						if err != nil || string(got) != exp {
-							errs <- fmt.Errorf("client %d round %d: %q, %v; want %q", i, r, got, err, exp)
-							return
-						}
+			return nil
+		}
+		depth := 1 + 15*(i%2)
+		for r := range rounds {
+			var req []byte
+			for j := range depth {
+				k, v := fmt.Sprintf("c%d:%d:%d", i, r, j), fmt.Sprintf("v%d-%d-%d", i, r, j)
+				req = encode(encode(req, "SET", k, v), "GET", k)
+			}
+			if err := c.writeE(req); err != nil {
+				return err
+			}
+			for j := range depth {
+				want := fmt.Sprintf("v%d-%d-%d", i, r, j)
+				for _, exp := range []string{"+OK\r\n", fmt.Sprintf("$%d\r\n%s\r\n", len(want), want)} {
+					got, err := c.readE()
+					if err != nil || string(got) != exp {
+						return fmt.Errorf("client %d round %d: %q, %v; want %q", i, r, got, err, exp)
 					}
 				}
 			}
-		}()
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		c, err := dialRawE(addr)
-		if err != nil {
-			errs <- err
-			return
 		}
-		defer c.nc.Close()
-		for _, step := range [][2]string{{"MULTI", "+OK\r\n"}, {"INCR", "+QUEUED\r\n"}, {"EXEC", "*1\r\n:1\r\n"}} {
-			args := []string{step[0]}
-			if step[0] == "INCR" {
-				args = append(args, "tx")
-			}
-			if got, err := c.doE(args...); err != nil || string(got) != step[1] {
-				errs <- fmt.Errorf("%s: %q, %v; want %q", step[0], got, err, step[1])
-				return
-			}
-		}
-	}()
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+		return nil
+	})
 	if !waitFor(5*time.Second, func() bool { return srv.Stats().Sessions == 0 }) {
 		t.Errorf("sessions %d after every client left, want 0", srv.Stats().Sessions)
 	}

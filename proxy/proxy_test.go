@@ -934,32 +934,15 @@ func TestBlockedClientDoesNotDelayOthers(t *testing.T) {
 	time.Sleep(50 * time.Millisecond) // let it block upstream
 
 	start := time.Now()
-	var wg sync.WaitGroup
-	errs := make(chan error, 10)
-	for i := 0; i < 10; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c, err := dialRawE(addr)
-			if err != nil {
-				errs <- err
-				return
+	eachClient(t, addr, 10, func(i int, c *rawConn) error {
+		for j := 0; j < 20; j++ {
+			r, err := c.doE("GET", "k"+strconv.Itoa(i))
+			if err != nil || string(r) != "$-1\r\n" {
+				return fmt.Errorf("client %d: %s %v", i, quoteReply(r), err)
 			}
-			defer c.nc.Close()
-			for j := 0; j < 20; j++ {
-				r, err := c.doE("GET", "k"+strconv.Itoa(i))
-				if err != nil || string(r) != "$-1\r\n" {
-					errs <- fmt.Errorf("client %d: %s %v", i, quoteReply(r), err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+		}
+		return nil
+	})
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("200 GETs of 10 clients took %v while one client was blocked", d)
 	}
