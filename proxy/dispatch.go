@@ -15,12 +15,13 @@ import (
 
 // handle decides what happens to one command: refused, answered here,
 // forwarded on the shared connection, or run on a pinned one.
-func (s *session) handle(ctx context.Context, args [][]byte) {
+// cmd is args's table entry (rewrite.Lookup), nil for an unknown command.
+func (s *session) handle(ctx context.Context, cmd *rewrite.Command, args [][]byte) {
 	// CLIENT REPLY, as Redis's flags work: OFF drops every reply; SKIP drops
 	// the next command's (the one after CLIENT REPLY SKIP itself).
 	skipping := s.replyMode == replySkip
 	s.mute = s.replyMode != replyOn
-	s.dispatch(ctx, args)
+	s.dispatch(ctx, cmd, args)
 	switch {
 	case s.replyMode == replySkipNext:
 		s.replyMode = replySkip
@@ -30,8 +31,7 @@ func (s *session) handle(ctx context.Context, args [][]byte) {
 }
 
 // dispatch is handle's decision for one command.
-func (s *session) dispatch(ctx context.Context, args [][]byte) {
-	cmd := rewrite.Lookup(args)
+func (s *session) dispatch(ctx context.Context, cmd *rewrite.Command, args [][]byte) {
 	s.noteCommand(cmd, args)
 	s.curName, s.curCmd, s.reqMark = "unknown", cmd, len(s.req)
 	if cmd != nil {

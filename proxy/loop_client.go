@@ -149,14 +149,13 @@ func (l *eventLoop) keepLeftover(lc *loopConn) {
 	}
 }
 
-// loopServes says whether the loop serves args for s: anything that needs
-// a connection of its own, a change of session state, or a wait belongs
-// to the session's goroutine.
-func (s *session) loopServes(args [][]byte) bool {
+// loopServes says whether the loop serves args (cmd, their table entry)
+// for s: anything that needs a connection of its own, a change of session
+// state, or a wait belongs to the session's goroutine.
+func (s *session) loopServes(cmd *rewrite.Command, args [][]byte) bool {
 	if s.txn != txNone || s.pinned != nil || s.sub != nil || !s.authed || s.replyMode != replyOn || s.closing.Load() {
 		return false
 	}
-	cmd := rewrite.Lookup(args)
 	if cmd == nil || s.check(cmd, args) != "" {
 		return true // an error reply
 	}

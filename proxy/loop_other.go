@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"net"
+
+	"github.com/keyfence/keyfence/rewrite"
 )
 
 // eventLoop is Linux's (loop.go): elsewhere every session has a goroutine.
@@ -23,7 +25,7 @@ func (l *eventLoop) adopt(*loopConn)                                       {}
 func (l *eventLoop) release(*loopConn)                                     {}
 func (l *eventLoop) abort()                                                {}
 func (l *eventLoop) close()                                                {}
-func (s *session) loopServes([][]byte) bool                                { return false }
+func (s *session) loopServes(*rewrite.Command, [][]byte) bool              { return false }
 func (l *eventLoop) track(context.Context, net.Conn, func([]byte) error) error {
 	return errors.New("no event loop")
 }

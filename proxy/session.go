@@ -434,15 +434,19 @@ func (s *session) handleBuffered(ctx context.Context) {
 			s.need = need
 			return
 		}
-		if s.lc != nil && len(args) > 0 && !s.loopServes(args) {
-			s.lc.release = true // the command stays in rbuf for the session's own goroutine
-			return
+		var cmd *rewrite.Command
+		if len(args) > 0 {
+			cmd = rewrite.Lookup(args) // once, for the loop's decision and for dispatch
+			if s.lc != nil && !s.loopServes(cmd, args) {
+				s.lc.release = true // the command stays in rbuf for the session's own goroutine
+				return
+			}
 		}
 		s.rpos += n
 		s.srv.stats.netIn.Add(int64(n))
 		s.need = 0
 		if len(args) > 0 {
-			s.handle(ctx, args)
+			s.handle(ctx, cmd, args)
 		}
 	}
 }
