@@ -972,8 +972,9 @@ local function frun(mask, keys, args)
 	return r
 end
 
--- One run function per combination of script flags (#!lua flags=…): Redis
--- checks them at FCALL, before the script runs.
+-- One run function (scripts) and one frun function (a tenant's functions)
+-- per combination of flags (#!lua flags=…): Redis checks them at FCALL,
+-- before the script runs.
 local FLAGS = {"no-writes", "allow-oom", "allow-stale", "no-cluster", "allow-cross-slot-keys"}
 for mask = 0, 31 do
 	local fl, bitv = {}, 1
@@ -982,13 +983,6 @@ for mask = 0, 31 do
 		bitv = bitv * 2
 	end
 	redis.register_function{function_name = "__FN___run_" .. mask, callback = run, flags = fl}
-end
-for mask = 0, 31 do
-	local fl, bitv = {}, 1
-	for i = 1, #FLAGS do
-		if mask % (bitv * 2) >= bitv then fl[#fl + 1] = FLAGS[i] end
-		bitv = bitv * 2
-	end
 	redis.register_function{function_name = "__FN___frun_" .. mask, callback = function(keys, args) return frun(mask, keys, args) end, flags = fl}
 end
 -- FUNCTION LOAD and RESTORE are refused when upstream is out of memory
