@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"sort"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -108,41 +107,4 @@ func sameDump(a, b string) bool {
 	sort.Strings(sa)
 	sort.Strings(sb)
 	return strings.Join(sa, "\x00") == strings.Join(sb, "\x00")
-}
-
-// runDifferentialOn is runDifferential with the direct side on a server of
-// its own.
-func runDifferentialOn(t *testing.T, script, tenant string, directUp *redistest.Server, directDB int, proxyUp *redistest.Server, proxyDB int) int {
-	steps := loadScript(t, script)
-	addr := startProxy(t, proxyUp, func(c *Config) {
-		c.Tenant = tenant
-		c.Upstream.DB = proxyDB
-	})
-	total := 0
-	for _, resp3 := range []bool{false, true} {
-		name := "RESP2"
-		if resp3 {
-			name = "RESP3"
-		}
-		t.Run(name, func(t *testing.T) {
-			direct := &side{name: "direct", c: dialRaw(t, directUp.Addr()), vars: map[string]string{}}
-			proxied := &side{name: "proxy", c: dialRaw(t, addr), vars: map[string]string{}}
-			if r := direct.c.do(t, "SELECT", strconv.Itoa(directDB)); string(r) != "+OK\r\n" {
-				t.Fatalf("SELECT: %s", quoteReply(r))
-			}
-			if resp3 {
-				compareHello(t, direct.c.do(t, "HELLO", "3"), proxied.c.do(t, "HELLO", "3"))
-			}
-			d := &differ{t: t, direct: direct, proxy: proxied}
-			d.run(steps)
-			if d.failures == 0 {
-				t.Logf("differential %s (%s): %d commands, all identical", script, name, d.compared)
-			} else {
-				t.Errorf("differential %s (%s): %d commands, %d differ", script, name, d.compared, d.failures)
-			}
-			total += d.compared
-			checkMirroredKeyspaceOn(t, tenant, directUp, directDB, proxyUp, proxyDB)
-		})
-	}
-	return total
 }

@@ -531,8 +531,16 @@ func TestDifferentialScripts(t *testing.T) {
 // database proxyDB), and returns how many replies it compared.
 func runDifferential(t *testing.T, script, tenant string, directDB, proxyDB int) int {
 	up := testRedis(t)
+	return runDifferentialOn(t, script, tenant, up, directDB, up, proxyDB)
+}
+
+// runDifferentialOn runs script in RESP2 and then RESP3 on a direct
+// connection (directUp, database directDB) and through keyfence (tenant,
+// upstream proxyUp, database proxyDB), and returns how many replies it
+// compared.
+func runDifferentialOn(t *testing.T, script, tenant string, directUp *redistest.Server, directDB int, proxyUp *redistest.Server, proxyDB int) int {
 	steps := loadScript(t, script)
-	addr := startProxy(t, up, func(c *Config) {
+	addr := startProxy(t, proxyUp, func(c *Config) {
 		c.Tenant = tenant
 		c.Upstream.DB = proxyDB
 	})
@@ -543,7 +551,7 @@ func runDifferential(t *testing.T, script, tenant string, directDB, proxyDB int)
 			name = "RESP3"
 		}
 		t.Run(name, func(t *testing.T) {
-			direct := &side{name: "direct", c: dialRaw(t, up.Addr()), vars: map[string]string{}}
+			direct := &side{name: "direct", c: dialRaw(t, directUp.Addr()), vars: map[string]string{}}
 			proxied := &side{name: "proxy", c: dialRaw(t, addr), vars: map[string]string{}}
 			if r := direct.c.do(t, "SELECT", strconv.Itoa(directDB)); string(r) != "+OK\r\n" {
 				t.Fatalf("SELECT: %s", quoteReply(r))
@@ -559,23 +567,16 @@ func runDifferential(t *testing.T, script, tenant string, directDB, proxyDB int)
 				t.Errorf("differential %s (%s): %d commands, %d differ", script, name, d.compared, d.failures)
 			}
 			total += d.compared
-			checkMirroredKeyspace(t, tenant, directDB, proxyDB)
+			checkMirroredKeyspaceOn(t, tenant, directUp, directDB, proxyUp, proxyDB)
 		})
 	}
 	return total
 }
 
-// checkMirroredKeyspace checks that what the script left upstream is the
-// same key set in both databases, the proxied one under the tenant prefix
-// and nothing else.
-func checkMirroredKeyspace(t *testing.T, tenant string, directNum, proxyNum int) {
-	t.Helper()
-	checkMirroredKeyspaceOn(t, tenant, sharedRedis, directNum, sharedRedis, proxyNum)
-}
-
-// checkMirroredKeyspaceOn is checkMirroredKeyspace with each side on a
-// server of its own. keyfence's store of the tenant's functions is its own
-// key, not the tenant's.
+// checkMirroredKeyspaceOn checks that what the script left upstream is the
+// same key set in both databases (each on its own server, or the same one),
+// the proxied one under the tenant prefix and nothing else. keyfence's store
+// of the tenant's functions is its own key, not the tenant's.
 func checkMirroredKeyspaceOn(t *testing.T, tenant string, directUp *redistest.Server, directNum int, proxyUp *redistest.Server, proxyNum int) {
 	t.Helper()
 	ctx := testCtx(t)
