@@ -355,6 +355,21 @@ type differ struct {
 	failures int
 }
 
+// saveBulks keeps each side's bulk reply (a for direct, b for the proxy)
+// as the step's variable; directive names it for the error.
+func (d *differ) saveBulks(st step, directive string, a, b []byte) {
+	for _, sd := range []struct {
+		s *side
+		r []byte
+	}{{d.direct, a}, {d.proxy, b}} {
+		v, err := parseRV(sd.r)
+		if err != nil || v.typ != '$' || v.null {
+			d.t.Fatalf("line %d: %s needs a bulk reply, %s got %s", st.line, directive, sd.s.name, quoteReply(sd.r))
+		}
+		sd.s.vars[st.name] = v.str
+	}
+}
+
 func (d *differ) mismatch(st step, cmd string, direct, proxied []byte) {
 	d.failures++
 	if d.failures > 25 {
@@ -444,29 +459,11 @@ func (d *differ) runStep(st step) {
 	case stepFunctionList:
 		same = sameFunctionList(a, b)
 	case stepDump:
-		for _, sd := range []struct {
-			s *side
-			r []byte
-		}{{d.direct, a}, {d.proxy, b}} {
-			v, err := parseRV(sd.r)
-			if err != nil || v.typ != '$' || v.null {
-				t.Fatalf("line %d: ~dump needs a bulk reply, %s got %s", st.line, sd.s.name, quoteReply(sd.r))
-			}
-			sd.s.vars[st.name] = v.str
-		}
+		d.saveBulks(st, "~dump", a, b)
 		same = sameDump(d.direct.vars[st.name], d.proxy.vars[st.name])
 	case stepSave:
 		same = bytes.Equal(a, b)
-		for _, sd := range []struct {
-			s *side
-			r []byte
-		}{{d.direct, a}, {d.proxy, b}} {
-			v, err := parseRV(sd.r)
-			if err != nil || v.typ != '$' || v.null {
-				t.Fatalf("line %d: ~save needs a bulk reply, %s got %s", st.line, sd.s.name, quoteReply(sd.r))
-			}
-			sd.s.vars[st.name] = v.str
-		}
+		d.saveBulks(st, "~save", a, b)
 	default:
 		same = bytes.Equal(a, b)
 	}
