@@ -5,13 +5,13 @@ import (
 	"encoding/json"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/keyfence/keyfence/internal/browsertest"
 
 	"github.com/chromedp/chromedp"
 )
@@ -21,7 +21,7 @@ import (
 // count in the header; a sidecar's names its tenant and has no such table.
 // (cmd/proxy's TestOperations checks the sidecar's page under real load.)
 func TestStatusPageTenants(t *testing.T) {
-	chromium := chromiumPath(t)
+	chromium := browsertest.Chromium(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
@@ -68,7 +68,7 @@ func TestStatusPageTenants(t *testing.T) {
 	scSrv := httptest.NewServer(adminHandler(ready, sidecar.Handler(), AdminOptions{Status: sidecar.Status}))
 	defer scSrv.Close()
 
-	bctx, stop := chromedpContext(t, ctx, chromium)
+	bctx, stop := browsertest.Start(t, ctx, chromium)
 	defer stop()
 	type page struct {
 		Polls       int
@@ -158,36 +158,6 @@ func waitUntil(ctx context.Context, cond func() bool) error {
 		}
 	}
 	return nil
-}
-
-// chromiumPath finds Debian's chromium or fails with the install hint: the
-// status page's test must not skip silently.
-func chromiumPath(t *testing.T) string {
-	t.Helper()
-	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	t.Fatal("chromium is not installed; the status page is tested in it, headless. Install it with scripts/install-test-deps.sh " +
-		"(Debian: apt-get install chromium), or run `make test`, which does")
-	return ""
-}
-
-func chromedpContext(t *testing.T, ctx context.Context, chromium string) (context.Context, func()) {
-	t.Helper()
-	opts := append(slices.Clone(chromedp.DefaultExecAllocatorOptions[:]), chromedp.ExecPath(chromium),
-		chromedp.NoSandbox, // as root (CI) Chromium refuses its sandbox
-		chromedp.Flag("disable-gpu", true), chromedp.Flag("disable-dev-shm-usage", true), chromedp.WindowSize(1400, 1050),
-		chromedp.UserDataDir(t.TempDir()))
-	actx, cancelAlloc := chromedp.NewExecAllocator(ctx, opts...)
-	bctx, cancelBrowser := chromedp.NewContext(actx)
-	if err := chromedp.Do(bctx); err != nil { // starts the browser
-		cancelBrowser()
-		cancelAlloc()
-		t.Fatalf("starting chromium: %v", err)
-	}
-	return bctx, func() { cancelBrowser(); cancelAlloc() }
 }
 
 // screenshotDir is where screenshots go: $KEYFENCE_TEST_OUTPUT, or

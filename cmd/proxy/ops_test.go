@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyfence/keyfence/internal/browsertest"
+
 	"github.com/chromedp/chromedp"
 	"github.com/redis/go-redis/v9"
 
@@ -45,7 +47,7 @@ const (
 // one log line per state change, and that every metric the alert rules and
 // the dashboard query is one keyfence really exports.
 func TestOperations(t *testing.T) {
-	chromium := chromiumPath(t)
+	chromium := browsertest.Chromium(t)
 	up := redistest.StartT(t, redistest.Options{Args: []string{"--maxmemory", "64mb"}})
 	rcv := otlptest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -104,7 +106,7 @@ func TestOperations(t *testing.T) {
 	})
 
 	shots := screenshotDir(t)
-	bctx, stopBrowser := chromedpContext(t, ctx, chromium)
+	bctx, stopBrowser := browsertest.Start(t, ctx, chromium)
 	defer stopBrowser()
 
 	t.Run("status page under load", func(t *testing.T) {
@@ -516,36 +518,6 @@ func ruleExprs(t *testing.T) []string {
 		t.Fatalf("found %d rule expressions", len(out))
 	}
 	return out
-}
-
-// chromiumPath finds Debian's chromium or fails with the install hint: the
-// status page's test must not skip silently.
-func chromiumPath(t *testing.T) string {
-	t.Helper()
-	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	t.Fatal("chromium is not installed; the status page is tested in it, headless. Install it with scripts/install-test-deps.sh " +
-		"(Debian: apt-get install chromium), or run `make test`, which does")
-	return ""
-}
-
-func chromedpContext(t *testing.T, ctx context.Context, chromium string) (context.Context, func()) {
-	t.Helper()
-	opts := append(slices.Clone(chromedp.DefaultExecAllocatorOptions[:]), chromedp.ExecPath(chromium),
-		chromedp.NoSandbox, // as root (CI) Chromium refuses its sandbox
-		chromedp.Flag("disable-gpu", true), chromedp.Flag("disable-dev-shm-usage", true), chromedp.WindowSize(1400, 1050),
-		chromedp.UserDataDir(t.TempDir()))
-	actx, cancelAlloc := chromedp.NewExecAllocator(ctx, opts...)
-	bctx, cancelBrowser := chromedp.NewContext(actx)
-	if err := chromedp.Do(bctx); err != nil { // starts the browser
-		cancelBrowser()
-		cancelAlloc()
-		t.Fatalf("starting chromium: %v", err)
-	}
-	return bctx, func() { cancelBrowser(); cancelAlloc() }
 }
 
 // pageState is what a person reads off the status page.
