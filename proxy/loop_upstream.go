@@ -212,9 +212,8 @@ func (l *eventLoop) failUpstream(up *loopUpstream, err error) {
 	fifo := up.fifo[up.head:]
 	up.fifo, up.head = nil, 0
 	up.out, up.in = up.out[:0], up.in[:0]
-	retry := upstream.IsTimeout(err)
 	for _, lc := range fifo {
-		if s := lc.s; retry && s.b.ReadOnly && lc.retries < readRetries {
+		if s := lc.s; lc.retries < readRetries && upstream.MayRetry(s.b, err) {
 			lc.retries++
 			s.b.Reset(s.nreq)
 			l.send(up, lc)

@@ -38,6 +38,11 @@ func IsTimeout(err error) bool {
 	return errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }
 
+// MayRetry says whether batch b, which failed with err, may be sent again:
+// only a batch of reads (b.ReadOnly) that timed out. A batch with a write
+// may have been applied.
+func MayRetry(b *Batch, err error) bool { return b.ReadOnly && IsTimeout(err) }
+
 // RetryReads is a RoundTripper that sends a batch of reads only (b.ReadOnly)
 // again when it timed out, after a short backoff (retry × Backoff): reads
 // change nothing, so a copy that did reach Redis does no harm. A batch with
@@ -51,7 +56,7 @@ type RetryReads struct {
 // RoundTrip implements RoundTripper.
 func (r *RetryReads) RoundTrip(ctx context.Context, b *Batch, req []byte, n int) error {
 	err := r.Next.RoundTrip(ctx, b, req, n)
-	for retry := 1; retry <= r.Retries && b.ReadOnly && IsTimeout(err); retry++ {
+	for retry := 1; retry <= r.Retries && MayRetry(b, err); retry++ {
 		t := time.NewTimer(time.Duration(retry) * r.Backoff)
 		select {
 		case <-ctx.Done():
