@@ -45,17 +45,20 @@
 // of the protocol:
 //
 //   - before sending a cacheable read: mark, want := cache.WantRead(...);
-//     when wanted, a PTTL of each key goes with it
+//     when wanted, have Redis track the read's keys for the invalidation
+//     connection (CLIENT TRACKING ON REDIRECT <id> OPTIN, CLIENT CACHING
+//     YES just before it) and send a PTTL of each key after it
 //   - before sending a batch: since := cache.Stamp()
-//   - on its reply: cache.Store(since, ns, db, req, KeysOf(cmd, args), reply, keyTTL),
-//     then cache.Filled(mark)
+//   - on its reply, when the tracking commands succeeded: cache.Store(since,
+//     ns, db, req, KeysOf(cmd, args), reply, keyTTL), then cache.Filled(mark)
 //   - before sending a batch's writes, whatever becomes of them (a write that
 //     failed after it was sent may still have been applied):
 //     cache.InvalidateKeys(the keys written); writes never fill
-//   - for the keys of a CLIENT TRACKING (BCAST) invalidation message:
-//     cache.InvalidateKeys(keys); for a message with a null key list (FLUSHALL,
-//     FLUSHDB upstream) and whenever the tracking connection is
-//     re-established (messages may have been lost): cache.InvalidateAll()
+//   - for the keys of an invalidation message: cache.InvalidateKeys(keys);
+//     for a message with a null key list (FLUSHALL, FLUSHDB upstream) and
+//     whenever tracking may have lapsed (the invalidation connection came
+//     back, or a connection that registered reads was lost: Redis forgets
+//     what it tracked for it): cache.InvalidateAll()
 //   - while the breaker is open, or when a read failed on a connection
 //     error: cache.Lookup(ns, db, req), and [ErrMiss] on a miss
 //

@@ -57,8 +57,10 @@ var ownCommands = []struct{ name, why string }{
 	{"fcall", "EVAL, EVALSHA, SCRIPT LOAD and FCALL run and load scripts and the tenant's functions through the sandbox library; FUNCTION LOAD, DELETE, RESTORE and LIST are its registry operations on the tenant's function store"},
 	{"fcall_ro", "EVAL_RO, EVALSHA_RO and FCALL_RO run through the sandbox library"},
 	// The read cache (--fallback) stays coherent through tracking of the
-	// tenant's prefix.
-	{"client|tracking", "CLIENT TRACKING ON BCAST PREFIX <prefix> on the cache's invalidation connection"},
+	// keys it caches, redirected to one invalidation connection.
+	{"client|id", "the read cache's invalidation connection learns its id, which filled reads redirect to"},
+	{"client|tracking", "CLIENT TRACKING ON REDIRECT <id> OPTIN before a read that fills the read cache"},
+	{"client|caching", "CLIENT CACHING YES: the filled read's keys are tracked"},
 	// Redis Cluster (--redis-cluster-nodes).
 	{"cluster|slots", "the slot map"},
 	{"asking", "following an ASK redirection"},

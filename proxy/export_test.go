@@ -17,3 +17,12 @@ func (s *Server) CachedRESP3(db int, req []byte) ([]byte, bool) {
 	}
 	return s.res.cache.Lookup(s.res.ns3, db, req)
 }
+
+// TrackingID is the CLIENT ID of the read cache's tracking connection, 0
+// while there is none.
+func (s *Server) TrackingID() int64 {
+	if s.res == nil {
+		return 0
+	}
+	return s.res.trackID.Load()
+}

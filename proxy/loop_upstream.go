@@ -36,6 +36,7 @@ type loopUpstream struct {
 	in      []byte // replies read, not yet complete
 	fifo    []*loopConn
 	head    int
+	tracks  bool // fd carried a batch with upstream.Batch.Tracks
 }
 
 // send queues lc's batch for up's next write.
@@ -46,6 +47,7 @@ func (l *eventLoop) send(up *loopUpstream, lc *loopConn) {
 	}
 	up.out = append(up.out, lc.s.req...)
 	up.fifo = append(up.fifo, lc)
+	up.tracks = up.tracks || lc.s.b.Tracks
 	if up.fd < 0 && !up.dialing {
 		l.dial(up)
 	}
@@ -162,7 +164,7 @@ func (l *eventLoop) takeReplies(up *loopUpstream) bool {
 	p := 0
 	for p < len(up.in) {
 		n, err := resp.ReplyLen(up.in[p:])
-		if err == nil && n > 0 && up.head == len(up.fifo) {
+		if err == nil && n > 0 && up.head == len(up.fifo) && !upstream.IsRedirectBroken(up.in[p:p+n]) {
 			err = errors.New("a reply nobody asked for")
 		}
 		if err != nil {
@@ -171,6 +173,10 @@ func (l *eventLoop) takeReplies(up *loopUpstream) bool {
 		}
 		if n == 0 {
 			break
+		}
+		if upstream.IsRedirectBroken(up.in[p : p+n]) {
+			p += n // not a reply: see upstream.IsRedirectBroken
+			continue
 		}
 		lc := up.fifo[up.head]
 		lc.s.b.Add(up.in[p : p+n])
@@ -225,6 +231,12 @@ func (l *eventLoop) failUpstream(up *loopUpstream, err error) {
 }
 
 func (l *eventLoop) closeUpstream(up *loopUpstream) {
+	if up.tracks && up.fd >= 0 {
+		if lost := l.srv.cfg.Upstream.TrackingLost; lost != nil {
+			lost()
+		}
+	}
+	up.tracks = false
 	if up.fd >= 0 {
 		_ = unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, up.fd, nil)
 		unix.Close(up.fd)

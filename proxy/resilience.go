@@ -3,7 +3,9 @@ package proxy
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/keyfence/keyfence/fallback"
@@ -29,6 +31,12 @@ type resilience struct {
 	// opened wakes the recovery probe (probe.go) when the breaker opens.
 	opened      chan struct{}
 	openTimeout time.Duration
+	// trackID is the CLIENT ID of the tracking connection, which fills
+	// redirect their keys' invalidations to; 0 while there is none.
+	trackID atomic.Int64
+	// dropTracking ends the current tracking connection (see
+	// Server.trackingLost); nil while there is none.
+	dropTracking atomic.Pointer[context.CancelFunc]
 }
 
 func newResilience(cfg fallback.Config, prefix string, withCache bool, log func(from, to fallback.State)) (*resilience, error) {
@@ -142,18 +150,32 @@ func (s *session) sampleRead() bool {
 // maxTTLKeys bounds the PTTLs sent beside one cacheable read.
 const maxTTLKeys = 16
 
-// askKeyTTLs follows a cacheable read with a PTTL of each of its keys, so
-// that its cache entry never outlives a key (a reply alone does not say
-// when its key expires). The PTTLs' replies are not shown to the client.
-// Only a read the cache wants is filled (Cache.WantRead: seen before, and
-// not filled since its keys last changed), so that on most reads the
-// fallback costs two hashes rather than a second command upstream. args
-// are the client's arguments of the read.
+// askKeyTTLs makes the read just added to the batch (its last slot) fill
+// the cache, when the cache wants it (Cache.WantRead: seen before, and not
+// filled since its keys last changed), so that on most reads the fallback
+// costs two hashes rather than more commands upstream. A filled read goes
+//
+//	CLIENT TRACKING ON REDIRECT <tracking connection> OPTIN
+//	CLIENT CACHING YES
+//	<the read>
+//	PTTL <key>            (one per key)
+//
+// The first two make Redis remember the read's keys and tell the tracking
+// connection when any client changes one; only the keys keyfence caches are
+// tracked, so writes to the others cost Redis nothing (BCAST tracking of
+// the whole prefix cost every write a message). The PTTLs keep the entry
+// from outliving a key (a reply alone does not say when its key expires).
+// None of their replies is shown to the client. args are the client's
+// arguments of the read.
 func (s *session) askKeyTTLs(args [][]byte) {
 	i := len(s.slots) - 1
 	sl := s.slots[i]
 	if sl.name == "" || len(args) < 2 || !s.sampleRead() {
 		return
+	}
+	id := s.srv.res.trackID.Load()
+	if id == 0 {
+		return // no tracking connection: an entry would not hear of changes
 	}
 	mark, want := s.srv.res.cache.WantRead(s.cacheNS(), s.db, sl.name, args[1:], s.readAt)
 	if !want {
@@ -163,17 +185,39 @@ func (s *session) askKeyTTLs(args [][]byte) {
 	if !ok {
 		return
 	}
-	keys := fallback.KeysOf(sl.name, rargs[1:])
-	if len(keys) == 0 || len(keys) > maxTTLKeys {
+	if n := len(fallback.KeysOf(sl.name, rargs[1:])); n == 0 || n > maxTTLKeys {
 		return
 	}
+	// CLIENT CACHING YES holds for the next command only: the read moves
+	// behind it.
+	sc := &s.cacheScratch
+	sc.id = strconv.AppendInt(sc.id[:0], id, 10)
+	sc.read = append(sc.read[:0], s.req[sl.from:sl.to]...)
+	s.req = resp.AppendCommand(s.req[:sl.from], []byte("CLIENT"), []byte("TRACKING"), []byte("ON"), []byte("REDIRECT"), sc.id, []byte("OPTIN"))
+	s.req = resp.AppendCommand(s.req, []byte("CLIENT"), []byte("CACHING"), []byte("YES"))
+	sl.from = len(s.req)
+	s.req = append(s.req, sc.read...)
+	sl.to = len(s.req)
+	s.nreq += 2
+	s.slots[i] = slot{name: "client|tracking", upstream: true, hidden: true, readonly: true}
+	s.slots = append(s.slots, slot{name: "client|caching", upstream: true, hidden: true, readonly: true}, sl)
+	_, rargs, _ = s.cacheRequest(sl) // where the read is now
+	keys := fallback.KeysOf(sl.name, rargs[1:])
 	for _, k := range keys {
 		s.req = resp.AppendCommand(s.req, []byte("PTTL"), k)
 		s.nreq++
 		s.slots = append(s.slots, slot{name: "pttl", upstream: true, hidden: true, readonly: true})
 	}
-	s.slots[i].ttls = len(keys)
-	s.slots[i].mark = mark
+	s.slots[i+2].ttls, s.slots[i+2].mark, s.slots[i+2].trackID = len(keys), mark, id
+	sc.tracks = true
+}
+
+// tracked says the two hidden commands before the read whose reply is the
+// i-th (askKeyTTLs) succeeded, and that id is still the tracking
+// connection: only then will a change of the read's keys reach the cache.
+func (s *session) tracked(i int, id int64) bool {
+	ok := func(r []byte) bool { return len(r) > 0 && r[0] == '+' }
+	return i >= 2 && ok(s.b.Reply(i-2)) && ok(s.b.Reply(i-1)) && s.srv.res.trackID.Load() == id
 }
 
 // keyTTL reads the hidden PTTL replies starting at reply index first and
@@ -238,18 +282,23 @@ func (s *session) fallbackReply(sl slot, errText string) {
 	s.out = resp.AppendError(s.out, errText)
 }
 
-// track keeps a CLIENT TRACKING BCAST connection open for the tenant's
-// prefix while ctx lives: every invalidation it receives drops the cache
-// entries of those keys. When the connection comes back after a loss, every
-// entry is dropped, since invalidations may have been missed meanwhile; not
-// when it is lost, because that is when an outage begins and the entries
-// are what the fallback serves (each still bounded by its TTL). It retries
-// with min(attempt × 100 ms, 3 s) between attempts.
+// track keeps open the connection that the read cache's invalidations
+// are redirected to while ctx lives: filled reads register their keys with
+// it (askKeyTTLs), and every invalidation it receives drops the cache
+// entries of those keys. When it comes back after a loss, every entry is
+// dropped, since invalidations may have been missed meanwhile; not when it
+// is lost, because that is when an outage begins and the entries are what
+// the fallback serves (each still bounded by its TTL). It retries with
+// min(attempt × 100 ms, 3 s) between attempts.
 func (s *Server) track(ctx context.Context) {
 	r := s.res
 	attempt, lost := 0, false
 	for ctx.Err() == nil {
-		err := s.trackOnce(ctx, func() {
+		err := s.trackOnce(ctx, func(id int64) {
+			// The new id first: a fill registered with the old one and
+			// stored after this is refused (session.tracked); one stored
+			// before it is dropped by InvalidateAll.
+			r.trackID.Store(id)
 			if lost {
 				r.cache.InvalidateAll()
 			}
@@ -270,7 +319,23 @@ func (s *Server) track(ctx context.Context) {
 	}
 }
 
-func (s *Server) trackOnce(ctx context.Context, connected func()) error {
+// trackingLost is upstream.Config.TrackingLost: a shared connection that
+// registered reads for tracking is gone, and Redis with it forgets their
+// keys, so their changes will never be announced. It ends the tracking
+// connection, whose return (when upstream is there) drops every entry, as
+// after any loss of invalidations. It never blocks.
+func (s *Server) trackingLost() {
+	r := s.res
+	r.trackID.Store(0)
+	if drop := r.dropTracking.Load(); drop != nil {
+		(*drop)()
+	}
+}
+
+func (s *Server) trackOnce(ctx context.Context, connected func(id int64)) error {
+	r := s.res
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	nc, err := upstream.Dial(ctx, &s.cfg.Upstream, upstream.Key{DB: s.cfg.Upstream.DB, RESP3: true})
 	if err != nil {
 		return err
@@ -278,32 +343,40 @@ func (s *Server) trackOnce(ctx context.Context, connected func()) error {
 	defer nc.Close()
 	stop := context.AfterFunc(ctx, func() { nc.Close() })
 	defer stop()
-	req := resp.AppendCommand(nil, []byte("CLIENT"), []byte("TRACKING"), []byte("ON"), []byte("BCAST"), []byte("PREFIX"), []byte(s.prefix))
-	if _, err := nc.Write(req); err != nil {
+	// The connection tracks nothing itself: fills name it in their CLIENT
+	// TRACKING … REDIRECT, and a RESP3 connection gets their invalidations
+	// as push messages.
+	if _, err := nc.Write(resp.AppendCommand(nil, []byte("CLIENT"), []byte("ID"))); err != nil {
 		return err
 	}
 	rd := upstream.NewReplyReader(4 << 10)
-	confirmed := false
+	var id int64
+	defer func() {
+		r.trackID.CompareAndSwap(id, 0)
+		r.dropTracking.CompareAndSwap(&cancel, nil)
+	}()
 	invalidate := s.invalidator()
 	s.mu.Lock()
 	loop := s.loop
 	s.mu.Unlock()
 	for {
 		err := rd.Read(nc, func(reply []byte) error {
-			if !confirmed {
-				if reply[0] != '+' {
-					return errors.New("CLIENT TRACKING refused: " + strings.TrimRight(string(reply), "\r\n"))
-				}
-				confirmed = true
-				connected()
-				return nil
+			if id != 0 {
+				return invalidate(reply)
 			}
-			return invalidate(reply)
+			v, err := resp.Parse(reply)
+			if err != nil || v.Type != ':' || v.Num <= 0 {
+				return errors.New("CLIENT ID refused: " + strings.TrimRight(string(reply), "\r\n"))
+			}
+			id = v.Num
+			r.dropTracking.Store(&cancel)
+			connected(id)
+			return nil
 		})
 		if err != nil {
 			return err
 		}
-		if confirmed && loop != nil && rd.Buffered() == 0 {
+		if id != 0 && loop != nil && rd.Buffered() == 0 {
 			// The event loop reads the invalidations from here: woken
 			// for each, this goroutine would wake the runtime's poller
 			// and take a core from the loop for every batch of writes.

@@ -253,6 +253,9 @@ func newServer(cfg Config, h *hub) (*Server, error) {
 			return nil, fmt.Errorf("fallback: %w", err)
 		}
 		srv.res = res
+		if res.cache != nil {
+			srv.cfg.Upstream.TrackingLost = srv.trackingLost
+		}
 	}
 	return srv, nil
 }

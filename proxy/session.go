@@ -100,6 +100,9 @@ type session struct {
 		writtenEnds   []int
 		writtenKeys   [][]byte
 		invalidateAll bool
+		read          []byte // a read being moved behind its tracking (askKeyTTLs)
+		id            []byte // the tracking connection's id, in decimal
+		tracks        bool   // the batch turns on tracking: upstream.Batch.Tracks
 	}
 	readAt      time.Time        // when the batch's bytes were read, for latency
 	lastCounter lastCounter      // INFO commandstats' counters of the last command (info.go)
@@ -170,6 +173,7 @@ type slot struct {
 	fn       string            // FCALL*: the function's name, as registered
 	adjust   int64             // PUBLISH: added to upstream's count (Server.publishDelta)
 	mark     fallback.ReadMark // a cacheable read being filled: see askKeyTTLs
+	trackID  int64             // and the tracking connection its keys' changes go to
 	from, to int               // local reply bytes, or a script's request bytes
 }
 
@@ -549,6 +553,7 @@ func (s *session) beginSend() (t0 time.Time) {
 		s.invalidateWritten() // before the stamp: the batch's own reads come after its writes
 		s.cacheScratch.since = res.cache.Stamp()
 	}
+	s.b.Tracks, s.cacheScratch.tracks = s.cacheScratch.tracks, false
 	if s.pinned != nil {
 		s.srv.pinnedCommands.Add(int64(s.nreq))
 	}
@@ -635,10 +640,9 @@ func (s *session) stripReplies(ctx context.Context, err error) {
 			default:
 				reply = adjustCount(reply, sl.adjust)
 				s.out = s.rw.AppendReply(s.out, reply, sl.kind)
-				// Writes do not fill: the tracking connection's echo of
-				// keyfence's own write would make the entry stale a moment
-				// later.
-				if guarded && res.cache != nil && sl.ttls > 0 {
+				// Only a read askKeyTTLs chose fills, once Redis has
+				// agreed to tell the tracking connection of its keys' changes.
+				if guarded && res.cache != nil && sl.ttls > 0 && s.tracked(next-1, sl.trackID) {
 					if ttl, ok := s.keyTTL(next, sl.ttls); ok {
 						s.fillFromReply(sl, reply, ttl)
 					}

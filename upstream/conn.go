@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -27,6 +28,10 @@ type Batch struct {
 	// ReadOnly says every command of the batch is a read, which RetryReads
 	// may send again; set by the caller.
 	ReadOnly bool
+	// Tracks says the batch turns on client-side caching on its connection
+	// (CLIENT TRACKING … REDIRECT): losing that connection is reported to
+	// Config.TrackingLost. Set by the caller.
+	Tracks bool
 
 	want     int
 	Limit    int
@@ -122,6 +127,7 @@ type Conn struct {
 	closed  bool
 	dials   uint64 // connections dialled so far: a new one may be a new server
 	sent    uint64 // batches ever submitted, to tell an idle connection
+	tracks  bool   // nc carried a Batch with Tracks
 
 	payload payloadCheck // does the server behind nc sanitize RESTORE payloads (restore.go)
 }
@@ -189,6 +195,7 @@ func (c *Conn) submit(ctx context.Context, b *Batch, req []byte) error {
 		}
 		if err != nil {
 			c.failQueuedLocked(err)
+			c.tracks = false // what was queued for it never went
 			c.mu.Unlock()
 			return err
 		}
@@ -202,6 +209,7 @@ func (c *Conn) submit(ctx context.Context, b *Batch, req []byte) error {
 	c.wbuf = append(c.wbuf, req...)
 	c.pending = append(c.pending, b)
 	c.sent++
+	c.tracks = c.tracks || b.Tracks
 	if c.nc != nil {
 		// Signal under the lock: failLocked closes the channel, and a send
 		// on a closed channel panics. The send never blocks (default case).
@@ -254,6 +262,9 @@ func (c *Conn) readLoop(nc net.Conn) {
 	var cur *Batch
 	for {
 		err := rd.Read(nc, func(reply []byte) error {
+			if IsRedirectBroken(reply) {
+				return nil // not a reply: see IsRedirectBroken
+			}
 			if cur == nil {
 				c.mu.Lock()
 				if c.nc != nc {
@@ -292,6 +303,19 @@ func (c *Conn) readLoop(nc net.Conn) {
 			return
 		}
 	}
+}
+
+// redirectBroken is how a RESP3 push that Redis sends on a connection in
+// CLIENT TRACKING … REDIRECT mode begins, when a key it tracked changed
+// and the connection it redirects to is gone.
+var redirectBroken = []byte(">2\r\n$21\r\ntracking-redir-broken\r\n")
+
+// IsRedirectBroken says reply is that push: the shared connections that
+// fill the read cache get it once its tracking connection is lost. It
+// answers no request, so a reader of a shared connection drops it;
+// the loss itself is handled by whoever keeps the tracking connection.
+func IsRedirectBroken(reply []byte) bool {
+	return len(reply) > 0 && reply[0] == '>' && bytes.HasPrefix(reply, redirectBroken)
 }
 
 // ReplyReader reads an upstream connection into one buffer and hands out
@@ -369,6 +393,12 @@ func (c *Conn) failLocked(nc net.Conn, err error) {
 	close(c.wake)
 	c.wake = nil
 	c.failQueuedLocked(err)
+	if c.tracks {
+		c.tracks = false
+		if c.cfg.TrackingLost != nil {
+			c.cfg.TrackingLost()
+		}
+	}
 }
 
 // failQueuedLocked fails the batches queued while a dial that failed was

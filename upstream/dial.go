@@ -36,6 +36,11 @@ type Config struct {
 	// sanitize-dump-payload upstream (CONFIG GET refused): the operator
 	// vouches that it is yes. An upstream that says no is never trusted.
 	AssumeRestoreSanitized bool
+	// TrackingLost, when set, is called when a connection that carried a
+	// Batch with Tracks is lost: Redis forgets the keys that connection
+	// read under client-side caching, so their invalidations will never
+	// come. It is called with the connection's lock held and must not block.
+	TrackingLost func()
 }
 
 // Key identifies what an upstream connection has been set up for: the
