@@ -22,6 +22,7 @@ import (
 type admission struct {
 	seed   maphash.Seed
 	keys   []atomic.Uint64 // the cache's key slots
+	held   []atomic.Uint64 // and their held bits (Cache.held)
 	reqs   []atomic.Uint64
 	all    atomic.Uint32 // bumped by InvalidateAll
 	period time.Duration // a filled read is filled again after this long, so that entries do not run out
@@ -38,8 +39,8 @@ const (
 	admFilled = 2
 )
 
-func newAdmission(seed maphash.Seed, keys []atomic.Uint64, period time.Duration) *admission {
-	return &admission{seed: seed, keys: keys, reqs: make([]atomic.Uint64, len(keys)), period: max(period, time.Second)}
+func newAdmission(seed maphash.Seed, keys, held []atomic.Uint64, period time.Duration) *admission {
+	return &admission{seed: seed, keys: keys, held: held, reqs: make([]atomic.Uint64, len(keys)), period: max(period, time.Second)}
 }
 
 // keyHash hashes an upstream key name given as prefix and the client's key.
@@ -53,9 +54,11 @@ func (a *admission) keyHash(prefix string, key []byte) uint64 {
 
 // want reports whether the read of command with args (the client's, keys
 // without prefix) by namespace ns in db should be filled, and the mark to
-// give Filled when it was. now is the caller's clock reading (one per batch
-// will do: the clock only ages entries, in periods of seconds).
-func (a *admission) want(ns string, db int, command string, args [][]byte, keys [][]byte, now time.Time) (ReadMark, bool) {
+// give Filled when it was; prefix makes its keys upstream names. now is the
+// caller's clock reading (one per batch will do: the clock only ages
+// entries, in periods of seconds). A read it wants has its keys' slots
+// held from then on.
+func (a *admission) want(ns, prefix string, db int, command string, args [][]byte, keys [][]byte, now time.Time) (ReadMark, bool) {
 	var h maphash.Hash
 	h.SetSeed(a.seed)
 	h.WriteString(ns)
@@ -70,8 +73,13 @@ func (a *admission) want(ns string, db int, command string, args [][]byte, keys 
 	}
 	hr := h.Sum64()
 	epoch := a.all.Load()*0x9E3779B1 ^ uint32(now.UnixNano()/int64(a.period))*0x85EBCA6B
-	for _, k := range keys {
-		epoch += uint32(a.keys[a.keyHash(ns, k)&uint64(len(a.keys)-1)].Load())
+	var idx [maxHeldKeys]uint32
+	for i, k := range keys {
+		j := uint32(a.keyHash(prefix, k) & uint64(len(a.keys)-1))
+		epoch += uint32(a.keys[j].Load())
+		if i < len(idx) {
+			idx[i] = j
+		}
 	}
 	tag := uint64(hr>>48) << 48
 	slot := uint32(hr & uint64(len(a.reqs)-1))
@@ -80,6 +88,12 @@ func (a *admission) want(ns string, db int, command string, args [][]byte, keys 
 	case base | admFilled:
 		return ReadMark{}, false
 	case base | admSeen:
+		if len(keys) > maxHeldKeys {
+			return ReadMark{}, false // not worth a fill
+		}
+		for _, j := range idx[:len(keys)] {
+			hold(a.held, j)
+		}
 		return ReadMark{slot: slot, state: base | admFilled}, true
 	}
 	a.reqs[slot].Store(base | admSeen)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -77,8 +78,10 @@ func getReq(key string) []byte { return AppendRequest(nil, "GET", bs(key)) }
 
 func bulk(s string) []byte { return resp.AppendBulk(nil, []byte(s)) }
 
-// store is Store with a stamp taken now, as for a read that just came back.
+// store is Store with its keys held and a stamp taken now, as for a read
+// that just came back.
 func store(c *Cache, ns string, db int, req []byte, keys [][]byte, reply []byte, keyTTL time.Duration) bool {
+	c.Hold(keys)
 	return c.Store(c.Stamp(), ns, db, req, keys, reply, keyTTL)
 }
 
@@ -261,6 +264,7 @@ func TestStaleReplyRefused(t *testing.T) {
 	c, _ := newTestCache(t, 30*time.Second, 1<<20)
 	key, req := "tenant:a:k", getReq("tenant:a:k")
 
+	c.Hold(bs(key))
 	since := c.Stamp()        // the read is sent...
 	c.Invalidate([]byte(key)) // ...a write is acknowledged meanwhile...
 	if c.Store(since, "a", 0, req, bs(key), bulk("old"), 0) {
@@ -371,6 +375,7 @@ func TestConcurrentStoreInvalidate(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := range n {
+				c.Hold([][]byte{key})
 				since := c.Stamp()
 				v := truth.Load() // the read reaches upstream
 				if i%3 == 0 {
@@ -465,6 +470,7 @@ func TestSharedKeySlots(t *testing.T) {
 	lookupOK(t, c, "a", 0, getReq(x), bulk("x"))
 	c.Invalidate([]byte(y))
 	lookupMiss(t, c, "a", 0, getReq(x))
+	c.Hold(bs(x))
 	since := c.Stamp()
 	c.Invalidate([]byte(y))
 	if c.Store(since, "a", 0, getReq(x), bs(x), bulk("x"), 0) {
@@ -507,7 +513,8 @@ func ExampleCache() {
 	args := [][]byte{[]byte("tenant:acme:user:1")}
 	req := AppendRequest(nil, "GET", args)
 
-	since := c.Stamp() // before the read goes upstream
+	c.Hold(KeysOf("GET", args)) // the read is wanted (WantRead holds its keys)
+	since := c.Stamp()          // before the read goes upstream
 	reply := []byte("$5\r\nalice\r\n")
 	c.Store(since, "tenant:acme:", 0, req, KeysOf("GET", args), reply, 0)
 
@@ -523,11 +530,13 @@ func ExampleCache() {
 
 // WantRead admits a read from its second sighting, not while its entry is
 // current, and again once one of its keys changed or everything was
-// invalidated; each tenant and database is apart.
+// invalidated; each tenant and database is apart, and a namespace that is
+// a variant of the prefix (RESP3 entries) hears of its keys' changes too.
 func TestWantRead(t *testing.T) {
 	c, clock := newTestCache(t, 30*time.Second, 1<<20)
 	get := func(ns string, db int, key string) (ReadMark, bool) {
-		return c.WantRead(ns, db, "get", bs(key), c.now())
+		prefix, _, _ := strings.Cut(ns, "|")
+		return c.WantRead(ns, prefix, db, "get", bs(key), c.now())
 	}
 	steps := []struct {
 		name   string
@@ -550,7 +559,12 @@ func TestWantRead(t *testing.T) {
 		{name: "everything invalidated", before: c.InvalidateAll, ns: "tenant:a:", key: "k", want: false},
 		{name: "everything invalidated: then filled", ns: "tenant:a:", key: "k", want: true, fill: true},
 		{name: "entries age out: refilled after half the TTL", before: func() { clock.Advance(16 * time.Second) }, ns: "tenant:a:", key: "k", want: false},
-		{name: "aged out: then filled", ns: "tenant:a:", key: "k", want: true},
+		{name: "aged out: then filled", ns: "tenant:a:", key: "k", want: true, fill: true},
+		{name: "RESP3 entries: first sighting", ns: "tenant:a:|3", key: "k", want: false},
+		{name: "RESP3 entries: second sighting", ns: "tenant:a:|3", key: "k", want: true, fill: true},
+		{name: "RESP3 entries: filled and current", ns: "tenant:a:|3", key: "k", want: false},
+		{name: "RESP3 entries: key changed", before: func() { c.Invalidate([]byte("tenant:a:k")) }, ns: "tenant:a:|3", key: "k", want: false},
+		{name: "RESP3 entries: key changed, then filled", ns: "tenant:a:|3", key: "k", want: true},
 	}
 	for _, st := range steps {
 		if st.before != nil {
@@ -564,7 +578,44 @@ func TestWantRead(t *testing.T) {
 			c.Filled(mark)
 		}
 	}
-	if _, want := c.WantRead("tenant:a:", 0, "scan", bs("0"), c.now()); want {
+	if _, want := c.WantRead("tenant:a:", "tenant:a:", 0, "scan", bs("0"), c.now()); want {
 		t.Error("WantRead admitted a read that is not cacheable")
+	}
+}
+
+// Only slots held (a read of one of their keys was wanted) are raised: an
+// invalidation of any other key leaves the slot array alone, and an entry
+// whose keys were not held before its stamp is never stored, since an
+// invalidation meanwhile may have been skipped.
+func TestInvalidationSkipsSlotsNotHeld(t *testing.T) {
+	c, _ := newTestCache(t, 30*time.Second, 1<<20)
+	held, other := []byte("tenant:a:held"), []byte("tenant:a:other")
+	for i := 0; c.slotIndex(other) == c.slotIndex(held); i++ {
+		other = fmt.Appendf(nil, "tenant:a:other%d", i) // not in held's slot
+	}
+	if _, want := c.WantRead("tenant:a:", "tenant:a:", 0, "get", bs("held"), c.now()); want {
+		t.Fatal("wanted on the first sighting")
+	}
+	if c.isHeld(c.slotIndex(held)) {
+		t.Fatal("a read not wanted held its key")
+	}
+	mark, want := c.WantRead("tenant:a:", "tenant:a:", 0, "get", bs("held"), c.now())
+	if !want || !c.isHeld(c.slotIndex(held)) {
+		t.Fatalf("second sighting: want %v, held %v", want, c.isHeld(c.slotIndex(held)))
+	}
+	since := c.Stamp()
+	c.InvalidateKeys([][]byte{other})
+	if c.isHeld(c.slotIndex(other)) || c.slots[c.slotIndex(other)].Load() != 0 {
+		t.Fatal("a key never held was held or raised")
+	}
+	if !c.Store(since, "tenant:a:", 0, getReq(string(held)), [][]byte{held}, bulk("v"), 0) {
+		t.Fatal("Store of a held key refused")
+	}
+	c.Filled(mark)
+	c.InvalidateKeys([][]byte{other, held})
+	lookupMiss(t, c, "tenant:a:", 0, getReq(string(held)))
+
+	if c.Store(c.Stamp(), "tenant:a:", 0, getReq(string(other)), [][]byte{other}, bulk("v"), 0) {
+		t.Fatal("Store of a key never held accepted")
 	}
 }

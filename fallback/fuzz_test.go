@@ -154,6 +154,11 @@ func runCacheModel(t *testing.T, ops []byte) (hits int) {
 	for i := 0; i+1 < len(ops); i += 2 {
 		op, arg := ops[i]%11, ops[i+1]
 		tg := target(arg)
+		if (op == 0 || op == 1) && arg&0x40 == 0 {
+			// A wanted read has its keys held before its stamp (WantRead);
+			// one that was not (arg's bit 0x40) must never be stored.
+			c.Hold(tg.keys())
+		}
 		switch op {
 		case 0: // a read comes back at once
 			storeRead(pendingRead{tg, c.Stamp(), m.read(tg)}, time.Duration(arg%3)*time.Second)

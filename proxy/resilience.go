@@ -147,9 +147,6 @@ func (s *session) sampleRead() bool {
 	return x%uint32(s.srv.cfg.FallbackSample) == 0
 }
 
-// maxTTLKeys bounds the PTTLs sent beside one cacheable read.
-const maxTTLKeys = 16
-
 // askKeyTTLs makes the read just added to the batch (its last slot) fill
 // the cache, when the cache wants it (Cache.WantRead: seen before, and not
 // filled since its keys last changed), so that on most reads the fallback
@@ -177,7 +174,7 @@ func (s *session) askKeyTTLs(args [][]byte) {
 	if id == 0 {
 		return // no tracking connection: an entry would not hear of changes
 	}
-	mark, want := s.srv.res.cache.WantRead(s.cacheNS(), s.db, sl.name, args[1:], s.readAt)
+	mark, want := s.srv.res.cache.WantRead(s.cacheNS(), s.srv.res.ns, s.db, sl.name, args[1:], s.readAt)
 	if !want {
 		return
 	}
@@ -185,8 +182,8 @@ func (s *session) askKeyTTLs(args [][]byte) {
 	if !ok {
 		return
 	}
-	if n := len(fallback.KeysOf(sl.name, rargs[1:])); n == 0 || n > maxTTLKeys {
-		return
+	if len(fallback.KeysOf(sl.name, rargs[1:])) == 0 {
+		return // WantRead wants no read of more than 16 keys
 	}
 	// CLIENT CACHING YES holds for the next command only: the read moves
 	// behind it.
