@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -134,8 +135,10 @@ func runUpstreamUser(t *testing.T, leastPrivilege bool) {
 		mutate := func(c *Config) {
 			c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 			if id == "aclb" {
-				// b also runs the read cache: its CLIENT TRACKING must pass.
-				c.Fallback, c.FallbackCache = &cache, true
+				// b also runs the read cache: its CLIENT ID, TRACKING and
+				// CACHING must pass. Every read is a sighting, so that the
+				// workload's reads read twice are filled.
+				c.Fallback, c.FallbackCache, c.FallbackSample = &cache, true, 1
 			}
 		}
 		var addr string
@@ -179,6 +182,11 @@ func runUpstreamUser(t *testing.T, leastPrivilege bool) {
 	for _, r := range runs {
 		t.Run(r.id+"/emulated", func(t *testing.T) { aclEmulated(t, r, errs) })
 	}
+	// The read cache's fills registered their keys (aclEmulated reads one
+	// key twice; nothing has written it since).
+	if info, err := up.Client().Info(ctx, "stats").Result(); err != nil || strings.Contains(info, "tracking_total_keys:0\r\n") {
+		t.Errorf("no key tracked for the read cache's fills: %v", err)
+	}
 	a, b := runs["acla"], runs["aclb"]
 	b.eq("FLUSHDB", b.c.FlushDB(ctx).Val(), "OK")
 	b.eq("DBSIZE after FLUSHDB", b.c.DBSize(ctx).Val(), int64(0))
@@ -196,8 +204,20 @@ func runUpstreamUser(t *testing.T, leastPrivilege bool) {
 	for _, e := range errs.other {
 		t.Errorf("unexpected error: %s", e)
 	}
+	// keyfence's own commands, which no client sees the replies of (the
+	// fills' tracking commands), were refused nothing either but the
+	// CONFIG GET of sanitize-dump-payload that it expects to be refused.
+	entries, err := up.Client().Do(ctx, "ACL", "LOG").Slice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if !strings.Contains(fmt.Sprint(e), "object:config|get") {
+			t.Errorf("ACL LOG upstream: %v", e)
+		}
+	}
 	log := logs.String()
-	for _, bad := range []string{"NOPERM", "no permissions", "tracking connection lost", "CLIENT TRACKING refused", "upstream failure"} {
+	for _, bad := range []string{"NOPERM", "no permissions", "tracking connection lost", "CLIENT TRACKING refused", "invalidation connection was refused", "upstream failure"} {
 		if strings.Contains(log, bad) {
 			t.Errorf("keyfence logged %q:\n%s", bad, log)
 		}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -307,7 +308,14 @@ func (s *Server) track(ctx context.Context) {
 		}
 		attempt++
 		delay := min(time.Duration(attempt)*100*time.Millisecond, 3*time.Second)
-		s.log.Debug("cache tracking connection lost; entries dropped", "err", err, "retry_in", delay)
+		if errors.Is(err, errTrackingRefused) && attempt == 1 {
+			// Not an outage: the upstream user lacks a command (an ACL
+			// from before `keyfence acl` granted it). Nothing is cached
+			// until it is granted.
+			s.log.Warn("the read cache's invalidation connection was refused; nothing is cached", "err", err, "retry_in", delay)
+		} else {
+			s.log.Debug("cache tracking connection lost; entries dropped", "err", err, "retry_in", delay)
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -328,6 +336,10 @@ func (s *Server) trackingLost() {
 		(*drop)()
 	}
 }
+
+// errTrackingRefused is upstream refusing the invalidation connection's
+// set-up, as opposed to failing.
+var errTrackingRefused = errors.New("refused")
 
 func (s *Server) trackOnce(ctx context.Context, connected func(id int64)) error {
 	r := s.res
@@ -363,7 +375,7 @@ func (s *Server) trackOnce(ctx context.Context, connected func(id int64)) error 
 			}
 			v, err := resp.Parse(reply)
 			if err != nil || v.Type != ':' || v.Num <= 0 {
-				return errors.New("CLIENT ID refused: " + strings.TrimRight(string(reply), "\r\n"))
+				return fmt.Errorf("%w: CLIENT ID: %s", errTrackingRefused, strings.TrimRight(string(reply), "\r\n"))
 			}
 			id = v.Num
 			r.dropTracking.Store(&cancel)
