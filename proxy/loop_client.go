@@ -72,7 +72,7 @@ func (l *eventLoop) progress(lc *loopConn) {
 		default:
 			return
 		}
-		s.readAt = time.Now()
+		s.readAt = l.now
 		s.srv.stats.reads.Add(1)
 		s.handleBuffered(lc.ctx)
 		l.keepLeftover(lc)
@@ -99,7 +99,7 @@ func (l *eventLoop) readClient(lc *loopConn) bool {
 		}
 		buf = s.rbuf[len(s.rbuf):cap(s.rbuf)]
 	}
-	n, err := unix.Read(lc.fd, buf)
+	n, err := rawRead(lc.fd, buf)
 	switch {
 	case n > 0:
 		if n < len(buf) {
@@ -239,7 +239,7 @@ func (l *eventLoop) writeClient(lc *loopConn) bool {
 		return false
 	}
 	for lc.written < len(s.out) {
-		n, err := unix.Write(lc.fd, s.out[lc.written:])
+		n, err := rawWrite(lc.fd, s.out[lc.written:])
 		if n > 0 {
 			lc.written += n
 			s.srv.stats.netOut.Add(int64(n))

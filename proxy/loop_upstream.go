@@ -43,7 +43,7 @@ type loopUpstream struct {
 func (l *eventLoop) send(up *loopUpstream, lc *loopConn) {
 	lc.up, lc.left = up, lc.s.nreq
 	if l.srv.cfg.Upstream.Timeout > 0 {
-		lc.sentAt = time.Now() // only the timeout reads it
+		lc.sentAt = l.now // only the timeout reads it
 	}
 	up.out = append(up.out, lc.s.req...)
 	up.fifo = append(up.fifo, lc)
@@ -99,7 +99,7 @@ func (l *eventLoop) dialed(d loopDial) {
 // does not take waits for its next edge.
 func (l *eventLoop) writeUpstream(up *loopUpstream) {
 	for up.fd >= 0 && len(up.out) > 0 {
-		n, err := unix.Write(up.fd, up.out)
+		n, err := rawWrite(up.fd, up.out)
 		if n > 0 {
 			up.out = up.out[:copy(up.out, up.out[n:])]
 			continue
@@ -140,7 +140,7 @@ func readSome(fd int, buf *[]byte) (bool, error) {
 		b = append(b, make([]byte, max(loopReadSize, cap(b)))...)[:len(b)]
 	}
 	for {
-		n, err := unix.Read(fd, b[len(b):cap(b)])
+		n, err := rawRead(fd, b[len(b):cap(b)])
 		switch {
 		case n > 0:
 			*buf = b[:len(b)+n]
