@@ -369,10 +369,27 @@ func ParseInt(b []byte) (int64, bool) {
 	return n, true
 }
 
+// appendLength appends n (>= 0), a length or count in a RESP header. Most
+// are under 1,000, and written by hand they skip strconv's general path: it
+// was 4 % of keyfence's CPU under SET at pipeline 16 (three headers a
+// command, each way).
+func appendLength(dst []byte, n int) []byte {
+	switch {
+	case n < 0:
+	case n < 10:
+		return append(dst, byte('0'+n))
+	case n < 100:
+		return append(dst, byte('0'+n/10), byte('0'+n%10))
+	case n < 1000:
+		return append(dst, byte('0'+n/100), byte('0'+n/10%10), byte('0'+n%10))
+	}
+	return strconv.AppendInt(dst, int64(n), 10)
+}
+
 // AppendBulk appends b as a RESP bulk string.
 func AppendBulk(dst, b []byte) []byte {
 	dst = append(dst, '$')
-	dst = strconv.AppendInt(dst, int64(len(b)), 10)
+	dst = appendLength(dst, len(b))
 	dst = append(dst, '\r', '\n')
 	dst = append(dst, b...)
 	return append(dst, '\r', '\n')
@@ -381,7 +398,7 @@ func AppendBulk(dst, b []byte) []byte {
 // AppendPrefixedBulk appends prefix+b as one RESP bulk string.
 func AppendPrefixedBulk(dst, prefix, b []byte) []byte {
 	dst = append(dst, '$')
-	dst = strconv.AppendInt(dst, int64(len(prefix)+len(b)), 10)
+	dst = appendLength(dst, len(prefix)+len(b))
 	dst = append(dst, '\r', '\n')
 	dst = append(dst, prefix...)
 	dst = append(dst, b...)
@@ -391,7 +408,7 @@ func AppendPrefixedBulk(dst, prefix, b []byte) []byte {
 // AppendArrayHeader appends a RESP array header of n elements.
 func AppendArrayHeader(dst []byte, n int) []byte {
 	dst = append(dst, '*')
-	dst = strconv.AppendInt(dst, int64(n), 10)
+	dst = appendLength(dst, n)
 	return append(dst, '\r', '\n')
 }
 

@@ -683,3 +683,15 @@ func TestParseCommandUnauthenticated(t *testing.T) {
 		}
 	}
 }
+
+// appendLength writes what strconv does, on both sides of each of its
+// hand-written ranges (negative counts go to strconv: AppendArrayHeader(-1)
+// is a null array).
+func TestAppendLength(t *testing.T) {
+	for _, n := range []int{-1, 0, 1, 9, 10, 11, 42, 99, 100, 101, 512, 999, 1000, 1001, 65536, 1 << 40} {
+		got := string(appendLength([]byte("x"), n))
+		if want := "x" + strconv.Itoa(n); got != want {
+			t.Errorf("appendLength(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
