@@ -218,9 +218,12 @@ func (c *Cache) newEntry(ns string, db int, req []byte, keys [][]byte, reply []b
 // upstream names; now is a recent clock reading (one per batch). Call it
 // before sending the read, so that a read not wanted costs nothing more,
 // and give the mark to Filled once the reply was stored. The keys of a read
-// it wants are held (see Hold).
+// it wants are held (see Hold). Fills are bounded per second (fillBudget).
 func (c *Cache) WantRead(ns, prefix string, db int, command string, args [][]byte, now time.Time) (ReadMark, bool) {
 	if c == nil {
+		return ReadMark{}, false
+	}
+	if !c.adm.budget.open(now) {
 		return ReadMark{}, false
 	}
 	keys := KeysOf(command, args)
