@@ -35,10 +35,16 @@ func startCached(t *testing.T, tenant string, goroutines bool) (*redistest.Serve
 	return srv, addr, kf
 }
 
-var sessionKinds = []struct {
-	name       string
-	goroutines bool
-}{{"event loop", false}, {"goroutines", true}}
+// eachSessionKind runs f as a subtest through the event loop and through
+// goroutine sessions.
+func eachSessionKind(t *testing.T, f func(t *testing.T, goroutines bool)) {
+	for _, kind := range []struct {
+		name       string
+		goroutines bool
+	}{{"event loop", false}, {"goroutines", true}} {
+		t.Run(kind.name, func(t *testing.T) { f(t, kind.goroutines) })
+	}
+}
 
 // fill reads key through c until the cache holds want for it.
 func fill(t *testing.T, c *rawClient, kf *proxy.Server, tenant, key, want string, resp3 bool) []byte {
@@ -116,33 +122,31 @@ func trackingInfo(t *testing.T, srv *redistest.Server) (keys, prefixes int) {
 // write one). Another client's change of a cached key still reaches the
 // cache.
 func TestReadCacheTracksOnlyWhatItCaches(t *testing.T) {
-	for _, kind := range sessionKinds {
-		t.Run(kind.name, func(t *testing.T) {
-			srv, addr, kf := startCached(t, "trk", kind.goroutines)
-			c := dialRaw(t, addr)
-			c.do("SET", "cached", "v1")
-			req := fill(t, c, kf, "trk", "cached", "$2\r\nv1\r\n", false)
-			for i := range 200 {
-				if got := c.do("SET", fmt.Sprint("other", i), "x"); got != "+OK\r\n" {
-					t.Fatal(got)
-				}
-				if i%2 == 0 {
-					c.do("GET", fmt.Sprint("other", i)) // read once: a sighting, not a fill
-				}
+	eachSessionKind(t, func(t *testing.T, goroutines bool) {
+		srv, addr, kf := startCached(t, "trk", goroutines)
+		c := dialRaw(t, addr)
+		c.do("SET", "cached", "v1")
+		req := fill(t, c, kf, "trk", "cached", "$2\r\nv1\r\n", false)
+		for i := range 200 {
+			if got := c.do("SET", fmt.Sprint("other", i), "x"); got != "+OK\r\n" {
+				t.Fatal(got)
 			}
-			if keys, prefixes := trackingInfo(t, srv); keys != 1 || prefixes != 0 {
-				t.Fatalf("Redis tracks %d keys and %d prefixes, want the one cached key and no prefix", keys, prefixes)
+			if i%2 == 0 {
+				c.do("GET", fmt.Sprint("other", i)) // read once: a sighting, not a fill
 			}
-			if err := srv.Client().Set(context.Background(), "tenant:trk:cached", "v2", 0).Err(); err != nil {
-				t.Fatal(err)
-			}
-			waitFor(t, "the change invalidates the entry", 5*time.Second, func() bool {
-				_, hit := kf.Cached(0, req)
-				return !hit
-			})
-			fill(t, c, kf, "trk", "cached", "$2\r\nv2\r\n", false)
+		}
+		if keys, prefixes := trackingInfo(t, srv); keys != 1 || prefixes != 0 {
+			t.Fatalf("Redis tracks %d keys and %d prefixes, want the one cached key and no prefix", keys, prefixes)
+		}
+		if err := srv.Client().Set(context.Background(), "tenant:trk:cached", "v2", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the change invalidates the entry", 5*time.Second, func() bool {
+			_, hit := kf.Cached(0, req)
+			return !hit
 		})
-	}
+		fill(t, c, kf, "trk", "cached", "$2\r\nv2\r\n", false)
+	})
 }
 
 // When a shared connection that registered reads is lost, Redis forgets
@@ -150,34 +154,32 @@ func TestReadCacheTracksOnlyWhatItCaches(t *testing.T) {
 // no one. The entries filled through it must go (once upstream is known to
 // be there), or an outage later would serve a value that changed.
 func TestReadCacheDropsEntriesWhenTheirConnectionIsLost(t *testing.T) {
-	for _, kind := range sessionKinds {
-		t.Run(kind.name, func(t *testing.T) {
-			srv, addr, kf := startCached(t, "lost", kind.goroutines)
-			c := dialRaw(t, addr)
-			c.do("SET", "k", "old")
-			req := fill(t, c, kf, "lost", "k", "$3\r\nold\r\n", false)
-			rc := srv.Client()
-			ctx := context.Background()
-			for _, id := range trackingConns(t, srv, kf) {
-				if err := rc.Do(ctx, "CLIENT", "KILL", "ID", id).Err(); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if err := rc.Set(ctx, "tenant:lost:k", "new", 0).Err(); err != nil {
+	eachSessionKind(t, func(t *testing.T, goroutines bool) {
+		srv, addr, kf := startCached(t, "lost", goroutines)
+		c := dialRaw(t, addr)
+		c.do("SET", "k", "old")
+		req := fill(t, c, kf, "lost", "k", "$3\r\nold\r\n", false)
+		rc := srv.Client()
+		ctx := context.Background()
+		for _, id := range trackingConns(t, srv, kf) {
+			if err := rc.Do(ctx, "CLIENT", "KILL", "ID", id).Err(); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, "the entry filled through the lost connection dropped", 5*time.Second, func() bool {
-				cached, hit := kf.Cached(0, req)
-				if hit && string(cached) != "$3\r\nold\r\n" {
-					t.Fatalf("cached %q", cached)
-				}
-				return !hit
-			})
-			if got := c.do("GET", "k"); got != "$3\r\nnew\r\n" {
-				t.Fatalf("GET after the loss: %q", got)
+		}
+		if err := rc.Set(ctx, "tenant:lost:k", "new", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the entry filled through the lost connection dropped", 5*time.Second, func() bool {
+			cached, hit := kf.Cached(0, req)
+			if hit && string(cached) != "$3\r\nold\r\n" {
+				t.Fatalf("cached %q", cached)
 			}
+			return !hit
 		})
-	}
+		if got := c.do("GET", "k"); got != "$3\r\nnew\r\n" {
+			t.Fatalf("GET after the loss: %q", got)
+		}
+	})
 }
 
 // When the tracking connection is lost, Redis tells each RESP3 connection
@@ -187,47 +189,45 @@ func TestReadCacheDropsEntriesWhenTheirConnectionIsLost(t *testing.T) {
 // connection would go to the wrong command (or, with nothing waiting, the
 // connection would be dropped as out of step).
 func TestRedirectBrokenPushIsNotAReply(t *testing.T) {
-	for _, kind := range sessionKinds {
-		t.Run(kind.name, func(t *testing.T) {
-			srv, addr, kf := startCached(t, "brk", kind.goroutines)
-			c := dialRaw(t, addr)
-			if got := c.do("HELLO", "3"); !strings.HasPrefix(got, "%") {
-				t.Fatalf("HELLO 3: %q", got)
-			}
+	eachSessionKind(t, func(t *testing.T, goroutines bool) {
+		srv, addr, kf := startCached(t, "brk", goroutines)
+		c := dialRaw(t, addr)
+		if got := c.do("HELLO", "3"); !strings.HasPrefix(got, "%") {
+			t.Fatalf("HELLO 3: %q", got)
+		}
+		for i := range 5 {
+			c.do("SET", fmt.Sprint("k", i), fmt.Sprint("v", i))
+		}
+		fill(t, c, kf, "brk", "k0", "$2\r\nv0\r\n", true)
+		ctx := context.Background()
+		rc := srv.Client()
+		shared := trackingConns(t, srv, kf)
+		old := kf.TrackingID()
+		if err := rc.Do(ctx, "CLIENT", "KILL", "ID", old).Err(); err != nil {
+			t.Fatal(err)
+		}
+		// Before any other fill names a new tracking connection: Redis
+		// finds the redirection broken and pushes on the data connection.
+		if err := rc.Set(ctx, "tenant:brk:k0", "changed", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "a new tracking connection", 5*time.Second, func() bool {
+			id := kf.TrackingID()
+			return id != 0 && id != old
+		})
+		for round := range 20 {
 			for i := range 5 {
-				c.do("SET", fmt.Sprint("k", i), fmt.Sprint("v", i))
-			}
-			fill(t, c, kf, "brk", "k0", "$2\r\nv0\r\n", true)
-			ctx := context.Background()
-			rc := srv.Client()
-			shared := trackingConns(t, srv, kf)
-			old := kf.TrackingID()
-			if err := rc.Do(ctx, "CLIENT", "KILL", "ID", old).Err(); err != nil {
-				t.Fatal(err)
-			}
-			// Before any other fill names a new tracking connection: Redis
-			// finds the redirection broken and pushes on the data connection.
-			if err := rc.Set(ctx, "tenant:brk:k0", "changed", 0).Err(); err != nil {
-				t.Fatal(err)
-			}
-			waitFor(t, "a new tracking connection", 5*time.Second, func() bool {
-				id := kf.TrackingID()
-				return id != 0 && id != old
-			})
-			for round := range 20 {
-				for i := range 5 {
-					want := fmt.Sprint("v", i)
-					if i == 0 {
-						want = "changed"
-					}
-					if got := c.do("GET", fmt.Sprint("k", i)); got != fmt.Sprintf("$%d\r\n%s\r\n", len(want), want) {
-						t.Fatalf("round %d: GET k%d = %q, want %q", round, i, got, want)
-					}
+				want := fmt.Sprint("v", i)
+				if i == 0 {
+					want = "changed"
+				}
+				if got := c.do("GET", fmt.Sprint("k", i)); got != fmt.Sprintf("$%d\r\n%s\r\n", len(want), want) {
+					t.Fatalf("round %d: GET k%d = %q, want %q", round, i, got, want)
 				}
 			}
-			if now := trackingConns(t, srv, kf); fmt.Sprint(now) != fmt.Sprint(shared) {
-				t.Fatalf("shared connections with tracking were %v, now %v: the push cost the connection", shared, now)
-			}
-		})
-	}
+		}
+		if now := trackingConns(t, srv, kf); fmt.Sprint(now) != fmt.Sprint(shared) {
+			t.Fatalf("shared connections with tracking were %v, now %v: the push cost the connection", shared, now)
+		}
+	})
 }
