@@ -122,39 +122,44 @@ func (l *eventLoop) writeUpstream(up *loopUpstream) {
 // batches they finish, in the order they were sent.
 func (l *eventLoop) readUpstream(up *loopUpstream) {
 	for up.fd >= 0 {
-		read, err := readSome(up.fd, &up.in)
+		read, more, err := readSome(up.fd, &up.in)
 		if err != nil {
 			l.failUpstream(up, err)
 		}
-		if !read || !l.takeReplies(up) {
+		if !read || !l.takeReplies(up) || !more {
 			return
 		}
 	}
 }
 
 // readSome appends what one read of fd brings to *buf, grown first when
-// nearly full; false: nothing more for now (or err, the connection failed).
-func readSome(fd int, buf *[]byte) (bool, error) {
+// nearly full. read: it brought something; more: it filled the room it had,
+// so another read may bring more. A read that did not fill it emptied the
+// socket: the next bytes bring a new edge, and reading on to EAGAIN would
+// cost a system call a turn for nothing (as readClient does). err: the
+// connection failed.
+func readSome(fd int, buf *[]byte) (read, more bool, err error) {
 	b := *buf
 	if cap(b)-len(b) < 1<<10 {
 		b = append(b, make([]byte, max(loopReadSize, cap(b)))...)[:len(b)]
 	}
 	for {
-		n, err := rawRead(fd, b[len(b):cap(b)])
+		room := b[len(b):cap(b)]
+		n, err := rawRead(fd, room)
 		switch {
 		case n > 0:
 			*buf = b[:len(b)+n]
-			return true, nil
+			return true, n == len(room), nil
 		case err == unix.EINTR:
 			continue
 		case err == unix.EAGAIN:
 			*buf = b
-			return false, nil
+			return false, false, nil
 		case err == nil:
 			err = errors.New("connection closed by upstream")
 		}
 		*buf = b
-		return false, &upstream.Error{Err: err}
+		return false, false, &upstream.Error{Err: err}
 	}
 }
 
@@ -277,8 +282,10 @@ func (l *eventLoop) track(ctx context.Context, nc net.Conn, handle func(reply []
 
 // read reads everything r's socket holds and hands out each message.
 func (l *eventLoop) read(r *loopReader) {
-	for {
-		read, err := readSome(r.fd, &r.in)
+	for more := true; more; {
+		var read bool
+		var err error
+		read, more, err = readSome(r.fd, &r.in)
 		if err != nil {
 			l.endReader(r, err)
 		}
