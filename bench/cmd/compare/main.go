@@ -61,7 +61,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	var env envflag.Defaults
 	fs := flag.NewFlagSet("compare", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.IntVar(&c.rounds, "rounds", env.Int("BENCH_ROUNDS", 3), "interleaved rounds (A B C A B C …); env BENCH_ROUNDS")
+	fs.IntVar(&c.rounds, "rounds", env.Int("BENCH_ROUNDS", 3), "interleaved rounds (A B C, C B A, A B C …); env BENCH_ROUNDS")
 	fs.IntVar(&c.requests, "n", env.Int("BENCH_REQUESTS", 200000), "redis-benchmark -n: requests per test; env BENCH_REQUESTS")
 	fs.IntVar(&c.clients, "c", env.Int("BENCH_CLIENTS", 50), "redis-benchmark -c: parallel connections; env BENCH_CLIENTS")
 	fs.IntVar(&c.keyspace, "r", env.Int("BENCH_KEYSPACE", 100000), "redis-benchmark -r: random keys in [0,r), 0 = one key; env BENCH_KEYSPACE")
@@ -285,8 +285,15 @@ func compare(ctx context.Context, cfg config, stdout io.Writer, log *slog.Logger
 
 	start := time.Now()
 	for round := 1; round <= cfg.rounds; round++ {
+		// Every other round runs the targets in reverse: the same binary
+		// measured against itself came out 1.12–1.20x at pipeline 16 when
+		// it always ran first (bench/results/designs.md).
+		order := slices.Clone(targets)
+		if round%2 == 0 {
+			slices.Reverse(order)
+		}
 		for _, p := range cfg.pipelines {
-			for _, tg := range targets {
+			for _, tg := range order {
 				if tg.status != "" {
 					continue
 				}
@@ -457,7 +464,7 @@ func settings(ctx context.Context, cfg config, o rbench.Options, tools stack.Too
 		kf += " (built " + st.ModTime().UTC().Format(time.RFC3339) + ")"
 	}
 	return []string{
-		fmt.Sprintf("rounds: %d; in each round every pipeline depth runs against %s in turn", cfg.rounds, strings.Join(cfg.targets, " → ")),
+		fmt.Sprintf("rounds: %d; in each round every pipeline depth runs against %s in turn, in reverse order every other round", cfg.rounds, strings.Join(cfg.targets, " → ")),
 		fmt.Sprintf("pipelines: %s; tests: %s", joinInts(cfg.pipelines), strings.Join(cfg.tests, ", ")),
 		"command: `redis-benchmark " + args + "`",
 		"redis-benchmark: " + benchVersion,
