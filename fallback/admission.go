@@ -108,7 +108,11 @@ func (a *admission) want(ns, prefix string, db int, command string, args [][]byt
 	var idx [maxHeldKeys]uint32
 	for i, k := range keys {
 		j := uint32(a.keyHash(prefix, k) & uint64(len(a.keys)-1))
-		epoch += uint32(a.keys[j].Load())
+		if isHeld(a.held, j) {
+			// A slot not held was never raised since the bits were last
+			// cleared: its cache line in the big array need not be read.
+			epoch += uint32(a.keys[j].Load())
+		}
 		if i < len(idx) {
 			idx[i] = j
 		}

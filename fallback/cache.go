@@ -60,7 +60,8 @@ type Cache struct {
 	slots []atomic.Uint64
 	floor atomic.Uint64
 	// held has a bit per key slot, set once a read of one of its keys was
-	// wanted (WantRead), before that read is sent, and never cleared. A
+	// wanted (WantRead), before that read is sent, and cleared only by
+	// InvalidateAll. A
 	// slot not held has no entry and no fill under way, so invalidating it
 	// would change nothing: most writes skip it, and with it the slot's
 	// cache line (one random access in an array of MaxBytes/32 bytes was a
@@ -310,7 +311,9 @@ func hold(held []atomic.Uint64, j uint32) {
 	}
 }
 
-func (c *Cache) isHeld(j uint32) bool { return c.held[j/64].Load()&(1<<(j%64)) != 0 }
+func (c *Cache) isHeld(j uint32) bool { return isHeld(c.held, j) }
+
+func isHeld(held []atomic.Uint64, j uint32) bool { return held[j/64].Load()&(1<<(j%64)) != 0 }
 
 // Invalidate makes every entry that depends on the Redis key stale, in every
 // namespace and database (upstream key names already carry the tenant
@@ -357,6 +360,13 @@ func raise(a *atomic.Uint64, v uint64) {
 func (c *Cache) InvalidateAll() {
 	if c == nil {
 		return
+	}
+	// Nothing is held afterwards: every entry is stale, and a fill that
+	// held its keys before now takes its stamp after the floor and so
+	// finds them not held at Store. The bits go first: an entry stored
+	// between the two stamped before the floor, which makes it stale.
+	for i := range c.held {
+		c.held[i].Store(0)
 	}
 	c.adm.all.Add(1)
 	raise(&c.floor, c.clock.Add(1))

@@ -649,3 +649,26 @@ func TestFillBudget(t *testing.T) {
 		t.Fatal("nothing wanted in the next second")
 	}
 }
+
+// InvalidateAll leaves nothing held: a fill that held its keys before it
+// and takes its stamp after it is refused at Store (or its entry could
+// outlive a change whose invalidation was skipped), and one that holds
+// its keys again is stored.
+func TestInvalidateAllReleasesHeldSlots(t *testing.T) {
+	c, _ := newTestCache(t, 30*time.Second, 1<<20)
+	k := []byte("tenant:a:k")
+	c.Hold([][]byte{k})
+	c.InvalidateAll()
+	if c.isHeld(c.slotIndex(k)) {
+		t.Fatal("a slot is still held after InvalidateAll")
+	}
+	since := c.Stamp()
+	c.InvalidateKeys([][]byte{k}) // skipped: nothing holds the slot
+	if c.Store(since, "tenant:a:", 0, getReq(string(k)), [][]byte{k}, bulk("old"), 0) {
+		t.Fatal("Store accepted an entry whose keys were held only before InvalidateAll")
+	}
+	if !store(c, "tenant:a:", 0, getReq(string(k)), [][]byte{k}, bulk("new"), 0) {
+		t.Fatal("Store refused an entry held and stamped after InvalidateAll")
+	}
+	lookupOK(t, c, "tenant:a:", 0, getReq(string(k)), bulk("new"))
+}
