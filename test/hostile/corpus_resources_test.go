@@ -102,8 +102,53 @@ func pipeline(c *rawConn, n int, req func(i int) []byte) (errReplies int, err er
 	return errReplies, <-wrote
 }
 
+// trackedKeys is Redis's count of keys tracked for client-side caching,
+// the table every tenant's read cache shares.
+func (a *act) trackedKeys() int {
+	a.t.Helper()
+	info, err := a.f.adminDB(0).Info(a.ctx(), "stats").Result()
+	if err != nil {
+		a.t.Fatalf("INFO stats: %v", err)
+	}
+	for _, line := range strings.Split(info, "\r\n") {
+		if v, ok := strings.CutPrefix(line, "tracking_total_keys:"); ok {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				a.t.Fatalf("tracking_total_keys: %q", v)
+			}
+			return n
+		}
+	}
+	a.t.Fatal("INFO stats has no tracking_total_keys")
+	return 0
+}
+
 func resourceAttempts() []attempt {
 	return []attempt{
+		{name: "tracking-table-flood", category: catResources, run: func(a *act) {
+			// The read cache has Redis track the keys it fills, in a table
+			// (and memory) every tenant shares. acme reads 20,000 distinct
+			// keys eight times each as fast as it can, so that all would be
+			// cached: keyfence's fill budget (100 a second plus one per 64
+			// cacheable reads) must keep what Redis tracks for it small.
+			before := a.trackedKeys()
+			start := time.Now()
+			c := a.conn()
+			errs, err := pipeline(c, 160000, func(i int) []byte { return encode("GET", "flood:"+strconv.Itoa(i%20000)) })
+			if err != nil || errs != 0 {
+				a.t.Fatalf("160,000 GETs: %d error replies, %v", errs, err)
+			}
+			took := time.Since(start)
+			grown := a.trackedKeys() - before
+			// Other modes' attempts may fill a few keys meanwhile.
+			limit := 100*(int(took/time.Second)+2) + 160000/64 + 500
+			a.t.Logf("160,000 GETs of 20,000 keys in %v: Redis tracks %d more keys (bound %d)", took.Round(time.Millisecond), grown, limit)
+			if grown > limit {
+				a.t.Errorf("acme made Redis track %d more keys in %v, past the fill budget's %d", grown, took, limit)
+			}
+			_ = c.Close()
+			a.betaServed("after acme's flood of cacheable reads")
+		}},
 		{name: "many-connections", category: catResources, run: func(a *act) {
 			conns := make([]*rawConn, 0, 300)
 			for range 300 {

@@ -19,6 +19,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/keyfence/keyfence/fallback"
 	"github.com/keyfence/keyfence/internal/redistest"
 	"github.com/keyfence/keyfence/proxy"
 	"github.com/keyfence/keyfence/proxy/tenants"
@@ -282,6 +283,7 @@ func (f *fence) startKeyfence(t testing.TB, k *keyfence) {
 		f.startGateway(t)
 		return
 	}
+	fb := fallback.Defaults()
 	srv, err := proxy.New(proxy.Config{
 		Listen: "127.0.0.1:0",
 		Tenant: k.tenant,
@@ -291,6 +293,9 @@ func (f *fence) startKeyfence(t testing.TB, k *keyfence) {
 			Password: k.pass,
 		},
 		Logger: slog.New(slog.NewTextHandler(k.logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		// keyfence's defaults: the breaker and the read cache, whose
+		// tracking every attempt then runs beside.
+		Fallback: &fb, FallbackCache: true,
 	})
 	if err != nil {
 		t.Fatalf("proxy.New(%s): %v", k.tenant, err)
@@ -374,11 +379,13 @@ func (f *fence) startGateway(t testing.TB) {
 	if gw.g != nil {
 		return
 	}
+	fb := fallback.Defaults()
 	g, err := proxy.NewGateway(proxy.GatewayConfig{
 		Server: proxy.Config{
 			Listen:   "127.0.0.1:0",
 			Upstream: upstream.Config{Addr: f.up.Addr()},
 			Logger:   slog.New(slog.NewTextHandler(gw.logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
+			Fallback: &fb, FallbackCache: true, // keyfence's defaults, as for a sidecar
 		},
 		Tenants: f.tenantsFile(t),
 	})
