@@ -268,7 +268,23 @@ func (l *eventLoop) writeClient(lc *loopConn) bool {
 // end ends a session in the loop: the client left, quit, or a write failed.
 func (l *eventLoop) end(lc *loopConn) {
 	l.forget(lc)
-	unix.Close(lc.fd)
+	if s := lc.s; s.protoErr && s.wErr == nil {
+		// As a goroutine session does (lingerClose), on a goroutine of
+		// its own: the client may still be sending.
+		f := os.NewFile(uintptr(lc.fd), "client")
+		nc, err := net.FileConn(f)
+		f.Close()
+		if err == nil {
+			go func() {
+				lingerClose(nc)
+				s.cleanup()
+				lc.finish()
+			}()
+			return
+		}
+	} else {
+		unix.Close(lc.fd)
+	}
 	lc.s.cleanup()
 	lc.finish()
 }

@@ -117,6 +117,7 @@ type session struct {
 	clientLeft atomic.Bool        // the client closed while a command waited (watchClient)
 	cancel     context.CancelFunc // ends the session's context: forced Shutdown
 	quit       bool               // QUIT or a fatal protocol error: stop after flushing
+	protoErr   bool               // the quit is a protocol error's: the client may still be sending (lingerClose)
 	wErr       error              // the client cannot be written to any more
 }
 
@@ -258,6 +259,26 @@ func (s *session) serve(ctx context.Context) {
 		}
 	}
 }
+
+// lingerClose closes a client's connection after the protocol error that
+// ended its session, while the client may still be sending (a 1 MB AUTH
+// before authentication, say). Closed with unread input, the socket would
+// be reset, and a client still writing would lose the error reply unread.
+// It shuts the write side (the reply, then end of stream), discards what
+// the client sends for at most lingerTime or lingerBytes, then closes. The
+// session still counts against --max-clients meanwhile.
+func lingerClose(nc net.Conn) {
+	if cw, ok := nc.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+		_ = nc.SetReadDeadline(time.Now().Add(lingerTime))
+		_, _ = io.CopyN(io.Discard, nc, lingerBytes)
+	}
+	nc.Close()
+}
+
+const (
+	lingerTime  = time.Second
+	lingerBytes = 16 << 20
+)
 
 // maxKeptBuffer is the largest session buffer kept from batch to batch; a
 // bigger one (a huge reply or request) is let go once used.
@@ -431,7 +452,7 @@ func (s *session) handleBuffered(ctx context.Context) {
 		s.args = args
 		if err != nil {
 			s.addLocalError(err.Error())
-			s.quit = true
+			s.quit, s.protoErr = true, true
 			return
 		}
 		if n == 0 {
@@ -778,7 +799,11 @@ func (s *session) unpin(clean bool) {
 }
 
 func (s *session) cleanup() {
-	s.nc.Close()
+	if s.protoErr && s.wErr == nil && s.lc == nil {
+		lingerClose(s.nc)
+	} else {
+		s.nc.Close()
+	}
 	s.releaseReadBuffer()
 	s.stopSubscriber()
 	// A transaction or WATCH left open: the connection holds state that
