@@ -389,11 +389,7 @@ func TestBreakerClosesWhenUpstreamReturns(t *testing.T) {
 func TestBreakerProbeNeedsPong(t *testing.T) {
 	t.Parallel()
 	up := redistest.StartT(t, redistest.Options{})
-	fp, err := faultproxy.New(up.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fp.Close() })
+	fp := faultproxy.StartT(t, up.Addr())
 	fb := fallback.Defaults()
 	fb.FailureThreshold, fb.OpenTimeout = 3, time.Minute
 	srv, addr := startProxyServer(t, up, func(c *Config) {
@@ -497,11 +493,7 @@ func TestBreakerFollowsNewMaster(t *testing.T) {
 func TestBreakerProbeBacksOffWhenUpstreamFlaps(t *testing.T) {
 	t.Parallel()
 	up := redistest.StartT(t, redistest.Options{})
-	fp, err := faultproxy.New(up.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fp.Close() })
+	fp := faultproxy.StartT(t, up.Addr())
 	logs := &syncBuffer{}
 	fb := fallback.Defaults()
 	fb.FailureThreshold, fb.OpenTimeout = 1, 4*time.Second

@@ -173,11 +173,7 @@ func TestEventLoopManyClients(t *testing.T) {
 // and the next client is served.
 func TestEventLoopClientLeavesMidBatch(t *testing.T) {
 	up := testRedis(t)
-	fp, err := faultproxy.New(up.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fp.Close() })
+	fp := faultproxy.StartT(t, up.Addr())
 	srv, addr := startProxyServer(t, up, func(c *Config) { c.Upstream.Addr = fp.Addr() })
 	c := dialRaw(t, addr)
 	c.do(t, "SET", "k", "v")
@@ -236,11 +232,7 @@ func TestEventLoopSlowReaderStallsNobody(t *testing.T) {
 // and a forced shutdown ends a client whose batch upstream never answers.
 func TestEventLoopShutdown(t *testing.T) {
 	up := testRedis(t)
-	fp, err := faultproxy.New(up.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fp.Close() })
+	fp := faultproxy.StartT(t, up.Addr())
 	srv, addr := startProxyServer(t, up, func(c *Config) { c.Upstream.Addr = fp.Addr() })
 	idle := dialRaw(t, addr)
 	idle.do(t, "PING")

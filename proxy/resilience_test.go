@@ -23,11 +23,7 @@ func startWithFaults(t *testing.T, tenant string) (*redistest.Server, *faultprox
 func startWithFaultsTimeout(t *testing.T, tenant string, timeout time.Duration) (*redistest.Server, *faultproxy.Proxy, string, *proxy.Server) {
 	t.Helper()
 	srv := redistest.StartT(t, redistest.Options{})
-	fp, err := faultproxy.New(srv.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fp.Close() })
+	fp := faultproxy.StartT(t, srv.Addr())
 	cfg := fallback.Defaults()
 	cfg.FailureThreshold = 3
 	cfg.OpenTimeout = 300 * time.Millisecond
@@ -266,11 +262,7 @@ func laterValue(got, want string) bool {
 // write never is: it may have reached Redis.
 func TestTimedOutReadsAreRetriedWritesAreNot(t *testing.T) {
 	srv := redistest.StartT(t, redistest.Options{})
-	fp, err := faultproxy.New(srv.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fp.Close() })
+	fp := faultproxy.StartT(t, srv.Addr())
 	addr, _ := startKeyfence(t, srv, "to", func(c *proxy.Config) {
 		c.Upstream.Addr = fp.Addr()
 		c.Upstream.Timeout = 150 * time.Millisecond
@@ -307,11 +299,7 @@ func TestTimedOutReadsAreRetriedWritesAreNot(t *testing.T) {
 // half-open probe brings service back.
 func TestBreakerWithoutCacheFailsFast(t *testing.T) {
 	srv := redistest.StartT(t, redistest.Options{})
-	fp, err := faultproxy.New(srv.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fp.Close() })
+	fp := faultproxy.StartT(t, srv.Addr())
 	cfg := fallback.Defaults()
 	cfg.FailureThreshold, cfg.OpenTimeout = 3, 300*time.Millisecond
 	addr, kf := startKeyfence(t, srv, "br", func(c *proxy.Config) {

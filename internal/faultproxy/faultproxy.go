@@ -7,6 +7,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"testing"
 	"time"
 )
 
@@ -170,6 +171,18 @@ func New(upstream string) (*Proxy, error) {
 	p.wg.Add(1)
 	go p.acceptLoop(ln)
 	return p, nil
+}
+
+// StartT is New for a test: it fails t when the proxy cannot start and
+// closes the proxy when the test ends.
+func StartT(t testing.TB, upstream string) *Proxy {
+	t.Helper()
+	p, err := New(upstream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
 }
 
 // Addr is the proxy's address, "127.0.0.1:port"; it does not change, not even
