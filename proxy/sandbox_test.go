@@ -280,8 +280,8 @@ func TestSandboxBoundsScripts(t *testing.T) {
 	many := startProxy(t, up, func(c *Config) { c.Tenant = "many"; c.MaxScripts = 100000 })
 	m := dialRaw(t, many)
 	ctx := context.Background()
-	before := infoInt(t, up, "used_memory_vm_eval")
-	fnBefore := infoInt(t, up, "used_memory_vm_functions")
+	before := up.InfoInt(t, "memory", "used_memory_vm_eval")
+	fnBefore := up.InfoInt(t, "memory", "used_memory_vm_functions")
 	const n = 5000
 	var req []byte
 	for i := 0; i < n; i++ {
@@ -293,8 +293,8 @@ func TestSandboxBoundsScripts(t *testing.T) {
 			t.Fatalf("script %d: %s", i, r)
 		}
 	}
-	after := infoInt(t, up, "used_memory_vm_eval")
-	fnAfter := infoInt(t, up, "used_memory_vm_functions")
+	after := up.InfoInt(t, "memory", "used_memory_vm_eval")
+	fnAfter := up.InfoInt(t, "memory", "used_memory_vm_functions")
 	scripts, _ := up.Client().Info(ctx, "memory").Result()
 	t.Logf("%d distinct EVALs: upstream used_memory_vm_eval %d → %d bytes, used_memory_vm_functions %d → %d bytes", n, before, after, fnBefore, fnAfter)
 	if after != before {
@@ -303,19 +303,6 @@ func TestSandboxBoundsScripts(t *testing.T) {
 	if !strings.Contains(scripts, "number_of_cached_scripts:0") {
 		t.Errorf("upstream cached EVAL scripts: %s", grepLine(scripts, "number_of_cached_scripts"))
 	}
-}
-
-func infoInt(t *testing.T, up *redistest.Server, field string) int64 {
-	t.Helper()
-	info, err := up.Client().Info(context.Background(), "memory").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := strconv.ParseInt(strings.TrimPrefix(grepLine(info, field), field+":"), 10, 64)
-	if err != nil {
-		t.Fatalf("INFO %s: %v", field, err)
-	}
-	return v
 }
 
 func grepLine(text, prefix string) string {

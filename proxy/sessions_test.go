@@ -124,17 +124,7 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 
 func blockedClients(t *testing.T, srv *redistest.Server) int {
 	t.Helper()
-	info, err := srv.Client().Info(context.Background(), "clients").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n int
-	for _, line := range strings.Split(info, "\r\n") {
-		if v, ok := strings.CutPrefix(line, "blocked_clients:"); ok {
-			fmt.Sscan(v, &n)
-		}
-	}
-	return n
+	return int(srv.InfoInt(t, "clients", "blocked_clients"))
 }
 
 // A thousand clients blocked forever, then dropped: every upstream

@@ -95,26 +95,9 @@ func trackingConns(t *testing.T, srv *redistest.Server, kf *proxy.Server) []int6
 	return ids
 }
 
-func trackingInfo(t *testing.T, srv *redistest.Server) (keys, prefixes int) {
+func trackingInfo(t *testing.T, srv *redistest.Server) (keys, prefixes int64) {
 	t.Helper()
-	info, err := srv.Client().Info(context.Background(), "stats").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	field := func(name string) int {
-		for _, line := range strings.Split(info, "\r\n") {
-			if v, ok := strings.CutPrefix(line, name+":"); ok {
-				n, err := strconv.Atoi(v)
-				if err != nil {
-					t.Fatalf("INFO %s: %q", name, v)
-				}
-				return n
-			}
-		}
-		t.Fatalf("INFO stats has no %s", name)
-		return 0
-	}
-	return field("tracking_total_keys"), field("tracking_total_prefixes")
+	return srv.InfoInt(t, "stats", "tracking_total_keys"), srv.InfoInt(t, "stats", "tracking_total_prefixes")
 }
 
 // Redis tracks the keys the cache holds and no others: a write to any other

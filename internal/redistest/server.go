@@ -314,6 +314,25 @@ func (s *Server) Version() string {
 // checking state behind the proxy's back. It is closed by Stop; do not close it.
 func (s *Server) Client() *redis.Client { return s.client }
 
+// InfoInt reads an integer field of an INFO section, failing t when INFO
+// fails or the field is missing or not a number.
+func (s *Server) InfoInt(t testing.TB, section, field string) int64 {
+	t.Helper()
+	info, err := s.client.Info(context.Background(), section).Result()
+	if err != nil {
+		t.Fatalf("INFO %s: %v", section, err)
+	}
+	v, ok := parseInfo(info)[field]
+	if !ok {
+		t.Fatalf("INFO %s has no %s", section, field)
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		t.Fatalf("INFO %s: %s is %q, not a number", section, field, v)
+	}
+	return n
+}
+
 // UserClient returns a new client that authenticates as user; the caller
 // closes it.
 func (s *Server) UserClient(user, password string) *redis.Client {

@@ -106,21 +106,7 @@ func pipeline(c *rawConn, n int, req func(i int) []byte) (errReplies int, err er
 // the table every tenant's read cache shares.
 func (a *act) trackedKeys() int {
 	a.t.Helper()
-	info, err := a.f.adminDB(0).Info(a.ctx(), "stats").Result()
-	if err != nil {
-		a.t.Fatalf("INFO stats: %v", err)
-	}
-	for _, line := range strings.Split(info, "\r\n") {
-		if v, ok := strings.CutPrefix(line, "tracking_total_keys:"); ok {
-			n, err := strconv.Atoi(v)
-			if err != nil {
-				a.t.Fatalf("tracking_total_keys: %q", v)
-			}
-			return n
-		}
-	}
-	a.t.Fatal("INFO stats has no tracking_total_keys")
-	return 0
+	return int(a.f.up.InfoInt(a.t, "stats", "tracking_total_keys"))
 }
 
 func resourceAttempts() []attempt {
