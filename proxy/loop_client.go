@@ -271,10 +271,7 @@ func (l *eventLoop) end(lc *loopConn) {
 	if s := lc.s; s.protoErr && s.wErr == nil {
 		// As a goroutine session does (lingerClose), on a goroutine of
 		// its own: the client may still be sending.
-		f := os.NewFile(uintptr(lc.fd), "client")
-		nc, err := net.FileConn(f)
-		f.Close()
-		if err == nil {
+		if nc, err := fileConn(lc.fd); err == nil {
 			go func() {
 				lingerClose(nc)
 				s.cleanup()
@@ -294,9 +291,7 @@ func (l *eventLoop) end(lc *loopConn) {
 func (l *eventLoop) handoff(lc *loopConn) {
 	s := lc.s
 	l.forget(lc)
-	f := os.NewFile(uintptr(lc.fd), "client")
-	nc, err := net.FileConn(f)
-	f.Close()
+	nc, err := fileConn(lc.fd)
 	if err != nil {
 		s.srv.log.Warn("client disconnected: the event loop could not hand it to a goroutine", "client_id", s.id, "addr", s.remoteAddr.String(), "err", err)
 		s.cleanup()
@@ -308,6 +303,14 @@ func (l *eventLoop) handoff(lc *loopConn) {
 	s.srv.mu.Unlock()
 	s.more = s.rpos < len(s.rbuf)
 	go lc.serve()
+}
+
+// fileConn makes the loop's descriptor fd a net.Conn, in Go's poller, and
+// closes fd (the net.Conn holds a duplicate); fd is closed on error too.
+func fileConn(fd int) (net.Conn, error) {
+	f := os.NewFile(uintptr(fd), "client")
+	defer f.Close()
+	return net.FileConn(f)
 }
 
 // forget stops watching lc's socket.
