@@ -166,31 +166,25 @@ func readSome(fd int, buf *[]byte) (read, more bool, err error) {
 // takeReplies hands every complete reply in up.in to its batch; false: the
 // connection failed.
 func (l *eventLoop) takeReplies(up *loopUpstream) bool {
-	p := 0
-	for p < len(up.in) {
-		n, err := resp.ReplyLen(up.in[p:])
-		if err == nil && n > 0 && up.head == len(up.fifo) && !upstream.IsRedirectBroken(up.in[p:p+n]) {
-			err = errors.New("a reply nobody asked for")
+	p, err := resp.EachReply(up.in, func(reply []byte) error {
+		if upstream.IsRedirectBroken(reply) {
+			return nil // not a reply: see upstream.IsRedirectBroken
 		}
-		if err != nil {
-			l.failUpstream(up, &upstream.Error{Err: err})
-			return false
-		}
-		if n == 0 {
-			break
-		}
-		if upstream.IsRedirectBroken(up.in[p : p+n]) {
-			p += n // not a reply: see upstream.IsRedirectBroken
-			continue
+		if up.head == len(up.fifo) {
+			return errors.New("a reply nobody asked for")
 		}
 		lc := up.fifo[up.head]
-		lc.s.b.Add(up.in[p : p+n])
-		p += n
+		lc.s.b.Add(reply)
 		if lc.left--; lc.left == 0 {
 			up.fifo[up.head] = nil
 			up.head++
 			l.complete(lc, nil)
 		}
+		return nil
+	})
+	if err != nil {
+		l.failUpstream(up, &upstream.Error{Err: err})
+		return false
 	}
 	up.in = up.in[:copy(up.in, up.in[p:])]
 	if up.head == len(up.fifo) {
@@ -292,20 +286,10 @@ func (l *eventLoop) read(r *loopReader) {
 		if !read {
 			return
 		}
-		p := 0
-		for p < len(r.in) {
-			m, err := resp.ReplyLen(r.in[p:])
-			if err == nil && m > 0 {
-				err = r.handle(r.in[p : p+m])
-			}
-			if err != nil {
-				l.endReader(r, err)
-				return
-			}
-			if m == 0 {
-				break
-			}
-			p += m
+		p, err := resp.EachReply(r.in, r.handle)
+		if err != nil {
+			l.endReader(r, err)
+			return
 		}
 		r.in = r.in[:copy(r.in, r.in[p:])]
 		if len(r.in) == 0 && cap(r.in) > maxKeptBuffer {

@@ -445,6 +445,28 @@ func AppendNull(dst []byte, resp3 bool) []byte {
 // replies stay far below it), so that counts cannot overflow.
 const maxReplyElements = 1 << 32
 
+// EachReply hands each complete reply at the start of buf to each, in
+// order, and returns how many bytes they took: a partial reply at the end
+// is left for the caller to complete. It stops at each's first error, or at
+// a malformed reply (ReplyLen's error).
+func EachReply(buf []byte, each func(reply []byte) error) (int, error) {
+	p := 0
+	for p < len(buf) {
+		n, err := ReplyLen(buf[p:])
+		if err != nil {
+			return p, err
+		}
+		if n == 0 {
+			break
+		}
+		if err := each(buf[p : p+n]); err != nil {
+			return p + n, err
+		}
+		p += n
+	}
+	return p, nil
+}
+
 // ReplyLen returns the length of the complete RESP2/RESP3 reply at the front
 // of buf, or 0 when buf does not yet hold all of it. Malformed input yields
 // ErrInvalidReply.

@@ -695,3 +695,33 @@ func TestAppendLength(t *testing.T) {
 		}
 	}
 }
+
+// EachReply hands out whole replies only, stops at each's error after
+// counting that reply, and at a malformed one before it.
+func TestEachReply(t *testing.T) {
+	stop := errors.New("stop")
+	for _, tc := range []struct {
+		name, in  string
+		stopAt    int // each fails on this reply (1-based); 0: never
+		want      []string
+		consumed  int
+		wantError error
+	}{
+		{"whole replies and a partial one", "+OK\r\n:1\r\n$3\r\nab", 0, []string{"+OK\r\n", ":1\r\n"}, 9, nil},
+		{"each stops it", "+OK\r\n:1\r\n:2\r\n", 2, []string{"+OK\r\n", ":1\r\n"}, 9, stop},
+		{"a malformed reply", "+OK\r\n?x\r\n", 0, []string{"+OK\r\n"}, 5, ErrInvalidReply},
+		{"nothing", "", 0, nil, 0, nil},
+	} {
+		var got []string
+		n, err := EachReply([]byte(tc.in), func(r []byte) error {
+			got = append(got, string(r))
+			if len(got) == tc.stopAt {
+				return stop
+			}
+			return nil
+		})
+		if n != tc.consumed || !errors.Is(err, tc.wantError) || strings.Join(got, "|") != strings.Join(tc.want, "|") {
+			t.Errorf("%s: %q, %d bytes, %v; want %q, %d, %v", tc.name, got, n, err, tc.want, tc.consumed, tc.wantError)
+		}
+	}
+}

@@ -342,20 +342,7 @@ func (r *ReplyReader) Read(nc net.Conn, each func(reply []byte) error) error {
 	}
 	m, readErr := nc.Read(r.buf[len(r.buf):cap(r.buf)])
 	r.buf = r.buf[:len(r.buf)+m]
-	pos := 0
-	var err error
-	for pos < len(r.buf) && err == nil {
-		n, perr := resp.ReplyLen(r.buf[pos:])
-		if perr != nil {
-			err = perr
-			break
-		}
-		if n == 0 {
-			break
-		}
-		err = each(r.buf[pos : pos+n])
-		pos += n
-	}
+	pos, err := resp.EachReply(r.buf, each)
 	if err == nil {
 		err = readErr // replies that came with the error were handed out first
 	}
