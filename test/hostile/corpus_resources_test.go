@@ -207,6 +207,43 @@ func resourceAttempts() []attempt {
 			_ = c.Close()
 			a.heapReturns("200 unread COMMAND replies", base)
 		}},
+		{name: "protocol-errors-then-keep-sending", category: catResources, run: func(a *act) {
+			// After a protocol error keyfence lingers, reading and dropping
+			// what the client still sends so that the error reply is not
+			// lost to a reset. acme makes 100 connections do that and send
+			// on without end: each must be closed within the linger bound
+			// (1 s or 16 MiB), and nobody else stalled. The writers stop by
+			// themselves after 10 s whatever keyfence does.
+			base := heapInUse()
+			junk := []byte(strings.Repeat("x", 64<<10))
+			var wg sync.WaitGroup
+			for range 100 {
+				c, err := a.f.dial(a.f.acme)
+				if err != nil {
+					break
+				}
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					defer c.Close()
+					_ = c.nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+					for err := c.write([]byte("*1\r\n$-5\r\n")); err == nil; err = c.write(junk) {
+					}
+				}()
+			}
+			time.Sleep(200 * time.Millisecond)
+			a.betaServed("while 100 acme connections send on after a protocol error")
+			done := make(chan struct{})
+			go func() { wg.Wait(); close(done) }()
+			select {
+			case <-done:
+				a.acmeServed("after acme's protocol errors")
+				a.heapReturns("100 lingering connections", base)
+			case <-time.After(8 * time.Second):
+				a.t.Errorf("acme's connections still open 8 s after their protocol errors: keyfence lingers past its bound")
+				<-done
+			}
+		}},
 		{name: "huge-partial-requests", category: catResources, run: func(a *act) {
 			base := heapInUse()
 			var conns []*rawConn
