@@ -104,22 +104,16 @@ func (a *admission) want(ns, prefix string, db int, command string, args [][]byt
 		h.Write(arg)
 	}
 	hr := h.Sum64()
-	epoch := a.all.Load()*0x9E3779B1 ^ uint32(now.UnixNano()/int64(a.period))*0x85EBCA6B
 	var idx [maxHeldKeys]uint32
 	for i, k := range keys {
-		j := uint32(a.keyHash(prefix, k) & uint64(len(a.keys)-1))
-		if isHeld(a.held, j) {
-			// A slot not held was never raised since the bits were last
-			// cleared: its cache line in the big array need not be read.
-			epoch += uint32(a.keys[j].Load())
+		if i == len(idx) {
+			break
 		}
-		if i < len(idx) {
-			idx[i] = j
-		}
+		idx[i] = uint32(a.keyHash(prefix, k) & uint64(len(a.keys)-1))
 	}
 	tag := uint64(hr>>48) << 48
 	slot := uint32(hr & uint64(len(a.reqs)-1))
-	base := tag | uint64(epoch)<<8
+	base := tag | uint64(a.epoch(idx[:min(len(keys), len(idx))], now))<<8
 	switch a.reqs[slot].Load() {
 	case base | admFilled:
 		return ReadMark{}, false
@@ -131,10 +125,30 @@ func (a *admission) want(ns, prefix string, db int, command string, args [][]byt
 		for _, j := range idx[:len(keys)] {
 			hold(a.held, j)
 		}
+		// Held now, the keys count in the mark: their next write, which
+		// releases them, changes it.
+		base = tag | uint64(a.epoch(idx[:len(keys)], now))<<8
 		return ReadMark{slot: slot, state: base | admFilled}, true
 	}
 	a.reqs[slot].Store(base | admSeen)
 	return ReadMark{}, false
+}
+
+// epoch is what a read's mark depends on besides the read itself: the
+// period of now, the InvalidateAll count, and the version of each key slot
+// in js (the first maxHeldKeys of its keys'). A slot not held counts as
+// 0, a held one as its value + 1: an invalidation releases the slot as it
+// raises it, so a read filled (keys held) and read again after a write
+// (keys released) gets different marks even if the slot was never raised
+// before. A slot not held need not have its cache line in the big array read.
+func (a *admission) epoch(js []uint32, now time.Time) uint32 {
+	e := a.all.Load()*0x9E3779B1 ^ uint32(now.UnixNano()/int64(a.period))*0x85EBCA6B
+	for _, j := range js {
+		if isHeld(a.held, j) {
+			e += uint32(a.keys[j].Load()) + 1
+		}
+	}
+	return e
 }
 
 func (a *admission) filled(m ReadMark) {

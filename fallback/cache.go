@@ -60,9 +60,9 @@ type Cache struct {
 	slots []atomic.Uint64
 	floor atomic.Uint64
 	// held has a bit per key slot, set once a read of one of its keys was
-	// wanted (WantRead), before that read is sent, and cleared only by
-	// InvalidateAll. A
-	// slot not held has no entry and no fill under way, so invalidating it
+	// wanted (WantRead), before that read is sent, and cleared by the
+	// slot's next invalidation (InvalidateKeys) or by InvalidateAll. A
+	// slot not held has no fresh entry and no fill under way, so invalidating it
 	// would change nothing: most writes skip it, and with it the slot's
 	// cache line (one random access in an array of MaxBytes/32 bytes was a
 	// tenth of keyfence's CPU under a write load). The bits take 1/64 of
@@ -331,16 +331,31 @@ func (c *Cache) Invalidate(key []byte) {
 // before the held bits are read: a bit found clear was set (if ever) after
 // it, so a fill that sets it takes its Stamp after the tick, and raising
 // the slot to the tick would not have touched that fill.
+//
+// A held slot is released, then raised: every entry of its keys is stale
+// from then on, so the key's next writes skip the slot (a key written
+// again and again costs one cache-missing raise, not one a write) until a
+// fill holds it again. Releasing first keeps the proof above: a fill that
+// holds the slot after the release takes its Stamp after the tick, and a
+// fill that held it before finds it released at Store, or is stored before
+// the raise and made stale by it.
 func (c *Cache) InvalidateKeys(keys [][]byte) {
 	if c == nil || len(keys) == 0 {
 		return
 	}
 	n := c.clock.Add(1)
 	for _, k := range keys {
-		if j := c.slotIndex(k); c.isHeld(j) {
+		if j := c.slotIndex(k); release(c.held, j) {
 			raise(&c.slots[j], n)
 		}
 	}
+}
+
+// release clears slot j's bit in held; false: it was clear.
+func release(held []atomic.Uint64, j uint32) bool {
+	w := &held[j/64]
+	bit := uint64(1) << (j % 64)
+	return w.Load()&bit != 0 && w.And(^bit)&bit != 0
 }
 
 // raise sets a to v unless it holds more already: concurrent invalidations

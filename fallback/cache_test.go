@@ -272,7 +272,13 @@ func TestStaleReplyRefused(t *testing.T) {
 	}
 	lookupMiss(t, c, "a", 0, req)
 
-	// Stamped after the invalidation, the same store is fine.
+	// The invalidation released the key: a later fill holds it again, as
+	// every fill does (WantRead), and stamped after that the same store is
+	// fine.
+	if c.Store(c.Stamp(), "a", 0, req, bs(key), bulk("new"), 0) {
+		t.Fatal("Store accepted a key its invalidation released")
+	}
+	c.Hold(bs(key))
 	if !c.Store(c.Stamp(), "a", 0, req, bs(key), bulk("new"), 0) {
 		t.Fatal("Store refused a current reply")
 	}
@@ -618,6 +624,47 @@ func TestInvalidationSkipsSlotsNotHeld(t *testing.T) {
 	if c.Store(c.Stamp(), "tenant:a:", 0, getReq(string(other)), [][]byte{other}, bulk("v"), 0) {
 		t.Fatal("Store of a key never held accepted")
 	}
+}
+
+// An invalidation releases the slot it raises: the key's next writes leave
+// the slot array alone until a fill holds it again, and the entry filled
+// before stays stale all the while. A fill that held the key before the
+// invalidation and is stored after it is refused.
+func TestInvalidationReleasesHeldSlot(t *testing.T) {
+	c, _ := newTestCache(t, 30*time.Second, 1<<20)
+	k := []byte("tenant:a:k")
+	req := getReq(string(k))
+	if !store(c, "tenant:a:", 0, req, [][]byte{k}, bulk("v1"), 0) {
+		t.Fatal("Store of a held key refused")
+	}
+	c.Invalidate(k)
+	j := c.slotIndex(k)
+	raised := c.slots[j].Load()
+	if raised == 0 || c.isHeld(j) {
+		t.Fatalf("after the first write: slot %d, held %v; want raised and released", raised, c.isHeld(j))
+	}
+	lookupMiss(t, c, "tenant:a:", 0, req)
+	for range 3 {
+		c.Invalidate(k)
+	}
+	if got := c.slots[j].Load(); got != raised {
+		t.Fatalf("writes of a released key raised its slot from %d to %d", raised, got)
+	}
+	lookupMiss(t, c, "tenant:a:", 0, req)
+
+	// A fill under way across a write: held, stamped, then the write.
+	c.Hold([][]byte{k})
+	since := c.Stamp()
+	c.Invalidate(k)
+	if c.Store(since, "tenant:a:", 0, req, [][]byte{k}, bulk("old"), 0) {
+		t.Fatal("Store accepted a reply read before a write")
+	}
+	if !store(c, "tenant:a:", 0, req, [][]byte{k}, bulk("v2"), 0) {
+		t.Fatal("Store refused a fill that held its key after the write")
+	}
+	lookupOK(t, c, "tenant:a:", 0, req, bulk("v2"))
+	c.Invalidate(k)
+	lookupMiss(t, c, "tenant:a:", 0, req)
 }
 
 // In one second WantRead wants at most fillsPerSecond reads plus one per
