@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/keyfence/keyfence/internal/uring"
 	"github.com/keyfence/keyfence/upstream"
 )
 
@@ -59,6 +60,14 @@ type eventLoop struct {
 	ups     map[upstream.Key][]*loopUpstream // Config.SharedConns connections per database and protocol the sessions use
 	upByFd  map[int]*loopUpstream
 	readers map[int]*loopReader // the read cache's tracking connection, by descriptor
+
+	// ring sends each turn's replies to its clients in one system call
+	// (writeClient queues, sendQueued submits); nil: one write(2) a client,
+	// when io_uring cannot be used or Config.NoIOURing.
+	ring    *uring.Ring
+	toSend  []*loopConn          // clients with output due, to be sent at the turn's end
+	sending map[uint64]*loopConn // sends in the ring, by tag
+	sendTag uint64
 }
 
 // loopInbox is what other goroutines ask of the loop.
@@ -108,6 +117,10 @@ func newEventLoop(srv *Server) (*eventLoop, error) {
 		ups:     make(map[upstream.Key][]*loopUpstream),
 		upByFd:  make(map[int]*loopUpstream),
 		readers: make(map[int]*loopReader),
+		sending: make(map[uint64]*loopConn),
+	}
+	if !cfg.NoIOURing {
+		l.ring = l.newRing()
 	}
 	go l.run()
 	return l, nil
@@ -195,6 +208,9 @@ func (l *eventLoop) run() {
 	defer func() {
 		l.mu.Lock()
 		l.closed = true
+		if l.ring != nil {
+			l.ring.Close()
+		}
 		unix.Close(l.ep)
 		unix.Close(l.wake)
 		l.mu.Unlock()
@@ -217,6 +233,8 @@ func (l *eventLoop) run() {
 					}
 					return
 				}
+			case l.ring != nil && fd == l.ring.Fd():
+				l.takeSends() // a send the kernel finished after Submit
 			case l.readers[fd] != nil:
 				l.read(l.readers[fd])
 			case l.upByFd[fd] != nil:
@@ -242,10 +260,26 @@ func (l *eventLoop) run() {
 		// client flooding PINGs cannot keep the loop to itself.
 		ready := l.ready
 		l.ready = l.spare[:0]
-		for _, lc := range ready {
+		// Replies first, in one submission (sendQueued), before the turn
+		// reads and parses anyone's next requests: a client waits for its
+		// reply on nobody else's parsing.
+		due := 0
+		for i, lc := range ready {
+			if lc.written < len(lc.s.out) {
+				ready[i], ready[due] = ready[due], ready[i]
+				due++
+			}
+		}
+		for _, lc := range ready[:due] {
 			lc.queued = false
 			l.progress(lc)
 		}
+		l.sendQueued()
+		for _, lc := range ready[due:] {
+			lc.queued = false
+			l.progress(lc)
+		}
+		l.sendQueued()
 		clear(ready)
 		l.spare = ready[:0]
 		for _, ups := range l.ups {

@@ -33,6 +33,7 @@ type loopConn struct {
 	retries  int  // times a batch of reads that timed out was sent again
 	written  int  // bytes of s.out already written
 	blocked  bool // the client's socket is full: wait for it to drain
+	sending  bool // s.out[written:] is to be sent at the turn's end (sendQueued): hands off s.out until then
 	readable bool // bytes may be waiting on the socket
 	release  bool // leave the loop as soon as nothing is in flight
 	gone     bool // the client went away, or writing to it failed
@@ -227,10 +228,14 @@ func (l *eventLoop) complete(lc *loopConn, err error) {
 	l.schedule(lc)
 }
 
-// writeClient writes what is due to the client; false: some is left for
-// when its socket drains.
+// writeClient writes what is due to the client, or queues it for the
+// turn's one submission to the ring (sendQueued); false: some is left for
+// when its socket drains, or for the submission.
 func (l *eventLoop) writeClient(lc *loopConn) bool {
 	s := lc.s
+	if lc.sending {
+		return false // s.out is the ring's until its send is done
+	}
 	if lc.gone {
 		s.out, lc.written = s.out[:0], 0
 		return true
@@ -238,6 +243,16 @@ func (l *eventLoop) writeClient(lc *loopConn) bool {
 	if lc.blocked {
 		return false
 	}
+	if lc.written < len(s.out) && l.queueSend(lc) {
+		return false
+	}
+	return l.writeNow(lc)
+}
+
+// writeNow writes what is due to the client with write(2); false: its
+// socket is full.
+func (l *eventLoop) writeNow(lc *loopConn) bool {
+	s := lc.s
 	for lc.written < len(s.out) {
 		n, err := rawWrite(lc.fd, s.out[lc.written:])
 		if n > 0 {
@@ -255,6 +270,13 @@ func (l *eventLoop) writeClient(lc *loopConn) bool {
 		s.wErr, s.quit, lc.gone = err, true, true
 		lc.written = len(s.out)
 	}
+	l.wroteAll(lc)
+	return true
+}
+
+// wroteAll empties the client's output once all of it is written.
+func (l *eventLoop) wroteAll(lc *loopConn) {
+	s := lc.s
 	if lc.written > 0 {
 		s.srv.stats.writes.Add(1)
 	}
@@ -262,7 +284,6 @@ func (l *eventLoop) writeClient(lc *loopConn) bool {
 	if cap(s.out) > maxKeptBuffer {
 		s.out = nil
 	}
-	return true
 }
 
 // end ends a session in the loop: the client left, quit, or a write failed.

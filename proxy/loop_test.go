@@ -16,6 +16,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/keyfence/keyfence/internal/faultproxy"
+	"github.com/keyfence/keyfence/internal/redistest"
+	"github.com/keyfence/keyfence/internal/uring"
 )
 
 // onLoop counts the sessions the event loop serves now.
@@ -126,7 +128,35 @@ func split(b []byte, n int) [][]byte {
 // another client's transaction takes it off the loop.
 func TestEventLoopManyClients(t *testing.T) {
 	up := testRedis(t)
-	srv, addr := startProxyServer(t, up, nil)
+	writePaths(t, func(t *testing.T, mutate func(*Config)) *Server {
+		return testEventLoopManyClients(t, up, mutate)
+	})
+}
+
+// writePaths runs f once with the loop sending each turn's replies through
+// io_uring and once with write(2) (Config.NoIOURing), and checks that the
+// server f ran had the ring in the first case: where io_uring cannot be
+// set up the first case fails, so that its path is never skipped unseen.
+func writePaths(t *testing.T, f func(t *testing.T, mutate func(*Config)) *Server) {
+	for _, ring := range []bool{true, false} {
+		name := map[bool]string{true: "io_uring", false: "write(2)"}[ring]
+		t.Run(name, func(t *testing.T) {
+			srv := f(t, func(c *Config) { c.NoIOURing = !ring })
+			srv.mu.Lock()
+			l := srv.loop
+			srv.mu.Unlock()
+			if got := l != nil && l.ring != nil; got != ring {
+				if _, err := uring.New(1); err != nil {
+					t.Fatalf("io_uring cannot be set up on this machine (kernel.io_uring_disabled, or a seccomp profile that forbids it), so the event loop's io_uring path is not tested: %v", err)
+				}
+				t.Fatalf("the event loop writes through io_uring: %v, want %v", got, ring)
+			}
+		})
+	}
+}
+
+func testEventLoopManyClients(t *testing.T, up *redistest.Server, mutate func(*Config)) *Server {
+	srv, addr := startProxyServer(t, up, mutate)
 	const clients, rounds = 24, 40
 	eachClient(t, addr, clients+1, func(i int, c *rawConn) error {
 		if i == clients { // the transaction
@@ -166,6 +196,7 @@ func TestEventLoopManyClients(t *testing.T) {
 	if !waitFor(5*time.Second, func() bool { return srv.Stats().Sessions == 0 }) {
 		t.Errorf("sessions %d after every client left, want 0", srv.Stats().Sessions)
 	}
+	return srv
 }
 
 // TestEventLoopClientLeavesMidBatch: a client that closes while its batch
@@ -202,7 +233,13 @@ func TestEventLoopClientLeavesMidBatch(t *testing.T) {
 // and the slow client gets every reply once it reads.
 func TestEventLoopSlowReaderStallsNobody(t *testing.T) {
 	up := testRedis(t)
-	_, addr := startProxyServer(t, up, nil)
+	writePaths(t, func(t *testing.T, mutate func(*Config)) *Server {
+		return testEventLoopSlowReader(t, up, mutate)
+	})
+}
+
+func testEventLoopSlowReader(t *testing.T, up *redistest.Server, mutate func(*Config)) *Server {
+	srv, addr := startProxyServer(t, up, mutate)
 	fast := dialRaw(t, addr)
 	value := strings.Repeat("z", 64<<10)
 	fast.do(t, "SET", "big", value)
@@ -226,6 +263,7 @@ func TestEventLoopSlowReaderStallsNobody(t *testing.T) {
 			t.Fatalf("slow reader's reply %d: %d bytes, %v", i, len(got), err)
 		}
 	}
+	return srv
 }
 
 // TestEventLoopShutdown: an idle client on the loop is closed by a drain,

@@ -36,6 +36,12 @@ type Config struct {
 	// its first command, never on the event loop (loop.go): for comparing
 	// the two, and a way out should the loop misbehave.
 	GoroutinePerClient bool
+	// NoIOURing makes the event loop write to each client with a write(2)
+	// of its own instead of submitting a turn's writes together through
+	// io_uring (loop_send.go): a way out should io_uring misbehave, and how
+	// tests keep the other path covered. Where io_uring is not available
+	// the loop uses write(2) anyway.
+	NoIOURing bool
 	// ClientOutputSoftLimit and ClientOutputHardLimit bound what keyfence
 	// holds for one client that it has not written yet, like Redis's
 	// client-output-buffer-limit for normal clients: past the soft limit
