@@ -55,7 +55,7 @@ type eventLoop struct {
 	ready   []*loopConn       // clients that may make progress this turn
 	spare   []*loopConn       // ready's other buffer
 	events  [256]unix.EpollEvent
-	scratch []byte                           // what one read of a client brings, handled in place
+	scratch []byte                           // what reads of clients bring, handled in place: readClient's first, then readAhead's slots
 	now     time.Time                        // when this turn's events came: one clock reading a turn
 	ups     map[upstream.Key][]*loopUpstream // Config.SharedConns connections per database and protocol the sessions use
 	upByFd  map[int]*loopUpstream
@@ -68,6 +68,7 @@ type eventLoop struct {
 	toSend  []*loopConn          // clients with output due, to be sent at the turn's end
 	sending map[uint64]*loopConn // sends in the ring, by tag
 	sendTag uint64
+	aheadOf []*loopConn // the clients readAhead read this turn, by tag
 }
 
 // loopInbox is what other goroutines ask of the loop.
@@ -275,10 +276,12 @@ func (l *eventLoop) run() {
 			l.progress(lc)
 		}
 		l.sendQueued()
+		l.readAhead(ready[due:])
 		for _, lc := range ready[due:] {
 			lc.queued = false
 			l.progress(lc)
 		}
+		l.keepAhead()
 		l.sendQueued()
 		clear(ready)
 		l.spare = ready[:0]

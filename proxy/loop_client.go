@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -29,16 +30,25 @@ type loopConn struct {
 	sentAt   time.Time     // when its batch went upstream, for Config.Upstream.Timeout
 	t0       time.Time     // beginSend's, for the metrics
 	ticket   fallback.Ticket
-	guarded  bool // the batch holds a breaker ticket
-	retries  int  // times a batch of reads that timed out was sent again
-	written  int  // bytes of s.out already written
-	blocked  bool // the client's socket is full: wait for it to drain
-	sending  bool // s.out[written:] is to be sent at the turn's end (sendQueued): hands off s.out until then
-	readable bool // bytes may be waiting on the socket
-	release  bool // leave the loop as soon as nothing is in flight
-	gone     bool // the client went away, or writing to it failed
-	queued   bool // in loop.ready
-	over     bool // ended or handed off: the loop has nothing more to do with it
+	guarded  bool     // the batch holds a breaker ticket
+	retries  int      // times a batch of reads that timed out was sent again
+	written  int      // bytes of s.out already written
+	blocked  bool     // the client's socket is full: wait for it to drain
+	sending  bool     // s.out[written:] is to be sent at the turn's end (sendQueued): hands off s.out until then
+	ahead    loopRead // what the turn's readAhead read for it
+	readable bool     // bytes may be waiting on the socket
+	release  bool     // leave the loop as soon as nothing is in flight
+	gone     bool     // the client went away, or writing to it failed
+	queued   bool     // in loop.ready
+	over     bool     // ended or handed off: the loop has nothing more to do with it
+}
+
+// loopRead is a read made ahead of the client's turn: into buf, n bytes
+// or err (n == 0 and err == nil: the client closed).
+type loopRead struct {
+	buf []byte
+	n   int
+	err error
 }
 
 // loopReadSize is how much one read of a client may bring, as a
@@ -87,20 +97,18 @@ func (l *eventLoop) progress(lc *loopConn) {
 
 // readClient reads what the client sent into s.rbuf: the loop's scratch
 // when nothing is left over, else after the leftover in its own buffer.
+// A read the turn made ahead (readAhead) is taken instead of a new one.
 // false: nothing was read (the socket is drained, or the client went).
 func (l *eventLoop) readClient(lc *loopConn) bool {
 	s := lc.s
-	buf := l.scratch
-	if len(s.rbuf) > 0 {
-		if len(s.rbuf) == cap(s.rbuf) {
-			// A request bigger than the loop keeps: the session's goroutine
-			// reads it, within the server's request budget.
-			lc.release = true
+	buf, n, err := lc.ahead.buf, lc.ahead.n, lc.ahead.err
+	lc.ahead = loopRead{}
+	if buf == nil {
+		if buf = l.readBuffer(lc, l.scratch[:loopReadSize]); buf == nil {
 			return false
 		}
-		buf = s.rbuf[len(s.rbuf):cap(s.rbuf)]
+		n, err = rawRead(lc.fd, buf)
 	}
-	n, err := rawRead(lc.fd, buf)
 	switch {
 	case n > 0:
 		if n < len(buf) {
@@ -122,6 +130,30 @@ func (l *eventLoop) readClient(lc *loopConn) bool {
 	return false
 }
 
+// readBuffer is where lc's next read goes: scratch when nothing is left
+// over, else the room after the leftover in the session's own buffer.
+// nil: the leftover fills that buffer (a request bigger than the loop
+// keeps), and the session goes to a goroutine, which reads it within the
+// server's request budget.
+func (l *eventLoop) readBuffer(lc *loopConn, scratch []byte) []byte {
+	s := lc.s
+	if len(s.rbuf) == 0 {
+		return scratch
+	}
+	if len(s.rbuf) == cap(s.rbuf) {
+		lc.release = true
+		return nil
+	}
+	return s.rbuf[len(s.rbuf):cap(s.rbuf)]
+}
+
+// inScratch says whether b is in the loop's scratch, which the next turn
+// reads into again.
+func (l *eventLoop) inScratch(b []byte) bool {
+	p, start := uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(unsafe.Pointer(unsafe.SliceData(l.scratch)))
+	return p >= start && p < start+uintptr(len(l.scratch))
+}
+
 // keepLeftover copies a partial request out of the scratch buffer, or
 // compacts the session's own buffer, so that the next read appends to it.
 func (l *eventLoop) keepLeftover(lc *loopConn) {
@@ -130,7 +162,7 @@ func (l *eventLoop) keepLeftover(lc *loopConn) {
 	switch {
 	case s.more:
 		// Whole commands wait for the client to read its replies: keep them.
-		if &s.rbuf[0] == &l.scratch[0] {
+		if l.inScratch(s.rbuf) {
 			s.rbuf = append(make([]byte, 0, max(len(rest), initialReadBuffer)), rest...)
 			s.rpos = 0
 		}
@@ -141,7 +173,7 @@ func (l *eventLoop) keepLeftover(lc *loopConn) {
 		s.rbuf = append([]byte(nil), rest...)
 		s.rpos = 0
 		lc.release = true
-	case &s.rbuf[0] == &l.scratch[0]:
+	case l.inScratch(s.rbuf):
 		s.rbuf = append(make([]byte, 0, initialReadBuffer), rest...)
 		s.rpos = 0
 	default:

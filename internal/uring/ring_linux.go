@@ -23,6 +23,7 @@ const (
 	featSingleMmap = 1 << 0
 
 	opSend = 26
+	opRecv = 27
 )
 
 type sqRingOffsets struct {
@@ -121,6 +122,18 @@ func New(entries uint32) (*Ring, error) {
 // with tag. false: the ring is full (Submit first). p must stay as it is
 // until Submit returns.
 func (r *Ring) Send(fd int, p []byte, tag uint64) bool {
+	return r.queue(opSend, fd, p, tag, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+}
+
+// Recv queues a receive into p from the non-blocking socket fd, to be
+// reported with tag: the bytes received (0: the peer closed), or -EAGAIN
+// when none are waiting. false: the ring is full. p is the kernel's until
+// Submit returns.
+func (r *Ring) Recv(fd int, p []byte, tag uint64) bool {
+	return r.queue(opRecv, fd, p, tag, unix.MSG_DONTWAIT)
+}
+
+func (r *Ring) queue(op uint8, fd int, p []byte, tag uint64, flags uint32) bool {
 	// Completions not yet taken count against the room too: the completion
 	// ring (twice the size of the submission ring) must never overflow.
 	if len(p) == 0 || int(r.queued)+r.pending >= len(r.sqes) {
@@ -128,14 +141,14 @@ func (r *Ring) Send(fd int, p []byte, tag uint64) bool {
 	}
 	tail := atomic.LoadUint32(r.sqTail) + r.queued
 	i := tail & r.sqMask
-	r.sqes[i] = sqe{opcode: opSend, fd: int32(fd), addr: uint64(uintptr(unsafe.Pointer(&p[0]))), len: uint32(len(p)), msgFlags: unix.MSG_DONTWAIT | unix.MSG_NOSIGNAL, userData: tag}
+	r.sqes[i] = sqe{opcode: op, fd: int32(fd), addr: uint64(uintptr(unsafe.Pointer(&p[0]))), len: uint32(len(p)), msgFlags: flags, userData: tag}
 	r.sqArray[i] = i
 	r.queued++
 	return true
 }
 
-// Submit hands every queued send to the kernel in one system call; they
-// complete during it (MSG_DONTWAIT). Completions reports them.
+// Submit hands everything queued to the kernel in one system call; it
+// completes during the call (MSG_DONTWAIT). Completions reports it.
 func (r *Ring) Submit() error {
 	n := r.queued
 	if n == 0 {
@@ -161,8 +174,9 @@ func (r *Ring) Submit() error {
 	return nil
 }
 
-// Completions calls f for every send completed since the last call, with
-// its tag and its result: the bytes sent, or a negated errno.
+// Completions calls f for every send and receive completed since the last
+// call, with its tag and its result: the bytes sent or received, or a
+// negated errno.
 func (r *Ring) Completions(f func(tag uint64, res int32)) {
 	head := atomic.LoadUint32(r.cqHead)
 	tail := atomic.LoadUint32(r.cqTail)
@@ -174,7 +188,7 @@ func (r *Ring) Completions(f func(tag uint64, res int32)) {
 	atomic.StoreUint32(r.cqHead, head)
 }
 
-// Pending is the number of sends submitted whose completion Completions
+// Pending is the number of operations submitted whose completion Completions
 // has not delivered yet: 0 after Submit and Completions, unless the kernel
 // left one running.
 func (r *Ring) Pending() int { return r.pending }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"syscall"
 	"testing"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -185,4 +186,47 @@ func BenchmarkSend(b *testing.B) {
 		}
 		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*sockets), "ns/send")
 	})
+}
+
+// Receives complete during Submit: the bytes waiting, -EAGAIN when none
+// are (nothing left waiting in the kernel), 0 once the peer has closed.
+func TestRecv(t *testing.T) {
+	r := newRing(t, 8)
+	fd, peer := socketPair(t)
+	idle, _ := socketPair(t)
+	if _, err := peer.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	recv := func(fd int, buf []byte) int32 {
+		t.Helper()
+		var res int32
+		for deadline := 0; ; deadline++ { // the bytes may take a moment to arrive
+			if !r.Recv(fd, buf, 7) {
+				t.Fatal("Recv refused with room left")
+			}
+			if err := r.Submit(); err != nil {
+				t.Fatal(err)
+			}
+			n := 0
+			r.Completions(func(tag uint64, got int32) { res, n = got, n+1 })
+			if n != 1 || r.Pending() != 0 {
+				t.Fatalf("%d completions, %d pending; want 1, 0", n, r.Pending())
+			}
+			if res != -int32(syscall.EAGAIN) || fd == idle || deadline > 1000 {
+				return res
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	buf := make([]byte, 64)
+	if n := recv(fd, buf); n != 5 || string(buf[:n]) != "hello" {
+		t.Fatalf("recv: %d %q, want 5 \"hello\"", n, buf[:max(n, 0)])
+	}
+	if n := recv(idle, buf); n != -int32(syscall.EAGAIN) {
+		t.Fatalf("recv with nothing waiting: %d, want %d", n, -int32(syscall.EAGAIN))
+	}
+	peer.Close()
+	if n := recv(fd, buf); n != 0 {
+		t.Fatalf("recv after the peer closed: %d, want 0", n)
+	}
 }
