@@ -53,7 +53,7 @@ type settings struct {
 	logLevel, logFormat                               string
 	probeInterval                                     time.Duration
 	adminTokenFile                                    string
-	adminPprof, eventLoop                             bool
+	adminPprof, eventLoop, ioURing                    bool
 	// secret settings: read after parsing (see secretSetting)
 	redisPasswordFile, sentinelPasswordFile, clientPasswordFile string
 	adminToken                                                  string
@@ -162,6 +162,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*con
 	secret(&s.clientPassword, "client-password", "PROXY_CLIENT_PASSWORD", "the password clients must AUTH with (empty: none, like a Redis without requirepass)")
 	num(&s.maxClients, "max-clients", "PROXY_MAX_CLIENTS", 10000, "client connections at most; more get Redis's 'max number of clients reached'")
 	boolean(&s.eventLoop, "event-loop", "PROXY_EVENT_LOOP", true, "serve plain TCP clients of a sidecar on one epoll event loop until a command needs more (MULTI, blocking, subscribe, scripts…), then on a goroutine each; false: a goroutine each from the start")
+	boolean(&s.ioURing, "io-uring", "PROXY_IO_URING", true, "the event loop reads and writes the clients of a turn with one io_uring submission each (where io_uring cannot be set up, as under Docker's default seccomp profile, it uses read(2) and write(2) and logs why); false: read(2) and write(2) always")
 	num(&s.maxRequestBytes, "max-request-bytes", "PROXY_MAX_REQUEST_BYTES", resp.DefaultLimits.MaxRequestBytes, "largest request a client may send")
 	num(&s.outputSoft, "client-output-soft-limit", "PROXY_CLIENT_OUTPUT_SOFT_LIMIT", proxy.DefaultClientOutputSoftLimit, "bytes of replies held for a client before keyfence stops reading its commands until it has read them (like Redis's client-output-buffer-limit soft limit)")
 	num(&s.outputHard, "client-output-hard-limit", "PROXY_CLIENT_OUTPUT_HARD_LIMIT", proxy.DefaultClientOutputHardLimit, "bytes of replies to one client's pipelined commands past which the client is disconnected (like Redis's hard limit); the shared upstream connection is unaffected")
@@ -509,6 +510,7 @@ func (s *settings) config() (*config, error) {
 			MaxClients:            s.maxClients,
 			MaxRequestBytes:       s.maxRequestBytes,
 			GoroutinePerClient:    !s.eventLoop,
+			NoIOURing:             !s.ioURing,
 			ClientOutputSoftLimit: s.outputSoft,
 			ClientOutputHardLimit: s.outputHard,
 			MaxRequestBufferTotal: int64(s.maxRequestBufferTotal),

@@ -103,6 +103,8 @@ func TestParseConfig(t *testing.T) {
 					return "script limits"
 				case p.Fallback == nil || !p.FallbackCache:
 					return "the breaker and the read fallback are on by default"
+				case p.GoroutinePerClient, p.NoIOURing:
+					return "the event loop and its io_uring are on by default"
 				}
 				return ""
 			},
@@ -119,6 +121,17 @@ func TestParseConfig(t *testing.T) {
 		},
 		{name: "fallback asked for without the breaker", args: []string{"--tenant", "acme", "--breaker=false", "--fallback"}, wantErr: "--fallback needs --breaker"},
 		{name: "fallback asked for by env without the breaker", args: []string{"--tenant", "acme", "--breaker=false"}, env: map[string]string{"PROXY_FALLBACK": "true"}, wantErr: "--fallback needs --breaker"},
+		{
+			name: "io_uring off by env",
+			args: []string{"--tenant", "acme"},
+			env:  map[string]string{"PROXY_IO_URING": "false"},
+			check: func(c *config) string {
+				if !c.proxy.NoIOURing || c.proxy.GoroutinePerClient {
+					return "want the event loop without io_uring"
+				}
+				return ""
+			},
+		},
 		{
 			name: "fallback off",
 			args: []string{"--tenant", "acme", "--fallback=false"},
