@@ -55,7 +55,7 @@ type eventLoop struct {
 	ready   []*loopConn       // clients that may make progress this turn
 	spare   []*loopConn       // ready's other buffer
 	events  [256]unix.EpollEvent
-	scratch []byte                           // what reads of clients bring, handled in place: readClient's first, then readAhead's slots
+	scratch []byte                           // what reads of clients bring, handled in place: readClient's first, then exchange's slots
 	now     time.Time                        // when this turn's events came: one clock reading a turn
 	ups     map[upstream.Key][]*loopUpstream // Config.SharedConns connections per database and protocol the sessions use
 	upByFd  map[int]*loopUpstream
@@ -64,11 +64,12 @@ type eventLoop struct {
 	// ring sends each turn's replies to its clients in one system call
 	// (writeClient queues, sendQueued submits); nil: one write(2) a client,
 	// when io_uring cannot be used or Config.NoIOURing.
-	ring    *uring.Ring
-	toSend  []*loopConn          // clients with output due, to be sent at the turn's end
-	sending map[uint64]*loopConn // sends in the ring, by tag
-	sendTag uint64
-	aheadOf []*loopConn // the clients readAhead read this turn, by tag
+	ring      *uring.Ring
+	toSend    []*loopConn          // clients with output due, to be sent at the turn's end
+	sending   map[uint64]*loopConn // sends in the ring, by tag
+	sendTag   uint64
+	aheadOf   []*loopConn // the clients exchange read this turn, by tag
+	aheadDone int         // of them, the reads completed
 }
 
 // loopInbox is what other goroutines ask of the loop.
@@ -235,7 +236,7 @@ func (l *eventLoop) run() {
 					return
 				}
 			case l.ring != nil && fd == l.ring.Fd():
-				l.takeSends() // a send the kernel finished after Submit
+				l.takeCompletions() // a send the kernel finished after Submit
 			case l.readers[fd] != nil:
 				l.read(l.readers[fd])
 			case l.upByFd[fd] != nil:
@@ -261,9 +262,9 @@ func (l *eventLoop) run() {
 		// client flooding PINGs cannot keep the loop to itself.
 		ready := l.ready
 		l.ready = l.spare[:0]
-		// Replies first, in one submission (sendQueued), before the turn
-		// reads and parses anyone's next requests: a client waits for its
-		// reply on nobody else's parsing.
+		// Replies first, in one submission with the turn's reads
+		// (exchange), before the turn parses anyone's next requests: a
+		// client waits for its reply on nobody else's parsing.
 		due := 0
 		for i, lc := range ready {
 			if lc.written < len(lc.s.out) {
@@ -275,8 +276,7 @@ func (l *eventLoop) run() {
 			lc.queued = false
 			l.progress(lc)
 		}
-		l.sendQueued()
-		l.readAhead(ready[due:])
+		l.exchange(ready[due:])
 		for _, lc := range ready[due:] {
 			lc.queued = false
 			l.progress(lc)

@@ -35,7 +35,7 @@ type loopConn struct {
 	written  int      // bytes of s.out already written
 	blocked  bool     // the client's socket is full: wait for it to drain
 	sending  bool     // s.out[written:] is to be sent at the turn's end (sendQueued): hands off s.out until then
-	ahead    loopRead // what the turn's readAhead read for it
+	ahead    loopRead // what the turn's exchange read for it
 	readable bool     // bytes may be waiting on the socket
 	release  bool     // leave the loop as soon as nothing is in flight
 	gone     bool     // the client went away, or writing to it failed
@@ -97,7 +97,7 @@ func (l *eventLoop) progress(lc *loopConn) {
 
 // readClient reads what the client sent into s.rbuf: the loop's scratch
 // when nothing is left over, else after the leftover in its own buffer.
-// A read the turn made ahead (readAhead) is taken instead of a new one.
+// A read the turn made ahead (exchange) is taken instead of a new one.
 // false: nothing was read (the socket is drained, or the client went).
 func (l *eventLoop) readClient(lc *loopConn) bool {
 	s := lc.s

@@ -32,8 +32,8 @@ func (l *eventLoop) newRing() *uring.Ring {
 	return r
 }
 
-// queueSend holds what is due to lc for the turn's end, to be sent with
-// the other clients' replies; false: there is no ring.
+// queueSend holds what is due to lc for the turn's submission, to be sent
+// with the other clients' replies; false: there is no ring.
 func (l *eventLoop) queueSend(lc *loopConn) bool {
 	if l.ring == nil {
 		return false
@@ -43,34 +43,119 @@ func (l *eventLoop) queueSend(lc *loopConn) bool {
 	return true
 }
 
-// sendQueued sends what the turn's clients are due: in one submission to
-// the ring, or with write(2) when there is one client only (a submission
-// of one costs more than the write). A ring that fails is given up for
-// write(2).
+// readTag marks a read's tag (its index in aheadOf) apart from a send's.
+const readTag = 1 << 63
+
+// exchange is the turn's one submission: the replies queued so far
+// (queueSend) and a read of every client of clients that its progress this
+// turn will read (willRead), each into a slot of the loop's scratch after
+// the first (which readClient's own reads use) or after its leftover;
+// readClient takes the result. With one operation or none, a write(2) (or
+// the read(2) progress makes) costs less than a submission.
+func (l *eventLoop) exchange(clients []*loopConn) {
+	reads := 0
+	if l.ring != nil {
+		for _, lc := range clients {
+			if l.willRead(lc) {
+				reads++
+			}
+		}
+	}
+	if l.ring != nil && len(l.toSend)+reads > 1 {
+		l.queueSends()
+		l.queueReads(clients, min(reads, loopRingSize))
+		l.submitRing()
+	}
+	l.writeLeft()
+}
+
+// sendQueued sends the replies queued since the turn's submission (a batch
+// answered at once makes some): in one submission, or with write(2) when
+// there is one.
 func (l *eventLoop) sendQueued() {
-	if len(l.toSend) == 0 {
+	if l.ring != nil && len(l.toSend) > 1 {
+		l.queueSends()
+		l.submitRing()
+	}
+	l.writeLeft()
+}
+
+// queueSends moves what it can of toSend into the ring; the rest (the ring
+// is full) stays for writeLeft.
+func (l *eventLoop) queueSends() {
+	for i, lc := range l.toSend {
+		l.sendTag = (l.sendTag + 1) &^ readTag
+		if !l.ring.Send(lc.fd, lc.s.out[lc.written:], l.sendTag) {
+			return
+		}
+		l.sending[l.sendTag] = lc
+		l.toSend[i] = nil
+	}
+}
+
+// queueReads queues up to n reads of the clients that will read.
+func (l *eventLoop) queueReads(clients []*loopConn, n int) {
+	if n == 0 {
 		return
 	}
-	if len(l.toSend) > 1 && l.ring != nil {
-		for i, lc := range l.toSend {
-			l.sendTag++
-			if !l.ring.Send(lc.fd, lc.s.out[lc.written:], l.sendTag) {
-				break // full: the rest with write(2), below
-			}
-			l.sending[l.sendTag] = lc
-			l.toSend[i] = nil
-		}
-		if err := l.ring.Submit(); err != nil {
-			l.dropRing(err)
-			for tag, lc := range l.sending {
-				delete(l.sending, tag)
-				lc.sending = false
-				l.schedule(lc) // written next turn
-			}
-		} else {
-			l.takeSends()
-		}
+	if need := (n + 1) * loopReadSize; len(l.scratch) < need {
+		// No session keeps a slice of the scratch past its turn (keepLeftover).
+		l.scratch = make([]byte, need)
 	}
+	slot := 1
+	for _, lc := range clients {
+		if len(l.aheadOf) == n {
+			return
+		}
+		if !l.willRead(lc) {
+			continue
+		}
+		buf := l.readBuffer(lc, l.scratch[slot*loopReadSize:(slot+1)*loopReadSize])
+		if buf == nil {
+			continue // released: progress hands it off
+		}
+		if !l.ring.Recv(lc.fd, buf, readTag|uint64(len(l.aheadOf))) {
+			return // full: progress reads the rest itself
+		}
+		if len(lc.s.rbuf) == 0 {
+			slot++
+		}
+		lc.ahead = loopRead{buf: buf}
+		l.aheadOf = append(l.aheadOf, lc)
+	}
+}
+
+// submitRing hands what is queued to the kernel and acts on what completed. A
+// ring that fails is given up: its sends are made next turn, its reads by
+// progress.
+func (l *eventLoop) submitRing() {
+	if err := l.ring.Submit(); err != nil {
+		for tag, lc := range l.sending {
+			delete(l.sending, tag)
+			lc.sending = false
+			l.schedule(lc)
+		}
+		for _, lc := range l.aheadOf {
+			lc.ahead = loopRead{}
+		}
+		l.dropRing(err)
+		return
+	}
+	l.aheadDone = 0
+	l.takeCompletions()
+	if l.aheadDone < len(l.aheadOf) {
+		// A receive the kernel did not finish may still write into the
+		// scratch: leave that to the ring, given up, and read elsewhere.
+		l.scratch = make([]byte, len(l.scratch))
+		for _, lc := range l.aheadOf {
+			lc.ahead = loopRead{}
+		}
+		l.dropRing(errors.New("a receive did not complete during its submission"))
+	}
+}
+
+// writeLeft writes with write(2) what is queued and not in the ring.
+func (l *eventLoop) writeLeft() {
 	for _, lc := range l.toSend {
 		if lc != nil {
 			lc.sending = false
@@ -83,10 +168,23 @@ func (l *eventLoop) sendQueued() {
 	l.toSend = l.toSend[:0]
 }
 
-// takeSends acts on every send the ring has finished, as writeClient does
-// on a write(2)'s result.
-func (l *eventLoop) takeSends() {
+// takeCompletions acts on every operation the ring has finished: a read's
+// result waits for readClient; a send's is taken as writeClient takes a
+// write(2)'s.
+func (l *eventLoop) takeCompletions() {
 	l.ring.Completions(func(tag uint64, res int32) {
+		if tag&readTag != 0 {
+			if i := int(tag &^ readTag); i < len(l.aheadOf) {
+				a := &l.aheadOf[i].ahead
+				if res >= 0 {
+					a.n = int(res)
+				} else {
+					a.err = syscall.Errno(-res)
+				}
+				l.aheadDone++
+			}
+			return
+		}
 		lc := l.sending[tag]
 		if lc == nil {
 			return
@@ -131,79 +229,6 @@ func (l *eventLoop) dropRing(err error) {
 	l.srv.log.Warn("event loop: io_uring failed; reading and writing clients one system call at a time from now on", "err", err)
 	l.ring.Close()
 	l.ring = nil
-}
-
-// readAhead reads, in one submission, every client of clients that its
-// progress this turn will read (willRead), each into a slot of the loop's
-// scratch after the first (which readClient's own reads use) or after its
-// leftover; readClient takes the result.
-func (l *eventLoop) readAhead(clients []*loopConn) {
-	if l.ring == nil {
-		return
-	}
-	n := 0
-	for _, lc := range clients {
-		if l.willRead(lc) {
-			n++
-		}
-	}
-	if n < 2 {
-		return // one read(2) costs less than a submission of one
-	}
-	n = min(n, loopRingSize)
-	if need := (n + 1) * loopReadSize; len(l.scratch) < need {
-		// No session keeps a slice of the scratch past its turn (keepLeftover).
-		l.scratch = make([]byte, need)
-	}
-	l.aheadOf = l.aheadOf[:0]
-	slot := 1
-	for _, lc := range clients {
-		if len(l.aheadOf) == n {
-			break
-		}
-		if !l.willRead(lc) {
-			continue
-		}
-		buf := l.readBuffer(lc, l.scratch[slot*loopReadSize:(slot+1)*loopReadSize])
-		if buf == nil {
-			continue // released: progress hands it off
-		}
-		if len(lc.s.rbuf) == 0 {
-			slot++
-		}
-		if !l.ring.Recv(lc.fd, buf, uint64(len(l.aheadOf))) {
-			break
-		}
-		lc.ahead = loopRead{buf: buf}
-		l.aheadOf = append(l.aheadOf, lc)
-	}
-	if err := l.ring.Submit(); err != nil {
-		for _, lc := range l.aheadOf {
-			lc.ahead = loopRead{} // read by readClient instead
-		}
-		l.dropRing(err)
-		return
-	}
-	l.ring.Completions(func(tag uint64, res int32) {
-		if tag >= uint64(len(l.aheadOf)) {
-			return
-		}
-		a := &l.aheadOf[tag].ahead
-		if res >= 0 {
-			a.n = int(res)
-		} else {
-			a.err = syscall.Errno(-res)
-		}
-	})
-	if l.ring.Pending() > 0 {
-		// A receive the kernel did not finish may still write into the
-		// scratch: leave it to the ring (dropped) and read elsewhere.
-		l.scratch = make([]byte, len(l.scratch))
-		for _, lc := range l.aheadOf {
-			lc.ahead = loopRead{}
-		}
-		l.dropRing(errors.New("a receive did not complete during its submission"))
-	}
 }
 
 // willRead says whether progress will read lc this turn (in that order:
