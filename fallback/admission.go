@@ -48,7 +48,7 @@ type fillBudget struct {
 
 const (
 	fillsPerSecond   = 100
-	sightingsPerFill = 16 // with the proxy's one read in four sampled: a fill per 64 cacheable reads
+	sightingsPerFill = 64 // with the proxy's one read in four sampled: a fill per 256 cacheable reads
 )
 
 // open counts a sighting at now and reports whether a fill may follow it.
