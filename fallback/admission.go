@@ -23,6 +23,7 @@ type admission struct {
 	seed   maphash.Seed
 	keys   []atomic.Uint64 // the cache's key slots
 	held   []atomic.Uint64 // and their held bits (Cache.held)
+	clock  *atomic.Uint64  // the cache's invalidation clock, for hold
 	reqs   []atomic.Uint64
 	all    atomic.Uint32 // bumped by InvalidateAll
 	period time.Duration // a filled read is filled again after this long, so that entries do not run out
@@ -71,8 +72,8 @@ const (
 	admFilled = 2
 )
 
-func newAdmission(seed maphash.Seed, keys, held []atomic.Uint64, period time.Duration) *admission {
-	return &admission{seed: seed, keys: keys, held: held, reqs: make([]atomic.Uint64, len(keys)), period: max(period, time.Second)}
+func newAdmission(seed maphash.Seed, keys, held []atomic.Uint64, clock *atomic.Uint64, period time.Duration) *admission {
+	return &admission{seed: seed, keys: keys, held: held, clock: clock, reqs: make([]atomic.Uint64, len(keys)), period: max(period, time.Second)}
 }
 
 // keyHash hashes an upstream key name given as prefix and the client's key.
@@ -123,7 +124,7 @@ func (a *admission) want(ns, prefix string, db int, command string, args [][]byt
 		}
 		a.budget.fills.Add(1)
 		for _, j := range idx[:len(keys)] {
-			hold(a.held, j)
+			hold(a.held, a.keys, a.clock, j)
 		}
 		// Held now, the keys count in the mark: their next write, which
 		// releases them, changes it.

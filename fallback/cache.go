@@ -89,7 +89,7 @@ func NewCache(cfg Config) (*Cache, error) {
 	n := slotsFor(cfg.MaxBytes)
 	c.slots = make([]atomic.Uint64, n)
 	c.held = make([]atomic.Uint64, (n+63)/64)
-	c.adm = newAdmission(c.seed, c.slots, c.held, cfg.TTL/2)
+	c.adm = newAdmission(c.seed, c.slots, c.held, &c.clock, cfg.TTL/2)
 	return c, nil
 }
 
@@ -264,13 +264,16 @@ func (c *Cache) Lookup(ns string, db int, req []byte) (reply []byte, ok bool) {
 }
 
 // fresh reports whether a reply read after since is still current:
-// nothing invalidated everything after it, and none of keys since.
+// nothing invalidated everything after it, and none of keys since. A key
+// whose slot is not held counts as invalidated: its invalidations are
+// skipped (InvalidateKeys), so nothing says it did not change.
 func (c *Cache) fresh(since Stamp, keys [][]byte) bool {
 	if uint64(since) < c.floor.Load() {
 		return false
 	}
 	for _, k := range keys {
-		if c.slot(k).Load() > uint64(since) {
+		j := c.slotIndex(k)
+		if !c.isHeld(j) || c.slots[j].Load() > uint64(since) {
 			return false
 		}
 	}
@@ -299,14 +302,23 @@ func (c *Cache) Hold(keys [][]byte) {
 		return
 	}
 	for _, k := range keys {
-		hold(c.held, c.slotIndex(k))
+		hold(c.held, c.slots, &c.clock, c.slotIndex(k))
 	}
 }
 
-// hold sets slot j's bit in held.
-func hold(held []atomic.Uint64, j uint32) {
+// hold sets slot j's bit in held. Setting a clear bit first raises the
+// slot to a tick of its own: a fill may have held the slot, taken its
+// Stamp and then lost the hold to an invalidation whose tick came before
+// that Stamp (so it did not make the fill stale); a later invalidation then
+// found the bit clear and skipped the slot. Without the raise, the bit set
+// again by another fill would make that first fill's entry look current,
+// older than the skipped write (TestConcurrentStoreInvalidate caught it).
+// The raise comes before the bit: until the bit is set, fresh finds the
+// slot not held and so stale.
+func hold(held, slots []atomic.Uint64, clock *atomic.Uint64, j uint32) {
 	w := &held[j/64]
 	if bit := uint64(1) << (j % 64); w.Load()&bit == 0 {
+		raise(&slots[j], clock.Add(1))
 		w.Or(bit)
 	}
 }
@@ -338,7 +350,11 @@ func (c *Cache) Invalidate(key []byte) {
 // fill holds it again. Releasing first keeps the proof above: a fill that
 // holds the slot after the release takes its Stamp after the tick, and a
 // fill that held it before finds it released at Store, or is stored before
-// the raise and made stale by it.
+// the raise and made stale by it. A fill that held the slot and lost it
+// before its Stamp is not made stale by the release; the slot being raised
+// again when it is next held (hold), and an entry of a slot not held
+// never counting as fresh, keep it from outliving the writes skipped
+// meanwhile.
 func (c *Cache) InvalidateKeys(keys [][]byte) {
 	if c == nil || len(keys) == 0 {
 		return

@@ -317,7 +317,10 @@ func TestNamespaceIsolation(t *testing.T) {
 	lookupOK(t, c, "tenant:a:", 0, req, bulk("a's"))
 	lookupMiss(t, c, "tenant:b:", 0, req)
 
-	// A collision: b's entry sits where c's lookup for tenant c goes.
+	// A collision: b's entry sits where c's lookup for tenant c goes. Its
+	// key is held, as a fill's is, so that only the collision can make the
+	// lookups below miss.
+	c.Hold(bs("tenant:b:k"))
 	e, ttl, cost := c.newEntry("tenant:b:", 0, req, bs("tenant:b:k"), bulk("b's"), 0)
 	e.since, e.deadline = c.Stamp(), c.now().Add(ttl)
 	c.es.set(c.hash("tenant:c:", 0, req), e, cost, c.now())
@@ -327,6 +330,7 @@ func TestNamespaceIsolation(t *testing.T) {
 	lookupMiss(t, c, "tenant:c:", 0, req)
 	// Same for the db and for the request bytes.
 	plant := func(db int, entryReq []byte, at uint64) {
+		c.Hold(bs("tenant:c:k"))
 		e, _, _ := c.newEntry("tenant:c:", db, entryReq, bs("tenant:c:k"), bulk("planted"), 0)
 		e.since, e.deadline = c.Stamp(), c.now().Add(ttl)
 		c.es.set(at, e, cost, c.now())
@@ -422,6 +426,39 @@ func TestConcurrentStoreInvalidate(t *testing.T) {
 	// After the dust settles, the last acknowledged value caches normally.
 	store(c, "a", 0, req, [][]byte{key}, reply(truth.Load()), 0)
 	lookupOK(t, c, "a", 0, req, reply(truth.Load()))
+}
+
+// One interleaving of TestConcurrentStoreInvalidate, in order. Fill A holds
+// its key; a write releases the hold before A takes its Stamp (so the write
+// does not make A stale: A reads after it); a second write finds the key
+// not held and skips its slot; fill B holds the key again. A's reply is
+// older than the second write: it must not be stored, nor served if it was.
+func TestRefilledHoldDoesNotReviveAnOlderFill(t *testing.T) {
+	c, _ := newTestCache(t, 30*time.Second, 1<<20)
+	key := []byte("tenant:a:k")
+	req := getReq(string(key))
+	c.Hold([][]byte{key}) // A
+	c.Invalidate(key)     // write 1, acknowledged
+	since := c.Stamp()    // A reads "v1"
+	c.Invalidate(key)     // write 2 ("v2"), acknowledged
+	c.Hold([][]byte{key}) // B
+	if c.Store(since, "a", 0, req, [][]byte{key}, bulk("v1"), 0) {
+		t.Error("Store kept a reply older than an acknowledged write")
+	}
+	lookupMiss(t, c, "a", 0, req)
+
+	// The same entry stored while the key was held, then left behind by
+	// the release and the skipped write: not served either.
+	c2, _ := newTestCache(t, 30*time.Second, 1<<20)
+	c2.Hold([][]byte{key})
+	since = c2.Stamp()
+	c2.Invalidate([]byte("tenant:a:other")) // a tick, nothing of key's
+	e, ttl, cost := c2.newEntry("a", 0, req, [][]byte{key}, bulk("v1"), 0)
+	e.since, e.deadline = since, c2.now().Add(ttl)
+	c2.es.set(c2.hash("a", 0, req), e, cost, c2.now())
+	lookupOK(t, c2, "a", 0, req, bulk("v1"))
+	release(c2.held, c2.slotIndex(key)) // a write's release, its raise not yet made
+	lookupMiss(t, c2, "a", 0, req)
 }
 
 // Memory stays bounded by MaxBytes however much is stored.
