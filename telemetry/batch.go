@@ -30,6 +30,11 @@ type Batch struct {
 	upEnd    time.Time
 	upCount  int
 	names    []string // distinct command names, kept only while tracing
+	// The last command name counted and its counters' index: a pipeline
+	// is mostly one command over and over, and the map lookup had been
+	// most of what counting cost.
+	lastName  string
+	lastIndex int
 }
 
 // maxSpanNames bounds the command names one span carries: a pipeline of
@@ -86,7 +91,10 @@ func (b *Batch) Command(name string, reply []byte) {
 		return
 	}
 	ok := len(reply) == 0 || reply[0] != '-'
-	b.m.Command(name, ok)
+	if name != b.lastName || b.lastName == "" {
+		b.lastName, b.lastIndex = name, b.m.commandIndex(name)
+	}
+	b.m.count(b.lastIndex, ok)
 	b.commands++
 	if !ok {
 		c := errorClass(reply)

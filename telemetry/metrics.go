@@ -223,10 +223,20 @@ func (m *Metrics) observers(in *instruments, g Gauges) []observed {
 
 // Command counts one command by name and outcome.
 func (m *Metrics) Command(name string, ok bool) {
+	m.count(m.commandIndex(name), ok)
+}
+
+// commandIndex is where name's counters are: an unknown name counts as
+// other, the last.
+func (m *Metrics) commandIndex(name string) int {
 	i, known := m.index[name]
 	if !known {
 		i = len(m.names) - 1
 	}
+	return i
+}
+
+func (m *Metrics) count(i int, ok bool) {
 	if ok {
 		m.counts[2*i].Add(1)
 	} else {

@@ -166,6 +166,32 @@ func TestBlockingBatchLeftOutOfLatency(t *testing.T) {
 	}
 }
 
+// A Batch remembers the last command name's counters: a run of one name,
+// then a change of name, then an unknown one and back must each land on
+// their own counter.
+func TestBatchCommandCountsEachName(t *testing.T) {
+	m, err := NewMetrics("acme", []string{"get", "set"}, Gauges{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := m.NewBatch()
+	for _, name := range []string{"get", "get", "set", "nosuch", "get", "nosuch", "set", "", "get"} {
+		b.Command(name, []byte("+OK\r\n"))
+	}
+	b.Done(context.Background(), time.Now())
+	body := scrape(t, m)
+	const scope = `otel_scope_name="github.com/keyfence/keyfence",otel_scope_schema_url="",otel_scope_version=""`
+	for _, want := range []string{
+		`keyfence_commands_total{command="get",` + scope + `,outcome="ok",tenant="acme"} 4`,
+		`keyfence_commands_total{command="set",` + scope + `,outcome="ok",tenant="acme"} 2`,
+		`keyfence_commands_total{command="other",` + scope + `,outcome="ok",tenant="acme"} 3`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}
+
 // A nil *Metrics and a nil *Batch record nothing and do not panic: a proxy
 // without metrics calls the same hooks.
 func TestNilRecorders(t *testing.T) {
