@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"time"
 	"unsafe"
+
+	"github.com/keyfence/keyfence/rewrite"
 )
 
 // Stamp is a reading of the cache's invalidation clock. Take one with
@@ -212,26 +214,27 @@ func (c *Cache) newEntry(ns string, db int, req []byte, keys [][]byte, reply []b
 
 // WantRead reports whether the reply to a cacheable read is worth filling
 // (see admission): not on the first sighting of the read, nor while an entry
-// filled for it is current. command is the name as the command table spells
-// it (lower case) and args are the client's (keys without the prefix); ns is
+// filled for it is current. cmd is the read's entry in the command table
+// (taken from the caller, which has it: looking the name up again would cost
+// a hash per read) and args are the client's (keys without the prefix); ns is
 // the entries' namespace (the tenant's prefix, or a variant of it, see the
 // package doc) and prefix the tenant's key prefix, which makes the keys
 // upstream names; now is a recent clock reading (one per batch). Call it
 // before sending the read, so that a read not wanted costs nothing more,
 // and give the mark to Filled once the reply was stored. The keys of a read
 // it wants are held (see Hold). Fills are bounded per second (fillBudget).
-func (c *Cache) WantRead(ns, prefix string, db int, command string, args [][]byte, now time.Time) (ReadMark, bool) {
-	if c == nil {
+func (c *Cache) WantRead(ns, prefix string, db int, cmd *rewrite.Command, args [][]byte, now time.Time) (ReadMark, bool) {
+	if c == nil || cmd == nil || !cmd.Cacheable() {
 		return ReadMark{}, false
 	}
 	if !c.adm.budget.open(now) {
 		return ReadMark{}, false
 	}
-	keys := KeysOf(command, args)
+	keys := keysBy(cmd.Cache, args)
 	if len(keys) == 0 {
 		return ReadMark{}, false
 	}
-	return c.adm.want(ns, prefix, db, command, args, keys, now)
+	return c.adm.want(ns, prefix, db, cmd.Name, args, keys, now)
 }
 
 // Filled records that the read marked m was stored.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/keyfence/keyfence/resp"
+	"github.com/keyfence/keyfence/rewrite"
 )
 
 type fakeClock struct {
@@ -579,7 +580,7 @@ func TestWantRead(t *testing.T) {
 	c, clock := newTestCache(t, 30*time.Second, 1<<20)
 	get := func(ns string, db int, key string) (ReadMark, bool) {
 		prefix, _, _ := strings.Cut(ns, "|")
-		return c.WantRead(ns, prefix, db, "get", bs(key), c.now())
+		return c.WantRead(ns, prefix, db, rewrite.LookupName("get"), bs(key), c.now())
 	}
 	steps := []struct {
 		name   string
@@ -621,7 +622,7 @@ func TestWantRead(t *testing.T) {
 			c.Filled(mark)
 		}
 	}
-	if _, want := c.WantRead("tenant:a:", "tenant:a:", 0, "scan", bs("0"), c.now()); want {
+	if _, want := c.WantRead("tenant:a:", "tenant:a:", 0, rewrite.LookupName("scan"), bs("0"), c.now()); want {
 		t.Error("WantRead admitted a read that is not cacheable")
 	}
 }
@@ -636,13 +637,13 @@ func TestInvalidationSkipsSlotsNotHeld(t *testing.T) {
 	for i := 0; c.slotIndex(other) == c.slotIndex(held); i++ {
 		other = fmt.Appendf(nil, "tenant:a:other%d", i) // not in held's slot
 	}
-	if _, want := c.WantRead("tenant:a:", "tenant:a:", 0, "get", bs("held"), c.now()); want {
+	if _, want := c.WantRead("tenant:a:", "tenant:a:", 0, rewrite.LookupName("get"), bs("held"), c.now()); want {
 		t.Fatal("wanted on the first sighting")
 	}
 	if c.isHeld(c.slotIndex(held)) {
 		t.Fatal("a read not wanted held its key")
 	}
-	mark, want := c.WantRead("tenant:a:", "tenant:a:", 0, "get", bs("held"), c.now())
+	mark, want := c.WantRead("tenant:a:", "tenant:a:", 0, rewrite.LookupName("get"), bs("held"), c.now())
 	if !want || !c.isHeld(c.slotIndex(held)) {
 		t.Fatalf("second sighting: want %v, held %v", want, c.isHeld(c.slotIndex(held)))
 	}
@@ -714,7 +715,7 @@ func TestFillBudget(t *testing.T) {
 		n := 0
 		for range 2 { // each read's second sighting is the one wanted
 			for i := range keys {
-				if mark, want := c.WantRead("tenant:a:", "tenant:a:", 0, "get", bs(fmt.Sprint("k", i)), clk.Now()); want {
+				if mark, want := c.WantRead("tenant:a:", "tenant:a:", 0, rewrite.LookupName("get"), bs(fmt.Sprint("k", i)), clk.Now()); want {
 					n++
 					c.Filled(mark)
 				}

@@ -35,7 +35,12 @@ func Cacheable(command string) bool {
 // refuses to cache with no keys, because such an entry could never be
 // invalidated. The result aliases args.
 func KeysOf(command string, args [][]byte) [][]byte {
-	switch cacheKeys(command) {
+	return keysBy(cacheKeys(command), args)
+}
+
+// keysBy is KeysOf for a command whose table entry says c.
+func keysBy(c rewrite.CacheKeys, args [][]byte) [][]byte {
+	switch c {
 	case rewrite.CacheFirstKey:
 		if len(args) >= 1 {
 			return args[:1]

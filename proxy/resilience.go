@@ -145,7 +145,11 @@ func (s *session) sampleRead() bool {
 	x ^= x >> 17
 	x ^= x << 5
 	s.sampler = x
-	return x%uint32(s.srv.cfg.FallbackSample) == 0
+	n := uint32(s.srv.cfg.FallbackSample)
+	if n&(n-1) == 0 {
+		return x&(n-1) == 0 // a power of two, as the default: no division
+	}
+	return x%n == 0
 }
 
 // askKeyTTLs makes the read just added to the batch (its last slot) fill
@@ -166,16 +170,20 @@ func (s *session) sampleRead() bool {
 // None of their replies is shown to the client. args are the client's
 // arguments of the read.
 func (s *session) askKeyTTLs(args [][]byte) {
+	// Most reads leave here, before the slot is copied.
+	if s.curCmd == nil || !s.curCmd.Cacheable() || len(args) < 2 || !s.sampleRead() {
+		return
+	}
 	i := len(s.slots) - 1
 	sl := s.slots[i]
-	if sl.name == "" || len(args) < 2 || !s.sampleRead() {
+	if sl.name == "" {
 		return
 	}
 	id := s.srv.res.trackID.Load()
 	if id == 0 {
 		return // no tracking connection: an entry would not hear of changes
 	}
-	mark, want := s.srv.res.cache.WantRead(s.cacheNS(), s.srv.res.ns, s.db, sl.name, args[1:], s.readAt)
+	mark, want := s.srv.res.cache.WantRead(s.cacheNS(), s.srv.res.ns, s.db, s.curCmd, args[1:], s.readAt)
 	if !want {
 		return
 	}

@@ -689,7 +689,7 @@ func (s *session) stripReplies(ctx context.Context, err error) {
 				s.out = s.rw.AppendReply(s.out, reply, sl.kind)
 				// Only a read askKeyTTLs chose fills, once Redis has
 				// agreed to tell the tracking connection of its keys' changes.
-				if guarded && res.cache != nil && sl.ttls > 0 && s.tracked(next-1, sl.trackID) {
+				if sl.ttls > 0 && guarded && res.cache != nil && s.tracked(next-1, sl.trackID) {
 					if ttl, ok := s.keyTTL(next, sl.ttls); ok {
 						s.fillFromReply(sl, reply, ttl)
 					}
