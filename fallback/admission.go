@@ -49,7 +49,7 @@ type fillBudget struct {
 
 const (
 	fillsPerSecond   = 100
-	sightingsPerFill = 64 // with the proxy's one read in four sampled: a fill per 256 cacheable reads
+	sightingsPerFill = 64 // with the proxy's one read in eight sampled: a fill per 512 cacheable reads
 )
 
 // open counts a sighting at now and reports whether a fill may follow it.

@@ -131,11 +131,13 @@ func (s *session) invalidateWritten() {
 
 // DefaultFallbackSample is how many cacheable reads there are for one that
 // the cache looks at (Config.FallbackSample): a read is a sighting for
-// admission (Cache.WantRead) with probability 1/4. A hot key is still seen
-// within a few reads; a one-off read, most often, not at all, and the other
-// reads cost the data path nothing. The cache serves outages: what matters
+// admission (Cache.WantRead) with probability 1/8. A hot key is still
+// filled within a few dozen reads (its second sighting); a one-off read,
+// most often, is not looked at, and the other reads cost the data path a
+// draw. One in four had cost GET at pipeline 16 2.5 % more CPU than no
+// fallback; one in eight, nothing measurable (bench/results/designs.md). The cache serves outages: what matters
 // is that hot keys are in it.
-const DefaultFallbackSample = 4
+const DefaultFallbackSample = 8
 
 // sampleRead draws whether this read is one the cache looks at, from a
 // xorshift generator of the session's own.
