@@ -91,6 +91,8 @@ func NewCache(cfg Config) (*Cache, error) {
 	n := slotsFor(cfg.MaxBytes)
 	c.slots = make([]atomic.Uint64, n)
 	c.held = make([]atomic.Uint64, (n+63)/64)
+	prefault(c.slots)
+	prefault(c.held)
 	c.adm = newAdmission(c.seed, c.slots, c.held, &c.clock, cfg.TTL/2)
 	return c, nil
 }
