@@ -134,9 +134,10 @@ func (s *session) invalidateWritten() {
 // admission (Cache.WantRead) with probability 1/8. A hot key is still
 // filled within a few dozen reads (its second sighting); a one-off read,
 // most often, is not looked at, and the other reads cost the data path a
-// draw. One in four had cost GET at pipeline 16 2.5 % more CPU than no
-// fallback; one in eight, nothing measurable (bench/results/designs.md). The cache serves outages: what matters
-// is that hot keys are in it.
+// draw. In isolated runs of GET at pipeline 16, one in four cost 2.5 %
+// more CPU than no fallback and one in eight nothing measurable
+// (bench/results/designs.md). The cache serves outages: what matters is
+// that hot keys are in it.
 const DefaultFallbackSample = 8
 
 // sampleRead draws whether this read is one the cache looks at, from a
