@@ -23,6 +23,17 @@ func fullGauges() Gauges {
 		ScriptsLoaded: n(9), ScriptsMax: n(1000)}
 }
 
+// wantMetrics fails t for each of wants that body (a /metrics scrape)
+// lacks.
+func wantMetrics(t *testing.T, body string, wants ...string) {
+	t.Helper()
+	for _, want := range wants {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}
+
 func scrape(t *testing.T, m *Metrics) string {
 	t.Helper()
 	rec := httptest.NewRecorder()
@@ -54,44 +65,40 @@ func TestMetricsExported(t *testing.T) {
 	})
 	body := scrape(t, m)
 	const scope = `otel_scope_name="github.com/keyfence/keyfence",otel_scope_schema_url="",otel_scope_version=""`
-	for _, want := range []string{
-		`keyfence_commands_total{command="get",` + scope + `,outcome="ok",tenant="acme"} 1`,
-		`keyfence_commands_total{command="get",` + scope + `,outcome="error",tenant="acme"} 1`,
-		`keyfence_commands_total{command="other",` + scope + `,outcome="ok",tenant="acme"} 1`,
-		`keyfence_client_errors_total{class="WRONGTYPE",` + scope + `,tenant="acme"} 1`,
-		`keyfence_client_errors_total{class="UNAVAILABLE",` + scope + `,tenant="acme"} 1`,
-		`keyfence_client_errors_total{class="OOM",` + scope + `,tenant="acme"} 0`,
-		`keyfence_command_duration_seconds_bucket{` + scope + `,tenant="acme",le="2"} 1`,
-		`keyfence_upstream_duration_seconds_count{` + scope + `,tenant="acme"} 1`,
-		`keyfence_upstream_errors_total{cause="connection_refused",` + scope + `,tenant="acme"} 1`,
-		`keyfence_client_connections{` + scope + `,tenant="acme"} 3`,
-		`keyfence_client_connections_accepted_total{` + scope + `,tenant="acme"} 1`,
-		`keyfence_client_connections_rejected_total{` + scope + `,reason="max_clients",tenant="acme"} 1`,
-		`keyfence_client_connections_rejected_total{` + scope + `,reason="draining",tenant="acme"} 0`,
-		`db_client_connection_count{db_client_connection_pool_name="pinned",db_client_connection_state="used",` + scope + `,tenant="acme"} 3`,
-		`db_client_connection_count{db_client_connection_pool_name="pinned",db_client_connection_state="idle",` + scope + `,tenant="acme"} 2`,
-		`db_client_connection_max{` + scope + `,tenant="acme"} 1000`,
-		`keyfence_breaker_state{` + scope + `,tenant="acme"} 2`,
-		`keyfence_fallback_reads_total{` + scope + `,outcome="hit",tenant="acme"} 7`,
-		`keyfence_fallback_cache_used_bytes{` + scope + `,tenant="acme"} 4096`,
-		`keyfence_fallback_cache_entries{` + scope + `,tenant="acme"} 12`,
-		`keyfence_fallback_cache_evictions_total{` + scope + `,tenant="acme"} 4`,
-		`keyfence_client_output_disconnects_total{` + scope + `,tenant="acme"} 6`,
-		`keyfence_request_buffer_rejections_total{` + scope + `,tenant="acme"} 8`,
-		`keyfence_request_buffer_used_bytes{` + scope + `,tenant="acme"} 1.048576e+06`,
-		`keyfence_request_buffer_limit_bytes{` + scope + `,tenant="acme"} 1.073741824e+09`,
-		`keyfence_scripts_loaded{` + scope + `,tenant="acme"} 9`,
-		`keyfence_scripts_limit{` + scope + `,tenant="acme"} 1000`,
-		`keyfence_upstream_up{` + scope + `,tenant="acme"} 1`,
-		`keyfence_upstream_probes_total{` + scope + `,result="success",tenant="acme"} 1`,
-		`keyfence_upstream_memory_used_bytes{` + scope + `,tenant="acme"} 800`,
-		`keyfence_upstream_memory_limit_bytes{` + scope + `,tenant="acme"} 1000`,
-		`keyfence_upstream_memory_utilization_ratio{` + scope + `,tenant="acme"} 0.8`,
-	} {
-		if !strings.Contains(body, want) {
-			t.Errorf("/metrics lacks %s", want)
-		}
-	}
+	wantMetrics(t, body,
+		`keyfence_commands_total{command="get",`+scope+`,outcome="ok",tenant="acme"} 1`,
+		`keyfence_commands_total{command="get",`+scope+`,outcome="error",tenant="acme"} 1`,
+		`keyfence_commands_total{command="other",`+scope+`,outcome="ok",tenant="acme"} 1`,
+		`keyfence_client_errors_total{class="WRONGTYPE",`+scope+`,tenant="acme"} 1`,
+		`keyfence_client_errors_total{class="UNAVAILABLE",`+scope+`,tenant="acme"} 1`,
+		`keyfence_client_errors_total{class="OOM",`+scope+`,tenant="acme"} 0`,
+		`keyfence_command_duration_seconds_bucket{`+scope+`,tenant="acme",le="2"} 1`,
+		`keyfence_upstream_duration_seconds_count{`+scope+`,tenant="acme"} 1`,
+		`keyfence_upstream_errors_total{cause="connection_refused",`+scope+`,tenant="acme"} 1`,
+		`keyfence_client_connections{`+scope+`,tenant="acme"} 3`,
+		`keyfence_client_connections_accepted_total{`+scope+`,tenant="acme"} 1`,
+		`keyfence_client_connections_rejected_total{`+scope+`,reason="max_clients",tenant="acme"} 1`,
+		`keyfence_client_connections_rejected_total{`+scope+`,reason="draining",tenant="acme"} 0`,
+		`db_client_connection_count{db_client_connection_pool_name="pinned",db_client_connection_state="used",`+scope+`,tenant="acme"} 3`,
+		`db_client_connection_count{db_client_connection_pool_name="pinned",db_client_connection_state="idle",`+scope+`,tenant="acme"} 2`,
+		`db_client_connection_max{`+scope+`,tenant="acme"} 1000`,
+		`keyfence_breaker_state{`+scope+`,tenant="acme"} 2`,
+		`keyfence_fallback_reads_total{`+scope+`,outcome="hit",tenant="acme"} 7`,
+		`keyfence_fallback_cache_used_bytes{`+scope+`,tenant="acme"} 4096`,
+		`keyfence_fallback_cache_entries{`+scope+`,tenant="acme"} 12`,
+		`keyfence_fallback_cache_evictions_total{`+scope+`,tenant="acme"} 4`,
+		`keyfence_client_output_disconnects_total{`+scope+`,tenant="acme"} 6`,
+		`keyfence_request_buffer_rejections_total{`+scope+`,tenant="acme"} 8`,
+		`keyfence_request_buffer_used_bytes{`+scope+`,tenant="acme"} 1.048576e+06`,
+		`keyfence_request_buffer_limit_bytes{`+scope+`,tenant="acme"} 1.073741824e+09`,
+		`keyfence_scripts_loaded{`+scope+`,tenant="acme"} 9`,
+		`keyfence_scripts_limit{`+scope+`,tenant="acme"} 1000`,
+		`keyfence_upstream_up{`+scope+`,tenant="acme"} 1`,
+		`keyfence_upstream_probes_total{`+scope+`,result="success",tenant="acme"} 1`,
+		`keyfence_upstream_memory_used_bytes{`+scope+`,tenant="acme"} 800`,
+		`keyfence_upstream_memory_limit_bytes{`+scope+`,tenant="acme"} 1000`,
+		`keyfence_upstream_memory_utilization_ratio{`+scope+`,tenant="acme"} 0.8`,
+	)
 	if t.Failed() {
 		t.Log(body)
 	}
@@ -158,12 +165,8 @@ func TestBlockingBatchLeftOutOfLatency(t *testing.T) {
 	b.Command("get", []byte("$-1\r\n")) // Done reset the mark
 	b.Done(ctx, time.Now())
 	body := scrape(t, m)
-	for _, want := range []string{`keyfence_command_duration_seconds_count{otel_scope_name="github.com/keyfence/keyfence",otel_scope_schema_url="",otel_scope_version="",tenant="acme"} 2`,
-		`command="blpop",otel_scope_name="github.com/keyfence/keyfence",otel_scope_schema_url="",otel_scope_version="",outcome="ok",tenant="acme"} 1`} {
-		if !strings.Contains(body, want) {
-			t.Errorf("/metrics lacks %s", want)
-		}
-	}
+	wantMetrics(t, body, `keyfence_command_duration_seconds_count{otel_scope_name="github.com/keyfence/keyfence",otel_scope_schema_url="",otel_scope_version="",tenant="acme"} 2`,
+		`command="blpop",otel_scope_name="github.com/keyfence/keyfence",otel_scope_schema_url="",otel_scope_version="",outcome="ok",tenant="acme"} 1`)
 }
 
 // A Batch remembers the last command name's counters: a run of one name,
@@ -181,15 +184,11 @@ func TestBatchCommandCountsEachName(t *testing.T) {
 	b.Done(context.Background(), time.Now())
 	body := scrape(t, m)
 	const scope = `otel_scope_name="github.com/keyfence/keyfence",otel_scope_schema_url="",otel_scope_version=""`
-	for _, want := range []string{
-		`keyfence_commands_total{command="get",` + scope + `,outcome="ok",tenant="acme"} 4`,
-		`keyfence_commands_total{command="set",` + scope + `,outcome="ok",tenant="acme"} 2`,
-		`keyfence_commands_total{command="other",` + scope + `,outcome="ok",tenant="acme"} 3`,
-	} {
-		if !strings.Contains(body, want) {
-			t.Errorf("/metrics lacks %s", want)
-		}
-	}
+	wantMetrics(t, body,
+		`keyfence_commands_total{command="get",`+scope+`,outcome="ok",tenant="acme"} 4`,
+		`keyfence_commands_total{command="set",`+scope+`,outcome="ok",tenant="acme"} 2`,
+		`keyfence_commands_total{command="other",`+scope+`,outcome="ok",tenant="acme"} 3`,
+	)
 }
 
 // A nil *Metrics and a nil *Batch record nothing and do not panic: a proxy
@@ -450,11 +449,7 @@ func TestProberLogsChangesOnly(t *testing.T) {
 		t.Errorf("events %v, want upstream_up upstream_down upstream_up", events)
 	}
 	body := scrape(t, m)
-	for _, want := range []string{`result="success",tenant="acme"} 4`, `result="failure",tenant="acme"} 3`, `keyfence_upstream_memory_limit_bytes{`} {
-		if !strings.Contains(body, want) {
-			t.Errorf("/metrics lacks %s", want)
-		}
-	}
+	wantMetrics(t, body, `result="success",tenant="acme"} 4`, `result="failure",tenant="acme"} 3`, `keyfence_upstream_memory_limit_bytes{`)
 	if strings.Contains(body, "keyfence_upstream_memory_utilization_ratio{") {
 		t.Error("a utilization ratio without maxmemory")
 	}
