@@ -179,9 +179,6 @@ func (s *session) askKeyTTLs(args [][]byte) {
 	}
 	i := len(s.slots) - 1
 	sl := s.slots[i]
-	if sl.name == "" {
-		return
-	}
 	id := s.srv.res.trackID.Load()
 	if id == 0 {
 		return // no tracking connection: an entry would not hear of changes

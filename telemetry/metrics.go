@@ -221,11 +221,6 @@ func (m *Metrics) observers(in *instruments, g Gauges) []observed {
 	return append(list, in.gaugeObservers(g, m.attrs)...)
 }
 
-// Command counts one command by name and outcome.
-func (m *Metrics) Command(name string, ok bool) {
-	m.count(m.commandIndex(name), ok)
-}
-
 // commandIndex is where name's counters are: an unknown name counts as
 // other, the last.
 func (m *Metrics) commandIndex(name string) int {
@@ -236,6 +231,7 @@ func (m *Metrics) commandIndex(name string) int {
 	return i
 }
 
+// count counts one command by its counters' index and outcome.
 func (m *Metrics) count(i int, ok bool) {
 	if ok {
 		m.counts[2*i].Add(1)
