@@ -49,7 +49,7 @@ type fillBudget struct {
 
 const (
 	fillsPerSecond   = 100
-	sightingsPerFill = 64 // with the proxy's one read in eight sampled: a fill per 512 cacheable reads
+	sightingsPerFill = 64 // with the proxy's one read in sixteen sampled: a fill per 1,024 cacheable reads
 )
 
 // open counts a sighting at now and reports whether a fill may follow it.
@@ -78,13 +78,15 @@ func newAdmission(seed maphash.Seed, keys, held []atomic.Uint64, clock *atomic.U
 	return &admission{seed: seed, keys: keys, held: held, clock: clock, reqs: reqs, period: max(period, time.Second)}
 }
 
-// admReqsPerKeySlot sizes the request states against the key slots: 16K
-// of them (128 KiB) for the default 64 MiB cache. Most sightings write
+// admReqsPerKeySlot sizes the request states against the key slots: 4K
+// of them (32 KiB) for the default 64 MiB cache. Most sightings write
 // one, at random: an array the size of the key slots (2 MiB) missed the
-// processor's caches on nearly every sampled read. A collision forgets a
-// sighting, which only delays a fill; a hot read is sighted again long
-// before 16K others overwrite its state.
-const admReqsPerKeySlot = 16
+// processor's caches on nearly every sampled read, and one of 128 KiB
+// still competed with the data path for them while other processes
+// shared the cores. A collision forgets a sighting, which only delays a
+// fill; a hot read is sighted again long before 4K others (64K reads)
+// overwrite its state.
+const admReqsPerKeySlot = 64
 
 // prefault writes to every page of a, so that the page faults of its
 // first use are taken now, not on the data path: in the benchmark's

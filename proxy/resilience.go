@@ -131,14 +131,16 @@ func (s *session) invalidateWritten() {
 
 // DefaultFallbackSample is how many cacheable reads there are for one that
 // the cache looks at (Config.FallbackSample): a read is a sighting for
-// admission (Cache.WantRead) with probability 1/8. A hot key is still
+// admission (Cache.WantRead) with probability 1/16. A hot key is still
 // filled within a few dozen reads (its second sighting); a one-off read,
 // most often, is not looked at, and the other reads cost the data path a
 // draw. In isolated runs of GET at pipeline 16, one in four cost 2.5 %
-// more CPU than no fallback and one in eight nothing measurable
-// (bench/results/designs.md). The cache serves outages: what matters is
-// that hot keys are in it.
-const DefaultFallbackSample = 8
+// more CPU than no fallback and one in eight nothing measurable, but
+// under make bench's order (five processes taking turns on two cores) one
+// in eight still cost GET at pipeline 16 10-20 %, and one in sixteen
+// nothing measurable (bench/results/designs.md). The cache serves
+// outages: what matters is that hot keys are in it.
+const DefaultFallbackSample = 16
 
 // sampleRead draws whether this read is one the cache looks at, from a
 // xorshift generator of the session's own.
