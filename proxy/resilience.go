@@ -137,8 +137,8 @@ func (s *session) invalidateWritten() {
 // draw. In isolated runs of GET at pipeline 16, one in four cost 2.5 %
 // more CPU than no fallback and one in eight nothing measurable, but
 // under make bench's order (five processes taking turns on two cores) one
-// in eight still cost GET at pipeline 16 10-20 %, and one in sixteen
-// nothing measurable (bench/results/designs.md). The cache serves
+// in eight still cost GET at pipeline 16 23-28 % more CPU per GET, and
+// one in sixteen 2-5 % (bench/results/designs.md). The cache serves
 // outages: what matters is that hot keys are in it.
 const DefaultFallbackSample = 16
 
