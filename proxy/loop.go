@@ -287,7 +287,9 @@ func (l *eventLoop) run() {
 		l.spare = ready[:0]
 		for _, ups := range l.ups {
 			for _, up := range ups {
-				l.writeUpstream(up)
+				if up.writeDue() {
+					l.writeUpstream(up)
+				}
 				l.checkTimeout(up)
 			}
 		}

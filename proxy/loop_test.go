@@ -464,3 +464,82 @@ func FuzzEventLoop(f *testing.F) {
 		}
 	})
 }
+
+// TestEventLoopUpstreamBackpressure: while Redis runs a script and answers
+// nothing, 1,000 clients go on sending; their batches wait behind the one
+// in flight (loopUpstream.writeDue) and go upstream together, megabytes in
+// one write, when its reply comes. Every request is then answered, in each
+// client's order, and every write took effect. (Loopback sockets here take
+// that much without a short write; TestWriteDue covers the rule for one.)
+func TestEventLoopUpstreamBackpressure(t *testing.T) {
+	up := testRedis(t)
+	writePaths(t, func(t *testing.T, mutate func(*Config)) *Server {
+		srv, addr := startProxyServer(t, up, mutate)
+		direct := dialRaw(t, up.Addr())
+		// 600 ms of Redis reading nothing; EVAL directly, not through
+		// keyfence, which would refuse TIME in a script loop's place.
+		const busy = `local t = redis.call('TIME') local s = t[1] * 1000000 + t[2]
+repeat local n = redis.call('TIME') until n[1] * 1000000 + n[2] - s > 600000 return 1`
+		if err := direct.writeE(encode(nil, "EVAL", busy, "0")); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond) // the script is running
+		// A client has one batch in flight at a time (of one 4 KiB read at
+		// most): 1,000 clients' SETs of 3,000 bytes are 3 MB a round.
+		const clients, depth = 1000, 4
+		value := strings.Repeat("v", 3000)
+		eachClient(t, addr, clients, func(i int, c *rawConn) error {
+			var req []byte
+			for j := range depth {
+				req = encode(req, "SET", fmt.Sprintf("bp:%d:%d", i, j), fmt.Sprintf("%s%d:%d", value, i, j))
+			}
+			if err := c.writeE(req); err != nil {
+				return err
+			}
+			for j := range depth {
+				if got, err := c.readE(); err != nil || string(got) != "+OK\r\n" {
+					return fmt.Errorf("client %d, SET %d: %q, %v", i, j, got, err)
+				}
+			}
+			for _, j := range []int{0, depth / 2, depth - 1} {
+				want := fmt.Sprintf("%s%d:%d", value, i, j)
+				if got, err := c.doE("GET", fmt.Sprintf("bp:%d:%d", i, j)); err != nil || string(got) != fmt.Sprintf("$%d\r\n%s\r\n", len(want), want) {
+					return fmt.Errorf("client %d, GET bp:%d:%d after the stall: %.40q…, %v", i, i, j, got, err)
+				}
+			}
+			return nil
+		})
+		if got, err := direct.readE(); err != nil || string(got) != ":1\r\n" {
+			t.Fatalf("the busy script: %q, %v", got, err)
+		}
+		return srv
+	})
+}
+
+// TestWriteDue: a turn's requests wait while an earlier batch is
+// unanswered, unless they are many or a short write left bytes of the
+// batches in flight, which must go on for their replies ever to come.
+func TestWriteDue(t *testing.T) {
+	batches := func(n int) []*loopConn { return make([]*loopConn, n) }
+	for _, tc := range []struct {
+		name       string
+		up         loopUpstream
+		due        bool
+		wantSentTo int
+	}{
+		{"no connection yet", loopUpstream{fd: -1, out: []byte("x"), fifo: batches(1)}, false, 0},
+		{"nothing to write", loopUpstream{fd: 3, fifo: batches(2), sentTo: 2}, false, 2},
+		{"nothing in flight", loopUpstream{fd: 3, out: []byte("x"), fifo: batches(1)}, true, 1},
+		{"all in flight answered", loopUpstream{fd: 3, out: []byte("x"), fifo: batches(3), head: 2, sentTo: 2}, true, 3},
+		{"a batch in flight", loopUpstream{fd: 3, out: []byte("x"), fifo: batches(3), head: 1, sentTo: 2}, false, 2},
+		{"a batch in flight, a short write left bytes", loopUpstream{fd: 3, out: []byte("x"), fifo: batches(3), head: 1, sentTo: 2, unsent: true}, true, 3},
+		{"a batch in flight, 16 KiB waiting", loopUpstream{fd: 3, out: make([]byte, holdUpstreamBytes), fifo: batches(3), head: 1, sentTo: 2}, true, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := tc.up
+			if got := up.writeDue(); got != tc.due || up.sentTo != tc.wantSentTo {
+				t.Errorf("writeDue() = %v with sentTo %d, want %v with %d", got, up.sentTo, tc.due, tc.wantSentTo)
+			}
+		})
+	}
+}
