@@ -24,10 +24,10 @@ import (
 // command at a time. Each turn reads every client that sent something,
 // sends all their requests upstream in one write (or, while a batch
 // written earlier is unanswered, with the next turn's: writeDue), and
-// writes each batch's replies back when the last one arrives. A request costs one read and one
-// write on the client's socket, the upstream ones shared, as in twemproxy;
-// a goroutine per client costs a read more (Go's poller must try a read
-// before it parks) and two goroutine switches.
+// writes each batch's replies back when the last one arrives. A request
+// costs one read and one write on the client's socket, the upstream ones
+// shared, as in twemproxy; a goroutine per client costs a read more (Go's
+// poller must try a read before it parks) and two goroutine switches.
 //
 // It serves RESP2 and RESP3 (HELLO opening a batch, CLIENT SETNAME and
 // SETINFO are answered here, so go-redis's handshake stays on the loop),
