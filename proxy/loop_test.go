@@ -476,8 +476,8 @@ func TestEventLoopUpstreamBackpressure(t *testing.T) {
 	writePaths(t, func(t *testing.T, mutate func(*Config)) *Server {
 		srv, addr := startProxyServer(t, up, mutate)
 		direct := dialRaw(t, up.Addr())
-		// 600 ms of Redis reading nothing; EVAL directly, not through
-		// keyfence, which would refuse TIME in a script loop's place.
+		// 600 ms of Redis answering nothing: a script sent to Redis
+		// directly, so that keyfence carries only the clients' SETs.
 		const busy = `local t = redis.call('TIME') local s = t[1] * 1000000 + t[2]
 repeat local n = redis.call('TIME') until n[1] * 1000000 + n[2] - s > 600000 return 1`
 		if err := direct.writeE(encode(nil, "EVAL", busy, "0")); err != nil {

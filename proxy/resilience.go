@@ -138,8 +138,8 @@ func (s *session) invalidateWritten() {
 // more CPU than no fallback and one in eight nothing measurable, but
 // under make bench's order (five processes taking turns on two cores) one
 // in eight still cost GET at pipeline 16 23-28 % more CPU per GET, and
-// one in sixteen 2-5 % (bench/results/designs.md). The cache serves
-// outages: what matters is that hot keys are in it.
+// one in sixteen 2-9 % in three runs (bench/results/designs.md). The
+// cache serves outages: what matters is that hot keys are in it.
 const DefaultFallbackSample = 16
 
 // sampleRead draws whether this read is one the cache looks at, from a
