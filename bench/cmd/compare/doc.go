@@ -6,7 +6,7 @@
 //
 // Usage (from the repository root; `make bench` does this):
 //
-//	compare [-rounds 3] [-n 200000] [-c 50] [-pipelines 1,16]
+//	compare [-rounds 3] [-n 200000] [-n-pipelined-factor 5] [-c 50] [-pipelines 1,16]
 //	        [-tests get,set,incr,lpush,hset,mset] [-keyfence bin/keyfence]
 //	        [-gorpx]   (also the go-redis baseline, bench/cmd/gorpx)
 //

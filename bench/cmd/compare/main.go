@@ -43,12 +43,14 @@ func main() {
 
 type config struct {
 	rounds, requests, clients, keyspace, dataSize int
-	pipelines                                     []int
-	tests, targets                                []string
-	keyfence, keyfenceArgs, out                   string
-	keyfenceBase                                  string
-	runTimeout, timeout                           time.Duration
-	keep, verbose                                 bool
+	// pipelinedFactor multiplies requests for pipeline depths above 1.
+	pipelinedFactor             int
+	pipelines                   []int
+	tests, targets              []string
+	keyfence, keyfenceArgs, out string
+	keyfenceBase                string
+	runTimeout, timeout         time.Duration
+	keep, verbose               bool
 	// gorpx is the go-redis AsyncAutoPipeline baseline (bench/cmd/gorpx),
 	// measured as a fourth target when -gorpx is given.
 	gorpx    bool
@@ -63,6 +65,10 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.SetOutput(stderr)
 	fs.IntVar(&c.rounds, "rounds", env.Int("BENCH_ROUNDS", 3), "interleaved rounds (A B C, C B A, A B C …); env BENCH_ROUNDS")
 	fs.IntVar(&c.requests, "n", env.Int("BENCH_REQUESTS", 200000), "redis-benchmark -n: requests per test; env BENCH_REQUESTS")
+	// A pipelined run is 10-20 times faster: at -n 200000 it lasted 0.3 s,
+	// and CPU time, read in 10 ms ticks, could not show a 5 % difference
+	// (bench/results/designs.md, "Under make bench's order").
+	fs.IntVar(&c.pipelinedFactor, "n-pipelined-factor", env.Int("BENCH_REQUESTS_PIPELINED_FACTOR", 5), "requests per test at pipeline depths above 1 are -n times this, so that a run lasts seconds; env BENCH_REQUESTS_PIPELINED_FACTOR")
 	fs.IntVar(&c.clients, "c", env.Int("BENCH_CLIENTS", 50), "redis-benchmark -c: parallel connections; env BENCH_CLIENTS")
 	fs.IntVar(&c.keyspace, "r", env.Int("BENCH_KEYSPACE", 100000), "redis-benchmark -r: random keys in [0,r), 0 = one key; env BENCH_KEYSPACE")
 	fs.IntVar(&c.dataSize, "d", env.Int("BENCH_DATASIZE", 3), "redis-benchmark -d: value size in bytes; env BENCH_DATASIZE")
@@ -95,8 +101,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		c.targets = append(c.targets, "gorpx")
 	}
 	switch {
-	case c.rounds < 1 || c.requests < 1 || c.clients < 1:
-		return c, errors.New("-rounds, -n and -c must be at least 1")
+	case c.rounds < 1 || c.requests < 1 || c.clients < 1 || c.pipelinedFactor < 1:
+		return c, errors.New("-rounds, -n, -n-pipelined-factor and -c must be at least 1")
 	case len(c.pipelines) == 0 || len(c.tests) == 0 || len(c.targets) == 0:
 		return c, errors.New("-pipelines, -tests and -targets must not be empty")
 	}
@@ -324,6 +330,7 @@ func compare(ctx context.Context, cfg config, stdout io.Writer, log *slog.Logger
 					}
 					o := opts
 					o.Addr, o.Pipeline, o.Tests = tg.addr, p, []string{test}
+					o.Requests = cfg.requestsAt(p)
 					cpu0, cerr := stack.CPUTime(pid)
 					res, fails, err := runTests(ctx, o, st.Redis.Addr, log)
 					if err != nil {
@@ -362,8 +369,8 @@ func compare(ctx context.Context, cfg config, stdout io.Writer, log *slog.Logger
 	table = report.Summarize(table, names, cfg.pipelines)
 	log.Info("all rounds done", "took", time.Since(start).Round(time.Second))
 
-	fmt.Fprintf(stdout, "\n%s (median of %d rounds; -c %d -n %d -r %d; ops/s, latency in ms)\n\n",
-		table.Title, cfg.rounds, cfg.clients, cfg.requests, cfg.keyspace)
+	fmt.Fprintf(stdout, "\n%s (median of %d rounds; -c %d -n %d (pipelined: %d) -r %d; ops/s, latency in ms)\n\n",
+		table.Title, cfg.rounds, cfg.clients, cfg.requests, cfg.requests*cfg.pipelinedFactor, cfg.keyspace)
 	fmt.Fprint(stdout, table.Text())
 	if len(table.Failures) > 0 {
 		fmt.Fprintf(stdout, "\n%d run(s) failed; see the log above and compare.md\n", len(table.Failures))
@@ -466,13 +473,21 @@ func settings(ctx context.Context, cfg config, o rbench.Options, tools stack.Too
 	return []string{
 		fmt.Sprintf("rounds: %d; in each round every pipeline depth runs against %s in turn, in reverse order every other round", cfg.rounds, strings.Join(cfg.targets, " → ")),
 		fmt.Sprintf("pipelines: %s; tests: %s", joinInts(cfg.pipelines), strings.Join(cfg.tests, ", ")),
-		"command: `redis-benchmark " + args + "`",
+		"command: `redis-benchmark " + args + "`" + fmt.Sprintf(", with -n %d at pipeline depths above 1", cfg.requestsAt(2)),
 		"redis-benchmark: " + benchVersion,
 		"redis-server: " + versionLine(ctx, tools.RedisServer, "--version"),
 		"twemproxy: " + versionLine(ctx, tools.Nutcracker, "--version"),
 		"keyfence: " + kf,
 		fmt.Sprintf("machine: %d CPUs (%s/%s); all processes on 127.0.0.1, Redis flushed before every run", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH),
 	}
+}
+
+// requestsAt is redis-benchmark's -n at pipeline depth p.
+func (c config) requestsAt(p int) int {
+	if p > 1 {
+		return c.requests * c.pipelinedFactor
+	}
+	return c.requests
 }
 
 func joinInts(v []int) string {
