@@ -18,6 +18,7 @@ import (
 	"github.com/keyfence/keyfence/internal/faultproxy"
 	"github.com/keyfence/keyfence/internal/redistest"
 	"github.com/keyfence/keyfence/internal/uring"
+	"github.com/keyfence/keyfence/upstream"
 )
 
 // onLoop counts the sessions the event loop serves now.
@@ -539,6 +540,33 @@ func TestWriteDue(t *testing.T) {
 			up := tc.up
 			if got := up.writeDue(); got != tc.due || up.sentTo != tc.wantSentTo {
 				t.Errorf("writeDue() = %v with sentTo %d, want %v with %d", got, up.sentTo, tc.due, tc.wantSentTo)
+			}
+		})
+	}
+}
+
+// TestAwaitingReplies: the loop yields and looks again before sleeping only
+// while a batch it wrote upstream is unanswered, not for batches it holds
+// or has not been able to send (a dial under way).
+func TestAwaitingReplies(t *testing.T) {
+	batches := func(n int) []*loopConn { return make([]*loopConn, n) }
+	db0, db1 := upstream.Key{DB: 0}, upstream.Key{DB: 1}
+	for _, tc := range []struct {
+		name string
+		ups  map[upstream.Key][]*loopUpstream
+		want bool
+	}{
+		{"no upstream connection", nil, false},
+		{"nothing sent", map[upstream.Key][]*loopUpstream{db0: {{fd: 3}}}, false},
+		{"batches queued behind a dial", map[upstream.Key][]*loopUpstream{db0: {{fd: -1, dialing: true, fifo: batches(2)}}}, false},
+		{"a batch in flight", map[upstream.Key][]*loopUpstream{db0: {{fd: 3, fifo: batches(2), sentTo: 2}}}, true},
+		{"all answered", map[upstream.Key][]*loopUpstream{db0: {{fd: 3, fifo: batches(2), head: 2, sentTo: 2}}}, false},
+		{"one of two databases waiting", map[upstream.Key][]*loopUpstream{db0: {{fd: 3}}, db1: {{fd: 4, fifo: batches(3), head: 1, sentTo: 3}}}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := &eventLoop{ups: tc.ups}
+			if got := l.awaitingReplies(); got != tc.want {
+				t.Errorf("awaitingReplies() = %v, want %v", got, tc.want)
 			}
 		})
 	}
