@@ -357,7 +357,9 @@ func (l *eventLoop) look() int {
 }
 
 // replySpin is how long the loop keeps looking for a reply due from
-// upstream before it sleeps. Sleeping costs more than the wait: the
+// upstream before it sleeps, unless slowReply has passed since the last
+// write: then Redis is busy (a slow command) and the reply is not a
+// matter of microseconds. Sleeping costs more than the wait: the
 // loop's thread and CPU go idle and must be woken, and the Go scheduler
 // hands its P on. Yielding between looks lets Redis and the clients run
 // on this CPU meanwhile; a look costs only what that CPU would not
@@ -365,13 +367,17 @@ func (l *eventLoop) look() int {
 // pipeline 1 and 1.44x at pipeline 16, with the machine's idle time at
 // pipeline 1 down from 12-14 % to 2-3 % (bench/results/designs.md,
 // "Yielding before sleeping").
-const replySpin = 50 * time.Microsecond
+const (
+	replySpin = 50 * time.Microsecond
+	slowReply = time.Millisecond
+)
 
-// awaitingReplies says whether a batch written upstream is unanswered.
+// awaitingReplies says whether a batch written upstream in the last
+// slowReply is unanswered.
 func (l *eventLoop) awaitingReplies() bool {
 	for _, ups := range l.ups {
 		for _, up := range ups {
-			if up.head < up.sentTo {
+			if up.head < up.sentTo && l.now.Sub(up.wroteAt) < slowReply {
 				return true
 			}
 		}

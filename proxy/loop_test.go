@@ -546,11 +546,14 @@ func TestWriteDue(t *testing.T) {
 }
 
 // TestAwaitingReplies: the loop yields and looks again before sleeping only
-// while a batch it wrote upstream is unanswered, not for batches it holds
-// or has not been able to send (a dial under way).
+// while a batch it wrote upstream lately is unanswered, not for batches it
+// holds or has not been able to send (a dial under way), nor once Redis
+// has taken over a millisecond.
 func TestAwaitingReplies(t *testing.T) {
 	batches := func(n int) []*loopConn { return make([]*loopConn, n) }
 	db0, db1 := upstream.Key{DB: 0}, upstream.Key{DB: 1}
+	now := time.Now()
+	lately, long := now.Add(-100*time.Microsecond), now.Add(-2*time.Millisecond)
 	for _, tc := range []struct {
 		name string
 		ups  map[upstream.Key][]*loopUpstream
@@ -559,12 +562,13 @@ func TestAwaitingReplies(t *testing.T) {
 		{"no upstream connection", nil, false},
 		{"nothing sent", map[upstream.Key][]*loopUpstream{db0: {{fd: 3}}}, false},
 		{"batches queued behind a dial", map[upstream.Key][]*loopUpstream{db0: {{fd: -1, dialing: true, fifo: batches(2)}}}, false},
-		{"a batch in flight", map[upstream.Key][]*loopUpstream{db0: {{fd: 3, fifo: batches(2), sentTo: 2}}}, true},
-		{"all answered", map[upstream.Key][]*loopUpstream{db0: {{fd: 3, fifo: batches(2), head: 2, sentTo: 2}}}, false},
-		{"one of two databases waiting", map[upstream.Key][]*loopUpstream{db0: {{fd: 3}}, db1: {{fd: 4, fifo: batches(3), head: 1, sentTo: 3}}}, true},
+		{"a batch in flight", map[upstream.Key][]*loopUpstream{db0: {{fd: 3, fifo: batches(2), sentTo: 2, wroteAt: lately}}}, true},
+		{"a batch in flight for 2 ms", map[upstream.Key][]*loopUpstream{db0: {{fd: 3, fifo: batches(2), sentTo: 2, wroteAt: long}}}, false},
+		{"all answered", map[upstream.Key][]*loopUpstream{db0: {{fd: 3, fifo: batches(2), head: 2, sentTo: 2, wroteAt: lately}}}, false},
+		{"one of two databases waiting", map[upstream.Key][]*loopUpstream{db0: {{fd: 3}}, db1: {{fd: 4, fifo: batches(3), head: 1, sentTo: 3, wroteAt: lately}}}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			l := &eventLoop{ups: tc.ups}
+			l := &eventLoop{ups: tc.ups, now: now}
 			if got := l.awaitingReplies(); got != tc.want {
 				t.Errorf("awaitingReplies() = %v, want %v", got, tc.want)
 			}

@@ -36,9 +36,10 @@ type loopUpstream struct {
 	in      []byte // replies read, not yet complete
 	fifo    []*loopConn
 	head    int
-	sentTo  int  // fifo[head:sentTo] went upstream and await replies
-	unsent  bool // the last write left bytes of them in out
-	tracks  bool // fd carried a batch with upstream.Batch.Tracks
+	sentTo  int       // fifo[head:sentTo] went upstream and await replies
+	unsent  bool      // the last write left bytes of them in out
+	tracks  bool      // fd carried a batch with upstream.Batch.Tracks
+	wroteAt time.Time // the turn of the last write: awaitingReplies
 }
 
 // writeDue says whether the turn's requests for up go upstream now, and
@@ -121,6 +122,7 @@ func (l *eventLoop) dialed(d loopDial) {
 // writeUpstream writes the turn's requests in one write; what the socket
 // does not take waits for its next edge.
 func (l *eventLoop) writeUpstream(up *loopUpstream) {
+	up.wroteAt = l.now
 	for up.fd >= 0 && len(up.out) > 0 {
 		n, err := rawWrite(up.fd, up.out)
 		if n > 0 {
