@@ -370,7 +370,7 @@ func compare(ctx context.Context, cfg config, stdout io.Writer, log *slog.Logger
 	log.Info("all rounds done", "took", time.Since(start).Round(time.Second))
 
 	fmt.Fprintf(stdout, "\n%s (median of %d rounds; -c %d -n %d (pipelined: %d) -r %d; ops/s, latency in ms)\n\n",
-		table.Title, cfg.rounds, cfg.clients, cfg.requests, cfg.requests*cfg.pipelinedFactor, cfg.keyspace)
+		table.Title, cfg.rounds, cfg.clients, cfg.requests, cfg.requestsAt(2), cfg.keyspace)
 	fmt.Fprint(stdout, table.Text())
 	if len(table.Failures) > 0 {
 		fmt.Fprintf(stdout, "\n%d run(s) failed; see the log above and compare.md\n", len(table.Failures))
