@@ -43,6 +43,9 @@ func main() {
 
 type config struct {
 	rounds, requests, clients, keyspace, dataSize int
+	// threads is redis-benchmark's --threads: with one thread, many
+	// clients are held to what one core of the client can send.
+	threads int
 	// pipelinedFactor multiplies requests for pipeline depths above 1.
 	pipelinedFactor             int
 	pipelines                   []int
@@ -70,6 +73,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	// (bench/results/designs.md, "Under make bench's order").
 	fs.IntVar(&c.pipelinedFactor, "n-pipelined-factor", env.Int("BENCH_REQUESTS_PIPELINED_FACTOR", 5), "requests per test at pipeline depths above 1 are -n times this, so that a run lasts seconds; env BENCH_REQUESTS_PIPELINED_FACTOR")
 	fs.IntVar(&c.clients, "c", env.Int("BENCH_CLIENTS", 50), "redis-benchmark -c: parallel connections; env BENCH_CLIENTS")
+	fs.IntVar(&c.threads, "threads", env.Int("BENCH_THREADS", 1), "redis-benchmark --threads: its event loops; one, the default, cannot use more than one core, and with many clients it sets the pace (bench/results/designs.md); env BENCH_THREADS")
 	fs.IntVar(&c.keyspace, "r", env.Int("BENCH_KEYSPACE", 100000), "redis-benchmark -r: random keys in [0,r), 0 = one key; env BENCH_KEYSPACE")
 	fs.IntVar(&c.dataSize, "d", env.Int("BENCH_DATASIZE", 3), "redis-benchmark -d: value size in bytes; env BENCH_DATASIZE")
 	pipelines := fs.String("pipelines", envflag.String("BENCH_PIPELINES", "1,16"), "redis-benchmark -P values, comma-separated; env BENCH_PIPELINES")
@@ -101,8 +105,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		c.targets = append(c.targets, "gorpx")
 	}
 	switch {
-	case c.rounds < 1 || c.requests < 1 || c.clients < 1 || c.pipelinedFactor < 1:
-		return c, errors.New("-rounds, -n, -n-pipelined-factor and -c must be at least 1")
+	case c.rounds < 1 || c.requests < 1 || c.clients < 1 || c.pipelinedFactor < 1 || c.threads < 1:
+		return c, errors.New("-rounds, -n, -n-pipelined-factor, -c and -threads must be at least 1")
 	case len(c.pipelines) == 0 || len(c.tests) == 0 || len(c.targets) == 0:
 		return c, errors.New("-pipelines, -tests and -targets must not be empty")
 	}
@@ -281,7 +285,7 @@ func compare(ctx context.Context, cfg config, stdout io.Writer, log *slog.Logger
 	}
 	opts := rbench.Options{
 		Bin: benchBin, Clients: cfg.clients, Requests: cfg.requests,
-		Keyspace: cfg.keyspace, DataSize: cfg.dataSize, Tests: cfg.tests, Timeout: cfg.runTimeout,
+		Keyspace: cfg.keyspace, DataSize: cfg.dataSize, Tests: cfg.tests, Threads: cfg.threads, Timeout: cfg.runTimeout,
 	}
 	table.Settings = settings(ctx, cfg, opts, tools, benchVersion)
 	if want("gorpx") {
@@ -332,7 +336,7 @@ func compare(ctx context.Context, cfg config, stdout io.Writer, log *slog.Logger
 					o.Addr, o.Pipeline, o.Tests = tg.addr, p, []string{test}
 					o.Requests = cfg.requestsAt(p)
 					cpu0, cerr := stack.CPUTime(pid)
-					res, fails, err := runTests(ctx, o, st.Redis.Addr, log)
+					res, clientCPU, fails, err := runTests(ctx, o, st.Redis.Addr, log)
 					if err != nil {
 						return failed, err
 					}
@@ -347,6 +351,9 @@ func compare(ctx context.Context, cfg config, stdout io.Writer, log *slog.Logger
 						sample := report.Sample{Round: round, Target: tg.name, Pipeline: p, Result: r}
 						if cerr == nil && cerr1 == nil && len(res) == 1 {
 							sample.CPUUsPerOp = float64((cpu1 - cpu0).Microseconds()) / float64(o.Requests)
+						}
+						if clientCPU > 0 && len(res) == 1 {
+							sample.ClientCPUUsPerOp = float64(clientCPU.Microseconds()) / float64(o.Requests)
 						}
 						table.Samples = append(table.Samples, sample)
 						attrs = append(attrs, r.Test, report.FormatOps(r.RPS))
@@ -420,37 +427,37 @@ func binStatus(bin string) string {
 // stops at the first error reply, so when that run fails every test is run
 // again on its own: one unsupported command then costs one cell of the
 // table, not the whole row. err is only for failures that end the
-// comparison (cancellation, Redis itself unreachable).
-func runTests(ctx context.Context, o rbench.Options, redisAddr string, log *slog.Logger) ([]rbench.Result, []report.Failure, error) {
-	res, err := rbench.Run(ctx, o)
+// comparison (cancellation, Redis itself unreachable). clientCPU is
+// redis-benchmark's CPU time, 0 when the tests ran one by one.
+func runTests(ctx context.Context, o rbench.Options, redisAddr string, log *slog.Logger) (res []rbench.Result, clientCPU time.Duration, fails []report.Failure, err error) {
+	res, clientCPU, err = rbench.Run(ctx, o)
 	if err == nil {
-		return res, nil, nil
+		return res, clientCPU, nil, nil
 	}
 	if ctx.Err() != nil {
-		return nil, nil, err
+		return nil, 0, nil, err
 	}
 	if len(o.Tests) == 1 {
-		return nil, []report.Failure{{Test: rbench.TestName(o.Tests[0]), Err: err.Error()}}, nil
+		return nil, 0, []report.Failure{{Test: rbench.TestName(o.Tests[0]), Err: err.Error()}}, nil
 	}
 	log.Warn("run failed; running its tests one by one", "addr", o.Addr, "err", err)
-	var fails []report.Failure
 	for _, t := range o.Tests {
 		if err := flushAll(ctx, redisAddr); err != nil {
-			return nil, nil, err
+			return nil, 0, nil, err
 		}
 		one := o
 		one.Tests = []string{t}
-		r, err := rbench.Run(ctx, one)
+		r, _, err := rbench.Run(ctx, one)
 		switch {
 		case ctx.Err() != nil:
-			return nil, nil, err
+			return nil, 0, nil, err
 		case err != nil:
 			fails = append(fails, report.Failure{Test: rbench.TestName(t), Err: err.Error()})
 		default:
 			res = append(res, r...)
 		}
 	}
-	return res, fails, nil
+	return res, 0, fails, nil
 }
 
 func flushAll(ctx context.Context, addr string) error {

@@ -31,3 +31,29 @@ func TestRequestsAt(t *testing.T) {
 		t.Error("-n-pipelined-factor 0: want an error")
 	}
 }
+
+func TestThreadsFlag(t *testing.T) {
+	for _, tc := range []struct {
+		env     string
+		args    []string
+		want    int
+		wantErr bool
+	}{
+		{"", nil, 1, false},
+		{"", []string{"-threads", "2"}, 2, false},
+		{"3", nil, 3, false},
+		{"3", []string{"-threads", "1"}, 1, false},
+		{"", []string{"-threads", "0"}, 0, true},
+	} {
+		t.Setenv("BENCH_THREADS", tc.env)
+		c, err := parseFlags(tc.args, io.Discard)
+		switch {
+		case tc.wantErr && err == nil:
+			t.Errorf("BENCH_THREADS=%q %q: want an error", tc.env, tc.args)
+		case !tc.wantErr && err != nil:
+			t.Errorf("BENCH_THREADS=%q %q: %v", tc.env, tc.args, err)
+		case !tc.wantErr && c.threads != tc.want:
+			t.Errorf("BENCH_THREADS=%q %q: threads %d, want %d", tc.env, tc.args, c.threads, tc.want)
+		}
+	}
+}

@@ -37,9 +37,22 @@ func TestParseCSVNeedsPercentiles(t *testing.T) {
 }
 
 func TestArgs(t *testing.T) {
-	o := Options{Addr: "127.0.0.1:7000", Clients: 50, Requests: 200000, Pipeline: 16, Keyspace: 100000, Tests: []string{"get", "mset"}}
-	want := "-h 127.0.0.1 -p 7000 -c 50 -n 200000 -P 16 -r 100000 -t get,mset --csv"
-	if got := strings.Join(o.Args(), " "); got != want {
-		t.Fatalf("got %q, want %q", got, want)
+	for _, tc := range []struct {
+		name string
+		o    Options
+		want string
+	}{
+		{"one thread", Options{Addr: "127.0.0.1:7000", Clients: 50, Requests: 200000, Pipeline: 16, Keyspace: 100000, Tests: []string{"get", "mset"}},
+			"-h 127.0.0.1 -p 7000 -c 50 -n 200000 -P 16 -r 100000 -t get,mset --csv"},
+		{"threads 1 is the default", Options{Addr: "127.0.0.1:7000", Clients: 50, Requests: 10, Pipeline: 1, Threads: 1, Tests: []string{"get"}},
+			"-h 127.0.0.1 -p 7000 -c 50 -n 10 -P 1 -t get --csv"},
+		{"two threads", Options{Addr: "127.0.0.1:7000", Clients: 1000, Requests: 10, Pipeline: 1, DataSize: 3, Threads: 2, Tests: []string{"set"}},
+			"-h 127.0.0.1 -p 7000 -c 1000 -n 10 -P 1 -d 3 --threads 2 -t set --csv"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := strings.Join(tc.o.Args(), " "); got != tc.want {
+				t.Fatalf("got %q, want %q", got, tc.want)
+			}
+		})
 	}
 }

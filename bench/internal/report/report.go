@@ -21,6 +21,9 @@ type Sample struct {
 	// spent per request during the run, in microseconds: the proxy for
 	// twemproxy and keyfence, redis-server for direct. 0: not measured.
 	CPUUsPerOp float64 `json:"cpu_us_per_op,omitempty"`
+	// ClientCPUUsPerOp is the CPU time redis-benchmark itself spent per
+	// request, in microseconds. 0: not measured.
+	ClientCPUUsPerOp float64 `json:"client_cpu_us_per_op,omitempty"`
 }
 
 // Failure is a redis-benchmark run that produced no numbers.
@@ -50,8 +53,10 @@ type Cell struct {
 	P50Ms     float64 `json:"p50_ms"`
 	P99Ms     float64 `json:"p99_ms"`
 	// CPUUsPerOp is the median of the samples' CPUUsPerOp.
-	CPUUsPerOp float64   `json:"cpu_us_per_op,omitempty"`
-	PerRound   []float64 `json:"ops_per_round,omitempty"`
+	CPUUsPerOp float64 `json:"cpu_us_per_op,omitempty"`
+	// ClientCPUUsPerOp is the median of the samples' ClientCPUUsPerOp.
+	ClientCPUUsPerOp float64   `json:"client_cpu_us_per_op,omitempty"`
+	PerRound         []float64 `json:"ops_per_round,omitempty"`
 	// Missing says why there are no numbers, when there are none.
 	Missing string `json:"missing,omitempty"`
 }
@@ -84,19 +89,21 @@ func Summarize(t Table, tests []string, pipelines []int) Table {
 		for _, test := range tests {
 			row := Row{Test: test, Pipeline: p}
 			for _, tg := range t.Targets {
-				var ops, p50, p99, cpu []float64
+				var ops, p50, p99, cpu, client []float64
 				for _, s := range t.Samples {
 					if s.Target == tg.Name && s.Pipeline == p && s.Test == test {
 						ops = append(ops, s.RPS)
 						p50 = append(p50, s.P50Ms)
 						p99 = append(p99, s.P99Ms)
 						cpu = append(cpu, s.CPUUsPerOp)
+						client = append(client, s.ClientCPUUsPerOp)
 					}
 				}
 				c := Cell{PerRound: ops}
 				switch {
 				case len(ops) > 0:
 					c.OpsPerSec, c.P50Ms, c.P99Ms, c.CPUUsPerOp = median(ops), median(p50), median(p99), median(cpu)
+					c.ClientCPUUsPerOp = median(client)
 				case tg.Status != "":
 					c.Missing = tg.Status
 				default:
@@ -259,6 +266,14 @@ func (t Table) Markdown() string {
 	}
 	writeMDTable(&b, h, rows, 2)
 
+	if client := t.clientRows(); client != nil {
+		b.WriteString("\n## The load generator (redis-benchmark's own CPU)\n\n" +
+			"Median µs of CPU redis-benchmark spent per request, and in brackets the cores that kept busy " +
+			"(median ops/s × that). With one thread (no `--threads` in the command) it cannot use more than one core: " +
+			"near 1.00 the client, not the target, sets the pace, and the ratios above say as much about the client as about the targets.\n\n")
+		writeMDTable(&b, h, client, 2)
+	}
+
 	if len(t.Failures) > 0 {
 		b.WriteString("\n## Failed runs\n\n")
 		for _, f := range t.Failures {
@@ -271,6 +286,29 @@ func (t Table) Markdown() string {
 		}
 	}
 	return b.String()
+}
+
+// clientRows is the load generator's table, or nil when no run measured
+// it.
+func (t Table) clientRows() [][]string {
+	var rows [][]string
+	measured := false
+	for _, row := range t.Rows {
+		r := []string{row.Test, strconv.Itoa(row.Pipeline)}
+		for _, c := range row.Cells {
+			if c.Missing != "" || c.ClientCPUUsPerOp <= 0 {
+				r = append(r, "-")
+				continue
+			}
+			measured = true
+			r = append(r, fmt.Sprintf("%.2f (%.2f)", c.ClientCPUUsPerOp, c.OpsPerSec*c.ClientCPUUsPerOp/1e6))
+		}
+		rows = append(rows, r)
+	}
+	if !measured {
+		return nil
+	}
+	return rows
 }
 
 func (t Table) mdRows() [][]string {

@@ -71,6 +71,26 @@ func TestRenderers(t *testing.T) {
 	}
 }
 
+func TestLoadGeneratorTable(t *testing.T) {
+	tb := sampleTable()
+	if md := tb.Markdown(); strings.Contains(md, "load generator") {
+		t.Errorf("no run measured redis-benchmark's CPU, yet its table is there:\n%s", md)
+	}
+	for i := range tb.Samples {
+		if tb.Samples[i].Target == "direct" {
+			tb.Samples[i].ClientCPUUsPerOp = float64(tb.Samples[i].Round) * 1000 // 1000, 2000, 3000 µs
+		}
+	}
+	tb = Summarize(tb, []string{"GET"}, []int{1})
+	if got := tb.Rows[0].Cells[0].ClientCPUUsPerOp; got != 2000 {
+		t.Fatalf("direct's client CPU median = %v, want 2000", got)
+	}
+	// 200 ops/s × 2000 µs per request: 0.4 of a core.
+	if md := tb.Markdown(); !strings.Contains(md, "| GET | 1 | 2000.00 (0.40) | - | - |") {
+		t.Errorf("load generator row missing or wrong:\n%s", md)
+	}
+}
+
 func TestFormat(t *testing.T) {
 	for in, want := range map[float64]string{0: "0", 999: "999", 1000: "1,000", 1234567.4: "1,234,567"} {
 		if got := FormatOps(in); got != want {
