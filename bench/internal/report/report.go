@@ -252,21 +252,20 @@ func (t Table) Markdown() string {
 	for _, tg := range t.Targets {
 		h = append(h, tg.Name)
 	}
-	var rows [][]string
-	for _, row := range t.Rows {
-		r := []string{row.Test, strconv.Itoa(row.Pipeline)}
-		for _, c := range row.Cells {
-			if c.Missing != "" || len(c.PerRound) == 0 {
-				r = append(r, "-")
-				continue
-			}
-			r = append(r, FormatOps(slices.Min(c.PerRound))+" – "+FormatOps(slices.Max(c.PerRound)))
+	spread, _ := t.perCell(func(c Cell) (string, bool) {
+		if len(c.PerRound) == 0 {
+			return "", false
 		}
-		rows = append(rows, r)
-	}
-	writeMDTable(&b, h, rows, 2)
+		return FormatOps(slices.Min(c.PerRound)) + " – " + FormatOps(slices.Max(c.PerRound)), true
+	})
+	writeMDTable(&b, h, spread, 2)
 
-	if client := t.clientRows(); client != nil {
+	if client, measured := t.perCell(func(c Cell) (string, bool) {
+		if c.ClientCPUUsPerOp <= 0 {
+			return "", false
+		}
+		return fmt.Sprintf("%.2f (%.2f)", c.ClientCPUUsPerOp, c.OpsPerSec*c.ClientCPUUsPerOp/1e6), true
+	}); measured {
 		b.WriteString("\n## The load generator (redis-benchmark's own CPU)\n\n" +
 			"Median µs of CPU redis-benchmark spent per request, and in brackets the cores that kept busy " +
 			"(median ops/s × that). With one thread (no `--threads` in the command) it cannot use more than one core: " +
@@ -288,27 +287,26 @@ func (t Table) Markdown() string {
 	return b.String()
 }
 
-// clientRows is the load generator's table, or nil when no run measured
-// it.
-func (t Table) clientRows() [][]string {
-	var rows [][]string
-	measured := false
+// perCell is a table with a row per test and pipeline depth and a column
+// per target, each cell what text says of it, or "-" for a cell without
+// numbers or one text declines; some says whether text gave at least one.
+func (t Table) perCell(text func(Cell) (string, bool)) (rows [][]string, some bool) {
 	for _, row := range t.Rows {
 		r := []string{row.Test, strconv.Itoa(row.Pipeline)}
 		for _, c := range row.Cells {
-			if c.Missing != "" || c.ClientCPUUsPerOp <= 0 {
-				r = append(r, "-")
-				continue
+			v, ok := "", false
+			if c.Missing == "" {
+				v, ok = text(c)
 			}
-			measured = true
-			r = append(r, fmt.Sprintf("%.2f (%.2f)", c.ClientCPUUsPerOp, c.OpsPerSec*c.ClientCPUUsPerOp/1e6))
+			if !ok {
+				v = "-"
+			}
+			some = some || ok
+			r = append(r, v)
 		}
 		rows = append(rows, r)
 	}
-	if !measured {
-		return nil
-	}
-	return rows
+	return rows, some
 }
 
 func (t Table) mdRows() [][]string {
